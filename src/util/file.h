@@ -1,0 +1,50 @@
+// distill — checked file I/O: whole-file reads, atomic writes, read-only memory maps, hashing.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <string_view>
+
+namespace distill {
+
+// Reads a whole file; throws Error naming the path if it cannot.
+std::string read_file(const std::string& path);
+
+// Writes `data` to `path` atomically: a temporary file beside it, flushed and fsynced, then
+// renamed over the target. A killed process leaves either the old file or the new one.
+void write_file_atomic(const std::string& path, std::string_view data);
+
+bool file_exists(const std::string& path);
+bool dir_exists(const std::string& path);
+void make_dirs(const std::string& path);
+std::string path_join(const std::string& a, const std::string& b);
+
+// A read-only memory map of a whole file. Movable, not copyable.
+class MappedFile {
+public:
+    MappedFile() = default;
+    explicit MappedFile(const std::string& path);
+    ~MappedFile();
+    MappedFile(MappedFile&& o) noexcept;
+    MappedFile& operator=(MappedFile&& o) noexcept;
+    MappedFile(const MappedFile&) = delete;
+    MappedFile& operator=(const MappedFile&) = delete;
+
+    const uint8_t* data() const { return data_; }
+    size_t size() const { return size_; }
+    const std::string& path() const { return path_; }
+
+private:
+    void reset();
+    const uint8_t* data_ = nullptr;
+    size_t size_ = 0;
+    std::string path_;
+};
+
+// 64-bit xxh3 of bytes, as 16 lowercase hex digits: the fingerprints every artifact records.
+std::string hash_hex(std::string_view bytes);
+std::string hash_file_hex(const std::string& path);
+uint64_t hash64(const void* data, size_t n, uint64_t seed = 0);
+
+}  // namespace distill
