@@ -1,2 +1,293 @@
-// (being written)
-namespace distill {}
+#include "demo/demo.h"
+
+#include <sys/wait.h>
+#include <torch/torch.h>
+
+#include <cstdio>
+#include <filesystem>
+#include <nlohmann/json.hpp>
+
+#include "eval/eval.h"
+#include "io/shards.h"
+#include "model/checkpoint.h"
+#include "model/generate.h"
+#include "train/trainer.h"
+#include "util/error.h"
+#include "util/file.h"
+#include "util/platform.h"
+#include "util/progress.h"
+
+namespace distill {
+
+using nlohmann::json;
+
+namespace {
+
+// The six novels as janeaustenr names them; the last one is held out for evaluation.
+const char* kNovels[] = {"sensesensibility", "prideprejudice", "mansfieldpark",
+                         "emma",             "northangerabbey", "persuasion"};
+constexpr int kNumNovels = 6;
+
+int run_command(const std::string& cmd) {
+    int rc = std::system(cmd.c_str());
+    return rc == -1 ? -1 : WEXITSTATUS(rc);
+}
+
+// Writes the novels as UTF-8 text with Rscript (Debian's r-cran-janeaustenr).
+void write_corpus(const std::string& dir) {
+    make_dirs(dir);
+    bool all = true;
+    for (const char* n : kNovels) all = all && file_exists(path_join(dir, std::string(n) + ".txt"));
+    if (all) return;
+    log_info("writing the six Jane Austen novels with Rscript (janeaustenr)");
+    const std::string tmp = dir + "/.writing";
+    make_dirs(tmp);
+    std::string script =
+        "suppressMessages(library(janeaustenr)); for (n in c('sensesensibility','prideprejudice',"
+        "'mansfieldpark','emma','northangerabbey','persuasion')) { "
+        "con <- file(file.path('" + tmp + "', paste0(n, '.txt')), 'w', encoding='UTF-8'); "
+        "writeLines(enc2utf8(get(n)), con); close(con) }";
+    int rc = run_command("Rscript -e \"" + script + "\" >/dev/null 2>&1");
+    DISTILL_CHECK(rc == 0,
+                  "could not write the Jane Austen corpus with Rscript (exit ", rc,
+                  "). Install it with: apt-get install r-cran-janeaustenr (scripts/setup.sh does)");
+    for (const char* n : kNovels) {
+        const std::string name = std::string(n) + ".txt";
+        write_file_atomic(path_join(dir, name), read_file(path_join(tmp, name)));
+    }
+    std::filesystem::remove_all(tmp);
+}
+
+int64_t xz_size(const std::string& files) {
+    std::string cmd = "cat " + files + " | xz -9e -c -T1 | wc -c";
+    FILE* p = ::popen(cmd.c_str(), "r");
+    DISTILL_CHECK(p, "cannot run xz");
+    long long n = -1;
+    if (std::fscanf(p, "%lld", &n) != 1) n = -1;
+    int rc = ::pclose(p);
+    DISTILL_CHECK(rc == 0 && n > 0, "xz failed (is xz-utils installed?)");
+    return n;
+}
+
+json read_json(const std::string& path) {
+    try {
+        return json::parse(read_file(path));
+    } catch (const json::exception& e) {
+        throw Error(str_cat(path, ": not valid JSON: ", e.what(), " (delete it to rebuild)"));
+    }
+}
+
+// A cached JSON result: computed once, kept in the run dir.
+template <typename Fn>
+json cached_json(const std::string& path, const json& key, Fn&& compute) {
+    if (file_exists(path)) {
+        json j = read_json(path);
+        if (j.value("key", json()) == key) return j["value"];
+    }
+    json value = compute();
+    write_file_atomic(path, json({{"key", key}, {"value", value}}).dump(2) + "\n");
+    return value;
+}
+
+struct Sizes {
+    ModelConfig teacher, student;
+};
+
+Sizes demo_sizes(int64_t vocab, bool quick) {
+    Sizes s;
+    ModelConfig& t = s.teacher;
+    t.vocab_size = vocab;
+    t.hidden_size = quick ? 64 : 256;
+    t.num_hidden_layers = quick ? 2 : 4;
+    t.num_attention_heads = quick ? 4 : 8;
+    t.num_key_value_heads = quick ? 2 : 4;
+    t.intermediate_size = quick ? 176 : 688;
+    t.max_position_embeddings = 512;
+    t.tie_word_embeddings = true;
+    ModelConfig& st = s.student;
+    st = t;
+    st.hidden_size = quick ? 32 : 128;
+    st.num_hidden_layers = quick ? 1 : 2;
+    st.num_attention_heads = quick ? 2 : 4;
+    st.num_key_value_heads = quick ? 1 : 2;
+    st.intermediate_size = quick ? 88 : 344;
+    return s;
+}
+
+}  // namespace
+
+int run_demo(const DemoOptions& o_in) {
+    DemoOptions o = o_in;
+    if (o.quick) {
+        o.vocab_size = std::min<int64_t>(o.vocab_size, 512);
+        o.teacher_steps = std::min<int64_t>(o.teacher_steps, 30);
+        o.student_steps = std::min<int64_t>(o.student_steps, 30);
+        o.seq_len = 64;
+        o.batch_size = 8;
+    }
+    const double t_start = now_seconds();
+    const std::string run = o.run_dir;
+    make_dirs(run);
+    log_info(str_cat("demo in ", run, " (re-running reuses what is already built); BLAS core: ",
+                     blas_core_name()[0] ? blas_core_name() : "(not OpenBLAS)", ", ",
+                     torch::get_num_threads(), " threads"));
+
+    // 1. corpus: five novels to train on, Persuasion held out
+    const std::string corpus_dir = path_join(run, "corpus");
+    write_corpus(corpus_dir);
+    const std::string train_txt = path_join(run, "train.txt");
+    const std::string heldout_txt = path_join(corpus_dir, std::string(kNovels[kNumNovels - 1]) + ".txt");
+    if (!file_exists(train_txt)) {
+        std::string all;
+        for (int i = 0; i < kNumNovels - 1; ++i)
+            all += read_file(path_join(corpus_dir, std::string(kNovels[i]) + ".txt"));
+        write_file_atomic(train_txt, all);
+    }
+    std::string train_text = read_file(train_txt);
+    std::string heldout_text = read_file(heldout_txt);
+    if (o.quick) {
+        train_text.resize(std::min<size_t>(train_text.size(), 300000));
+        heldout_text.resize(std::min<size_t>(heldout_text.size(), 20000));
+        while (!heldout_text.empty() && (static_cast<unsigned char>(heldout_text.back()) & 0xC0) == 0x80)
+            heldout_text.pop_back();
+        if (!heldout_text.empty() && static_cast<unsigned char>(heldout_text.back()) >= 0xC0)
+            heldout_text.pop_back();
+    }
+    log_info(str_cat("corpus: ", train_text.size(), " bytes to train on, ", heldout_text.size(),
+                     " bytes held out (Persuasion)"));
+
+    // 2. tokenizer
+    const std::string tok_path = path_join(run, "tokenizer.json");
+    TokenizerTrainOptions topts;
+    topts.vocab_size = static_cast<int>(o.vocab_size);
+    const std::string tok_key = hash_hex(train_text) + ":" + std::to_string(o.vocab_size);
+    const std::string tok_key_path = path_join(run, "tokenizer.key");
+    if (!file_exists(tok_path) || !file_exists(tok_key_path) || read_file(tok_key_path) != tok_key) {
+        const double t0 = now_seconds();
+        log_info(str_cat("training a ", o.vocab_size, "-token BPE tokenizer"));
+        Tokenizer::train(train_text, topts).save(tok_path);
+        write_file_atomic(tok_key_path, tok_key);
+        log_info(str_cat("tokenizer trained in ", format_duration(now_seconds() - t0)));
+    }
+    Tokenizer tok = Tokenizer::load(tok_path);
+
+    // 3. token shard
+    const std::string shard_prefix = path_join(run, "data/train");
+    make_dirs(path_join(run, "data"));
+    bool shard_ok = false;
+    if (file_exists(shard_prefix + ".json")) {
+        try {
+            TokenShard s(shard_prefix);
+            shard_ok = s.info().tokenizer_fingerprint == tok.fingerprint() &&
+                       s.info().source_bytes == static_cast<int64_t>(train_text.size());
+        } catch (const Error&) {
+            shard_ok = false;  // rebuilt below
+        }
+    }
+    if (!shard_ok) {
+        auto ids = tok.encode(train_text);
+        write_shard(shard_prefix, ids, tok.vocab_size(), tok.fingerprint(), "train.txt",
+                    static_cast<int64_t>(train_text.size()));
+    }
+    TokenShard shard(shard_prefix);
+    log_info(str_cat("train shard: ", shard.size(), " tokens (",
+                     double(train_text.size()) / double(shard.size()), " bytes/token)"));
+
+    // 4. teacher
+    Sizes sizes = demo_sizes(tok.vocab_size(), o.quick);
+    sizes.teacher.bos_token_id = sizes.student.bos_token_id = tok.bos_id();
+    sizes.teacher.eos_token_id = sizes.student.eos_token_id = tok.eos_id();
+    TrainOptions tt;
+    tt.steps = o.teacher_steps;
+    tt.batch_size = o.batch_size;
+    tt.seq_len = o.seq_len;
+    tt.lr = 3e-3;
+    tt.warmup = std::max<int64_t>(1, o.teacher_steps / 20);
+    tt.seed = o.seed;
+    tt.checkpoint_every = std::max<int64_t>(10, o.teacher_steps / 10);
+    Llama teacher(sizes.teacher);
+    teacher->init_weights(tt.seed);
+    BatchSpec tspec{tt.batch_size, tt.seq_len, tt.seed, false};
+    json teacher_run = {{"kind", "pretrain"},
+                        {"model", config_to_json(sizes.teacher)},
+                        {"train", tt.to_json()},
+                        {"data", shard.info().fingerprint},
+                        {"tokenizer", tok.fingerprint()}};
+    log_info(str_cat("teacher: ", format_count(double(sizes.teacher.num_params())), " parameters, ",
+                     tt.steps, " steps of ", tt.batch_size, "x", tt.seq_len, " tokens"));
+    TrainResult tres = run_training(
+        teacher, tok, tt, path_join(run, "teacher"), teacher_run,
+        [&](int64_t step, int64_t micro) {
+            Batch b = sample_batch(shard, tspec, step, micro);
+            return StepLoss{next_token_loss(teacher, b.tokens), tt.batch_size * tt.seq_len, {}};
+        },
+        "teacher");
+
+    // 5. evaluation on the held-out novel
+    WindowOptions wopts;
+    wopts.context = o.seq_len;
+    wopts.stride = o.seq_len / 2;
+    wopts.batch = 16;
+    const std::string teacher_fp = load_model_dir(path_join(run, "teacher/model")).fingerprint;
+    json teacher_eval = cached_json(path_join(run, "eval-teacher.json"),
+                                    {teacher_fp, hash_hex(heldout_text), wopts.context, wopts.stride},
+                                    [&] {
+                                        auto r = eval_bpb(teacher, tok, heldout_text, wopts, "eval teacher");
+                                        return json{{"bpb", r.bits_per_byte},
+                                                    {"nats_per_token", r.nats_per_token},
+                                                    {"tokens", r.tokens},
+                                                    {"seconds", r.seconds}};
+                                    });
+    // xz -9e on the held-out novel after the training novels: what a strong general-purpose
+    // compressor that has read the same books pays per byte.
+    json xz = cached_json(path_join(run, "eval-xz.json"), {hash_hex(train_text), hash_hex(heldout_text)}, [&] {
+        const std::string held_tmp = path_join(run, "heldout.txt");
+        write_file_atomic(held_tmp, heldout_text);
+        const int64_t a = xz_size(train_txt), b = xz_size(train_txt + " " + held_tmp);
+        return json{{"bpb", 8.0 * double(b - a) / double(heldout_text.size())},
+                    {"train_bytes_xz", a},
+                    {"train_plus_heldout_bytes_xz", b}};
+    });
+
+    // 6. a short sample
+    SamplingOptions samp;
+    samp.temperature = 0.8;
+    samp.top_k = 40;
+    samp.max_new_tokens = 60;
+    samp.seed = o.seed;
+    const std::string prompt = "It was a truth universally acknowledged";
+    std::vector<int32_t> gen;
+    for (int64_t id : generate(teacher, encode_for_eval(tok, prompt), samp)) gen.push_back(int32_t(id));
+    const std::string sample = prompt + tok.decode(gen, true);
+
+    json report = {
+        {"corpus", {{"train", "sensesensibility, prideprejudice, mansfieldpark, emma, northangerabbey"},
+                    {"heldout", "persuasion"},
+                    {"train_bytes", train_text.size()},
+                    {"heldout_bytes", heldout_text.size()},
+                    {"train_tokens", shard.size()}}},
+        {"tokenizer", {{"vocab_size", tok.vocab_size()}, {"fingerprint", tok.fingerprint()}}},
+        {"xz_bpb", xz["bpb"]},
+        {"models",
+         json::array({{{"name", "teacher"},
+                       {"params", sizes.teacher.num_params()},
+                       {"bpb", teacher_eval["bpb"]},
+                       {"top1_agreement", 1.0},
+                       {"kl_to_teacher", 0.0},
+                       {"train_seconds", tres.seconds},
+                       {"train_tokens", tres.tokens}}})},
+        {"sample", sample},
+        {"quick", o.quick},
+        {"seconds", now_seconds() - t_start},
+    };
+    write_file_atomic(path_join(run, "report.json"), report.dump(2) + "\n");
+
+    std::printf("\n%-18s %10s %8s\n", "model", "params", "bpb");
+    std::printf("%-18s %10s %8.3f\n", "teacher", format_count(double(sizes.teacher.num_params())).c_str(),
+                teacher_eval["bpb"].get<double>());
+    std::printf("%-18s %10s %8.3f\n", "xz -9e", "-", xz["bpb"].get<double>());
+    std::printf("\nsample: %s\n\nreport: %s\n", sample.c_str(), path_join(run, "report.json").c_str());
+    return 0;
+}
+
+}  // namespace distill

@@ -1,2 +1,134 @@
-// (being written)
-namespace distill {}
+#include "io/shards.h"
+
+#include <torch/torch.h>
+
+#include <cstring>
+#include <nlohmann/json.hpp>
+#include <random>
+
+#include "util/error.h"
+
+namespace distill {
+
+ShardInfo write_shard(const std::string& prefix, const std::vector<int32_t>& ids, int64_t vocab_size,
+                      const std::string& tokenizer_fingerprint, const std::string& source,
+                      int64_t source_bytes) {
+    ShardInfo info;
+    info.num_tokens = static_cast<int64_t>(ids.size());
+    info.vocab_size = vocab_size;
+    info.width = vocab_size <= 65536 ? 2 : 4;
+    info.tokenizer_fingerprint = tokenizer_fingerprint;
+    info.source = source;
+    info.source_bytes = source_bytes;
+    std::string bytes(ids.size() * info.width, '\0');
+    for (size_t i = 0; i < ids.size(); ++i) {
+        DISTILL_ASSERT(ids[i] >= 0 && ids[i] < vocab_size, "id ", ids[i], " out of range");
+        if (info.width == 2) {
+            uint16_t v = static_cast<uint16_t>(ids[i]);
+            std::memcpy(&bytes[i * 2], &v, 2);
+        } else {
+            uint32_t v = static_cast<uint32_t>(ids[i]);
+            std::memcpy(&bytes[i * 4], &v, 4);
+        }
+    }
+    info.fingerprint = hash_hex(bytes);
+    write_file_atomic(prefix + ".bin", bytes);
+    nlohmann::json h = {{"format", "distill-tokens"},
+                        {"version", 1},
+                        {"dtype", info.width == 2 ? "u16" : "u32"},
+                        {"num_tokens", info.num_tokens},
+                        {"vocab_size", vocab_size},
+                        {"tokenizer_fingerprint", tokenizer_fingerprint},
+                        {"source", source},
+                        {"source_bytes", source_bytes},
+                        {"fingerprint", info.fingerprint}};
+    write_file_atomic(prefix + ".json", h.dump(2) + "\n");
+    return info;
+}
+
+TokenShard::TokenShard(const std::string& prefix) {
+    const std::string hpath = prefix + ".json", dpath = prefix + ".bin";
+    DISTILL_CHECK(file_exists(hpath), "token shard header '", hpath,
+                  "' is missing (was the shard written completely? re-run the step that makes it)");
+    nlohmann::json h;
+    try {
+        h = nlohmann::json::parse(read_file(hpath));
+        DISTILL_CHECK(h.value("format", "") == "distill-tokens", hpath,
+                      ": not a distill token shard header");
+        std::string dtype = h.at("dtype").get<std::string>();
+        DISTILL_CHECK(dtype == "u16" || dtype == "u32", hpath, ": unknown dtype '", dtype, "'");
+        info_.width = dtype == "u16" ? 2 : 4;
+        info_.num_tokens = h.at("num_tokens").get<int64_t>();
+        info_.vocab_size = h.at("vocab_size").get<int64_t>();
+        info_.tokenizer_fingerprint = h.value("tokenizer_fingerprint", "");
+        info_.source = h.value("source", "");
+        info_.source_bytes = h.value("source_bytes", int64_t{0});
+        info_.fingerprint = h.value("fingerprint", "");
+    } catch (const nlohmann::json::exception& e) {
+        throw Error(str_cat(hpath, ": invalid shard header: ", e.what()));
+    }
+    DISTILL_CHECK(info_.num_tokens >= 0 && info_.vocab_size > 0, hpath,
+                  ": negative token count or vocab size");
+    data_ = MappedFile(dpath);
+    DISTILL_CHECK(data_.size() == static_cast<size_t>(info_.num_tokens) * info_.width, dpath,
+                  ": has ", data_.size(), " bytes but the header says ", info_.num_tokens,
+                  " tokens of ", info_.width, " bytes (truncated or replaced shard: re-create it)");
+    // One pass to check every id is in range, so later reads need no checks.
+    for (int64_t i = 0; i < info_.num_tokens; ++i) {
+        const int64_t v = at(i);
+        DISTILL_CHECK(v < info_.vocab_size, dpath, ": token ", i, " has id ", v,
+                      " >= vocab_size ", info_.vocab_size, " (corrupt shard)");
+    }
+}
+
+int64_t TokenShard::at(int64_t i) const {
+    DISTILL_ASSERT(i >= 0 && i < info_.num_tokens, "index ", i);
+    if (info_.width == 2) {
+        uint16_t v;
+        std::memcpy(&v, data_.data() + i * 2, 2);
+        return v;
+    }
+    uint32_t v;
+    std::memcpy(&v, data_.data() + i * 4, 4);
+    return v;
+}
+
+torch::Tensor TokenShard::slice(int64_t begin, int64_t n) const {
+    DISTILL_ASSERT(begin >= 0 && n >= 0 && begin + n <= info_.num_tokens, begin, "+", n);
+    auto t = torch::empty({n}, torch::kInt64);
+    int64_t* p = t.data_ptr<int64_t>();
+    for (int64_t i = 0; i < n; ++i) p[i] = at(begin + i);
+    return t;
+}
+
+int64_t num_aligned_windows(int64_t num_tokens, int64_t T) {
+    return num_tokens > T ? (num_tokens - 1) / T : 0;
+}
+
+Batch sample_batch(const TokenShard& shard, const BatchSpec& spec, int64_t step, int64_t micro) {
+    const int64_t B = spec.batch_size, T = spec.seq_len, N = shard.size();
+    DISTILL_CHECK(N > T + 1, "the token shard '", shard.info().source, "' has ", N,
+                  " tokens: too few for windows of ", T, " (use a shorter --seq-len or more text)");
+    // splitmix-style seed so that (seed, step, micro) streams do not overlap
+    std::seed_seq seq{static_cast<uint32_t>(spec.seed), static_cast<uint32_t>(spec.seed >> 32),
+                      static_cast<uint32_t>(step), static_cast<uint32_t>(step >> 32),
+                      static_cast<uint32_t>(micro)};
+    std::mt19937_64 rng(seq);
+    Batch b;
+    b.tokens = torch::empty({B, T + 1}, torch::kInt64);
+    const int64_t W = num_aligned_windows(N, T);
+    for (int64_t i = 0; i < B; ++i) {
+        int64_t start;
+        if (spec.aligned) {
+            int64_t w = std::uniform_int_distribution<int64_t>(0, W - 1)(rng);
+            b.windows.push_back(w);
+            start = w * T;
+        } else {
+            start = std::uniform_int_distribution<int64_t>(0, N - T - 1)(rng);
+        }
+        b.tokens[i].copy_(shard.slice(start, T + 1));
+    }
+    return b;
+}
+
+}  // namespace distill

@@ -1,2 +1,154 @@
-// (being written)
-namespace distill {}
+#include "model/checkpoint.h"
+
+#include <torch/torch.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <nlohmann/json.hpp>
+#include <set>
+
+#include "io/safetensors.h"
+#include "util/error.h"
+#include "util/file.h"
+
+namespace distill {
+
+namespace fs = std::filesystem;
+
+std::map<std::string, torch::Tensor> model_state(Llama& model) {
+    std::map<std::string, torch::Tensor> out;
+    for (auto& p : model->named_parameters()) out[p.key()] = p.value().detach();
+    return out;
+}
+
+void recover_dir(const std::string& dir) {
+    const std::string old = dir + ".old";
+    if (!dir_exists(dir) && dir_exists(old)) {
+        std::error_code ec;
+        fs::rename(old, dir, ec);
+        DISTILL_CHECK(!ec, "cannot restore '", dir, "' from '", old, "': ", ec.message());
+    }
+}
+
+void replace_dir(const std::string& tmp, const std::string& dir) {
+    const std::string old = dir + ".old";
+    std::error_code ec;
+    fs::remove_all(old, ec);
+    if (dir_exists(dir)) {
+        fs::rename(dir, old, ec);
+        DISTILL_CHECK(!ec, "cannot move '", dir, "' aside: ", ec.message());
+    }
+    fs::rename(tmp, dir, ec);
+    DISTILL_CHECK(!ec, "cannot rename '", tmp, "' to '", dir, "': ", ec.message());
+    fs::remove_all(old, ec);
+}
+
+void save_model_dir(const std::string& dir, Llama& model, const Tokenizer* tokenizer,
+                    const std::map<std::string, std::string>& extra_files) {
+    fs::path target = fs::absolute(dir);
+    if (target.has_parent_path()) make_dirs(target.parent_path().string());
+    const std::string tmp = target.string() + ".tmp-" + std::to_string(::getpid());
+    std::error_code ec;
+    fs::remove_all(tmp, ec);
+    make_dirs(tmp);
+    write_file_atomic(path_join(tmp, "config.json"), config_to_json(model->config()).dump(2) + "\n");
+    save_safetensors(path_join(tmp, "model.safetensors"), model_state(model), {{"format", "pt"}});
+    if (tokenizer) tokenizer->save(path_join(tmp, "tokenizer.json"));
+    for (const auto& [name, text] : extra_files) write_file_atomic(path_join(tmp, name), text);
+    replace_dir(tmp, target.string());
+}
+
+namespace {
+
+// name -> file, for a single model.safetensors or a sharded index.
+std::map<std::string, std::string> weight_files(const std::string& dir) {
+    const std::string single = path_join(dir, "model.safetensors");
+    const std::string index = path_join(dir, "model.safetensors.index.json");
+    std::map<std::string, std::string> out;
+    if (file_exists(index)) {
+        nlohmann::json j;
+        try {
+            j = nlohmann::json::parse(read_file(index));
+        } catch (const nlohmann::json::exception& e) {
+            throw Error(str_cat(index, ": not valid JSON: ", e.what()));
+        }
+        DISTILL_CHECK(j.is_object() && j.contains("weight_map") && j["weight_map"].is_object(),
+                      index, ": missing 'weight_map'");
+        for (auto it = j["weight_map"].begin(); it != j["weight_map"].end(); ++it) {
+            DISTILL_CHECK(it.value().is_string(), index, ": weight_map values must be file names");
+            std::string f = it.value().get<std::string>();
+            DISTILL_CHECK(f.find('/') == std::string::npos && f.find("..") == std::string::npos,
+                          index, ": shard name '", f, "' must be a plain file name");
+            out[it.key()] = path_join(dir, f);
+        }
+        return out;
+    }
+    DISTILL_CHECK(file_exists(single), "'", dir,
+                  "' has no model.safetensors (nor model.safetensors.index.json): is it a model "
+                  "directory?");
+    SafetensorsFile f(single);
+    for (const auto& [name, e] : f.entries()) out[name] = single;
+    return out;
+}
+
+}  // namespace
+
+LoadedModel load_model_dir(const std::string& dir) {
+    DISTILL_CHECK(dir_exists(dir), "model directory '", dir, "' does not exist");
+    LoadedModel m;
+    m.path = dir;
+    const std::string cfg_path = path_join(dir, "config.json");
+    DISTILL_CHECK(file_exists(cfg_path), "'", dir, "' has no config.json: is it a model directory?");
+    m.config = load_config(cfg_path);
+    m.model = Llama(m.config);
+    auto files = weight_files(dir);
+    std::map<std::string, std::unique_ptr<SafetensorsFile>> open;
+    std::set<std::string> used;
+    std::string missing;
+    torch::NoGradGuard ng;
+    uint64_t fp = hash64(cfg_path.data(), 0);
+    const std::string cfg_text = config_to_json(m.config).dump();
+    fp = hash64(cfg_text.data(), cfg_text.size(), fp);
+    for (auto& p : m.model->named_parameters()) {
+        auto it = files.find(p.key());
+        if (it == files.end()) {
+            missing += (missing.empty() ? "" : ", ") + p.key();
+            continue;
+        }
+        auto& f = open[it->second];
+        if (!f) f = std::make_unique<SafetensorsFile>(it->second);
+        DISTILL_CHECK(f->has(p.key()), it->second, ": has no tensor '", p.key(),
+                      "' although the index names it");
+        torch::Tensor t = f->get(p.key(), torch::kFloat32);
+        DISTILL_CHECK(t.sizes() == p.value().sizes(), it->second, ": tensor '", p.key(),
+                      "' has shape ", t.sizes(), " but config.json implies ", p.value().sizes());
+        p.value().copy_(t);
+        fp = hash64(t.data_ptr(), t.numel() * sizeof(float), fp);
+        used.insert(p.key());
+    }
+    DISTILL_CHECK(missing.empty(), dir, ": missing tensors: ", missing);
+    std::string unexpected;
+    for (const auto& [name, file] : files) {
+        if (used.count(name) || name.find("rotary_emb.inv_freq") != std::string::npos) continue;
+        if (m.config.tie_word_embeddings && name == "lm_head.weight") continue;
+        unexpected += (unexpected.empty() ? "" : ", ") + name;
+    }
+    DISTILL_CHECK(unexpected.empty(), dir,
+                  ": tensors that this architecture does not have (wrong config.json?): ",
+                  unexpected.substr(0, 400));
+    char buf[17];
+    std::snprintf(buf, sizeof buf, "%016llx", static_cast<unsigned long long>(fp));
+    m.fingerprint = buf;
+    const std::string tok = path_join(dir, "tokenizer.json");
+    if (file_exists(tok)) {
+        m.tokenizer = Tokenizer::load(tok);
+        m.has_tokenizer = true;
+        DISTILL_CHECK(m.tokenizer.vocab_size() <= m.config.vocab_size, dir, ": tokenizer.json has ",
+                      m.tokenizer.vocab_size(), " tokens but the model's vocab_size is ",
+                      m.config.vocab_size);
+    }
+    m.model->eval();
+    return m;
+}
+
+}  // namespace distill

@@ -1,2 +1,148 @@
-// (being written)
-namespace distill {}
+#include "model/config.h"
+
+#include <nlohmann/json.hpp>
+
+#include "util/error.h"
+#include "util/file.h"
+
+namespace distill {
+
+void ModelConfig::validate() const {
+    DISTILL_CHECK(architecture == "llama" || architecture == "qwen2",
+                  "unsupported architecture '", architecture, "' (supported: llama, qwen2)");
+    DISTILL_CHECK(vocab_size > 0 && vocab_size <= (1 << 24), "vocab_size ", vocab_size,
+                  " is out of range (1 .. 16777216)");
+    DISTILL_CHECK(hidden_size > 0 && hidden_size <= 65536, "hidden_size ", hidden_size,
+                  " is out of range");
+    DISTILL_CHECK(num_hidden_layers > 0 && num_hidden_layers <= 1024, "num_hidden_layers ",
+                  num_hidden_layers, " is out of range");
+    DISTILL_CHECK(num_attention_heads > 0 && hidden_size % num_attention_heads == 0,
+                  "hidden_size ", hidden_size, " is not divisible by num_attention_heads ",
+                  num_attention_heads);
+    DISTILL_CHECK(head_dim() % 2 == 0, "head dim ", head_dim(),
+                  " must be even for rotary positions");
+    DISTILL_CHECK(num_key_value_heads > 0 && num_attention_heads % num_key_value_heads == 0,
+                  "num_attention_heads ", num_attention_heads,
+                  " is not a multiple of num_key_value_heads ", num_key_value_heads);
+    DISTILL_CHECK(intermediate_size > 0 && intermediate_size <= (1 << 20), "intermediate_size ",
+                  intermediate_size, " is out of range");
+    DISTILL_CHECK(max_position_embeddings > 0, "max_position_embeddings must be positive");
+    DISTILL_CHECK(rope_theta > 0, "rope_theta must be positive");
+    DISTILL_CHECK(rms_norm_eps > 0 && rms_norm_eps < 1, "rms_norm_eps must be in (0, 1)");
+}
+
+int64_t ModelConfig::num_params() const {
+    const int64_t C = hidden_size, D = head_dim();
+    const int64_t q = C * C, kv = 2 * C * num_key_value_heads * D, o = C * C;
+    const int64_t bias = attention_bias ? C + 2 * num_key_value_heads * D : 0;
+    const int64_t mlp = 3 * C * intermediate_size;
+    const int64_t layer = q + kv + o + bias + mlp + 2 * C;
+    const int64_t emb = vocab_size * C;
+    return emb * (tie_word_embeddings ? 1 : 2) + num_hidden_layers * layer + C;
+}
+
+double ModelConfig::flops_per_token(int64_t T) const {
+    const double C = hidden_size, D = head_dim(), L = num_hidden_layers;
+    const double matmul_params = L * (2 * C * C + 2 * C * num_key_value_heads * D +
+                                      3 * C * intermediate_size) +
+                                 C * vocab_size;
+    // QK^T and AV: 2 * T * C each per token with a full window (causal halves it on average).
+    const double attn = L * 2.0 * T * C;
+    return 2.0 * matmul_params + attn;
+}
+
+namespace {
+
+template <typename T>
+T get_or(const nlohmann::json& j, const char* key, T dflt, const std::string& source) {
+    auto it = j.find(key);
+    if (it == j.end() || it->is_null()) return dflt;
+    try {
+        return it->get<T>();
+    } catch (const std::exception&) {
+        throw Error(str_cat(source, ": '", key, "' has the wrong type (", it->type_name(), ")"));
+    }
+}
+
+int64_t get_required(const nlohmann::json& j, const char* key, const std::string& source) {
+    auto it = j.find(key);
+    DISTILL_CHECK(it != j.end(), source, ": missing required key '", key, "'");
+    DISTILL_CHECK(it->is_number_integer(), source, ": '", key, "' must be an integer");
+    return it->get<int64_t>();
+}
+
+}  // namespace
+
+ModelConfig config_from_json(const nlohmann::json& j, const std::string& source) {
+    DISTILL_CHECK(j.is_object(), source, ": expected a JSON object");
+    ModelConfig c;
+    std::string model_type = get_or<std::string>(j, "model_type", "llama", source);
+    if (model_type == "qwen2") {
+        c.architecture = "qwen2";
+        c.attention_bias = true;
+    } else if (model_type == "llama" || model_type == "mistral") {
+        c.architecture = "llama";
+    } else {
+        throw Error(str_cat(source, ": unsupported model_type '", model_type,
+                            "' (supported: llama, qwen2)"));
+    }
+    c.vocab_size = get_required(j, "vocab_size", source);
+    c.hidden_size = get_required(j, "hidden_size", source);
+    c.num_hidden_layers = get_required(j, "num_hidden_layers", source);
+    c.num_attention_heads = get_required(j, "num_attention_heads", source);
+    c.num_key_value_heads =
+        get_or<int64_t>(j, "num_key_value_heads", c.num_attention_heads, source);
+    c.intermediate_size = get_required(j, "intermediate_size", source);
+    c.max_position_embeddings =
+        get_or<int64_t>(j, "max_position_embeddings", c.max_position_embeddings, source);
+    c.rope_theta = get_or<double>(j, "rope_theta", c.rope_theta, source);
+    c.rms_norm_eps = get_or<double>(j, "rms_norm_eps", c.rms_norm_eps, source);
+    c.tie_word_embeddings = get_or<bool>(j, "tie_word_embeddings", false, source);
+    c.attention_bias = get_or<bool>(j, "attention_bias", c.attention_bias, source);
+    c.bos_token_id = get_or<int64_t>(j, "bos_token_id", -1, source);
+    c.eos_token_id = get_or<int64_t>(j, "eos_token_id", -1, source);
+    if (j.contains("head_dim") && j["head_dim"].is_number_integer())
+        DISTILL_CHECK(j["head_dim"].get<int64_t>() * c.num_attention_heads == c.hidden_size,
+                      source, ": head_dim * num_attention_heads != hidden_size is not supported");
+    try {
+        c.validate();
+    } catch (const Error& e) {
+        throw Error(str_cat(source, ": ", e.what()));
+    }
+    return c;
+}
+
+nlohmann::json config_to_json(const ModelConfig& c) {
+    nlohmann::json j;
+    j["architectures"] = {c.architecture == "qwen2" ? "Qwen2ForCausalLM" : "LlamaForCausalLM"};
+    j["model_type"] = c.architecture;
+    j["vocab_size"] = c.vocab_size;
+    j["hidden_size"] = c.hidden_size;
+    j["num_hidden_layers"] = c.num_hidden_layers;
+    j["num_attention_heads"] = c.num_attention_heads;
+    j["num_key_value_heads"] = c.num_key_value_heads;
+    j["head_dim"] = c.head_dim();
+    j["intermediate_size"] = c.intermediate_size;
+    j["max_position_embeddings"] = c.max_position_embeddings;
+    j["rope_theta"] = c.rope_theta;
+    j["rms_norm_eps"] = c.rms_norm_eps;
+    j["tie_word_embeddings"] = c.tie_word_embeddings;
+    j["attention_bias"] = c.attention_bias;
+    j["hidden_act"] = "silu";
+    j["torch_dtype"] = "float32";
+    if (c.bos_token_id >= 0) j["bos_token_id"] = c.bos_token_id;
+    if (c.eos_token_id >= 0) j["eos_token_id"] = c.eos_token_id;
+    return j;
+}
+
+ModelConfig load_config(const std::string& path) {
+    nlohmann::json j;
+    try {
+        j = nlohmann::json::parse(read_file(path));
+    } catch (const nlohmann::json::exception& e) {
+        throw Error(str_cat(path, ": not valid JSON: ", e.what()));
+    }
+    return config_from_json(j, path);
+}
+
+}  // namespace distill

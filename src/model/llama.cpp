@@ -1,2 +1,196 @@
-// (being written)
-namespace distill {}
+#include "model/llama.h"
+
+#include <torch/torch.h>
+
+#include <cmath>
+
+#include "util/error.h"
+
+namespace distill {
+
+namespace F = torch::nn::functional;
+
+RMSNormImpl::RMSNormImpl(int64_t dim, double eps_) : eps(eps_) {
+    weight = register_parameter("weight", torch::ones({dim}));
+}
+
+torch::Tensor RMSNormImpl::forward(const torch::Tensor& x) {
+    auto var = x.pow(2).mean(-1, /*keepdim=*/true);
+    return x * torch::rsqrt(var + eps) * weight;
+}
+
+AttentionImpl::AttentionImpl(const ModelConfig& c)
+    : n_head(c.num_attention_heads), n_kv_head(c.num_key_value_heads), head_dim(c.head_dim()) {
+    const int64_t C = c.hidden_size;
+    auto lin = [&](int64_t in, int64_t out, bool bias) {
+        return torch::nn::Linear(torch::nn::LinearOptions(in, out).bias(bias));
+    };
+    q_proj = register_module("q_proj", lin(C, n_head * head_dim, c.attention_bias));
+    k_proj = register_module("k_proj", lin(C, n_kv_head * head_dim, c.attention_bias));
+    v_proj = register_module("v_proj", lin(C, n_kv_head * head_dim, c.attention_bias));
+    o_proj = register_module("o_proj", lin(n_head * head_dim, C, false));
+}
+
+// x: (B, H, T, D); rotate_half as in HF: (-x2, x1) over the two halves of D.
+static torch::Tensor apply_rope(const torch::Tensor& x, const torch::Tensor& cos,
+                                const torch::Tensor& sin) {
+    const int64_t half = x.size(-1) / 2;
+    auto x1 = x.narrow(-1, 0, half);
+    auto x2 = x.narrow(-1, half, half);
+    auto rotated = torch::cat({-x2, x1}, -1);
+    return x * cos + rotated * sin;
+}
+
+torch::Tensor AttentionImpl::forward(const torch::Tensor& x, const torch::Tensor& cos,
+                                     const torch::Tensor& sin, torch::Tensor* cache_k,
+                                     torch::Tensor* cache_v) {
+    const int64_t B = x.size(0), T = x.size(1);
+    // q: (B, H, T, D); k, v: (B, Hkv, T, D)
+    auto q = q_proj(x).view({B, T, n_head, head_dim}).transpose(1, 2);
+    auto k = k_proj(x).view({B, T, n_kv_head, head_dim}).transpose(1, 2);
+    auto v = v_proj(x).view({B, T, n_kv_head, head_dim}).transpose(1, 2);
+    q = apply_rope(q, cos, sin);
+    k = apply_rope(k, cos, sin);
+    int64_t past = 0;
+    if (cache_k) {
+        if (cache_k->defined()) {
+            past = cache_k->size(2);
+            k = torch::cat({*cache_k, k}, 2);
+            v = torch::cat({*cache_v, v}, 2);
+        }
+        *cache_k = k;
+        *cache_v = v;
+    }
+    const int64_t S = past + T;
+    if (n_kv_head != n_head) {
+        // (B, Hkv, S, D) -> (B, H, S, D): each kv head serves H/Hkv consecutive query heads.
+        const int64_t rep = n_head / n_kv_head;
+        k = k.unsqueeze(2).expand({B, n_kv_head, rep, S, head_dim}).reshape({B, n_head, S, head_dim});
+        v = v.unsqueeze(2).expand({B, n_kv_head, rep, S, head_dim}).reshape({B, n_head, S, head_dim});
+    }
+    // scores: (B, H, T, S)
+    auto scores = torch::matmul(q, k.transpose(-2, -1)) * (1.0 / std::sqrt(double(head_dim)));
+    if (T > 1) {
+        // query i (absolute position past+i) sees keys j <= past+i
+        auto mask = torch::ones({T, S}, torch::TensorOptions().dtype(torch::kBool).device(x.device()))
+                        .triu(past + 1);
+        scores = scores.masked_fill(mask, -std::numeric_limits<float>::infinity());
+    }
+    auto att = torch::softmax(scores, -1);
+    auto y = torch::matmul(att, v);  // (B, H, T, D)
+    y = y.transpose(1, 2).reshape({B, T, n_head * head_dim});
+    return o_proj(y);
+}
+
+MLPImpl::MLPImpl(const ModelConfig& c) {
+    auto lin = [](int64_t in, int64_t out) {
+        return torch::nn::Linear(torch::nn::LinearOptions(in, out).bias(false));
+    };
+    gate_proj = register_module("gate_proj", lin(c.hidden_size, c.intermediate_size));
+    up_proj = register_module("up_proj", lin(c.hidden_size, c.intermediate_size));
+    down_proj = register_module("down_proj", lin(c.intermediate_size, c.hidden_size));
+}
+
+torch::Tensor MLPImpl::forward(const torch::Tensor& x) {
+    return down_proj(F::silu(gate_proj(x)) * up_proj(x));
+}
+
+DecoderLayerImpl::DecoderLayerImpl(const ModelConfig& c) {
+    self_attn = register_module("self_attn", Attention(c));
+    mlp = register_module("mlp", MLP(c));
+    input_layernorm = register_module("input_layernorm", RMSNorm(c.hidden_size, c.rms_norm_eps));
+    post_attention_layernorm =
+        register_module("post_attention_layernorm", RMSNorm(c.hidden_size, c.rms_norm_eps));
+}
+
+torch::Tensor DecoderLayerImpl::forward(const torch::Tensor& x, const torch::Tensor& cos,
+                                        const torch::Tensor& sin, torch::Tensor* cache_k,
+                                        torch::Tensor* cache_v) {
+    auto h = x + self_attn->forward(input_layernorm(x), cos, sin, cache_k, cache_v);
+    return h + mlp(post_attention_layernorm(h));
+}
+
+LlamaBodyImpl::LlamaBodyImpl(const ModelConfig& c) {
+    embed_tokens = register_module("embed_tokens", torch::nn::Embedding(c.vocab_size, c.hidden_size));
+    layers = register_module("layers", torch::nn::ModuleList());
+    for (int64_t i = 0; i < c.num_hidden_layers; ++i) layers->push_back(DecoderLayer(c));
+    norm = register_module("norm", RMSNorm(c.hidden_size, c.rms_norm_eps));
+}
+
+LlamaImpl::LlamaImpl(const ModelConfig& c) : config_(c) {
+    config_.validate();
+    model = register_module("model", LlamaBody(c));
+    if (!c.tie_word_embeddings)
+        lm_head = register_module(
+            "lm_head", torch::nn::Linear(torch::nn::LinearOptions(c.hidden_size, c.vocab_size).bias(false)));
+    const int64_t D = c.head_dim();
+    inv_freq_ = 1.0 / torch::pow(torch::tensor(c.rope_theta, torch::kFloat64),
+                                 torch::arange(0, D, 2, torch::kFloat64) / double(D));
+}
+
+std::pair<torch::Tensor, torch::Tensor> LlamaImpl::rope(int64_t offset, int64_t T) {
+    const int64_t need = offset + T;
+    auto device = model->embed_tokens->weight.device();
+    if (!cos_cache_.defined() || cos_cache_.size(0) < need || cos_cache_.device() != device) {
+        int64_t n = std::max<int64_t>(need, std::min<int64_t>(config_.max_position_embeddings, 4096));
+        n = std::max(n, need);
+        // Angles in float64, as float32 loses precision at large positions; stored as float32.
+        auto t = torch::arange(n, torch::kFloat64);
+        auto freqs = torch::outer(t, inv_freq_);          // (n, D/2)
+        auto emb = torch::cat({freqs, freqs}, -1);        // (n, D)
+        cos_cache_ = emb.cos().to(torch::kFloat32).to(device);
+        sin_cache_ = emb.sin().to(torch::kFloat32).to(device);
+    }
+    return {cos_cache_.narrow(0, offset, T), sin_cache_.narrow(0, offset, T)};
+}
+
+torch::Tensor LlamaImpl::hidden(const torch::Tensor& ids, KVCache* cache) {
+    DISTILL_CHECK(ids.dim() == 2, "model input must be (B, T) token ids, got ", ids.sizes());
+    const int64_t T = ids.size(1);
+    const int64_t offset = cache ? cache->length() : 0;
+    DISTILL_CHECK(offset + T <= config_.max_position_embeddings, "sequence of ", offset + T,
+                  " tokens exceeds max_position_embeddings ", config_.max_position_embeddings);
+    auto [cos, sin] = rope(offset, T);
+    const size_t L = model->layers->size();
+    if (cache && cache->k.size() != L) {
+        cache->k.assign(L, torch::Tensor());
+        cache->v.assign(L, torch::Tensor());
+    }
+    auto x = model->embed_tokens(ids);  // (B, T, C)
+    for (size_t l = 0; l < L; ++l) {
+        auto layer = model->layers->ptr<DecoderLayerImpl>(l);
+        x = layer->forward(x, cos, sin, cache ? &cache->k[l] : nullptr,
+                           cache ? &cache->v[l] : nullptr);
+    }
+    return model->norm(x);
+}
+
+torch::Tensor LlamaImpl::head(const torch::Tensor& h) {
+    return lm_head ? lm_head(h) : F::linear(h, model->embed_tokens->weight);
+}
+
+torch::Tensor LlamaImpl::forward(const torch::Tensor& ids, KVCache* cache) {
+    return head(hidden(ids, cache));
+}
+
+void LlamaImpl::init_weights(uint64_t seed) {
+    torch::NoGradGuard ng;
+    torch::manual_seed(seed);
+    for (auto& p : named_parameters()) {
+        const std::string& name = p.key();
+        auto& t = p.value();
+        if (name.find("norm") != std::string::npos) {
+            t.fill_(1.0);
+        } else if (name.size() >= 5 && name.compare(name.size() - 5, 5, ".bias") == 0) {
+            t.zero_();
+        } else if (name.find("o_proj") != std::string::npos ||
+                   name.find("down_proj") != std::string::npos) {
+            // Residual-stream outputs scaled down by depth (GPT-2), which trains faster here.
+            t.normal_(0.0, 0.02 / std::sqrt(2.0 * config_.num_hidden_layers));
+        } else {
+            t.normal_(0.0, 0.02);
+        }
+    }
+}
+
+}  // namespace distill

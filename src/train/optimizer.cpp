@@ -1,2 +1,78 @@
-// (being written)
-namespace distill {}
+#include "train/optimizer.h"
+
+#include <torch/torch.h>
+
+#include <cmath>
+
+#include "util/error.h"
+
+namespace distill {
+
+AdamW::AdamW(std::vector<std::pair<std::string, torch::Tensor>> params, AdamWOptions opts)
+    : params_(std::move(params)), opts_(opts) {
+    for (auto& [name, p] : params_) {
+        m_.push_back(torch::zeros_like(p));
+        v_.push_back(torch::zeros_like(p));
+    }
+}
+
+void AdamW::zero_grad() {
+    for (auto& [name, p] : params_)
+        if (p.grad().defined()) p.mutable_grad().zero_();
+}
+
+void AdamW::step(double lr) {
+    torch::NoGradGuard ng;
+    ++t_;
+    const double bc1 = 1.0 - std::pow(opts_.beta1, double(t_));
+    const double bc2 = 1.0 - std::pow(opts_.beta2, double(t_));
+    for (size_t i = 0; i < params_.size(); ++i) {
+        auto& p = params_[i].second;
+        if (!p.grad().defined()) continue;
+        const auto& g = p.grad();
+        if (opts_.weight_decay > 0 && p.dim() >= 2) p.mul_(1.0 - lr * opts_.weight_decay);
+        m_[i].mul_(opts_.beta1).add_(g, 1.0 - opts_.beta1);
+        v_[i].mul_(opts_.beta2).addcmul_(g, g, 1.0 - opts_.beta2);
+        auto denom = (v_[i] / bc2).sqrt_().add_(opts_.eps);
+        p.addcdiv_(m_[i], denom, -lr / bc1);
+    }
+}
+
+std::map<std::string, torch::Tensor> AdamW::state() const {
+    std::map<std::string, torch::Tensor> s;
+    for (size_t i = 0; i < params_.size(); ++i) {
+        s["m." + params_[i].first] = m_[i];
+        s["v." + params_[i].first] = v_[i];
+    }
+    s["t"] = torch::tensor({t_}, torch::kInt64);
+    return s;
+}
+
+void AdamW::load_state(const std::map<std::string, torch::Tensor>& s) {
+    torch::NoGradGuard ng;
+    for (size_t i = 0; i < params_.size(); ++i) {
+        for (auto* pair : {&m_, &v_}) {
+            const std::string key = (pair == &m_ ? "m." : "v.") + params_[i].first;
+            auto it = s.find(key);
+            DISTILL_CHECK(it != s.end(), "optimizer state has no '", key,
+                          "' (checkpoint from another model? delete it to restart)");
+            DISTILL_CHECK(it->second.sizes() == params_[i].second.sizes(), "optimizer state '", key,
+                          "' has shape ", it->second.sizes(), ", expected ",
+                          params_[i].second.sizes());
+            (*pair)[i].copy_(it->second);
+        }
+    }
+    auto it = s.find("t");
+    DISTILL_CHECK(it != s.end() && it->second.numel() == 1, "optimizer state has no step count");
+    t_ = it->second.item<int64_t>();
+}
+
+double lr_at(int64_t step, int64_t total, int64_t warmup, double lr, double min_ratio) {
+    if (warmup > 0 && step < warmup) return lr * double(step + 1) / double(warmup);
+    if (total <= warmup) return lr;
+    const double progress = std::min(1.0, double(step - warmup) / double(total - warmup));
+    const double cosine = 0.5 * (1.0 + std::cos(M_PI * progress));
+    return lr * (min_ratio + (1.0 - min_ratio) * cosine);
+}
+
+}  // namespace distill

@@ -1,2 +1,234 @@
-// (being written)
-namespace distill {}
+#include "train/trainer.h"
+
+#include <torch/torch.h>
+
+#include <unistd.h>
+
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+#include "io/safetensors.h"
+#include "model/checkpoint.h"
+#include "train/optimizer.h"
+#include "util/error.h"
+#include "util/file.h"
+#include "util/progress.h"
+
+namespace distill {
+
+nlohmann::json TrainOptions::to_json() const {
+    return {{"steps", steps},           {"batch_size", batch_size},
+            {"seq_len", seq_len},       {"grad_accum", grad_accum},
+            {"lr", lr},                 {"min_lr_ratio", min_lr_ratio},
+            {"warmup", warmup},         {"weight_decay", weight_decay},
+            {"beta1", beta1},           {"beta2", beta2},
+            {"grad_clip", grad_clip},   {"seed", seed},
+            {"checkpoint_every", checkpoint_every}, {"log_every", log_every}};
+}
+
+TrainOptions TrainOptions::from_json(const nlohmann::json& j) {
+    TrainOptions o;
+    o.steps = j.value("steps", o.steps);
+    o.batch_size = j.value("batch_size", o.batch_size);
+    o.seq_len = j.value("seq_len", o.seq_len);
+    o.grad_accum = j.value("grad_accum", o.grad_accum);
+    o.lr = j.value("lr", o.lr);
+    o.min_lr_ratio = j.value("min_lr_ratio", o.min_lr_ratio);
+    o.warmup = j.value("warmup", o.warmup);
+    o.weight_decay = j.value("weight_decay", o.weight_decay);
+    o.beta1 = j.value("beta1", o.beta1);
+    o.beta2 = j.value("beta2", o.beta2);
+    o.grad_clip = j.value("grad_clip", o.grad_clip);
+    o.seed = j.value("seed", o.seed);
+    o.checkpoint_every = j.value("checkpoint_every", o.checkpoint_every);
+    o.log_every = j.value("log_every", o.log_every);
+    return o;
+}
+
+torch::Tensor next_token_loss(Llama& model, const torch::Tensor& tokens) {
+    // tokens: (B, T+1) -> inputs (B, T), targets (B, T); logits (B, T, V)
+    const int64_t T = tokens.size(1) - 1;
+    auto inputs = tokens.narrow(1, 0, T);
+    auto targets = tokens.narrow(1, 1, T);
+    auto logits = model->forward(inputs);
+    return torch::nn::functional::cross_entropy(logits.reshape({-1, logits.size(-1)}),
+                                                targets.reshape({-1}));
+}
+
+namespace {
+
+std::string run_fingerprint(const nlohmann::json& run_config) {
+    return hash_hex(run_config.dump());
+}
+
+// Keeps the metrics lines up to `step` (inclusive), dropping what a killed run wrote after its
+// last checkpoint, so that resumed metrics have no duplicates.
+void trim_metrics(const std::string& path, int64_t step) {
+    if (!file_exists(path)) return;
+    std::istringstream in(read_file(path));
+    std::string line, kept;
+    while (std::getline(in, line)) {
+        if (line.empty()) continue;
+        try {
+            auto j = nlohmann::json::parse(line);
+            if (j.value("step", int64_t{0}) <= step) kept += line + "\n";
+        } catch (const nlohmann::json::exception&) {
+            // a torn last line from a killed process
+        }
+    }
+    write_file_atomic(path, kept);
+}
+
+}  // namespace
+
+TrainResult run_training(Llama& model, const Tokenizer& tokenizer, const TrainOptions& opts,
+                         const std::string& run_dir, const nlohmann::json& run_config,
+                         const LossFn& loss_fn, const std::string& label) {
+    DISTILL_CHECK(opts.steps > 0 && opts.batch_size > 0 && opts.seq_len > 0 && opts.grad_accum > 0,
+                  "steps, batch size, sequence length and grad accumulation must be positive");
+    DISTILL_CHECK(opts.lr > 0 && std::isfinite(opts.lr), "learning rate must be positive");
+    make_dirs(run_dir);
+    const std::string fp = run_fingerprint(run_config);
+    const std::string ckpt_dir = path_join(run_dir, "checkpoint");
+    const std::string final_dir = path_join(run_dir, "model");
+    const std::string done_path = path_join(run_dir, "done.json");
+    const std::string metrics_path = path_join(run_dir, "metrics.jsonl");
+    TrainResult result;
+
+    auto describe_mismatch = [&](const std::string& what) {
+        return str_cat("run directory '", run_dir, "' holds ", what,
+                       " of a run with different settings; use another --run-dir, or delete it "
+                       "to start over");
+    };
+
+    if (file_exists(done_path) && dir_exists(final_dir)) {
+        auto done = nlohmann::json::parse(read_file(done_path));
+        DISTILL_CHECK(done.value("fingerprint", "") == fp, describe_mismatch("a finished model"));
+        LoadedModel m = load_model_dir(final_dir);
+        torch::NoGradGuard ng;
+        auto src = model_state(m.model);
+        for (auto& p : model->named_parameters()) p.value().copy_(src.at(p.key()));
+        result.steps = done.value("steps", int64_t{0});
+        result.tokens = done.value("tokens", int64_t{0});
+        result.seconds = done.value("seconds", 0.0);
+        result.final_loss = done.value("final_loss", 0.0);
+        result.already_done = true;
+        log_info(str_cat(label, ": reusing the finished run in ", run_dir));
+        return result;
+    }
+
+    std::vector<std::pair<std::string, torch::Tensor>> params;
+    for (auto& p : model->named_parameters()) params.emplace_back(p.key(), p.value());
+    AdamW opt(params, {opts.lr, opts.beta1, opts.beta2, 1e-8, opts.weight_decay});
+
+    int64_t start_step = 0;
+    recover_dir(ckpt_dir);
+    if (dir_exists(ckpt_dir) && file_exists(path_join(ckpt_dir, "state.json"))) {
+        auto state = nlohmann::json::parse(read_file(path_join(ckpt_dir, "state.json")));
+        DISTILL_CHECK(state.value("fingerprint", "") == fp, describe_mismatch("a checkpoint"));
+        LoadedModel m = load_model_dir(ckpt_dir);
+        {
+            torch::NoGradGuard ng;
+            auto src = model_state(m.model);
+            for (auto& p : model->named_parameters()) p.value().copy_(src.at(p.key()));
+        }
+        SafetensorsFile st(path_join(ckpt_dir, "optimizer.safetensors"));
+        std::map<std::string, torch::Tensor> s;
+        for (const auto& [name, e] : st.entries())
+            s[name] = st.get(name, name == "t" ? torch::kInt64 : torch::kFloat32);
+        opt.load_state(s);
+        start_step = state.at("step").get<int64_t>();
+        result.tokens = state.value("tokens", int64_t{0});
+        result.seconds = state.value("seconds", 0.0);
+        result.resumed = true;
+        trim_metrics(metrics_path, start_step);
+        log_info(str_cat(label, ": resuming from the checkpoint at step ", start_step, " in ",
+                         ckpt_dir));
+    } else {
+        write_file_atomic(metrics_path, "");
+    }
+    write_file_atomic(path_join(run_dir, "run.json"), run_config.dump(2) + "\n");
+
+    auto save_checkpoint = [&](int64_t step) {
+        nlohmann::json state = {{"step", step},
+                                {"tokens", result.tokens},
+                                {"seconds", result.seconds},
+                                {"fingerprint", fp}};
+        const std::string tmp = ckpt_dir + ".tmp-" + std::to_string(::getpid());
+        save_model_dir(tmp, model, &tokenizer);
+        save_safetensors(path_join(tmp, "optimizer.safetensors"), opt.state());
+        write_file_atomic(path_join(tmp, "state.json"), state.dump(2) + "\n");
+        replace_dir(tmp, ckpt_dir);
+    };
+
+    std::ofstream metrics(metrics_path, std::ios::app);
+    model->train();
+    Progress progress(label);
+    double window_loss = 0;
+    int64_t window_n = 0;
+    double t_last = now_seconds();
+    int64_t tokens_at_start = result.tokens;
+    double t_start = t_last;
+    for (int64_t step = start_step; step < opts.steps; ++step) {
+        const double lr = lr_at(step, opts.steps, opts.warmup, opts.lr, opts.min_lr_ratio);
+        opt.zero_grad();
+        double step_loss = 0;
+        std::map<std::string, double> extras;
+        for (int64_t micro = 0; micro < opts.grad_accum; ++micro) {
+            StepLoss sl = loss_fn(step, micro);
+            DISTILL_ASSERT(sl.loss.defined() && sl.loss.numel() == 1, "loss must be a scalar");
+            (sl.loss / double(opts.grad_accum)).backward();
+            step_loss += sl.loss.item<double>() / double(opts.grad_accum);
+            result.tokens += sl.tokens;
+            for (const auto& [k, v] : sl.extras) extras[k] += v / double(opts.grad_accum);
+        }
+        DISTILL_CHECK(std::isfinite(step_loss), label, ": the loss became ", step_loss, " at step ",
+                      step + 1, "; lower --lr or check the data (the last checkpoint is kept)");
+        double grad_norm = 0;
+        if (opts.grad_clip > 0)
+            grad_norm = torch::nn::utils::clip_grad_norm_(model->parameters(), opts.grad_clip);
+        opt.step(lr);
+        const double t_now = now_seconds();
+        result.seconds += t_now - t_last;
+        t_last = t_now;
+        window_loss += step_loss;
+        ++window_n;
+        const int64_t done = step + 1;
+        const double tok_s = double(result.tokens - tokens_at_start) / std::max(1e-9, t_now - t_start);
+        char detail[128];
+        std::snprintf(detail, sizeof detail, "loss %.4f  lr %.2e  %s tok/s", step_loss, lr,
+                      format_count(tok_s).c_str());
+        progress.update(done, opts.steps, detail);
+        if (done % opts.log_every == 0 || done == opts.steps) {
+            nlohmann::json line = {{"step", done},
+                                   {"loss", window_loss / window_n},
+                                   {"lr", lr},
+                                   {"grad_norm", grad_norm},
+                                   {"tokens", result.tokens},
+                                   {"seconds", result.seconds},
+                                   {"tokens_per_second", tok_s}};
+            for (const auto& [k, v] : extras) line[k] = v;
+            metrics << line.dump() << "\n";
+            metrics.flush();
+            result.final_loss = window_loss / window_n;
+            window_loss = 0;
+            window_n = 0;
+        }
+        if (done % opts.checkpoint_every == 0 && done < opts.steps) save_checkpoint(done);
+    }
+    result.steps = opts.steps;
+    model->eval();
+    save_model_dir(final_dir, model, &tokenizer);
+    nlohmann::json done = {{"fingerprint", fp},       {"steps", result.steps},
+                           {"tokens", result.tokens}, {"seconds", result.seconds},
+                           {"final_loss", result.final_loss}};
+    write_file_atomic(done_path, done.dump(2) + "\n");
+    std::error_code ec;
+    std::filesystem::remove_all(ckpt_dir, ec);
+    progress.finish(str_cat("loss ", result.final_loss));
+    return result;
+}
+
+}  // namespace distill

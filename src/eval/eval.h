@@ -1,0 +1,56 @@
+// distill — evaluation: bits per byte over long text with a sliding window (tokenizer-independent,
+// as lm-evaluation-harness's loglikelihood_rolling), per-position scoring, and agreement / KL
+// between a teacher and a student.
+#pragma once
+
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "model/llama.h"
+#include "tokenizer/tokenizer.h"
+
+namespace distill {
+
+struct WindowOptions {
+    int64_t context = 256;  // tokens the model sees at once
+    int64_t stride = 128;   // new tokens scored per window after the first (<= context)
+    int64_t batch = 8;      // windows evaluated together
+};
+
+// Runs `model` over `ids` (a BOS, if any, already in front) in sliding windows and calls
+// `visit(first, log_probs, targets)` for each window: positions first .. first+n-1 of `ids` are
+// the scored targets (each scored exactly once, with as much context as the window allows),
+// log_probs (n, V) are the model's log-probabilities for them, targets (n) int64.
+using WindowVisitor =
+    std::function<void(int64_t first, const torch::Tensor& log_probs, const torch::Tensor& targets)>;
+void for_each_window(Llama& model, const std::vector<int64_t>& ids, const WindowOptions& opts,
+                     const WindowVisitor& visit, const std::string& progress_label = "");
+
+struct BpbResult {
+    double bits_per_byte = 0;
+    double nats_per_token = 0;
+    int64_t tokens = 0;  // scored tokens
+    int64_t bytes = 0;   // UTF-8 bytes of the text
+    double seconds = 0;
+};
+
+// Bits per byte of `text`: -sum log2 q(token) / bytes, every token of the text scored once
+// (the first conditioned on BOS when the tokenizer has one).
+BpbResult eval_bpb(Llama& model, const Tokenizer& tokenizer, const std::string& text,
+                   const WindowOptions& opts, const std::string& progress_label = "bpb");
+
+struct CompareResult {
+    double top1_agreement = 0;  // fraction of positions where argmax student == argmax teacher
+    double kl_to_teacher = 0;   // mean KL(teacher || student) in nats per position
+    int64_t positions = 0;
+};
+
+// Teacher vs student on the same tokens (same tokenizer required).
+CompareResult eval_compare(Llama& teacher, Llama& student, const std::vector<int64_t>& ids,
+                           const WindowOptions& opts);
+
+// ids of `text` with BOS in front when the tokenizer has one.
+std::vector<int64_t> encode_for_eval(const Tokenizer& tokenizer, const std::string& text);
+
+}  // namespace distill

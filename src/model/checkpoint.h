@@ -1,0 +1,40 @@
+// distill — model directories in the Hugging Face layout: config.json, model.safetensors
+// (or sharded with model.safetensors.index.json), tokenizer.json.
+#pragma once
+
+#include <map>
+#include <string>
+
+#include "model/config.h"
+#include "model/llama.h"
+#include "tokenizer/tokenizer.h"
+
+namespace distill {
+
+struct LoadedModel {
+    ModelConfig config;
+    Llama model{nullptr};
+    Tokenizer tokenizer;
+    bool has_tokenizer = false;
+    std::string path;
+    std::string fingerprint;  // of config + weights
+};
+
+// Loads a model directory. Missing files, tensors with wrong shapes, missing or unexpected
+// tensors give an Error naming them.
+LoadedModel load_model_dir(const std::string& dir);
+
+// Writes a model directory. The directory is first written beside the target and then renamed
+// into place, so a killed process leaves either the old directory or the new one.
+void save_model_dir(const std::string& dir, Llama& model, const Tokenizer* tokenizer,
+                    const std::map<std::string, std::string>& extra_files = {});
+
+// The state dict with HF names, detached (tied head omitted).
+std::map<std::string, torch::Tensor> model_state(Llama& model);
+
+// Replaces `dir` by `tmp` (both directories), keeping `dir.old` until the swap is done.
+void replace_dir(const std::string& tmp, const std::string& dir);
+// If a previous replace_dir was interrupted, restores `dir` from `dir.old`.
+void recover_dir(const std::string& dir);
+
+}  // namespace distill

@@ -1,0 +1,41 @@
+// distill — model configuration, read from and written to an HF-style config.json.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include <nlohmann/json_fwd.hpp>
+
+namespace distill {
+
+// A decoder-only transformer of the Llama / Qwen2 family.
+struct ModelConfig {
+    std::string architecture = "llama";  // "llama" or "qwen2" (qwen2: q/k/v projections have bias)
+    int64_t vocab_size = 4096;
+    int64_t hidden_size = 256;        // C
+    int64_t num_hidden_layers = 4;
+    int64_t num_attention_heads = 8;  // query heads
+    int64_t num_key_value_heads = 8;  // grouped-query attention when < num_attention_heads
+    int64_t intermediate_size = 688;  // SwiGLU hidden width
+    int64_t max_position_embeddings = 2048;
+    double rope_theta = 10000.0;
+    double rms_norm_eps = 1e-5;
+    bool tie_word_embeddings = true;
+    bool attention_bias = false;      // q/k/v bias (true for qwen2)
+    int64_t bos_token_id = -1;
+    int64_t eos_token_id = -1;
+
+    int64_t head_dim() const { return hidden_size / num_attention_heads; }
+    // Checks that the shapes fit together; throws Error saying which value is wrong.
+    void validate() const;
+    // Trainable parameter count (tied embeddings counted once).
+    int64_t num_params() const;
+    // Forward FLOPs per token at context length T (matmuls: 2 per MAC; attention included).
+    double flops_per_token(int64_t T) const;
+};
+
+ModelConfig config_from_json(const nlohmann::json& j, const std::string& source = "config.json");
+nlohmann::json config_to_json(const ModelConfig& c);
+ModelConfig load_config(const std::string& path);
+
+}  // namespace distill

@@ -1,0 +1,31 @@
+// distill — autoregressive generation with a KV cache, and sampling.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <random>
+#include <vector>
+
+#include "model/llama.h"
+
+namespace distill {
+
+struct SamplingOptions {
+    double temperature = 1.0;  // 0 = greedy
+    int64_t top_k = 0;         // 0 = off
+    double top_p = 1.0;        // 1 = off
+    uint64_t seed = 0;
+    int64_t max_new_tokens = 64;
+    int64_t eos_id = -1;       // stop when sampled (if >= 0)
+};
+
+// Draws one id from logits (V) with the options' temperature / top-k / top-p.
+int64_t sample_token(const torch::Tensor& logits, const SamplingOptions& opts, std::mt19937_64& rng);
+
+// Generates up to max_new_tokens after `prompt` (non-empty). `on_token` (optional) sees each new
+// id as it is produced. Returns the new ids.
+std::vector<int64_t> generate(Llama& model, const std::vector<int64_t>& prompt,
+                              const SamplingOptions& opts,
+                              const std::function<void(int64_t)>& on_token = nullptr);
+
+}  // namespace distill

@@ -1,0 +1,100 @@
+// distill — a decoder-only transformer of the Llama / Qwen2 family in libtorch:
+// RMSNorm, rotary positions, grouped-query attention, SwiGLU MLP, optional tied embeddings,
+// optional q/k/v bias. Parameter names are the Hugging Face ones
+// (model.layers.0.self_attn.q_proj.weight, ...), so state dicts map one to one.
+#pragma once
+
+#include <torch/nn/module.h>
+#include <torch/nn/modules/container/modulelist.h>
+#include <torch/nn/modules/embedding.h>
+#include <torch/nn/modules/linear.h>
+#include <torch/nn/pimpl.h>
+
+#include <vector>
+
+#include "model/config.h"
+
+namespace distill {
+
+// Keys and values of every layer for the positions seen so far. k[l], v[l]: (B, Hkv, S, D).
+struct KVCache {
+    std::vector<torch::Tensor> k, v;
+    int64_t length() const { return k.empty() || !k[0].defined() ? 0 : k[0].size(2); }
+    void clear() { k.clear(); v.clear(); }
+};
+
+class RMSNormImpl : public torch::nn::Module {
+public:
+    RMSNormImpl(int64_t dim, double eps);
+    // x: (..., C) -> (..., C)
+    torch::Tensor forward(const torch::Tensor& x);
+    torch::Tensor weight;
+    double eps;
+};
+TORCH_MODULE(RMSNorm);
+
+class AttentionImpl : public torch::nn::Module {
+public:
+    explicit AttentionImpl(const ModelConfig& c);
+    // x: (B, T, C); cos, sin: (T, D) for the T new positions; past k/v from `cache` if given.
+    torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin,
+                          torch::Tensor* cache_k, torch::Tensor* cache_v);
+    torch::nn::Linear q_proj{nullptr}, k_proj{nullptr}, v_proj{nullptr}, o_proj{nullptr};
+    int64_t n_head, n_kv_head, head_dim;
+};
+TORCH_MODULE(Attention);
+
+class MLPImpl : public torch::nn::Module {
+public:
+    explicit MLPImpl(const ModelConfig& c);
+    torch::Tensor forward(const torch::Tensor& x);  // down(silu(gate(x)) * up(x))
+    torch::nn::Linear gate_proj{nullptr}, up_proj{nullptr}, down_proj{nullptr};
+};
+TORCH_MODULE(MLP);
+
+class DecoderLayerImpl : public torch::nn::Module {
+public:
+    explicit DecoderLayerImpl(const ModelConfig& c);
+    torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin,
+                          torch::Tensor* cache_k, torch::Tensor* cache_v);
+    RMSNorm input_layernorm{nullptr}, post_attention_layernorm{nullptr};
+    Attention self_attn{nullptr};
+    MLP mlp{nullptr};
+};
+TORCH_MODULE(DecoderLayer);
+
+// The "model." part of the HF names.
+class LlamaBodyImpl : public torch::nn::Module {
+public:
+    explicit LlamaBodyImpl(const ModelConfig& c);
+    torch::nn::Embedding embed_tokens{nullptr};
+    torch::nn::ModuleList layers{nullptr};
+    RMSNorm norm{nullptr};
+};
+TORCH_MODULE(LlamaBody);
+
+class LlamaImpl : public torch::nn::Module {
+public:
+    explicit LlamaImpl(const ModelConfig& c);
+    // ids: (B, T) int64 -> logits (B, T, V). With a cache, the T ids continue the cached
+    // sequence and the cache is extended.
+    torch::Tensor forward(const torch::Tensor& ids, KVCache* cache = nullptr);
+    // The final hidden states (B, T, C) after the last norm, before the head.
+    torch::Tensor hidden(const torch::Tensor& ids, KVCache* cache = nullptr);
+    // h: (..., C) -> logits (..., V)
+    torch::Tensor head(const torch::Tensor& h);
+    // Initialises weights as HF does for Llama (normal(0, 0.02), norms at 1), seeded.
+    void init_weights(uint64_t seed);
+
+    const ModelConfig& config() const { return config_; }
+    LlamaBody model{nullptr};
+    torch::nn::Linear lm_head{nullptr};  // absent when embeddings are tied
+
+private:
+    std::pair<torch::Tensor, torch::Tensor> rope(int64_t offset, int64_t T);
+    ModelConfig config_;
+    torch::Tensor inv_freq_, cos_cache_, sin_cache_;
+};
+TORCH_MODULE(Llama);
+
+}  // namespace distill

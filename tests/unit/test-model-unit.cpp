@@ -1,0 +1,171 @@
+// Model pieces that need no reference: cached generation, save/load, bad model directories.
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include "io/safetensors.h"
+#include "model/checkpoint.h"
+#include "model/generate.h"
+#include "test-util.h"
+#include "util/error.h"
+#include "util/file.h"
+
+using namespace distill;
+using namespace distill::testing_util;
+
+namespace {
+
+ModelConfig tiny(int64_t kv = 2, bool tied = true) {
+    ModelConfig c;
+    c.vocab_size = 50;
+    c.hidden_size = 32;
+    c.num_hidden_layers = 2;
+    c.num_attention_heads = 4;
+    c.num_key_value_heads = kv;
+    c.intermediate_size = 64;
+    c.max_position_embeddings = 64;
+    c.tie_word_embeddings = tied;
+    return c;
+}
+
+void expect_error_containing(const std::function<void()>& fn, const std::string& needle) {
+    try {
+        fn();
+        ADD_FAILURE() << "expected an error containing '" << needle << "'";
+    } catch (const Error& e) {
+        EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
+    }
+}
+
+}  // namespace
+
+TEST(Model, CachedForwardEqualsUncached) {
+    Llama m(tiny());
+    m->init_weights(3);
+    {
+        torch::NoGradGuard ng;
+        for (auto& p : m->parameters()) p.add_(torch::randn_like(p) * 0.1);
+    }
+    m->eval();
+    torch::NoGradGuard ng;
+    auto ids = torch::randint(50, {2, 20}, torch::kInt64);
+    auto full = m->forward(ids);
+    KVCache cache;
+    // a prompt of 7, then one token at a time
+    auto first = m->forward(ids.narrow(1, 0, 7), &cache);
+    EXPECT_LE((first - full.narrow(1, 0, 7)).abs().max().item<double>(), 1e-5);
+    for (int64_t t = 7; t < 20; ++t) {
+        auto step = m->forward(ids.narrow(1, t, 1), &cache);
+        EXPECT_LE((step.squeeze(1) - full.select(1, t)).abs().max().item<double>(), 1e-5) << "t=" << t;
+    }
+    EXPECT_EQ(cache.length(), 20);
+}
+
+TEST(Model, GreedyGenerationEqualsArgmaxOfFullForward) {
+    Llama m(tiny(1, false));
+    m->init_weights(5);
+    {
+        torch::NoGradGuard ng;
+        for (auto& p : m->parameters()) p.add_(torch::randn_like(p) * 0.2);
+    }
+    m->eval();
+    SamplingOptions o;
+    o.temperature = 0;
+    o.max_new_tokens = 12;
+    std::vector<int64_t> prompt = {1, 2, 3};
+    auto out = generate(m, prompt, o);
+    ASSERT_EQ(out.size(), 12u);
+    std::vector<int64_t> seq = prompt;
+    torch::NoGradGuard ng;
+    for (int64_t id : out) {
+        auto logits = m->forward(torch::tensor(seq, torch::kInt64).unsqueeze(0));
+        EXPECT_EQ(logits[0][-1].argmax().item<int64_t>(), id);
+        seq.push_back(id);
+    }
+}
+
+TEST(Model, SamplingIsSeededAndRespectsTopK) {
+    auto logits = torch::tensor({0.0, 5.0, 4.9, -1.0, 4.8});
+    SamplingOptions o;
+    o.top_k = 2;
+    std::mt19937_64 a(42), b(42);
+    for (int i = 0; i < 200; ++i) {
+        int64_t x = sample_token(logits, o, a);
+        EXPECT_TRUE(x == 1 || x == 2);
+        EXPECT_EQ(x, sample_token(logits, o, b));
+    }
+    o.top_k = 0;
+    o.top_p = 0.01;  // only the most likely survives
+    for (int i = 0; i < 50; ++i) EXPECT_EQ(sample_token(logits, o, a), 1);
+    o.temperature = 0;
+    EXPECT_EQ(sample_token(logits, o, a), 1);
+}
+
+TEST(Model, SaveLoadRoundTrip) {
+    const std::string dir = temp_dir("model-rt");
+    Llama m(tiny(2, false));
+    m->init_weights(9);
+    save_model_dir(dir + "/m", m, nullptr);
+    LoadedModel l = load_model_dir(dir + "/m");
+    auto a = model_state(m), b = model_state(l.model);
+    ASSERT_EQ(a.size(), b.size());
+    for (auto& [k, v] : a) EXPECT_TRUE(torch::equal(v, b.at(k))) << k;
+    EXPECT_EQ(l.config.num_key_value_heads, 2);
+    EXPECT_FALSE(l.config.tie_word_embeddings);
+}
+
+TEST(Model, BadDirectoriesGiveClearErrors) {
+    const std::string dir = temp_dir("model-bad");
+    Llama m(tiny());
+    m->init_weights(1);
+    save_model_dir(dir + "/good", m, nullptr);
+    const std::string cfg = read_file(dir + "/good/config.json");
+    const std::string weights = read_file(dir + "/good/model.safetensors");
+
+    expect_error_containing([&] { load_model_dir(dir + "/nope"); }, "does not exist");
+
+    make_dirs(dir + "/nocfg");
+    expect_error_containing([&] { load_model_dir(dir + "/nocfg"); }, "config.json");
+
+    make_dirs(dir + "/badjson");
+    write_file_atomic(dir + "/badjson/config.json", "{\"hidden_size\": ");
+    expect_error_containing([&] { load_model_dir(dir + "/badjson"); }, "not valid JSON");
+
+    make_dirs(dir + "/noweights");
+    write_file_atomic(dir + "/noweights/config.json", cfg);
+    expect_error_containing([&] { load_model_dir(dir + "/noweights"); }, "model.safetensors");
+
+    make_dirs(dir + "/truncated");
+    write_file_atomic(dir + "/truncated/config.json", cfg);
+    write_file_atomic(dir + "/truncated/model.safetensors", weights.substr(0, weights.size() / 2));
+    expect_error_containing([&] { load_model_dir(dir + "/truncated"); }, "truncated");
+
+    // config whose shapes do not fit the weights
+    make_dirs(dir + "/shape");
+    auto j = nlohmann::json::parse(cfg);
+    j["intermediate_size"] = 72;
+    write_file_atomic(dir + "/shape/config.json", j.dump());
+    write_file_atomic(dir + "/shape/model.safetensors", weights);
+    expect_error_containing([&] { load_model_dir(dir + "/shape"); }, "has shape");
+
+    // a config that does not fit together by itself
+    make_dirs(dir + "/heads");
+    j = nlohmann::json::parse(cfg);
+    j["num_attention_heads"] = 5;
+    write_file_atomic(dir + "/heads/config.json", j.dump());
+    write_file_atomic(dir + "/heads/model.safetensors", weights);
+    expect_error_containing([&] { load_model_dir(dir + "/heads"); }, "not divisible");
+
+    // an untied config over tied weights: lm_head missing
+    make_dirs(dir + "/untied");
+    j = nlohmann::json::parse(cfg);
+    j["tie_word_embeddings"] = false;
+    write_file_atomic(dir + "/untied/config.json", j.dump());
+    write_file_atomic(dir + "/untied/model.safetensors", weights);
+    expect_error_containing([&] { load_model_dir(dir + "/untied"); }, "lm_head.weight");
+
+    make_dirs(dir + "/arch");
+    j = nlohmann::json::parse(cfg);
+    j["model_type"] = "gpt_neox";
+    write_file_atomic(dir + "/arch/config.json", j.dump());
+    expect_error_containing([&] { load_model_dir(dir + "/arch"); }, "unsupported model_type");
+}

@@ -1,0 +1,40 @@
+// distill — small helpers shared by the tests.
+#pragma once
+
+#include <gtest/gtest.h>
+#include <sys/wait.h>
+
+#include <cstdlib>
+#include <string>
+
+namespace distill::testing_util {
+
+inline std::string source_path(const std::string& rel) { return std::string(DISTILL_SOURCE_DIR) + "/" + rel; }
+
+// Runs a command; returns its exit status (-1 if it could not run).
+inline int run(const std::string& cmd) {
+    int rc = std::system(cmd.c_str());
+    return rc == -1 ? -1 : WEXITSTATUS(rc);
+}
+
+// Runs a Python reference script with Debian's python3 (python3-torch, numpy).
+inline int run_python(const std::string& script, const std::string& args) {
+    return run("/usr/bin/python3 " + source_path(script) + " " + args);
+}
+
+// Runs the distill binary with `args`; stdout to `out_path` if given. Returns the exit status.
+inline int run_distill(const std::string& args, const std::string& out_path = "",
+                       const std::string& err_path = "") {
+    std::string cmd = std::string(DISTILL_BINARY) + " --quiet " + args;
+    if (!out_path.empty()) cmd += " > " + out_path;
+    cmd += " 2> " + (err_path.empty() ? std::string("/dev/null") : err_path);
+    return run(cmd);
+}
+
+inline std::string temp_dir(const std::string& name) {
+    std::string d = ::testing::TempDir() + "/distill-" + name + "-" + std::to_string(::getpid());
+    run("rm -rf '" + d + "' && mkdir -p '" + d + "'");
+    return d;
+}
+
+}  // namespace distill::testing_util
