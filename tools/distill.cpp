@@ -7,6 +7,8 @@
 #include <nlohmann/json.hpp>
 
 #include "demo/demo.h"
+#include "distill/capture.h"
+#include "distill/kd.h"
 #include "eval/eval.h"
 #include "io/shards.h"
 #include "model/checkpoint.h"
@@ -138,7 +140,6 @@ int cmd_score(const std::string& model_path, const std::string& text_path, int64
 }  // namespace
 
 int main(int argc, char** argv) {
-    ensure_fast_blas(argc, argv);
     CLI::App app{"distill — knowledge distillation for language models"};
     app.require_subcommand(1);
     app.set_version_flag("--version", "distill 0.1.0");
@@ -155,6 +156,10 @@ int main(int argc, char** argv) {
     c_demo->add_option("--teacher-steps", demo.teacher_steps)->capture_default_str();
     c_demo->add_option("--student-steps", demo.student_steps)->capture_default_str();
     c_demo->add_option("--seed", demo.seed)->capture_default_str();
+    c_demo->add_option("--top-k", demo.top_k, "teacher top-k to capture")->capture_default_str();
+    c_demo->add_option("--loss", demo.loss, "distillation loss: fkl, rkl, jsd, sfkl, srkl, tv")->capture_default_str();
+    c_demo->add_option("--temperature", demo.temperature)->capture_default_str();
+    c_demo->add_option("--ce-weight", demo.ce_weight)->capture_default_str();
     c_demo->add_flag("--quick", demo.quick, "a much smaller run (a first look, and the tests)");
 
     // train-tokenizer
@@ -183,6 +188,39 @@ int main(int argc, char** argv) {
     c_pre->add_option("--data", pre_data, "token shard prefix (from `distill prepare`)")->required();
     c_pre->add_option("--run-dir", pre_run, "run directory (checkpoints, metrics, model/)")->required();
     add_train_flags(c_pre, pre);
+
+    // capture
+    std::string cap_teacher, cap_data, cap_out;
+    CaptureOptions cap;
+    auto* c_cap = app.add_subcommand("capture", "store a teacher's top-K per position in a logit cache");
+    c_cap->add_option("--teacher", cap_teacher, "teacher model directory")->required();
+    c_cap->add_option("--data", cap_data, "token shard prefix")->required();
+    c_cap->add_option("--out", cap_out, "cache directory (created, or resumed)")->required();
+    c_cap->add_option("--top-k", cap.top_k, "ids kept per position")->capture_default_str();
+    c_cap->add_option("--window", cap.window, "positions per window (= the students' --seq-len)")
+        ->capture_default_str();
+    c_cap->add_option("--batch", cap.batch, "windows per teacher forward")->capture_default_str();
+    c_cap->add_option("--max-windows", cap.max_windows, "capture only the first N windows (0 = all)")
+        ->capture_default_str();
+
+    // train (distill a student)
+    TrainOptions kd;
+    std::string kd_config, kd_init, kd_tok, kd_data, kd_run, kd_cache, kd_teacher, kd_loss = "fkl";
+    LossOptions lo;
+    auto* c_kd = app.add_subcommand("train", "train a student from a teacher cache or a live teacher");
+    c_kd->add_option("--config", kd_config, "student config.json (a new student)");
+    c_kd->add_option("--init", kd_init, "start from this model directory instead");
+    c_kd->add_option("--tokenizer", kd_tok, "tokenizer.json (default: the teacher's / --init's)");
+    c_kd->add_option("--data", kd_data, "token shard prefix")->required();
+    c_kd->add_option("--run-dir", kd_run, "run directory")->required();
+    c_kd->add_option("--cache", kd_cache, "teacher logit cache (offline distillation)");
+    c_kd->add_option("--teacher", kd_teacher, "teacher model directory (online distillation)");
+    c_kd->add_option("--loss", kd_loss, "fkl, rkl, jsd, sfkl, srkl, tv or ce")->capture_default_str();
+    c_kd->add_option("--temperature", lo.temperature)->capture_default_str();
+    c_kd->add_option("--ce-weight", lo.ce_weight, "weight of cross-entropy on the data")->capture_default_str();
+    c_kd->add_option("--beta", lo.beta, "JSD beta")->capture_default_str();
+    c_kd->add_option("--alpha", lo.alpha, "skew KL alpha")->capture_default_str();
+    add_train_flags(c_kd, kd);
 
     // eval
     std::string ev_model, ev_text, ev_json;
@@ -231,6 +269,10 @@ int main(int argc, char** argv) {
         return app.exit(e);
     }
 
+    // Commands that do heavy math get a fast BLAS kernel (this may re-execute the program once);
+    // quick ones (tokenize, --help) do not pay for it.
+    if (!*c_tz) ensure_fast_blas(argc, argv);
+
     try {
         Progress::quiet = quiet;
         set_threads(threads);
@@ -277,6 +319,90 @@ int main(int argc, char** argv) {
                 },
                 "pretrain");
             std::printf("%s\n", json({{"model", path_join(pre_run, "model")},
+                                      {"steps", result.steps},
+                                      {"tokens", result.tokens},
+                                      {"seconds", result.seconds},
+                                      {"final_loss", result.final_loss}})
+                                    .dump()
+                                    .c_str());
+            return 0;
+        }
+        if (*c_cap) {
+            LoadedModel t = load_model_dir(cap_teacher);
+            DISTILL_CHECK(t.has_tokenizer, cap_teacher, " has no tokenizer.json");
+            TokenShard shard(cap_data);
+            auto r = capture_teacher(t.model, t.fingerprint, t.tokenizer, shard, cap_out, cap);
+            std::printf("%s\n", json({{"cache", cap_out},
+                                      {"windows", r.windows},
+                                      {"positions", r.positions},
+                                      {"top_k", cap.top_k},
+                                      {"bytes_per_token", r.bytes_per_token},
+                                      {"kl_full_to_stored", r.kl_full_to_stored},
+                                      {"kl_quantization", r.kl_quantization},
+                                      {"max_abs_logprob_error", r.max_abs_logprob_error},
+                                      {"seconds", r.seconds}})
+                                    .dump()
+                                    .c_str());
+            return 0;
+        }
+        if (*c_kd) {
+            lo.kind = loss_kind_from_string(kd_loss);
+            DISTILL_CHECK(kd_cache.empty() || kd_teacher.empty(), "pass --cache or --teacher, not both");
+            DISTILL_CHECK(kd_config.empty() != kd_init.empty(), "pass exactly one of --config and --init");
+            LoadedModel teacher;
+            if (!kd_teacher.empty()) teacher = load_model_dir(kd_teacher);
+            Tokenizer tok;
+            std::string tok_from;
+            if (!kd_tok.empty()) {
+                tok = Tokenizer::load(kd_tok);
+            } else if (!kd_init.empty() && file_exists(path_join(kd_init, "tokenizer.json"))) {
+                tok = Tokenizer::load(path_join(kd_init, "tokenizer.json"));
+            } else if (teacher.has_tokenizer) {
+                tok = teacher.tokenizer;
+            } else {
+                throw Error("no tokenizer: pass --tokenizer");
+            }
+            Llama student{nullptr};
+            ModelConfig cfg;
+            if (!kd_init.empty()) {
+                LoadedModel init = load_model_dir(kd_init);
+                cfg = init.config;
+                student = init.model;
+            } else {
+                cfg = config_for(kd_config, tok);
+                student = Llama(cfg);
+                student->init_weights(kd.seed);
+            }
+            TokenShard shard(kd_data);
+            DISTILL_CHECK(shard.info().tokenizer_fingerprint == tok.fingerprint(), "shard '", kd_data,
+                          "' was made with another tokenizer than the student's");
+            std::unique_ptr<LogitCacheReader> cache;
+            json teacher_id = nullptr;
+            if (!kd_cache.empty()) {
+                cache = std::make_unique<LogitCacheReader>(kd_cache);
+                check_cache_fits(*cache, tok.fingerprint(), cfg.vocab_size, shard, kd.seq_len);
+                teacher_id = {{"cache", cache->info().teacher_fingerprint}, {"top_k", cache->info().top_k}};
+            } else if (teacher.model) {
+                DISTILL_CHECK(teacher.has_tokenizer && teacher.tokenizer.fingerprint() == tok.fingerprint(),
+                              "the teacher's tokenizer differs from the student's: logit distillation "
+                              "needs the same token ids");
+                teacher_id = {{"teacher", teacher.fingerprint}};
+            }
+            BatchSpec spec{kd.batch_size, kd.seq_len, kd.seed, cache != nullptr};
+            json run = {{"kind", "distill"},
+                        {"model", config_to_json(cfg)},
+                        {"init", kd_init},
+                        {"train", kd.to_json()},
+                        {"loss", {{"kind", loss_kind_name(lo.kind)}, {"temperature", lo.temperature},
+                                  {"ce_weight", lo.ce_weight}, {"beta", lo.beta}, {"alpha", lo.alpha}}},
+                        {"teacher", teacher_id},
+                        {"data", shard.info().fingerprint},
+                        {"tokenizer", tok.fingerprint()}};
+            Llama* teacher_ptr = teacher.model ? &teacher.model : nullptr;
+            auto result = run_training(student, tok, kd, kd_run, run,
+                                       make_student_loss(student, shard, spec, lo, cache.get(), teacher_ptr),
+                                       "train");
+            std::printf("%s\n", json({{"model", path_join(kd_run, "model")},
                                       {"steps", result.steps},
                                       {"tokens", result.tokens},
                                       {"seconds", result.seconds},

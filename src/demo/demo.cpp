@@ -7,7 +7,10 @@
 #include <filesystem>
 #include <nlohmann/json.hpp>
 
+#include "distill/capture.h"
+#include "distill/kd.h"
 #include "eval/eval.h"
+#include "io/logit-cache.h"
 #include "io/shards.h"
 #include "model/checkpoint.h"
 #include "model/generate.h"
@@ -249,7 +252,103 @@ int run_demo(const DemoOptions& o_in) {
                     {"train_plus_heldout_bytes_xz", b}};
     });
 
-    // 6. a short sample
+    // 6. capture the teacher's top-k on the training windows
+    CaptureOptions copts;
+    copts.top_k = o.top_k;
+    copts.window = o.seq_len;
+    copts.batch = 16;
+    const std::string cache_dir = path_join(run, "cache");
+    json cap = cached_json(path_join(run, "capture.json"), {teacher_fp, shard.info().fingerprint, o.top_k, o.seq_len},
+                           [&] {
+                               auto r = capture_teacher(teacher, teacher_fp, tok, shard, cache_dir, copts);
+                               return json{{"windows", r.windows},
+                                           {"positions", r.positions},
+                                           {"bytes_per_token", r.bytes_per_token},
+                                           {"kl_full_to_stored", r.kl_full_to_stored},
+                                           {"kl_quantization", r.kl_quantization},
+                                           {"max_abs_logprob_error", r.max_abs_logprob_error},
+                                           {"seconds", r.seconds}};
+                           });
+    LogitCacheReader cache(cache_dir);
+
+    // 7. two students of the same architecture, same windows, steps and seed: one distilled from
+    // the cache, one trained on the data alone
+    TrainOptions st;
+    st.steps = o.student_steps;
+    st.batch_size = o.batch_size;
+    st.seq_len = o.seq_len;
+    st.lr = 3e-3;
+    st.warmup = std::max<int64_t>(1, o.student_steps / 20);
+    st.seed = o.seed;
+    st.checkpoint_every = std::max<int64_t>(10, o.student_steps / 10);
+    LossOptions kd_loss;
+    kd_loss.kind = loss_kind_from_string(o.loss);
+    kd_loss.temperature = o.temperature;
+    kd_loss.ce_weight = o.ce_weight;
+    LossOptions ce_loss;
+    ce_loss.kind = LossKind::kCrossEntropy;
+    check_cache_fits(cache, tok.fingerprint(), sizes.student.vocab_size, shard, st.seq_len);
+    BatchSpec sspec{st.batch_size, st.seq_len, st.seed, true};
+    struct StudentRun {
+        std::string name;
+        LossOptions loss;
+        Llama model{nullptr};
+        TrainResult result;
+    };
+    std::vector<StudentRun> students = {{"student_kd", kd_loss}, {"student_baseline", ce_loss}};
+    for (auto& s : students) {
+        s.model = Llama(sizes.student);
+        s.model->init_weights(st.seed);
+        json run_cfg = {{"kind", "distill"},
+                        {"model", config_to_json(sizes.student)},
+                        {"train", st.to_json()},
+                        {"loss", {{"kind", loss_kind_name(s.loss.kind)},
+                                  {"temperature", s.loss.temperature},
+                                  {"ce_weight", s.loss.ce_weight}}},
+                        {"teacher", s.loss.kind == LossKind::kCrossEntropy
+                                        ? json(nullptr)
+                                        : json({{"cache", teacher_fp}, {"top_k", o.top_k}})},
+                        {"data", shard.info().fingerprint},
+                        {"tokenizer", tok.fingerprint()}};
+        log_info(str_cat(s.name, ": ", format_count(double(sizes.student.num_params())),
+                         " parameters, loss ", loss_kind_name(s.loss.kind), ", ", st.steps, " steps"));
+        s.result = run_training(s.model, tok, st, path_join(run, s.name), run_cfg,
+                                make_student_loss(s.model, shard, sspec, s.loss, &cache, nullptr),
+                                s.name);
+    }
+
+    // 8. evaluate the students: held-out bits per byte, agreement with and KL to the teacher
+    const auto heldout_ids = encode_for_eval(tok, heldout_text);
+    std::vector<json> rows;
+    rows.push_back({{"name", "teacher"},
+                    {"params", sizes.teacher.num_params()},
+                    {"bpb", teacher_eval["bpb"]},
+                    {"top1_agreement", 1.0},
+                    {"kl_to_teacher", 0.0},
+                    {"train_seconds", tres.seconds},
+                    {"train_tokens", tres.tokens}});
+    for (auto& s : students) {
+        const std::string fp = load_model_dir(path_join(run, s.name + "/model")).fingerprint;
+        json ev = cached_json(
+            path_join(run, "eval-" + s.name + ".json"),
+            {fp, teacher_fp, hash_hex(heldout_text), wopts.context, wopts.stride}, [&] {
+                auto b = eval_bpb(s.model, tok, heldout_text, wopts, "eval " + s.name);
+                auto c = eval_compare(teacher, s.model, heldout_ids, wopts);
+                return json{{"bpb", b.bits_per_byte},
+                            {"top1_agreement", c.top1_agreement},
+                            {"kl_to_teacher", c.kl_to_teacher}};
+            });
+        rows.push_back({{"name", s.name},
+                        {"params", sizes.student.num_params()},
+                        {"bpb", ev["bpb"]},
+                        {"top1_agreement", ev["top1_agreement"]},
+                        {"kl_to_teacher", ev["kl_to_teacher"]},
+                        {"train_seconds", s.result.seconds},
+                        {"train_tokens", s.result.tokens},
+                        {"loss", loss_kind_name(s.loss.kind)}});
+    }
+
+    // 9. a short sample from the teacher
     SamplingOptions samp;
     samp.temperature = 0.8;
     samp.top_k = 40;
@@ -260,33 +359,63 @@ int run_demo(const DemoOptions& o_in) {
     for (int64_t id : generate(teacher, encode_for_eval(tok, prompt), samp)) gen.push_back(int32_t(id));
     const std::string sample = prompt + tok.decode(gen, true);
 
+    const double kd_bpb = rows[1]["bpb"].get<double>(), base_bpb = rows[2]["bpb"].get<double>();
     json report = {
         {"corpus", {{"train", "sensesensibility, prideprejudice, mansfieldpark, emma, northangerabbey"},
                     {"heldout", "persuasion"},
                     {"train_bytes", train_text.size()},
                     {"heldout_bytes", heldout_text.size()},
-                    {"train_tokens", shard.size()}}},
+                    {"train_tokens", shard.size()},
+                    {"heldout_tokens", heldout_ids.size()}}},
         {"tokenizer", {{"vocab_size", tok.vocab_size()}, {"fingerprint", tok.fingerprint()}}},
         {"xz_bpb", xz["bpb"]},
-        {"models",
-         json::array({{{"name", "teacher"},
-                       {"params", sizes.teacher.num_params()},
-                       {"bpb", teacher_eval["bpb"]},
-                       {"top1_agreement", 1.0},
-                       {"kl_to_teacher", 0.0},
-                       {"train_seconds", tres.seconds},
-                       {"train_tokens", tres.tokens}}})},
+        {"models", rows},
+        {"cache", {{"top_k", o.top_k},
+                   {"bytes_per_token", cap["bytes_per_token"]},
+                   {"kl_full_to_stored", cap["kl_full_to_stored"]},
+                   {"kl_quantization", cap["kl_quantization"]},
+                   {"capture_seconds", cap["seconds"]}}},
+        {"distillation", {{"loss", o.loss},
+                          {"temperature", o.temperature},
+                          {"ce_weight", o.ce_weight},
+                          {"seed", o.seed},
+                          {"bpb_margin", base_bpb - kd_bpb},
+                          {"agreement_margin", rows[1]["top1_agreement"].get<double>() -
+                                                   rows[2]["top1_agreement"].get<double>()}}},
         {"sample", sample},
         {"quick", o.quick},
         {"seconds", now_seconds() - t_start},
     };
     write_file_atomic(path_join(run, "report.json"), report.dump(2) + "\n");
 
-    std::printf("\n%-18s %10s %8s\n", "model", "params", "bpb");
-    std::printf("%-18s %10s %8.3f\n", "teacher", format_count(double(sizes.teacher.num_params())).c_str(),
-                teacher_eval["bpb"].get<double>());
-    std::printf("%-18s %10s %8.3f\n", "xz -9e", "-", xz["bpb"].get<double>());
-    std::printf("\nsample: %s\n\nreport: %s\n", sample.c_str(), path_join(run, "report.json").c_str());
+    // the same as a table, printed and in report.md
+    std::string table = "| model | params | held-out bpb | top-1 agreement | KL to teacher | train time | train tokens |\n"
+                        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |\n";
+    for (const auto& r : rows) {
+        char line[256];
+        std::snprintf(line, sizeof line, "| %s | %s | %.4f | %.4f | %.4f | %s | %s |\n",
+                      r["name"].get<std::string>().c_str(), format_count(r["params"].get<double>()).c_str(),
+                      r["bpb"].get<double>(), r["top1_agreement"].get<double>(),
+                      r["kl_to_teacher"].get<double>(), format_duration(r["train_seconds"].get<double>()).c_str(),
+                      format_count(r["train_tokens"].get<double>()).c_str());
+        table += line;
+    }
+    char tail[512];
+    std::snprintf(tail, sizeof tail,
+                  "| xz -9e (after the training novels) | - | %.4f | - | - | - | - |\n\n"
+                  "Teacher cache: top-%d, %.1f bytes/token, KL(full || stored) %.4f nats/token.\n"
+                  "Distillation (%s, tau %.2g, ce weight %.2g) vs the baseline: bpb %+.4f, agreement %+.4f.\n",
+                  xz["bpb"].get<double>(), o.top_k, cap["bytes_per_token"].get<double>(),
+                  cap["kl_full_to_stored"].get<double>(), o.loss.c_str(), o.temperature, o.ce_weight,
+                  kd_bpb - base_bpb,
+                  rows[1]["top1_agreement"].get<double>() - rows[2]["top1_agreement"].get<double>());
+    table += tail;
+    std::string md = "# distill demo report\n\nHeld-out novel: *Persuasion*; trained on the other five.\n\n" +
+                     table + "\nTeacher sample:\n\n> " + sample + "\n\nTotal wall time: " +
+                     format_duration(now_seconds() - t_start) + "\n";
+    write_file_atomic(path_join(run, "report.md"), md);
+    std::printf("\n%s\nsample: %s\n\nreport: %s (and report.md)\n", table.c_str(), sample.c_str(),
+                path_join(run, "report.json").c_str());
     return 0;
 }
 

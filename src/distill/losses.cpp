@@ -1,2 +1,343 @@
-// (being written)
-namespace distill {}
+// distill — knowledge-distillation losses, dense (live teacher) and sparse (cached top-K teacher).
+// Formulas and sources: docs/losses.md and ../shared/METHODS.md.
+//
+// Everything works on log-probabilities. A distribution is a tensor of log-probs over its last
+// dimension, -inf for an outcome of probability 0. The helpers below keep 0 log 0 = 0 and never
+// produce NaN in the forward or the backward pass, even for rows of -inf (the "double where" trick:
+// the branch that is not taken is fed harmless values, so its backward is 0 rather than 0 * inf).
+
+#include "distill/losses.h"
+
+#include <torch/torch.h>
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+
+#include "util/error.h"
+
+namespace distill {
+
+namespace {
+
+constexpr double kInf = std::numeric_limits<double>::infinity();
+
+struct KindName {
+    LossKind kind;
+    const char* name;
+};
+
+const KindName kKindNames[] = {
+    {LossKind::kForwardKL, "fkl"},      {LossKind::kReverseKL, "rkl"},      {LossKind::kJSD, "jsd"},
+    {LossKind::kSkewForwardKL, "sfkl"}, {LossKind::kSkewReverseKL, "srkl"}, {LossKind::kTV, "tv"},
+    {LossKind::kCrossEntropy, "ce"},
+};
+
+void check_options(const LossOptions& o, const char* fn) {
+    DISTILL_CHECK(std::isfinite(o.temperature) && o.temperature > 0, fn,
+                  ": temperature must be a positive number, got ", o.temperature);
+    DISTILL_CHECK(o.ce_weight >= 0 && o.ce_weight <= 1, fn, ": ce_weight must be in [0, 1], got ",
+                  o.ce_weight);
+    DISTILL_CHECK(o.beta >= 0 && o.beta <= 1, fn, ": beta (JSD) must be in [0, 1], got ", o.beta);
+    DISTILL_CHECK(o.alpha >= 0 && o.alpha <= 1, fn, ": alpha (skew KL) must be in [0, 1], got ",
+                  o.alpha);
+}
+
+// Half-precision logits are upcast: the sums over V below need float32 at least.
+torch::Dtype compute_dtype(const torch::Tensor& t) {
+    return t.scalar_type() == torch::kFloat64 ? torch::kFloat64 : torch::kFloat32;
+}
+
+std::string shape_str(const torch::Tensor& t) {
+    std::string s = "(";
+    for (int64_t i = 0; i < t.dim(); ++i) s += (i ? ", " : "") + std::to_string(t.size(i));
+    return s + ")";
+}
+
+// Elementwise a * (log a - log b), a = exp(log_a), with 0 log 0 = 0 (also when log b = -inf).
+// (..., C) -> (..., C)
+torch::Tensor kl_terms(const torch::Tensor& log_a, const torch::Tensor& log_b) {
+    auto a = torch::exp(log_a);
+    auto live = a > 0;
+    auto zero = torch::zeros_like(a);
+    auto la = torch::where(live, log_a, zero);
+    auto lb = torch::where(live, log_b, zero);
+    return torch::where(live, a * (la - lb), zero);
+}
+
+// log(w e^la + (1 - w) e^lb), elementwise; -inf (with a zero gradient) where both are -inf.
+torch::Tensor log_mix(double w, const torch::Tensor& la, const torch::Tensor& lb) {
+    if (w <= 0) return lb;
+    if (w >= 1) return la;
+    auto a = la + std::log(w);
+    auto b = lb + std::log1p(-w);
+    // The shift cancels exactly, so it needs no gradient; it is 0 where both are -inf.
+    auto mx = torch::maximum(a, b).detach();
+    mx = torch::where(torch::isfinite(mx), mx, torch::zeros_like(mx));
+    auto s = torch::exp(a - mx) + torch::exp(b - mx);
+    auto pos = s > 0;
+    auto s_safe = torch::where(pos, s, torch::ones_like(s));
+    return torch::where(pos, mx + torch::log(s_safe), torch::full_like(s, -kInf));
+}
+
+// D(p, q) per row. logp, logq: (N, C) log-probs -> (N)
+torch::Tensor divergence_rows(const torch::Tensor& logp, const torch::Tensor& logq,
+                              const LossOptions& o) {
+    switch (o.kind) {
+        case LossKind::kForwardKL:
+            return kl_terms(logp, logq).sum(1);
+        case LossKind::kReverseKL:
+            return kl_terms(logq, logp).sum(1);
+        case LossKind::kJSD: {
+            // TRL GKDTrainer.generalized_jsd_loss: the endpoints are the plain KLs (the formula
+            // itself tends to beta * KL(p||q) -> 0), so beta = 0 / 1 give forward / reverse KL.
+            if (o.beta == 0) return kl_terms(logp, logq).sum(1);
+            if (o.beta == 1) return kl_terms(logq, logp).sum(1);
+            auto logm = log_mix(o.beta, logp, logq);
+            return o.beta * kl_terms(logp, logm).sum(1) +
+                   (1 - o.beta) * kl_terms(logq, logm).sum(1);
+        }
+        case LossKind::kSkewForwardKL:  // DistiLLM: KL(p || alpha p + (1 - alpha) q)
+            return kl_terms(logp, log_mix(o.alpha, logp, logq)).sum(1);
+        case LossKind::kSkewReverseKL:  // DistiLLM: KL(q || alpha q + (1 - alpha) p)
+            return kl_terms(logq, log_mix(o.alpha, logq, logp)).sum(1);
+        case LossKind::kTV:
+            return 0.5 * (torch::exp(logp) - torch::exp(logq)).abs().sum(1);
+        case LossKind::kCrossEntropy:
+            break;
+    }
+    DISTILL_ASSERT(false, "divergence_rows: unhandled loss kind ", static_cast<int>(o.kind));
+    return {};
+}
+
+// Runs the deferred checks with one device->host copy (one sync on a GPU).
+// flags: 0-dim bool tensors, true = bad.
+void check_flags(const std::vector<torch::Tensor>& flags, const std::vector<std::string>& msgs) {
+    if (flags.empty()) return;
+    auto host = torch::stack(flags).to(torch::kCPU);
+    auto acc = host.accessor<bool, 1>();
+    for (size_t i = 0; i < flags.size(); ++i) DISTILL_CHECK(!acc[static_cast<int64_t>(i)], msgs[i]);
+}
+
+torch::Tensor targets_bad(const torch::Tensor& targets, int64_t V) {
+    return ((targets != kIgnoreIndex) & ((targets < 0) | (targets >= V))).any();
+}
+
+void check_student_targets(const char* fn, const torch::Tensor& student,
+                           const torch::Tensor& targets) {
+    DISTILL_CHECK(student.dim() == 2, fn, ": student_logits must be (N, V), got ",
+                  shape_str(student));
+    DISTILL_CHECK(torch::isFloatingType(student.scalar_type()), fn,
+                  ": student_logits must be floating point, got ", student.scalar_type());
+    DISTILL_CHECK(student.size(1) >= 1, fn, ": student_logits has an empty vocabulary (V = 0)");
+    DISTILL_CHECK(targets.dim() == 1 && targets.size(0) == student.size(0), fn,
+                  ": targets must be (N) with N = ", student.size(0), " (student rows), got ",
+                  shape_str(targets));
+    DISTILL_CHECK(
+        !torch::isFloatingType(targets.scalar_type()) && targets.scalar_type() != torch::kBool, fn,
+        ": targets must be integer token ids, got ", targets.scalar_type());
+    DISTILL_CHECK(targets.device() == student.device(), fn, ": targets are on ", targets.device(),
+                  " but student_logits on ", student.device());
+}
+
+// The mean over the positions with a target of per-row values; 0 when there are none.
+torch::Tensor mean_rows(const torch::Tensor& rows, int64_t n) {
+    return rows.sum() / static_cast<double>(std::max<int64_t>(n, 1));
+}
+
+// total = (1 - ce_weight) tau^2 mean(D) + ce_weight mean(CE); CE alone for kCrossEntropy.
+// student_sel: (n, V) rows with a target, in the compute dtype; targets_sel: (n) int64.
+// divergence: (n) or undefined when not needed; log_z1: (n, 1) logsumexp of the untempered
+// student logits, or undefined to compute here.
+torch::Tensor combine(const torch::Tensor& student_sel, const torch::Tensor& targets_sel,
+                      const torch::Tensor& divergence, torch::Tensor log_z1, const LossOptions& o) {
+    const int64_t n = student_sel.size(0);
+    const bool ce_only = o.kind == LossKind::kCrossEntropy;
+    const double ce_w = ce_only ? 1.0 : o.ce_weight;
+    torch::Tensor total;
+    if (!ce_only && ce_w < 1) {
+        const double tau2 = o.temperature * o.temperature;
+        total = ((1 - ce_w) * tau2) * mean_rows(divergence, n);
+    }
+    if (ce_w > 0) {
+        if (!log_z1.defined()) log_z1 = torch::logsumexp(student_sel, 1, /*keepdim=*/true);
+        // -log q(y) = logsumexp(z) - z_y, at temperature 1.
+        auto ce = (log_z1 - student_sel.gather(1, targets_sel.unsqueeze(1))).squeeze(1);
+        auto term = ce_w * mean_rows(ce, n);
+        total = total.defined() ? total + term : term;
+    }
+    return total;
+}
+
+}  // namespace
+
+LossKind loss_kind_from_string(const std::string& name) {
+    for (const auto& k : kKindNames)
+        if (name == k.name) return k.kind;
+    std::string all;
+    for (const auto& k : kKindNames) all += std::string(all.empty() ? "" : ", ") + k.name;
+    throw Error(str_cat("unknown loss '", name, "': expected one of ", all));
+}
+
+std::string loss_kind_name(LossKind kind) {
+    for (const auto& k : kKindNames)
+        if (kind == k.kind) return k.name;
+    DISTILL_ASSERT(false, "loss_kind_name: unhandled loss kind ", static_cast<int>(kind));
+    return {};
+}
+
+// student_logits: (N, V), teacher_logits: (N, V), targets: (N) -> scalar
+torch::Tensor loss_dense(const torch::Tensor& student_logits, const torch::Tensor& teacher_logits,
+                         const torch::Tensor& targets, const LossOptions& opts) {
+    const char* fn = "loss_dense";
+    check_options(opts, fn);
+    check_student_targets(fn, student_logits, targets);
+    DISTILL_CHECK(teacher_logits.sizes() == student_logits.sizes(), fn,
+                  ": teacher_logits must have the student's shape ", shape_str(student_logits),
+                  ", got ", shape_str(teacher_logits),
+                  " (same positions and the same vocabulary are needed)");
+    DISTILL_CHECK(torch::isFloatingType(teacher_logits.scalar_type()), fn,
+                  ": teacher_logits must be floating point, got ", teacher_logits.scalar_type());
+    DISTILL_CHECK(teacher_logits.device() == student_logits.device(), fn,
+                  ": teacher_logits are on ", teacher_logits.device(), " but student_logits on ",
+                  student_logits.device());
+    const int64_t V = student_logits.size(1);
+    check_flags({targets_bad(targets, V)},
+                {str_cat(fn, ": targets must be in [0, ", V, ") or ", kIgnoreIndex,
+                         " (ignored); a target is outside the vocabulary")});
+
+    // Only the positions with a target take part (this also syncs, like the checks above).
+    auto idx = (targets != kIgnoreIndex).nonzero().squeeze(1);
+    const auto dt = compute_dtype(student_logits);
+    auto s = student_logits.index_select(0, idx).to(dt);      // (n, V)
+    auto y = targets.index_select(0, idx).to(torch::kInt64);  // (n)
+
+    torch::Tensor div, log_z1;
+    if (opts.kind != LossKind::kCrossEntropy && opts.ce_weight < 1) {
+        auto t = teacher_logits.detach().index_select(0, idx).to(dt);  // (n, V)
+        const double tau = opts.temperature;
+        auto zs = tau == 1 ? s : s / tau;
+        auto zt = tau == 1 ? t : t / tau;
+        auto logq = torch::log_softmax(zs, 1);
+        auto logp = torch::log_softmax(zt, 1);
+        div = divergence_rows(logp, logq, opts);  // (n)
+    }
+    return combine(s, y, div, log_z1, opts);
+}
+
+// student_logits: (N, V), teacher_ids: (N, K), teacher_logprobs: (N, K), targets: (N) -> scalar
+torch::Tensor loss_sparse(const torch::Tensor& student_logits, const torch::Tensor& teacher_ids,
+                          const torch::Tensor& teacher_logprobs, const torch::Tensor& targets,
+                          const LossOptions& opts) {
+    const char* fn = "loss_sparse";
+    check_options(opts, fn);
+    check_student_targets(fn, student_logits, targets);
+    const int64_t N = student_logits.size(0), V = student_logits.size(1);
+    DISTILL_CHECK(teacher_ids.dim() == 2 && teacher_ids.size(0) == N, fn,
+                  ": teacher_ids must be (N, K) with N = ", N, " (student rows), got ",
+                  shape_str(teacher_ids));
+    const int64_t K = teacher_ids.size(1);
+    DISTILL_CHECK(K >= 1 && K <= V, fn, ": the teacher's top-K must have 1 <= K <= V = ", V,
+                  ", got K = ", K, " (was the cache made for a smaller vocabulary?)");
+    DISTILL_CHECK(teacher_logprobs.sizes() == teacher_ids.sizes(), fn,
+                  ": teacher_logprobs must have the shape of teacher_ids ", shape_str(teacher_ids),
+                  ", got ", shape_str(teacher_logprobs));
+    DISTILL_CHECK(!torch::isFloatingType(teacher_ids.scalar_type()) &&
+                      teacher_ids.scalar_type() != torch::kBool,
+                  fn, ": teacher_ids must be integer token ids, got ", teacher_ids.scalar_type());
+    DISTILL_CHECK(torch::isFloatingType(teacher_logprobs.scalar_type()), fn,
+                  ": teacher_logprobs must be floating point, got ",
+                  teacher_logprobs.scalar_type());
+    DISTILL_CHECK(teacher_ids.device() == student_logits.device() &&
+                      teacher_logprobs.device() == student_logits.device(),
+                  fn, ": teacher_ids / teacher_logprobs must be on the student's device ",
+                  student_logits.device());
+
+    auto ids_all = teacher_ids.to(torch::kInt64);
+    std::vector<torch::Tensor> flags = {
+        targets_bad(targets, V),
+        ((ids_all < 0) | (ids_all >= V)).any(),
+        torch::isnan(teacher_logprobs).any(),
+    };
+    std::vector<std::string> msgs = {
+        str_cat(fn, ": targets must be in [0, ", V, ") or ", kIgnoreIndex,
+                " (ignored); a target is outside the vocabulary"),
+        str_cat(fn, ": teacher_ids must be in [0, V = ", V,
+                "); an id is outside the student's vocabulary (cache from another tokenizer?)"),
+        str_cat(fn, ": teacher_logprobs contain NaN (corrupt cache?)"),
+    };
+    if (K >= 2) {
+        auto sorted = std::get<0>(ids_all.sort(1));
+        flags.push_back((sorted.narrow(1, 1, K - 1) == sorted.narrow(1, 0, K - 1)).any());
+        msgs.push_back(str_cat(fn,
+                               ": teacher_ids repeat an id within a row; the top-K ids of a "
+                               "position must be distinct"));
+    }
+    check_flags(flags, msgs);
+
+    auto idx = (targets != kIgnoreIndex).nonzero().squeeze(1);
+    const auto dt = compute_dtype(student_logits);
+    auto s = student_logits.index_select(0, idx).to(dt);      // (n, V)
+    auto y = targets.index_select(0, idx).to(torch::kInt64);  // (n)
+    const int64_t n = s.size(0);
+
+    torch::Tensor div, log_z1;
+    if (opts.kind != LossKind::kCrossEntropy && opts.ce_weight < 1) {
+        const double tau = opts.temperature;
+        auto ids = ids_all.index_select(0, idx);                                       // (n, K)
+        auto lp = teacher_logprobs.detach().index_select(0, idx).to(dt).clamp_max(0);  // (n, K)
+
+        // Student (K+1) buckets at temperature tau: its log-probs on the teacher's ids, and the
+        // rest log(1 - sum_S q) taken as the logsumexp of the logits outside S. This is exact
+        // when the rest is ~0 as well as when it is ~1 (no 1 - sum cancellation).
+        auto z = tau == 1 ? s : s / tau;                        // (n, V)
+        auto log_z = torch::logsumexp(z, 1, /*keepdim=*/true);  // (n, 1)
+        if (tau == 1) log_z1 = log_z;
+        auto lq_top = z.gather(1, ids) - log_z;  // (n, K)
+        torch::Tensor lq_rest;                   // (n, 1)
+        if (K == V) {
+            lq_rest = torch::full({n, 1}, -kInf, z.options());  // ids distinct: nothing left
+        } else {
+            auto z_rest = z.scatter(1, ids, -kInf);  // (n, V)
+            auto mx = std::get<0>(z_rest.max(1, /*keepdim=*/true)).detach();
+            mx = torch::where(torch::isfinite(mx), mx, torch::zeros_like(mx));
+            auto se = torch::exp(z_rest - mx).sum(1, /*keepdim=*/true);  // (n, 1)
+            auto pos = se > 0;  // false only if every logit outside S is -inf
+            auto se_safe = torch::where(pos, se, torch::ones_like(se));
+            lq_rest =
+                torch::where(pos, torch::log(se_safe) + mx - log_z, torch::full_like(se, -kInf));
+        }
+        auto logq = torch::cat({lq_top, lq_rest}, 1);  // (n, K+1)
+
+        // Teacher (K+1) buckets. Stored log-probs are at tau = 1; the rest is r = 1 - sum_S p,
+        // computed as -expm1(log sum_S p). Below K eps, r is rounding noise (and a tau > 1 would
+        // blow it up as r^(1/tau)), so it is floored there: r = max(r, K eps). The floor also keeps
+        // the mode-seeking losses (reverse KL, JSD at beta = 1) finite when the top-K holds all of
+        // the teacher's mass to rounding: KL(q||p) would be +inf with p_rest = 0 < q_rest.
+        // Where the student has nothing outside S (K = V, or -inf logits) the rest is 0 for both.
+        // Tempering: p_i^(1/tau) renormalised over the K+1 buckets (the rest is one bucket).
+        //
+        // log sum_S p = m + log1p(sum of the others / max), so that r keeps its relative
+        // accuracy when the top-1 holds almost everything (a plain logsumexp would leave an
+        // absolute error of eps in r).
+        auto top1 = lp.max(1, /*keepdim=*/true);
+        auto m = std::get<0>(top1);  // (n, 1)
+        auto m_safe = torch::where(torch::isfinite(m), m, torch::zeros_like(m));
+        auto others = torch::exp(lp - m_safe).scatter(1, std::get<1>(top1), 0.0).sum(1, true);
+        auto l_top = m + torch::log1p(others);  // (n, 1)
+        const double r_min = static_cast<double>(K) * (dt == torch::kFloat64
+                                                           ? std::numeric_limits<double>::epsilon()
+                                                           : std::numeric_limits<float>::epsilon());
+        auto r = (-torch::expm1(l_top)).clamp_min(r_min);
+        auto has_rest = torch::isfinite(lq_rest.detach());
+        auto lr = torch::where(has_rest, torch::log(r), torch::full_like(r, -kInf));
+        auto lp_buckets = torch::cat({lp, lr}, 1);  // (n, K+1)
+        // Renormalising also absorbs sum_S p slightly above 1 from rounding in the cache.
+        auto logp = torch::log_softmax(tau == 1 ? lp_buckets : lp_buckets / tau, 1);
+
+        div = divergence_rows(logp, logq, opts);  // (n)
+    }
+    return combine(s, y, div, log_z1, opts);
+}
+
+}  // namespace distill

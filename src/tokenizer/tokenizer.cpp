@@ -1,2 +1,1086 @@
-// (being written)
-namespace distill {}
+// distill — byte-level BPE tokenizer: HF tokenizer.json load/save, encode, decode.
+// Training is in bpe-train.cpp; shared internals in tokenizer-impl.h. Format and behaviour are
+// described in docs/tokenizer.md.
+#define PCRE2_CODE_UNIT_WIDTH 8
+#include <pcre2.h>
+
+#include <algorithm>
+#include <deque>
+#include <mutex>
+#include <queue>
+
+#include "tokenizer/tokenizer-impl.h"
+#include "util/error.h"
+#include "util/file.h"
+
+namespace distill {
+
+using json = nlohmann::json;
+
+namespace {
+
+constexpr int64_t kMaxVocab = int64_t(1) << 24;  // ids must lie below this
+constexpr size_t kCacheMaxEntries = 1 << 18;
+constexpr size_t kCacheMaxWordBytes = 256;
+
+inline uint64_t pair_key(int32_t a, int32_t b) {
+    return (uint64_t(uint32_t(a)) << 32) | uint32_t(b);
+}
+
+}  // namespace
+
+// ---- UTF-8 --------------------------------------------------------------------------------
+
+// Length of the valid UTF-8 sequence at s[i, n), or 0 if it is invalid; `*maximal` receives the
+// length of the maximal prefix of a valid sequence (at least 1) when invalid.
+static size_t utf8_seq(const unsigned char* s, size_t i, size_t n, size_t* maximal) {
+    unsigned char c = s[i];
+    if (c < 0x80) return 1;
+    size_t need;
+    unsigned char lo = 0x80, hi = 0xBF;
+    if (c >= 0xC2 && c <= 0xDF) {
+        need = 1;
+    } else if (c >= 0xE0 && c <= 0xEF) {
+        need = 2;
+        if (c == 0xE0) lo = 0xA0;
+        if (c == 0xED) hi = 0x9F;
+    } else if (c >= 0xF0 && c <= 0xF4) {
+        need = 3;
+        if (c == 0xF0) lo = 0x90;
+        if (c == 0xF4) hi = 0x8F;
+    } else {
+        *maximal = 1;
+        return 0;
+    }
+    size_t k = 1;
+    for (; k <= need; ++k) {
+        if (i + k >= n) break;
+        unsigned char d = s[i + k];
+        if (k == 1 ? (d < lo || d > hi) : (d < 0x80 || d > 0xBF)) break;
+    }
+    if (k == need + 1) return need + 1;
+    *maximal = k;
+    return 0;
+}
+
+bool utf8_valid(std::string_view sv) {
+    const auto* s = reinterpret_cast<const unsigned char*>(sv.data());
+    size_t n = sv.size(), i = 0, m;
+    while (i < n) {
+        if (s[i] < 0x80) {
+            ++i;
+            continue;
+        }
+        size_t len = utf8_seq(s, i, n, &m);
+        if (len == 0) return false;
+        i += len;
+    }
+    return true;
+}
+
+std::string utf8_lossy(std::string_view sv) {
+    const auto* s = reinterpret_cast<const unsigned char*>(sv.data());
+    size_t n = sv.size(), i = 0, m = 0;
+    std::string out;
+    out.reserve(n + 8);
+    while (i < n) {
+        size_t len = utf8_seq(s, i, n, &m);
+        if (len) {
+            out.append(sv.data() + i, len);
+            i += len;
+        } else {
+            out += "\xEF\xBF\xBD";
+            i += m;
+        }
+    }
+    return out;
+}
+
+void utf8_append(std::string& out, uint32_t cp) {
+    if (cp < 0x80) {
+        out += char(cp);
+    } else if (cp < 0x800) {
+        out += char(0xC0 | (cp >> 6));
+        out += char(0x80 | (cp & 0x3F));
+    } else if (cp < 0x10000) {
+        out += char(0xE0 | (cp >> 12));
+        out += char(0x80 | ((cp >> 6) & 0x3F));
+        out += char(0x80 | (cp & 0x3F));
+    } else {
+        out += char(0xF0 | (cp >> 18));
+        out += char(0x80 | ((cp >> 12) & 0x3F));
+        out += char(0x80 | ((cp >> 6) & 0x3F));
+        out += char(0x80 | (cp & 0x3F));
+    }
+}
+
+static size_t utf8_char_len(unsigned char c) {
+    return c < 0x80 ? 1 : c < 0xE0 ? 2 : c < 0xF0 ? 3 : 4;
+}
+
+std::vector<uint32_t> utf8_code_points(std::string_view sv) {
+    std::vector<uint32_t> out;
+    const auto* s = reinterpret_cast<const unsigned char*>(sv.data());
+    size_t i = 0, n = sv.size();
+    while (i < n) {
+        size_t len = std::min(utf8_char_len(s[i]), n - i);
+        uint32_t cp = len == 1 ? s[i] : (s[i] & (0x7F >> len));
+        for (size_t k = 1; k < len; ++k) cp = (cp << 6) | (s[i + k] & 0x3F);
+        out.push_back(cp);
+        i += len;
+    }
+    return out;
+}
+
+// ---- GPT-2 byte alphabet -------------------------------------------------------------------
+
+ByteAlphabet::ByteAlphabet() {
+    std::fill(std::begin(cp_to_byte), std::end(cp_to_byte), int16_t(-1));
+    bool printable[256] = {};
+    for (int b = 33; b <= 126; ++b) printable[b] = true;
+    for (int b = 161; b <= 172; ++b) printable[b] = true;
+    for (int b = 174; b <= 255; ++b) printable[b] = true;
+    uint32_t next = 256;
+    for (int b = 0; b < 256; ++b) {
+        byte_to_cp[b] = printable[b] ? uint32_t(b) : next++;
+        cp_to_byte[byte_to_cp[b]] = int16_t(b);
+        utf8_append(byte_to_str[b], byte_to_cp[b]);
+    }
+}
+
+const ByteAlphabet& ByteAlphabet::get() {
+    static const ByteAlphabet a;
+    return a;
+}
+
+std::string ByteAlphabet::encode(std::string_view bytes) const {
+    std::string out;
+    out.reserve(bytes.size() * 2);
+    for (unsigned char b : bytes) out += byte_to_str[b];
+    return out;
+}
+
+bool ByteAlphabet::decode(std::string_view token, std::string& out) const {
+    out.clear();
+    for (uint32_t cp : utf8_code_points(token)) {
+        if (cp >= 324 || cp_to_byte[cp] < 0) return false;
+        out += char(cp_to_byte[cp]);
+    }
+    return true;
+}
+
+// ---- Regex ---------------------------------------------------------------------------------
+
+namespace {
+struct MatchData {
+    pcre2_match_data* md = pcre2_match_data_create(1, nullptr);
+    ~MatchData() { pcre2_match_data_free(md); }
+};
+std::string pcre2_message(int code) {
+    PCRE2_UCHAR buf[256];
+    pcre2_get_error_message(code, buf, sizeof buf);
+    return reinterpret_cast<const char*>(buf);
+}
+}  // namespace
+
+Regex::Regex(const std::string& pattern, const std::string& what) : pattern_(pattern) {
+    DISTILL_CHECK(utf8_valid(pattern), what, ": the regex is not valid UTF-8");
+    std::string p = regex_onig_to_pcre2(pattern);
+    int err = 0;
+    PCRE2_SIZE off = 0;
+    pcre2_code* code = pcre2_compile(reinterpret_cast<PCRE2_SPTR>(p.data()), p.size(),
+                                     PCRE2_UTF | PCRE2_UCP, &err, &off, nullptr);
+    DISTILL_CHECK(code, what, ": cannot compile the regex ", json(pattern).dump(), " (at offset ",
+                  off, "): ", pcre2_message(err));
+    pcre2_jit_compile(code, PCRE2_JIT_COMPLETE);  // falls back to the interpreter if it fails
+    code_ = code;
+}
+
+Regex::~Regex() {
+    pcre2_code_free(static_cast<pcre2_code*>(code_));
+}
+
+void Regex::find_all(const char* s, size_t n, std::vector<std::pair<size_t, size_t>>& out) const {
+    thread_local MatchData tl;
+    auto* code = static_cast<pcre2_code*>(code_);
+    auto subject = reinterpret_cast<PCRE2_SPTR>(s);
+    size_t pos = 0;
+    while (pos < n) {
+        int rc = pcre2_match(code, subject, n, pos, PCRE2_NO_UTF_CHECK, tl.md, nullptr);
+        if (rc == PCRE2_ERROR_JIT_STACKLIMIT)  // very long runs: the interpreter uses the heap
+            rc = pcre2_match(code, subject, n, pos, PCRE2_NO_UTF_CHECK | PCRE2_NO_JIT, tl.md,
+                             nullptr);
+        if (rc == PCRE2_ERROR_NOMATCH) break;
+        DISTILL_CHECK(rc >= 0, "tokenizer regex ", json(pattern_).dump(), " failed on a ", n,
+                      "-byte piece: ", pcre2_message(rc));
+        const PCRE2_SIZE* ov = pcre2_get_ovector_pointer(tl.md);
+        size_t a = ov[0], b = ov[1];
+        if (b <= a) {  // empty match: step over one character
+            if (a >= n) break;
+            pos = a + utf8_char_len(static_cast<unsigned char>(s[a]));
+            continue;
+        }
+        out.emplace_back(a, b);
+        pos = b;
+    }
+}
+
+std::string regex_onig_to_pcre2(const std::string& p) {
+    // Onig's \s: U+0009-000D, U+0085 and General_Category Z. PCRE2 (UCP) adds U+180E.
+    // (\S inside a class is left alone: rare, and it differs only at U+180E.)
+    static const char* kSpace = "\\t-\\r\\x{85}\\p{Z}";
+    std::string out;
+    out.reserve(p.size() + 16);
+    bool in_class = false;
+    for (size_t i = 0; i < p.size(); ++i) {
+        char c = p[i];
+        if (c == '\\' && i + 1 < p.size()) {
+            char e = p[i + 1];
+            if (e == 's') {
+                out += in_class ? std::string(kSpace) : str_cat("[", kSpace, "]");
+            } else if (e == 'S' && !in_class) {
+                out += str_cat("[^", kSpace, "]");
+            } else {
+                out += c;
+                out += e;
+            }
+            ++i;
+            continue;
+        }
+        if (!in_class && c == '[') {
+            in_class = true;
+            out += c;
+            if (i + 1 < p.size() && p[i + 1] == '^') out += p[++i];
+            if (i + 1 < p.size() && p[i + 1] == ']') out += p[++i];  // literal ] first
+            continue;
+        }
+        if (in_class && c == '[' && i + 1 < p.size() && p[i + 1] == ':') {  // [:alpha:]
+            size_t end = p.find(":]", i + 2);
+            if (end != std::string::npos) {
+                out.append(p, i, end + 2 - i);
+                i = end + 1;
+                continue;
+            }
+        }
+        if (in_class && c == ']') in_class = false;
+        out += c;
+    }
+    return out;
+}
+
+// ---- Impl ----------------------------------------------------------------------------------
+
+Tokenizer::Impl::Impl() {
+    std::fill(std::begin(byte_ids), std::end(byte_ids), -1);
+}
+
+Tokenizer::Impl::Impl(const Impl& o)
+    : id_to_token(o.id_to_token),
+      id_bytes(o.id_bytes),
+      id_kind(o.id_kind),
+      vocab(o.vocab),
+      token_ids(o.token_ids),
+      merges(o.merges),
+      merge_map(o.merge_map),
+      ignore_merges(o.ignore_merges),
+      unk_id(o.unk_id),
+      unk_token(o.unk_token),
+      fuse_unk(o.fuse_unk),
+      byte_level(o.byte_level),
+      added(o.added),
+      pre(o.pre),
+      normalizer(o.normalizer),
+      pre_tokenizer(o.pre_tokenizer),
+      post_processor(o.post_processor),
+      decoder(o.decoder),
+      truncation(o.truncation),
+      padding(o.padding),
+      version(o.version),
+      fingerprint(o.fingerprint),
+      added_by_first_byte(o.added_by_first_byte) {
+    std::copy(std::begin(o.byte_ids), std::end(o.byte_ids), std::begin(byte_ids));
+}
+
+static std::string impl_to_json(const Tokenizer::Impl& m);
+
+void Tokenizer::Impl::finalize(const std::string& source) {
+    const auto& alpha = ByteAlphabet::get();
+    const size_t n = id_to_token.size();
+    id_bytes.assign(n, std::string());
+    id_kind.assign(n, 0);
+    token_ids = vocab;
+    std::string tmp;
+    for (const auto& [tok, id] : vocab) {
+        id_kind[id] = 1;
+        // HF's ByteLevel decoder: a token whose characters are all in the alphabet becomes those
+        // bytes; any other token is emitted as its own UTF-8.
+        id_bytes[id] = alpha.decode(tok, tmp) ? tmp : tok;
+    }
+    for (const AddedToken& t : added) {
+        id_kind[t.id] = t.special ? 3 : 2;
+        id_bytes[t.id] = t.content;
+        token_ids[t.content] = t.id;
+    }
+    merge_map.clear();
+    merge_map.reserve(merges.size() * 2);
+    for (size_t r = 0; r < merges.size(); ++r) {
+        auto [a, b] = merges[r];
+        auto it = vocab.find(id_to_token[a] + id_to_token[b]);
+        DISTILL_CHECK(it != vocab.end(), source, ": merge #", r, " (", json(id_to_token[a]).dump(),
+                      " ", json(id_to_token[b]).dump(),
+                      ") makes a token that is not in the vocabulary");
+        merge_map[pair_key(a, b)] = {int32_t(r),
+                                     it->second};  // a repeated pair: the last wins, as in HF
+    }
+    for (int b = 0; b < 256; ++b) {
+        auto it = vocab.find(alpha.byte_to_str[b]);
+        byte_ids[b] = it == vocab.end() ? -1 : it->second;
+    }
+    unk_id = -1;
+    if (!unk_token.empty()) {
+        auto it = vocab.find(unk_token);
+        DISTILL_CHECK(it != vocab.end(), source, ": model.unk_token ", json(unk_token).dump(),
+                      " is not in the vocabulary");
+        unk_id = it->second;
+    }
+    byte_level = !pre.empty() && pre.back().kind == PreTokStep::Kind::kByteLevel;
+    added_by_first_byte.assign(256, {});
+    std::vector<int32_t> order(added.size());
+    for (size_t i = 0; i < added.size(); ++i) order[i] = int32_t(i);
+    std::stable_sort(order.begin(), order.end(), [&](int32_t x, int32_t y) {
+        return added[x].content.size() > added[y].content.size();
+    });
+    for (int32_t k : order)
+        added_by_first_byte[static_cast<uint8_t>(added[k].content[0])].push_back(k);
+    {
+        std::unique_lock<std::shared_mutex> lock(cache_mu);
+        cache.clear();
+    }
+    fingerprint = hash_hex(impl_to_json(*this));
+}
+
+static void split_pieces(const PreTokStep& step, std::string_view p,
+                         std::vector<std::string_view>& out) {
+    // Segments covering p: (start, end, is_match).
+    thread_local std::vector<std::pair<size_t, size_t>> matches;
+    matches.clear();
+    if (step.regex) {
+        step.regex->find_all(p.data(), p.size(), matches);
+    } else if (!step.literal.empty()) {
+        for (size_t at = p.find(step.literal); at != std::string_view::npos;
+             at = p.find(step.literal, at + step.literal.size()))
+            matches.emplace_back(at, at + step.literal.size());
+    }
+    if (step.behavior == SplitBehavior::kIsolated && !step.invert) {  // the common, fast case
+        size_t pos = 0;
+        for (auto [a, b] : matches) {
+            if (a > pos) out.push_back(p.substr(pos, a - pos));
+            out.push_back(p.substr(a, b - a));
+            pos = b;
+        }
+        if (pos < p.size()) out.push_back(p.substr(pos));
+        return;
+    }
+    struct Seg {
+        size_t a, b;
+        bool m;
+    };
+    std::vector<Seg> segs;
+    size_t pos = 0;
+    for (auto [a, b] : matches) {
+        if (a > pos) segs.push_back({pos, a, false});
+        segs.push_back({a, b, true});
+        pos = b;
+    }
+    if (pos < p.size()) segs.push_back({pos, p.size(), false});
+    if (step.invert)
+        for (auto& s : segs) s.m = !s.m;
+    std::vector<Seg> res;  // HF's NormalizedString::split, one behaviour at a time
+    bool prev_match = false;
+    switch (step.behavior) {
+        case SplitBehavior::kIsolated:
+            res = segs;
+            break;
+        case SplitBehavior::kRemoved:
+            for (auto& s : segs)
+                if (!s.m) res.push_back(s);
+            break;
+        case SplitBehavior::kMergedWithPrevious:
+            for (auto& s : segs) {
+                if (s.m && !prev_match && !res.empty())
+                    res.back().b = s.b;
+                else
+                    res.push_back(s);
+                prev_match = s.m;
+            }
+            break;
+        case SplitBehavior::kMergedWithNext:
+            for (auto it = segs.rbegin(); it != segs.rend(); ++it) {
+                if (it->m && !prev_match && !res.empty())
+                    res.back().a = it->a;
+                else
+                    res.push_back(*it);
+                prev_match = it->m;
+            }
+            std::reverse(res.begin(), res.end());
+            break;
+        case SplitBehavior::kContiguous:
+            for (auto& s : segs) {
+                if (s.m == prev_match && !res.empty())
+                    res.back().b = s.b;
+                else
+                    res.push_back(s);
+                prev_match = s.m;
+            }
+            break;
+    }
+    for (auto& s : res)
+        if (s.b > s.a) out.push_back(p.substr(s.a, s.b - s.a));
+}
+
+void Tokenizer::Impl::pre_tokenize(std::string_view segment, std::string& storage,
+                                   std::vector<std::string_view>& words) const {
+    if (pre.empty()) {
+        if (!segment.empty()) words.push_back(segment);
+        return;
+    }
+    std::vector<std::string_view> cur{segment}, next;
+    std::deque<std::string> prefixed;  // pieces that got a prefix space
+    for (const PreTokStep& step : pre) {
+        next.clear();
+        for (std::string_view p : cur) {
+            if (step.kind == PreTokStep::Kind::kByteLevel) {
+                if (step.add_prefix_space && (p.empty() || p[0] != ' ')) {
+                    prefixed.push_back(str_cat(" ", p));
+                    p = prefixed.back();
+                }
+                if (!step.use_regex) {
+                    next.push_back(p);
+                    continue;
+                }
+            }
+            split_pieces(step, p, next);
+        }
+        cur.swap(next);
+    }
+    if (prefixed.empty()) {
+        words.insert(words.end(), cur.begin(), cur.end());
+        return;
+    }
+    // Re-home the pieces into `storage` so that the views outlive this call.
+    size_t total = 0;
+    for (auto w : cur) total += w.size();
+    storage.clear();
+    storage.reserve(total);
+    for (auto w : cur) storage += w;
+    size_t off = 0;
+    for (auto w : cur) {
+        words.push_back(std::string_view(storage).substr(off, w.size()));
+        off += w.size();
+    }
+}
+
+namespace {
+struct Sym {
+    int32_t c;
+    int32_t prev, next;
+    bool live;
+};
+struct MergeEntry {
+    int32_t rank, pos, new_id;
+    bool operator<(const MergeEntry& o) const {  // priority_queue top = lowest rank, then pos
+        return rank != o.rank ? rank > o.rank : pos > o.pos;
+    }
+};
+}  // namespace
+
+void Tokenizer::Impl::bpe_word(std::string_view word, std::vector<int32_t>& out) const {
+    if (ignore_merges) {
+        auto it = vocab.find(byte_level ? ByteAlphabet::get().encode(word) : std::string(word));
+        if (it != vocab.end()) {
+            out.push_back(it->second);
+            return;
+        }
+    }
+    std::vector<Sym> sy;
+    sy.reserve(word.size());
+    bool last_unk = false;
+    auto push = [&](int32_t id) {
+        if (id < 0) {
+            if (unk_id < 0) return;  // HF drops characters it cannot map when there is no unk
+            if (fuse_unk && last_unk) return;
+            id = unk_id;
+            last_unk = true;
+        } else {
+            last_unk = false;
+        }
+        int32_t i = int32_t(sy.size());
+        sy.push_back({id, i - 1, i + 1, true});
+    };
+    if (byte_level) {
+        for (unsigned char b : word) push(byte_ids[b]);
+    } else {
+        size_t i = 0;
+        while (i < word.size()) {
+            size_t len =
+                std::min(utf8_char_len(static_cast<unsigned char>(word[i])), word.size() - i);
+            auto it = vocab.find(std::string(word.substr(i, len)));
+            push(it == vocab.end() ? -1 : it->second);
+            i += len;
+        }
+    }
+    if (sy.empty()) return;
+    sy.back().next = -1;
+    if (sy.size() > 1) {
+        std::vector<MergeEntry> heap_init;
+        heap_init.reserve(sy.size());
+        for (size_t i = 0; i + 1 < sy.size(); ++i) {
+            auto it = merge_map.find(pair_key(sy[i].c, sy[i + 1].c));
+            if (it != merge_map.end())
+                heap_init.push_back({it->second.first, int32_t(i), it->second.second});
+        }
+        std::priority_queue<MergeEntry> q(std::less<MergeEntry>(), std::move(heap_init));
+        // HF's Word::merge_all: entries go stale; an entry is used only if the pair at its
+        // position still produces the same new id.
+        while (!q.empty()) {
+            MergeEntry top = q.top();
+            q.pop();
+            Sym& s = sy[top.pos];
+            if (!s.live || s.next < 0) continue;
+            int32_t np = s.next;
+            auto it = merge_map.find(pair_key(s.c, sy[np].c));
+            if (it == merge_map.end() || it->second.second != top.new_id) continue;
+            s.c = top.new_id;
+            s.next = sy[np].next;
+            sy[np].live = false;
+            if (s.next >= 0) sy[s.next].prev = top.pos;
+            if (s.prev >= 0) {
+                auto jt = merge_map.find(pair_key(sy[s.prev].c, s.c));
+                if (jt != merge_map.end()) q.push({jt->second.first, s.prev, jt->second.second});
+            }
+            if (s.next >= 0) {
+                auto jt = merge_map.find(pair_key(s.c, sy[s.next].c));
+                if (jt != merge_map.end()) q.push({jt->second.first, top.pos, jt->second.second});
+            }
+        }
+    }
+    for (const Sym& s : sy)
+        if (s.live) out.push_back(s.c);
+}
+
+void Tokenizer::Impl::encode_word_cached(std::string_view word, std::vector<int32_t>& out) const {
+    if (word.size() == 1 && byte_level && byte_ids[static_cast<uint8_t>(word[0])] >= 0 &&
+        !ignore_merges) {
+        out.push_back(byte_ids[static_cast<uint8_t>(word[0])]);
+        return;
+    }
+    if (word.size() > kCacheMaxWordBytes) {
+        bpe_word(word, out);
+        return;
+    }
+    std::string key(word);
+    {
+        std::shared_lock<std::shared_mutex> lock(cache_mu);
+        auto it = cache.find(key);
+        if (it != cache.end()) {
+            out.insert(out.end(), it->second.begin(), it->second.end());
+            return;
+        }
+    }
+    size_t start = out.size();
+    bpe_word(word, out);
+    std::unique_lock<std::shared_mutex> lock(cache_mu);
+    if (cache.size() >= kCacheMaxEntries) cache.clear();
+    cache.emplace(std::move(key), std::vector<int32_t>(out.begin() + start, out.end()));
+}
+
+// ---- JSON writing --------------------------------------------------------------------------
+
+static std::string q(const std::string& s) {
+    return json(s).dump(-1, ' ', false, json::error_handler_t::replace);
+}
+
+static std::string impl_to_json(const Tokenizer::Impl& m) {
+    std::string o;
+    o.reserve(m.id_to_token.size() * 24 + m.merges.size() * 24 + 4096);
+    auto dump = [](const json& j) {
+        return j.dump(-1, ' ', false, json::error_handler_t::replace);
+    };
+    o += "{\n  \"version\": " + q(m.version) + ",\n";
+    o += "  \"truncation\": " + dump(m.truncation) + ",\n";
+    o += "  \"padding\": " + dump(m.padding) + ",\n";
+    o += "  \"added_tokens\": [";
+    std::vector<const AddedToken*> added;
+    for (const auto& t : m.added) added.push_back(&t);
+    std::sort(added.begin(), added.end(), [](auto* a, auto* b) { return a->id < b->id; });
+    for (size_t i = 0; i < added.size(); ++i) {
+        const AddedToken& t = *added[i];
+        auto b = [](bool v) { return v ? "true" : "false"; };
+        o += i ? ",\n    " : "\n    ";
+        o += str_cat("{\"id\": ", t.id, ", \"content\": ", q(t.content),
+                     ", \"single_word\": ", b(t.single_word), ", \"lstrip\": ", b(t.lstrip),
+                     ", \"rstrip\": ", b(t.rstrip), ", \"normalized\": ", b(t.normalized),
+                     ", \"special\": ", b(t.special), "}");
+    }
+    o += added.empty() ? "],\n" : "\n  ],\n";
+    o += "  \"normalizer\": " + dump(m.normalizer) + ",\n";
+    o += "  \"pre_tokenizer\": " + dump(m.pre_tokenizer) + ",\n";
+    o += "  \"post_processor\": " + dump(m.post_processor) + ",\n";
+    o += "  \"decoder\": " + dump(m.decoder) + ",\n";
+    o += "  \"model\": {\n    \"type\": \"BPE\",\n    \"dropout\": null,\n";
+    o += "    \"unk_token\": " + (m.unk_token.empty() ? std::string("null") : q(m.unk_token)) +
+         ",\n";
+    o += "    \"continuing_subword_prefix\": null,\n    \"end_of_word_suffix\": null,\n";
+    o += str_cat("    \"fuse_unk\": ", m.fuse_unk ? "true" : "false",
+                 ",\n    \"byte_fallback\": false,\n    \"ignore_merges\": ",
+                 m.ignore_merges ? "true" : "false", ",\n    \"vocab\": {");
+    bool first = true;
+    for (size_t id = 0; id < m.id_to_token.size(); ++id) {
+        auto it = m.vocab.find(m.id_to_token[id]);  // skips holes and model-less added tokens
+        if (it == m.vocab.end() || it->second != int32_t(id)) continue;
+        o += first ? "\n      " : ",\n      ";
+        first = false;
+        o += q(m.id_to_token[id]) + ": " + std::to_string(id);
+    }
+    o += first ? "},\n" : "\n    },\n";
+    // "a b" strings unless a token contains a space; then ["a", "b"] pairs (HF >= 0.20 reads both).
+    bool pairs = false;
+    for (auto [a, b] : m.merges)
+        if (m.id_to_token[a].find(' ') != std::string::npos ||
+            m.id_to_token[b].find(' ') != std::string::npos)
+            pairs = true;
+    o += "    \"merges\": [";
+    for (size_t i = 0; i < m.merges.size(); ++i) {
+        const std::string& a = m.id_to_token[m.merges[i].first];
+        const std::string& b = m.id_to_token[m.merges[i].second];
+        o += i ? ",\n      " : "\n      ";
+        o += pairs ? "[" + q(a) + ", " + q(b) + "]" : q(a + " " + b);
+    }
+    o += m.merges.empty() ? "]\n" : "\n    ]\n";
+    o += "  }\n}\n";
+    return o;
+}
+
+// ---- JSON reading --------------------------------------------------------------------------
+
+namespace {
+
+struct Loader {
+    std::string source;  // "tokenizer 'path'" or "tokenizer JSON"
+
+    [[noreturn]] void fail(const std::string& where, const std::string& what) const {
+        throw Error(str_cat("cannot load ", source, ": ", where, ": ", what));
+    }
+    const json& field(const json& obj, const char* key, const std::string& where) const {
+        auto it = obj.find(key);
+        if (it == obj.end()) fail(where, str_cat("missing field \"", key, "\""));
+        return *it;
+    }
+    std::string str(const json& j, const std::string& where) const {
+        if (!j.is_string()) fail(where, str_cat("must be a string, not ", j.type_name()));
+        return j.get<std::string>();
+    }
+    bool boolean(const json& obj, const char* key, bool def, const std::string& where) const {
+        auto it = obj.find(key);
+        if (it == obj.end() || it->is_null()) return def;
+        if (!it->is_boolean())
+            fail(where + "." + key, str_cat("must be a boolean, not ", it->type_name()));
+        return it->get<bool>();
+    }
+    int32_t id(const json& j, const std::string& where) const {
+        if (!j.is_number_integer())
+            fail(where, str_cat("the id must be an integer, not ", j.type_name()));
+        int64_t v = j.is_number_unsigned() && j.get<uint64_t>() > uint64_t(kMaxVocab)
+                        ? kMaxVocab
+                        : j.get<int64_t>();
+        if (v < 0 || v >= kMaxVocab)
+            fail(where, str_cat("id ", j.dump(), " is out of range (0 to ", kMaxVocab - 1, ")"));
+        return int32_t(v);
+    }
+    std::string type_of(const json& j, const std::string& where) const {
+        if (!j.is_object()) fail(where, str_cat("must be an object, not ", j.type_name()));
+        return str(field(j, "type", where), where + ".type");
+    }
+
+    void pre_tokenizer(const json& j, const std::string& where,
+                       std::vector<PreTokStep>& out) const {
+        if (j.is_null()) return;
+        std::string type = type_of(j, where);
+        if (type == "Sequence") {
+            const json& list = field(j, "pretokenizers", where);
+            if (!list.is_array()) fail(where + ".pretokenizers", "must be an array");
+            for (size_t i = 0; i < list.size(); ++i)
+                pre_tokenizer(list[i], str_cat(where, ".pretokenizers[", i, "]"), out);
+            return;
+        }
+        PreTokStep s;
+        if (type == "ByteLevel") {
+            s.kind = PreTokStep::Kind::kByteLevel;
+            s.add_prefix_space = boolean(j, "add_prefix_space", true, where);
+            s.use_regex = boolean(j, "use_regex", true, where);
+            if (s.use_regex) s.regex = gpt2_regex();
+        } else if (type == "Split") {
+            s.kind = PreTokStep::Kind::kSplit;
+            const json& pat = field(j, "pattern", where);
+            if (!pat.is_object() || pat.size() != 1)
+                fail(where + ".pattern", "must be {\"Regex\": ...} or {\"String\": ...}");
+            if (pat.contains("Regex")) {
+                std::string re = str(pat["Regex"], where + ".pattern.Regex");
+                s.regex = std::make_shared<Regex>(re, str_cat("cannot load ", source, ": ", where));
+            } else if (pat.contains("String")) {
+                s.literal = str(pat["String"], where + ".pattern.String");
+            } else {
+                fail(where + ".pattern", "must be {\"Regex\": ...} or {\"String\": ...}");
+            }
+            std::string b = str(field(j, "behavior", where), where + ".behavior");
+            if (b == "Removed")
+                s.behavior = SplitBehavior::kRemoved;
+            else if (b == "Isolated")
+                s.behavior = SplitBehavior::kIsolated;
+            else if (b == "MergedWithPrevious")
+                s.behavior = SplitBehavior::kMergedWithPrevious;
+            else if (b == "MergedWithNext")
+                s.behavior = SplitBehavior::kMergedWithNext;
+            else if (b == "Contiguous")
+                s.behavior = SplitBehavior::kContiguous;
+            else
+                fail(where + ".behavior", str_cat("unknown split behavior ", json(b).dump()));
+            s.invert = boolean(j, "invert", false, where);
+        } else {
+            fail(where, str_cat("pre-tokenizer type ", json(type).dump(),
+                                " is not supported (supported: ByteLevel, Split, Sequence)"));
+        }
+        out.push_back(std::move(s));
+    }
+
+    static std::shared_ptr<const Regex> gpt2_regex() {
+        static const auto r = std::make_shared<const Regex>(kGpt2SplitRegex, "the GPT-2 regex");
+        return r;
+    }
+
+    void decoder(const json& j, const std::string& where) const {
+        std::string type = type_of(j, where);
+        if (type == "Sequence") {
+            const json& list = field(j, "decoders", where);
+            if (!list.is_array()) fail(where + ".decoders", "must be an array");
+            for (size_t i = 0; i < list.size(); ++i)
+                decoder(list[i], str_cat(where, ".decoders[", i, "]"));
+            return;
+        }
+        if (type != "ByteLevel")
+            fail(where, str_cat("decoder type ", json(type).dump(),
+                                " is not supported (supported: ByteLevel)"));
+    }
+
+    void load(const json& root, Tokenizer::Impl& m) const {
+        if (!root.is_object())
+            fail("top level", str_cat("must be an object, not ", root.type_name()));
+        if (!root.contains("model")) fail("top level", "missing field \"model\"");
+        if (auto it = root.find("version"); it != root.end() && it->is_string())
+            m.version = it->get<std::string>();
+        m.truncation = root.value("truncation", json());
+        m.padding = root.value("padding", json());
+
+        // normalizer
+        m.normalizer = root.value("normalizer", json());
+        if (!m.normalizer.is_null()) {
+            std::string t = type_of(m.normalizer, "normalizer");
+            bool empty_seq = t == "Sequence" && m.normalizer.contains("normalizers") &&
+                             m.normalizer["normalizers"].is_array() &&
+                             m.normalizer["normalizers"].empty();
+            if (!empty_seq)
+                fail("normalizer", str_cat("normalizer type ", json(t).dump(),
+                                           " is not supported yet (supported: null)"));
+        }
+        m.pre_tokenizer = root.value("pre_tokenizer", json());
+        pre_tokenizer(m.pre_tokenizer, "pre_tokenizer", m.pre);
+        for (size_t i = 0; i + 1 < m.pre.size(); ++i)
+            if (m.pre[i].kind == PreTokStep::Kind::kByteLevel)
+                fail("pre_tokenizer", "ByteLevel must be the last pre-tokenizer of a Sequence");
+        m.post_processor = root.value("post_processor", json());
+        m.decoder = root.value("decoder", json());
+        if (m.decoder.is_null()) fail("decoder", "missing; a ByteLevel decoder is required");
+        decoder(m.decoder, "decoder");
+
+        // model
+        const json& model = field(root, "model", "top level");
+        if (!model.is_object())
+            fail("model", str_cat("must be an object, not ", model.type_name()));
+        if (model.contains("type") && str(model["type"], "model.type") != "BPE")
+            fail("model.type", str_cat("model type ", model["type"].dump(),
+                                       " is not supported (supported: BPE)"));
+        if (model.contains("dropout") && !model["dropout"].is_null() &&
+            !(model["dropout"].is_number() && model["dropout"].get<double>() == 0.0))
+            fail("model.dropout", "BPE dropout is not supported (must be null)");
+        for (const char* k : {"continuing_subword_prefix", "end_of_word_suffix"})
+            if (model.contains(k) && !model[k].is_null() &&
+                !(model[k].is_string() && model[k].get<std::string>().empty()))
+                fail(str_cat("model.", k), "is not supported (must be null)");
+        if (boolean(model, "byte_fallback", false, "model"))
+            fail("model.byte_fallback", "byte fallback is not supported (must be false)");
+        m.fuse_unk = boolean(model, "fuse_unk", false, "model");
+        m.ignore_merges = boolean(model, "ignore_merges", false, "model");
+        if (model.contains("unk_token") && !model["unk_token"].is_null())
+            m.unk_token = str(model["unk_token"], "model.unk_token");
+
+        const json& vocab = field(model, "vocab", "model");
+        if (!vocab.is_object())
+            fail("model.vocab", str_cat("must be an object, not ", vocab.type_name()));
+        int64_t max_id = -1;
+        std::vector<std::pair<int32_t, const std::string*>> entries;
+        entries.reserve(vocab.size());
+        for (auto it = vocab.begin(); it != vocab.end(); ++it) {
+            int32_t v = id(it.value(), str_cat("model.vocab[", json(it.key()).dump(), "]"));
+            entries.push_back({v, &it.key()});
+            max_id = std::max<int64_t>(max_id, v);
+        }
+        std::vector<AddedToken> added;
+        if (auto it = root.find("added_tokens"); it != root.end() && !it->is_null()) {
+            if (!it->is_array())
+                fail("added_tokens", str_cat("must be an array, not ", it->type_name()));
+            for (size_t i = 0; i < it->size(); ++i) {
+                const json& a = (*it)[i];
+                std::string w = str_cat("added_tokens[", i, "]");
+                if (!a.is_object()) fail(w, str_cat("must be an object, not ", a.type_name()));
+                AddedToken t;
+                t.id = id(field(a, "id", w), w + ".id");
+                t.content = str(field(a, "content", w), w + ".content");
+                if (t.content.empty()) fail(w + ".content", "must not be empty");
+                t.special = boolean(a, "special", false, w);
+                t.normalized = boolean(a, "normalized", !t.special, w);
+                t.single_word = boolean(a, "single_word", false, w);
+                t.lstrip = boolean(a, "lstrip", false, w);
+                t.rstrip = boolean(a, "rstrip", false, w);
+                if (t.single_word || t.lstrip || t.rstrip)
+                    fail(w, "single_word, lstrip and rstrip are not supported yet (must be false)");
+                max_id = std::max<int64_t>(max_id, t.id);
+                added.push_back(std::move(t));
+            }
+        }
+        // Holes are allowed (HF allows them) but not so many that one large id could make us
+        // allocate gigabytes.
+        const int64_t n_entries = int64_t(entries.size() + added.size());
+        if (max_id >= 2 * n_entries + 1024)
+            fail("model.vocab", str_cat("id ", max_id, " is out of range: the file has only ",
+                                        n_entries, " tokens"));
+        m.id_to_token.assign(size_t(max_id + 1), std::string());
+        std::vector<uint8_t> used(size_t(max_id + 1), 0);
+        for (auto [v, tok] : entries) {
+            if (used[v])
+                fail("model.vocab", str_cat("duplicate id ", v, ": ", json(m.id_to_token[v]).dump(),
+                                            " and ", json(*tok).dump()));
+            used[v] = 1;
+            m.id_to_token[v] = *tok;
+            m.vocab.emplace(*tok, v);
+        }
+        std::unordered_map<std::string, int32_t> added_seen;
+        for (size_t i = 0; i < added.size(); ++i) {
+            const AddedToken& t = added[i];
+            std::string w = str_cat("added_tokens[", i, "]");
+            if (auto s = added_seen.find(t.content); s != added_seen.end())
+                fail(w, str_cat("token ", json(t.content).dump(), " is listed twice"));
+            added_seen[t.content] = t.id;
+            auto vit = m.vocab.find(t.content);
+            if (vit != m.vocab.end() && vit->second != t.id)
+                fail(w, str_cat("token ", json(t.content).dump(), " has id ", t.id,
+                                " but the vocabulary gives it id ", vit->second));
+            if (used[t.id] && m.id_to_token[t.id] != t.content)
+                fail(w, str_cat("duplicate id ", t.id, ": ", json(m.id_to_token[t.id]).dump(),
+                                " and ", json(t.content).dump()));
+            if (used[t.id] == 2) fail(w, str_cat("duplicate id ", t.id));
+            used[t.id] = 2;
+            m.id_to_token[t.id] = t.content;
+        }
+        m.added = std::move(added);
+
+        const json& merges = field(model, "merges", "model");
+        if (!merges.is_array())
+            fail("model.merges", str_cat("must be an array, not ", merges.type_name()));
+        m.merges.reserve(merges.size());
+        for (size_t i = 0; i < merges.size(); ++i) {
+            const json& e = merges[i];
+            std::string w = str_cat("model.merges[", i, "]");
+            std::string a, b;
+            if (e.is_string()) {
+                std::string s = e.get<std::string>();
+                size_t sp = s.find(' ');
+                if (sp == std::string::npos || s.find(' ', sp + 1) != std::string::npos)
+                    fail(w, str_cat(json(s).dump(), " must be two tokens separated by one space"));
+                a = s.substr(0, sp);
+                b = s.substr(sp + 1);
+            } else if (e.is_array() && e.size() == 2) {
+                a = str(e[0], w + "[0]");
+                b = str(e[1], w + "[1]");
+            } else {
+                fail(w, "must be a string \"a b\" or a pair [\"a\", \"b\"]");
+            }
+            auto ia = m.vocab.find(a), ib = m.vocab.find(b);
+            if (ia == m.vocab.end())
+                fail(w, str_cat("token ", json(a).dump(), " is not in the vocabulary"));
+            if (ib == m.vocab.end())
+                fail(w, str_cat("token ", json(b).dump(), " is not in the vocabulary"));
+            if (m.vocab.find(a + b) == m.vocab.end())
+                fail(w,
+                     str_cat("the merged token ", json(a + b).dump(), " is not in the vocabulary"));
+            m.merges.emplace_back(ia->second, ib->second);
+        }
+    }
+};
+
+Tokenizer::Impl* load_into(Tokenizer::Impl* m, const std::string& text, const std::string& source) {
+    Loader L{source};
+    json root;
+    try {
+        root = json::parse(text);
+    } catch (const json::exception& e) {
+        throw Error(str_cat("cannot load ", source, ": not valid JSON: ", e.what()));
+    }
+    try {
+        L.load(root, *m);
+        m->finalize("cannot load " + source);
+    } catch (const json::exception& e) {  // a type we did not check; still the file's fault
+        throw Error(str_cat("cannot load ", source, ": ", e.what()));
+    }
+    return m;
+}
+
+}  // namespace
+
+// Builds the pipeline distill trains with: ByteLevel pre-tokenizer (GPT-2 regex, no prefix
+// space), ByteLevel post-processor and decoder. Used by bpe-train.cpp.
+void impl_set_default_pipeline(Tokenizer::Impl& m) {
+    json bl = {{"type", "ByteLevel"},
+               {"add_prefix_space", false},
+               {"trim_offsets", true},
+               {"use_regex", true}};
+    m.normalizer = nullptr;
+    m.pre_tokenizer = bl;
+    m.post_processor = bl;
+    m.decoder = bl;
+    m.pre.clear();
+    Loader{"default pipeline"}.pre_tokenizer(bl, "pre_tokenizer", m.pre);
+}
+
+// ---- Tokenizer -----------------------------------------------------------------------------
+
+Tokenizer::Tokenizer() : impl_(std::make_unique<Impl>()) {
+    impl_set_default_pipeline(*impl_);
+    impl_->finalize("empty tokenizer");
+}
+Tokenizer::~Tokenizer() = default;
+Tokenizer::Tokenizer(const Tokenizer& o) : impl_(std::make_unique<Impl>(*o.impl_)) {}
+Tokenizer& Tokenizer::operator=(const Tokenizer& o) {
+    if (this != &o) impl_ = std::make_unique<Impl>(*o.impl_);
+    return *this;
+}
+Tokenizer::Tokenizer(Tokenizer&&) noexcept = default;
+Tokenizer& Tokenizer::operator=(Tokenizer&&) noexcept = default;
+
+Tokenizer Tokenizer::load(const std::string& path) {
+    std::string text = read_file(path);
+    Tokenizer t;
+    t.impl_ = std::make_unique<Impl>();
+    load_into(t.impl_.get(), text, str_cat("tokenizer '", path, "'"));
+    return t;
+}
+
+Tokenizer Tokenizer::from_json(const std::string& json_text) {
+    Tokenizer t;
+    t.impl_ = std::make_unique<Impl>();
+    load_into(t.impl_.get(), json_text, "tokenizer JSON");
+    return t;
+}
+
+std::string Tokenizer::to_json() const {
+    return impl_to_json(*impl_);
+}
+
+void Tokenizer::save(const std::string& path) const {
+    write_file_atomic(path, to_json());
+}
+
+std::vector<int32_t> Tokenizer::encode(std::string_view text) const {
+    const Impl& m = *impl_;
+    std::string clean;
+    if (!utf8_valid(text)) {  // documented: invalid sequences become U+FFFD first
+        clean = utf8_lossy(text);
+        text = clean;
+    }
+    std::vector<int32_t> ids;
+    ids.reserve(text.size() / 3 + 4);
+    std::string storage;
+    std::vector<std::string_view> words;
+    m.split_added(
+        text,
+        [&](std::string_view seg) {
+            words.clear();
+            m.pre_tokenize(seg, storage, words);
+            for (std::string_view w : words) m.encode_word_cached(w, ids);
+        },
+        [&](int32_t id) { ids.push_back(id); });
+    return ids;
+}
+
+std::string Tokenizer::decode(const std::vector<int32_t>& ids, bool skip_special) const {
+    const Impl& m = *impl_;
+    std::string out;
+    for (int32_t id : ids) {
+        DISTILL_CHECK(id >= 0 && size_t(id) < m.id_kind.size() && m.id_kind[id] != 0, "decode: id ",
+                      id, " is not in the vocabulary (size ", m.id_kind.size(), ")");
+        if (skip_special && m.id_kind[id] == 3) continue;
+        out += m.id_bytes[id];
+    }
+    return utf8_valid(out) ? out : utf8_lossy(out);
+}
+
+std::string Tokenizer::token_bytes(int32_t id) const {
+    const Impl& m = *impl_;
+    DISTILL_CHECK(id >= 0 && size_t(id) < m.id_kind.size() && m.id_kind[id] != 0, "token id ", id,
+                  " is not in the vocabulary (size ", m.id_kind.size(), ")");
+    return m.id_bytes[id];
+}
+
+std::string Tokenizer::id_to_token(int32_t id) const {
+    const Impl& m = *impl_;
+    DISTILL_CHECK(id >= 0 && size_t(id) < m.id_kind.size() && m.id_kind[id] != 0, "token id ", id,
+                  " is not in the vocabulary (size ", m.id_kind.size(), ")");
+    return m.id_to_token[id];
+}
+
+int32_t Tokenizer::token_to_id(const std::string& token) const {
+    auto it = impl_->token_ids.find(token);
+    return it == impl_->token_ids.end() ? -1 : it->second;
+}
+
+bool Tokenizer::is_special(int32_t id) const {
+    const Impl& m = *impl_;
+    return id >= 0 && size_t(id) < m.id_kind.size() && m.id_kind[id] == 3;
+}
+
+int Tokenizer::vocab_size() const {
+    return int(impl_->id_to_token.size());
+}
+
+static int32_t first_special(const Tokenizer::Impl& m, std::initializer_list<const char*> names) {
+    for (const char* n : names) {
+        auto it = m.token_ids.find(n);
+        if (it != m.token_ids.end()) return it->second;
+    }
+    return -1;
+}
+
+int32_t Tokenizer::bos_id() const {
+    return first_special(*impl_, {"<|bos|>", "<|begin_of_text|>", "<s>"});
+}
+int32_t Tokenizer::eos_id() const {
+    return first_special(*impl_, {"<|eos|>", "<|end_of_text|>", "</s>", "<|endoftext|>"});
+}
+int32_t Tokenizer::pad_id() const {
+    return first_special(*impl_, {"<|pad|>", "<pad>"});
+}
+
+std::string Tokenizer::fingerprint() const {
+    return impl_->fingerprint;
+}
+
+}  // namespace distill

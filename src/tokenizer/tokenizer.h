@@ -42,6 +42,7 @@ public:
     std::string token_bytes(int32_t id) const;
     std::string id_to_token(int32_t id) const;  // the vocabulary string (e.g. "Ġthe")
     int32_t token_to_id(const std::string& token) const;  // -1 if absent
+    bool is_special(int32_t id) const;  // an added token marked special (<|bos|>, ...)
 
     int vocab_size() const;
     int32_t bos_id() const;  // -1 if the tokenizer has none

@@ -2,6 +2,8 @@
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
+#include <nlohmann/json.hpp>
+
 #include "io/safetensors.h"
 #include "model/checkpoint.h"
 #include "model/generate.h"
@@ -151,6 +153,7 @@ TEST(Model, BadDirectoriesGiveClearErrors) {
     make_dirs(dir + "/heads");
     j = nlohmann::json::parse(cfg);
     j["num_attention_heads"] = 5;
+    j.erase("head_dim");
     write_file_atomic(dir + "/heads/config.json", j.dump());
     write_file_atomic(dir + "/heads/model.safetensors", weights);
     expect_error_containing([&] { load_model_dir(dir + "/heads"); }, "not divisible");

@@ -26,7 +26,7 @@ inline int run_python(const std::string& script, const std::string& args) {
 inline int run_distill(const std::string& args, const std::string& out_path = "",
                        const std::string& err_path = "") {
     std::string cmd = std::string(DISTILL_BINARY) + " --quiet " + args;
-    if (!out_path.empty()) cmd += " > " + out_path;
+    cmd += " > " + (out_path.empty() ? std::string("/dev/null") : out_path);
     cmd += " 2> " + (err_path.empty() ? std::string("/dev/null") : err_path);
     return run(cmd);
 }

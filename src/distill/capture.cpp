@@ -1,0 +1,119 @@
+#include "distill/capture.h"
+
+#include <torch/torch.h>
+
+#include <cmath>
+
+#include "io/logit-cache.h"
+#include "util/error.h"
+#include "util/progress.h"
+
+namespace distill {
+
+namespace {
+
+// Teacher log-probs (b, T, V) for windows [w0, w0+b).
+torch::Tensor teacher_logprobs(Llama& teacher, const TokenShard& shard, int64_t w0, int64_t b,
+                               int64_t T) {
+    std::vector<torch::Tensor> rows;
+    for (int64_t w = w0; w < w0 + b; ++w) rows.push_back(shard.slice(w * T, T));
+    return torch::log_softmax(teacher->forward(torch::stack(rows)), -1);
+}
+
+}  // namespace
+
+CaptureResult capture_teacher(Llama& teacher, const std::string& teacher_fingerprint,
+                              const Tokenizer& tokenizer, const TokenShard& shard,
+                              const std::string& cache_dir, const CaptureOptions& opts) {
+    const int64_t T = opts.window, K = opts.top_k, V = teacher->config().vocab_size;
+    DISTILL_CHECK(K >= 1 && K <= 256 && K < V, "--top-k must be in 1 .. min(256, vocab size - 1)");
+    DISTILL_CHECK(T >= 1 && T <= teacher->config().max_position_embeddings, "--window ", T,
+                  " must be in 1 .. the teacher's max_position_embeddings");
+    DISTILL_CHECK(shard.info().tokenizer_fingerprint == tokenizer.fingerprint(),
+                  "the token shard was made with another tokenizer than the teacher's; re-run "
+                  "`distill prepare` with the teacher's tokenizer.json");
+    DISTILL_CHECK(shard.info().vocab_size <= V, "the shard's vocabulary (", shard.info().vocab_size,
+                  ") is larger than the teacher's (", V, ")");
+    int64_t W = num_aligned_windows(shard.size(), T);
+    if (opts.max_windows > 0) W = std::min(W, opts.max_windows);
+    DISTILL_CHECK(W > 0, "the shard has too few tokens for one window of ", T);
+
+    LogitCacheInfo info;
+    info.top_k = static_cast<int>(K);
+    info.vocab_size = static_cast<int>(V);
+    info.window = static_cast<int>(T);
+    info.num_windows = W;
+    info.teacher_fingerprint = teacher_fingerprint;
+    info.tokenizer_fingerprint = tokenizer.fingerprint();
+    info.data_fingerprint = shard.info().fingerprint;
+
+    const double t0 = now_seconds();
+    CaptureResult r;
+    torch::NoGradGuard ng;
+    teacher->eval();
+    {
+        LogitCacheWriter writer(cache_dir, info);
+        const int64_t start = writer.windows_done();
+        if (start > 0 && start < W)
+            log_info(str_cat("capture: resuming at window ", start, " of ", W));
+        Progress progress("capture");
+        for (int64_t w = start; w < W;) {
+            const int64_t b = std::min(opts.batch, W - w);
+            auto lp = teacher_logprobs(teacher, shard, w, b, T);  // (b, T, V)
+            auto [vals, idx] = lp.topk(K, -1);                     // (b, T, K)
+            auto ids32 = idx.to(torch::kInt32).contiguous();
+            auto vals32 = vals.to(torch::kFloat32).contiguous();
+            for (int64_t i = 0; i < b; ++i)
+                writer.append_window(ids32[i].data_ptr<int32_t>(), vals32[i].data_ptr<float>());
+            w += b;
+            r.new_windows += b;
+            progress.update(w, W, str_cat(format_count(double(r.new_windows * T) /
+                                                       std::max(1e-9, now_seconds() - t0)),
+                                          " tok/s"));
+        }
+        writer.finish();
+    }
+
+    // Read back what was stored and measure its error against the full teacher distribution.
+    LogitCacheReader reader(cache_dir);
+    DISTILL_ASSERT(reader.complete(), "capture finished with ", reader.num_windows(), " of ", W);
+    r.windows = reader.num_windows();
+    r.positions = r.windows * T;
+    r.bytes_per_token = reader.bytes_per_position();
+    const int64_t n_check = std::min<int64_t>(opts.check_windows, W);
+    std::vector<int32_t> ids(T * K);
+    std::vector<float> stored(T * K);
+    double kl_full = 0, kl_q = 0, max_err = 0;
+    for (int64_t c = 0; c < n_check; ++c) {
+        const int64_t w = n_check == 1 ? 0 : c * (W - 1) / (n_check - 1);
+        reader.read_window(w, ids.data(), stored.data());
+        auto lp = teacher_logprobs(teacher, shard, w, 1, T)[0].to(torch::kFloat64);  // (T, V)
+        auto id_t = torch::from_blob(ids.data(), {T, K}, torch::kInt32).to(torch::kInt64);
+        auto lq = torch::from_blob(stored.data(), {T, K}, torch::kFloat32).to(torch::kFloat64);
+        auto lp_top = lp.gather(1, id_t);                           // exact log p of stored ids
+        max_err = std::max(max_err, (lp_top - lq).abs().max().item<double>());
+        auto p = lp.exp();
+        auto p_top = lp_top.exp();
+        auto rest_exact = (1.0 - p_top.sum(1)).clamp_min(1e-30);     // (T)
+        auto rest_stored = (1.0 - lq.exp().sum(1)).clamp_min(1e-30);
+        // KL over the K+1 buckets: exact vs stored
+        kl_q += ((p_top * (lp_top - lq)).sum(1) + rest_exact * (rest_exact.log() - rest_stored.log()))
+                    .sum()
+                    .item<double>();
+        // KL from the full distribution to stored top-K + rest spread evenly over the V-K others
+        auto outside = torch::ones_like(lp, torch::kBool).scatter_(1, id_t, false);
+        auto spread = (rest_stored / double(V - K)).log().unsqueeze(1).expand_as(lp);
+        auto recon = lp.clone().masked_scatter_(outside, spread.masked_select(outside))
+                         .scatter_(1, id_t, lq);
+        kl_full += (p * (lp - recon)).sum().item<double>();
+    }
+    if (n_check > 0) {
+        r.kl_full_to_stored = kl_full / double(n_check * T);
+        r.kl_quantization = kl_q / double(n_check * T);
+    }
+    r.max_abs_logprob_error = max_err;
+    r.seconds = now_seconds() - t0;
+    return r;
+}
+
+}  // namespace distill

@@ -1,0 +1,192 @@
+// distill — tokenizer internals shared by tokenizer.cpp (load, save, encode, decode) and
+// bpe-train.cpp (training). Private: include only from src/tokenizer/.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <shared_mutex>
+#include <string>
+#include <string_view>
+#include <unordered_map>
+#include <vector>
+
+#include "tokenizer/tokenizer.h"
+
+namespace distill {
+
+// The GPT-2 pre-tokenizer regex, as HF's ByteLevel pre-tokenizer uses it (use_regex = true).
+inline constexpr const char* kGpt2SplitRegex =
+    "'s|'t|'re|'ve|'m|'ll|'d| ?\\p{L}+| ?\\p{N}+| ?[^\\s\\p{L}\\p{N}]+|\\s+(?!\\S)|\\s+";
+
+// ---- UTF-8 --------------------------------------------------------------------------------
+
+// True if `s` is well-formed UTF-8 (no overlongs, no surrogates, nothing above U+10FFFF).
+bool utf8_valid(std::string_view s);
+// Each maximal invalid subsequence becomes U+FFFD, exactly as Rust's String::from_utf8_lossy
+// (and the WHATWG decoder) do. Valid input comes back unchanged.
+std::string utf8_lossy(std::string_view s);
+// Appends the UTF-8 encoding of code point `cp` to `out`.
+void utf8_append(std::string& out, uint32_t cp);
+// Decodes valid UTF-8 into code points (input must be valid).
+std::vector<uint32_t> utf8_code_points(std::string_view s);
+
+// ---- GPT-2 byte <-> unicode alphabet -------------------------------------------------------
+
+struct ByteAlphabet {
+    uint32_t byte_to_cp[256];
+    std::string byte_to_str[256];  // UTF-8 of byte_to_cp
+    int16_t cp_to_byte[324];       // -1 where the code point is not in the alphabet
+    ByteAlphabet();
+    static const ByteAlphabet& get();
+    // Maps raw bytes to the alphabet's characters ("Ġthe" for " the").
+    std::string encode(std::string_view bytes) const;
+    // Inverse; false if some character is not in the alphabet.
+    bool decode(std::string_view token, std::string& out) const;
+};
+
+// ---- Regex (PCRE2, UTF + UCP, JIT) ---------------------------------------------------------
+
+class Regex {
+  public:
+    // Throws Error (mentioning `what`) if the pattern does not compile.
+    Regex(const std::string& pattern, const std::string& what);
+    ~Regex();
+    Regex(const Regex&) = delete;
+    Regex& operator=(const Regex&) = delete;
+    // Non-overlapping leftmost matches in s[0, n), as byte ranges. Empty matches are skipped.
+    // `s` must be valid UTF-8.
+    void find_all(const char* s, size_t n, std::vector<std::pair<size_t, size_t>>& out) const;
+    const std::string& pattern() const { return pattern_; }
+
+  private:
+    void* code_ = nullptr;  // pcre2_code_8*
+    std::string pattern_;
+};
+
+// Onig (which HF uses) and PCRE2 disagree on a few characters for \s and \S; rewrites them into
+// explicit classes with Onig's meaning. Exposed for tests.
+std::string regex_onig_to_pcre2(const std::string& pattern);
+
+// ---- Pre-tokenizer pipeline ----------------------------------------------------------------
+
+enum class SplitBehavior { kRemoved, kIsolated, kMergedWithPrevious, kMergedWithNext, kContiguous };
+
+// One step of a pre-tokenizer: splits each piece into smaller pieces. ByteLevel must be the last
+// step (it also maps bytes to the GPT-2 alphabet, which the BPE model sees).
+struct PreTokStep {
+    enum class Kind { kByteLevel, kSplit };
+    Kind kind = Kind::kByteLevel;
+    // ByteLevel
+    bool add_prefix_space = false;
+    bool use_regex = true;
+    // Split (and ByteLevel with use_regex: the GPT-2 regex, Isolated)
+    std::shared_ptr<const Regex> regex;
+    std::string literal;  // Split with a {"String": ...} pattern
+    SplitBehavior behavior = SplitBehavior::kIsolated;
+    bool invert = false;
+};
+
+// ---- Added (special) tokens ----------------------------------------------------------------
+
+struct AddedToken {
+    int32_t id = -1;
+    std::string content;
+    bool special = true;
+    bool normalized = false;
+    bool single_word = false, lstrip = false, rstrip = false;
+};
+
+// ---- The tokenizer -------------------------------------------------------------------------
+
+struct Tokenizer::Impl {
+    // Vocabulary. id_to_token[i] is empty for ids that are holes.
+    std::vector<std::string> id_to_token;
+    std::vector<std::string> id_bytes;               // what decode() emits for the id
+    std::vector<uint8_t> id_kind;                    // 0 hole, 1 model, 2 added, 3 added+special
+    std::unordered_map<std::string, int32_t> vocab;  // the BPE model's vocabulary
+    std::unordered_map<std::string, int32_t> token_ids;  // vocab + added tokens
+
+    // BPE model.
+    std::vector<std::pair<int32_t, int32_t>> merges;                      // in rank order
+    std::unordered_map<uint64_t, std::pair<int32_t, int32_t>> merge_map;  // pair -> rank,new
+    bool ignore_merges = false;
+    int32_t unk_id = -1;
+    std::string unk_token;  // empty: none
+    bool fuse_unk = false;
+    bool byte_level = true;  // the pipeline ends with ByteLevel: words are seen as mapped bytes
+    int32_t byte_ids[256];   // byte-level: the id of each single-byte symbol, -1 if absent
+
+    // Pipeline.
+    std::vector<AddedToken> added;
+    std::vector<PreTokStep> pre;
+    // Parts stored as given and written back unchanged (only their supported subset is used).
+    nlohmann::json normalizer, pre_tokenizer, post_processor, decoder, truncation, padding;
+    std::string version = "1.0";
+
+    std::string fingerprint;
+
+    // word -> ids cache for encode (guarded; encode() is const and may run on many threads).
+    mutable std::shared_mutex cache_mu;
+    mutable std::unordered_map<std::string, std::vector<int32_t>> cache;
+
+    Impl();
+    Impl(const Impl& o);
+
+    // Builds the derived tables (token_ids, id_bytes, merge_map, byte_ids, fingerprint) after
+    // id_to_token / vocab / merges / added / pre are set. Throws Error naming `source`.
+    void finalize(const std::string& source);
+
+    // Splits `text` (valid UTF-8) on added tokens (leftmost-longest, as HF does); calls
+    // on_text(string_view) for the text between them and on_added(id) for each match.
+    template <typename OnText, typename OnAdded>
+    void split_added(std::string_view text, OnText&& on_text, OnAdded&& on_added) const;
+
+    // Runs the pre-tokenizer on one segment (valid UTF-8); appends word byte ranges into
+    // `words` (views into `segment` or into `storage`).
+    void pre_tokenize(std::string_view segment, std::string& storage,
+                      std::vector<std::string_view>& words) const;
+
+    // BPE of one pre-tokenized word (raw bytes), as HF's Word::merge_all does it.
+    void bpe_word(std::string_view word, std::vector<int32_t>& out) const;
+    void encode_word_cached(std::string_view word, std::vector<int32_t>& out) const;
+
+    // Added-token matching tables.
+    std::vector<std::vector<int32_t>> added_by_first_byte;  // indices into `added`, longest first
+};
+
+// Sets the pipeline distill trains with (ByteLevel pre-tokenizer, post-processor, decoder).
+void impl_set_default_pipeline(Tokenizer::Impl& m);
+
+template <typename OnText, typename OnAdded>
+void Tokenizer::Impl::split_added(std::string_view text, OnText&& on_text,
+                                  OnAdded&& on_added) const {
+    if (added.empty()) {
+        if (!text.empty()) on_text(text);
+        return;
+    }
+    size_t start = 0, i = 0;
+    const size_t n = text.size();
+    while (i < n) {
+        const auto& cands = added_by_first_byte[static_cast<uint8_t>(text[i])];
+        const AddedToken* hit = nullptr;
+        for (int32_t k : cands) {
+            const std::string& c = added[k].content;
+            if (c.size() <= n - i && text.compare(i, c.size(), c) == 0) {
+                hit = &added[k];
+                break;  // longest first
+            }
+        }
+        if (!hit) {
+            ++i;
+            continue;
+        }
+        if (i > start) on_text(text.substr(start, i - start));
+        on_added(hit->id);
+        i += hit->content.size();
+        start = i;
+    }
+    if (start < n) on_text(text.substr(start));
+}
+
+}  // namespace distill

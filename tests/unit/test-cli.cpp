@@ -1,0 +1,227 @@
+// End-to-end through the `distill` binary: pretraining with kill -9 and exact resume, eval,
+// tokenize / score, and bad input (every case a clear error and a non-zero exit, no crash).
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <sstream>
+#include <thread>
+
+#include "io/safetensors.h"
+#include "test-util.h"
+#include "util/file.h"
+
+using namespace distill;
+using namespace distill::testing_util;
+using nlohmann::json;
+
+namespace {
+
+// A small deterministic English-like corpus.
+std::string corpus(size_t bytes, uint64_t seed) {
+    static const char* words[] = {"the", "of", "and", "to", "her", "she", "was", "in", "it",
+                                  "not", "be", "that", "Elizabeth", "Darcy", "said", "had",
+                                  "could", "would", "very", "much", "Mr.", "Mrs.", "Bennet", "he"};
+    uint64_t s = seed;
+    std::string out;
+    while (out.size() < bytes) {
+        s = s * 6364136223846793005ull + 1442695040888963407ull;
+        out += words[(s >> 33) % 24];
+        out += ((s >> 20) % 11 == 0) ? ".\n" : " ";
+    }
+    return out;
+}
+
+struct Fixture {
+    std::string dir;
+    Fixture() {
+        dir = temp_dir("cli");
+        write_file_atomic(dir + "/train.txt", corpus(60000, 1));
+        write_file_atomic(dir + "/heldout.txt", corpus(4000, 2));
+        write_file_atomic(dir + "/config.json",
+                          R"({"model_type":"llama","hidden_size":32,"num_hidden_layers":2,
+                              "num_attention_heads":4,"num_key_value_heads":2,"intermediate_size":64,
+                              "max_position_embeddings":128,"tie_word_embeddings":true})");
+        EXPECT_EQ(run_distill("train-tokenizer --input " + dir + "/train.txt --vocab-size 300 --out " +
+                              dir + "/tok.json"),
+                  0);
+        EXPECT_EQ(run_distill("prepare --tokenizer " + dir + "/tok.json --input " + dir +
+                              "/train.txt --out " + dir + "/train"),
+                  0);
+    }
+    std::string pretrain_args(const std::string& run) const {
+        return "--threads 1 pretrain --config " + dir + "/config.json --tokenizer " + dir +
+               "/tok.json --data " + dir + "/train --run-dir " + run +
+               " --steps 60 --batch-size 4 --seq-len 32 --checkpoint-every 10 --log-every 10";
+    }
+};
+
+Fixture& fixture() {
+    static Fixture f;
+    return f;
+}
+
+std::vector<json> read_jsonl(const std::string& path) {
+    std::vector<json> out;
+    std::istringstream in(read_file(path));
+    std::string line;
+    while (std::getline(in, line))
+        if (!line.empty()) out.push_back(json::parse(line));
+    return out;
+}
+
+// Runs distill with args and expects a non-zero exit and stderr containing `needle`.
+void expect_cli_error(const std::string& args, const std::string& needle) {
+    const std::string err = fixture().dir + "/stderr.txt";
+    int rc = run_distill(args, "/dev/null", err);
+    std::string msg = read_file(err);
+    EXPECT_NE(rc, 0) << args;
+    EXPECT_LT(rc, 128) << "crashed (signal) on: " << args << "\n" << msg;
+    EXPECT_NE(msg.find(needle), std::string::npos) << args << "\nstderr: " << msg;
+}
+
+}  // namespace
+
+TEST(Cli, PretrainKilledAndResumedEqualsUninterrupted) {
+    Fixture& f = fixture();
+    const std::string a = f.dir + "/run-a", b = f.dir + "/run-b";
+    ASSERT_EQ(run_distill(f.pretrain_args(a)), 0);
+
+    // Start the same run, kill -9 it as soon as its first checkpoint exists, then re-run.
+    pid_t pid = fork();
+    ASSERT_GE(pid, 0);
+    if (pid == 0) {
+        std::string cmd = std::string(DISTILL_BINARY) + " --quiet " + f.pretrain_args(b) + " 2>/dev/null";
+        execl("/bin/sh", "sh", "-c", ("exec " + cmd).c_str(), nullptr);
+        _exit(127);
+    }
+    bool killed = false;
+    for (int i = 0; i < 6000 && !killed; ++i) {
+        if (file_exists(b + "/checkpoint/state.json")) {
+            ::kill(pid, SIGKILL);
+            killed = true;
+        }
+        std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    }
+    int status = 0;
+    waitpid(pid, &status, 0);
+    ASSERT_TRUE(killed) << "no checkpoint appeared";
+    ASSERT_TRUE(WIFSIGNALED(status)) << "the run finished before it could be killed";
+    ASSERT_FALSE(file_exists(b + "/done.json"));
+
+    ASSERT_EQ(run_distill(f.pretrain_args(b)), 0);
+    SafetensorsFile wa(a + "/model/model.safetensors"), wb(b + "/model/model.safetensors");
+    for (const auto& [name, e] : wa.entries())
+        EXPECT_TRUE(torch::equal(wa.get(name), wb.get(name))) << name << " differs after resume";
+
+    // metrics: every logged step exactly once
+    auto ma = read_jsonl(a + "/metrics.jsonl"), mb = read_jsonl(b + "/metrics.jsonl");
+    ASSERT_EQ(ma.size(), 6u);
+    ASSERT_EQ(mb.size(), 6u);
+    for (size_t i = 0; i < ma.size(); ++i) {
+        EXPECT_EQ(ma[i]["step"], int64_t(10 * (i + 1)));
+        EXPECT_EQ(mb[i]["step"], int64_t(10 * (i + 1)));
+        EXPECT_DOUBLE_EQ(ma[i]["loss"].get<double>(), mb[i]["loss"].get<double>());
+    }
+    // the loss went down
+    EXPECT_LT(ma.back()["loss"].get<double>(), ma.front()["loss"].get<double>());
+
+    // a finished run is reused; a different setting in the same dir is refused
+    ASSERT_EQ(run_distill(f.pretrain_args(a)), 0);
+    expect_cli_error(f.pretrain_args(a) + " --lr 0.01", "different settings");
+}
+
+TEST(Cli, EvalAndScoreAgree) {
+    Fixture& f = fixture();
+    const std::string run = f.dir + "/run-a";
+    if (!dir_exists(run + "/model")) ASSERT_EQ(run_distill(f.pretrain_args(run)), 0);
+    const std::string out = f.dir + "/eval.json";
+    ASSERT_EQ(run_distill("eval --model " + run + "/model --text " + f.dir +
+                          "/heldout.txt --context 32 --stride 16 --json " + out),
+              0);
+    json ev = json::parse(read_file(out));
+    const double bpb = ev["bits_per_byte"].get<double>();
+    EXPECT_GT(bpb, 0.5);
+    EXPECT_LT(bpb, 8.0 * std::log2(300.0));
+    // score prints every position's log-prob; their sum must give the same bits per byte
+    const std::string sc = f.dir + "/score.jsonl";
+    ASSERT_EQ(run_distill("score --model " + run + "/model --text " + f.dir +
+                          "/heldout.txt --top-k 3 --context 32 --stride 16",
+                          sc),
+              0);
+    auto lines = read_jsonl(sc);
+    ASSERT_EQ(int64_t(lines.size()), ev["tokens"].get<int64_t>());
+    double nats = 0;
+    for (const auto& l : lines) {
+        nats -= l["logprob"].get<double>();
+        ASSERT_EQ(l["top"].size(), 3u);
+        EXPECT_GE(l["top"][0][1].get<double>(), l["logprob"].get<double>() - 1e-9);
+        EXPECT_GE(l["top"][0][1].get<double>(), l["top"][1][1].get<double>());
+    }
+    const double bytes = double(read_file(f.dir + "/heldout.txt").size());
+    EXPECT_NEAR(nats / std::log(2.0) / bytes, bpb, 1e-6);
+}
+
+TEST(Cli, TokenizeRoundTripsAndJsonl) {
+    Fixture& f = fixture();
+    const std::string text = f.dir + "/t.txt", ids = f.dir + "/ids.json", back = f.dir + "/back.txt";
+    write_file_atomic(text, "Elizabeth said: \"Mr. Darcy!\"\n\ttabs  and unicode \xC3\xA9\xE2\x9C\x93");
+    ASSERT_EQ(run("'" + std::string(DISTILL_BINARY) + "' tokenize --tokenizer " + f.dir +
+                  "/tok.json < " + text + " > " + ids),
+              0);
+    ASSERT_TRUE(json::parse(read_file(ids)).is_array());
+    ASSERT_EQ(run("'" + std::string(DISTILL_BINARY) + "' tokenize --decode --tokenizer " + f.dir +
+                  "/tok.json < " + ids + " > " + back),
+              0);
+    EXPECT_EQ(read_file(back), read_file(text));
+    // --jsonl: one array per input line, same ids as one-at-a-time
+    write_file_atomic(f.dir + "/in.jsonl", "\"the cat\"\n\"\\n\\n  x\"\n\"\"\n");
+    ASSERT_EQ(run("'" + std::string(DISTILL_BINARY) + "' tokenize --jsonl --tokenizer " + f.dir +
+                  "/tok.json < " + f.dir + "/in.jsonl > " + f.dir + "/out.jsonl"),
+              0);
+    auto lines = read_jsonl(f.dir + "/out.jsonl");
+    ASSERT_EQ(lines.size(), 3u);
+    EXPECT_TRUE(lines[2].empty());
+    EXPECT_FALSE(lines[0].empty());
+}
+
+TEST(Cli, BadInputGivesClearErrors) {
+    Fixture& f = fixture();
+    const std::string d = f.dir;
+    expect_cli_error("tokenize --tokenizer " + d + "/tok.json --no-such-flag", "no-such-flag");
+    expect_cli_error("eval --model " + d + "/missing --text " + d + "/heldout.txt", "does not exist");
+    // corrupt tokenizer.json
+    write_file_atomic(d + "/bad-tok.json", "{\"model\": {\"type\": \"BPE\", \"vocab\": 3");
+    expect_cli_error("tokenize --tokenizer " + d + "/bad-tok.json", "bad-tok.json");
+    // truncated shard
+    std::string bin = read_file(d + "/train.bin");
+    make_dirs(d + "/trunc");
+    write_file_atomic(d + "/trunc/train.bin", bin.substr(0, bin.size() - 3));
+    write_file_atomic(d + "/trunc/train.json", read_file(d + "/train.json"));
+    expect_cli_error("pretrain --config " + d + "/config.json --tokenizer " + d + "/tok.json --data " +
+                         d + "/trunc/train --run-dir " + d + "/run-trunc --steps 2",
+                     "truncated");
+    // a config whose shapes do not fit
+    write_file_atomic(d + "/bad-config.json",
+                      R"({"hidden_size":30,"num_hidden_layers":1,"num_attention_heads":4,"intermediate_size":8})");
+    expect_cli_error("pretrain --config " + d + "/bad-config.json --tokenizer " + d + "/tok.json --data " +
+                         d + "/train --run-dir " + d + "/run-bad --steps 2",
+                     "not divisible");
+    // a shard made with another tokenizer
+    ASSERT_EQ(run_distill("train-tokenizer --input " + d + "/heldout.txt --vocab-size 280 --out " + d +
+                          "/tok2.json"),
+              0);
+    expect_cli_error("pretrain --config " + d + "/config.json --tokenizer " + d + "/tok2.json --data " +
+                         d + "/train --run-dir " + d + "/run-tok2 --steps 2",
+                     "another tokenizer");
+    // malformed JSON lines for tokenize --jsonl
+    write_file_atomic(d + "/bad.jsonl", "\"ok\"\n{broken\n");
+    const std::string err = d + "/stderr2.txt";
+    int rc = run("'" + std::string(DISTILL_BINARY) + "' tokenize --jsonl --tokenizer " + d +
+                 "/tok.json < " + d + "/bad.jsonl > /dev/null 2> " + err);
+    EXPECT_EQ(rc, 1);
+    EXPECT_NE(read_file(err).find("line 2"), std::string::npos) << read_file(err);
+}
