@@ -20,6 +20,7 @@ static double gflops(int64_t n, torch::Dtype dt, int reps) {
 
 int main(int argc, char** argv) {
     ensure_fast_blas(argc, argv);
+    tune_allocator();
     set_threads(0);
     std::printf("BLAS core: %s, threads: %d\n", blas_core_name(), torch::get_num_threads());
     for (int64_t n : {256, 512, 1024, 2048})

@@ -63,6 +63,16 @@ ModelConfig config_for(const std::string& path, const Tokenizer& tok) {
     return c;
 }
 
+void print_train_result(const std::string& run_dir, const TrainResult& r) {
+    std::printf("%s\n", json({{"model", path_join(run_dir, "model")},
+                              {"steps", r.steps},
+                              {"tokens", r.tokens},
+                              {"seconds", r.seconds},
+                              {"final_loss", r.final_loss}})
+                            .dump()
+                            .c_str());
+}
+
 int cmd_tokenize(const std::string& tok_path, bool decode, bool jsonl) {
     Tokenizer tok = Tokenizer::load(tok_path);
     auto ids_of = [](const json& arr, const std::string& where) {
@@ -156,6 +166,9 @@ int main(int argc, char** argv) {
     c_demo->add_option("--teacher-steps", demo.teacher_steps)->capture_default_str();
     c_demo->add_option("--student-steps", demo.student_steps)->capture_default_str();
     c_demo->add_option("--seed", demo.seed)->capture_default_str();
+    c_demo->add_option("--student-seeds", demo.student_seeds,
+                       "train the student pair for each of these seeds (default: --seed)")
+        ->delimiter(',');
     c_demo->add_option("--top-k", demo.top_k, "teacher top-k to capture")->capture_default_str();
     c_demo->add_option("--loss", demo.loss, "distillation loss: fkl, rkl, jsd, sfkl, srkl, tv")->capture_default_str();
     c_demo->add_option("--temperature", demo.temperature)->capture_default_str();
@@ -178,6 +191,12 @@ int main(int argc, char** argv) {
     c_prep->add_option("--tokenizer", prep_tok, "tokenizer.json")->required()->check(CLI::ExistingFile);
     c_prep->add_option("--input", prep_in, "UTF-8 text file")->required()->check(CLI::ExistingFile);
     c_prep->add_option("--out", prep_out, "shard prefix (writes PREFIX.bin and PREFIX.json)")->required();
+    double prep_heldout = 0;
+    std::string prep_heldout_out;
+    c_prep->add_option("--heldout-fraction", prep_heldout,
+                       "hold out this fraction of the text's end (cut at a line break)")
+        ->check(CLI::Range(0.0, 0.9));
+    c_prep->add_option("--heldout-out", prep_heldout_out, "where the held-out text is written");
 
     // pretrain
     TrainOptions pre;
@@ -215,6 +234,10 @@ int main(int argc, char** argv) {
     c_kd->add_option("--run-dir", kd_run, "run directory")->required();
     c_kd->add_option("--cache", kd_cache, "teacher logit cache (offline distillation)");
     c_kd->add_option("--teacher", kd_teacher, "teacher model directory (online distillation)");
+    int64_t kd_online_top_k = 0;
+    c_kd->add_option("--online-top-k", kd_online_top_k,
+                     "with --teacher: use its exact top-K + rest (sparse loss) instead of the dense form")
+        ->capture_default_str();
     c_kd->add_option("--loss", kd_loss, "fkl, rkl, jsd, sfkl, srkl, tv or ce")->capture_default_str();
     c_kd->add_option("--temperature", lo.temperature)->capture_default_str();
     c_kd->add_option("--ce-weight", lo.ce_weight, "weight of cross-entropy on the data")->capture_default_str();
@@ -275,7 +298,8 @@ int main(int argc, char** argv) {
 
     try {
         Progress::quiet = quiet;
-        set_threads(threads);
+        tune_allocator();
+    set_threads(threads);
         demo.threads = threads;
         if (*c_demo) return run_demo(demo);
         if (*c_tok) {
@@ -289,6 +313,17 @@ int main(int argc, char** argv) {
         if (*c_prep) {
             Tokenizer tok = Tokenizer::load(prep_tok);
             std::string text = read_file(prep_in);
+            DISTILL_CHECK((prep_heldout > 0) == !prep_heldout_out.empty(),
+                          "--heldout-fraction and --heldout-out go together");
+            if (prep_heldout > 0) {
+                // deterministic: the last fraction of the text, starting after a line break
+                size_t cut = static_cast<size_t>(double(text.size()) * (1.0 - prep_heldout));
+                size_t nl = text.find('\n', cut);
+                cut = nl == std::string::npos ? text.size() : nl + 1;
+                write_file_atomic(prep_heldout_out, text.substr(cut));
+                log_info(str_cat("held out the last ", text.size() - cut, " bytes in ", prep_heldout_out));
+                text.resize(cut);
+            }
             auto ids = tok.encode(text);
             ShardInfo info = write_shard(prep_out, ids, tok.vocab_size(), tok.fingerprint(), prep_in,
                                          static_cast<int64_t>(text.size()));
@@ -305,6 +340,7 @@ int main(int argc, char** argv) {
                           "' was made with another tokenizer; re-run `distill prepare` with ", pre_tok);
             Llama model(cfg);
             model->init_weights(pre.seed);
+            pre.model_flops_per_token = cfg.flops_per_token(pre.seq_len);
             BatchSpec spec{pre.batch_size, pre.seq_len, pre.seed, false};
             json run = {{"kind", "pretrain"},
                         {"model", config_to_json(cfg)},
@@ -318,13 +354,7 @@ int main(int argc, char** argv) {
                     return StepLoss{next_token_loss(model, b.tokens), pre.batch_size * pre.seq_len, {}};
                 },
                 "pretrain");
-            std::printf("%s\n", json({{"model", path_join(pre_run, "model")},
-                                      {"steps", result.steps},
-                                      {"tokens", result.tokens},
-                                      {"seconds", result.seconds},
-                                      {"final_loss", result.final_loss}})
-                                    .dump()
-                                    .c_str());
+            print_train_result(pre_run, result);
             return 0;
         }
         if (*c_cap) {
@@ -373,6 +403,7 @@ int main(int argc, char** argv) {
                 student = Llama(cfg);
                 student->init_weights(kd.seed);
             }
+            kd.model_flops_per_token = cfg.flops_per_token(kd.seq_len);
             TokenShard shard(kd_data);
             DISTILL_CHECK(shard.info().tokenizer_fingerprint == tok.fingerprint(), "shard '", kd_data,
                           "' was made with another tokenizer than the student's");
@@ -388,6 +419,8 @@ int main(int argc, char** argv) {
                               "needs the same token ids");
                 teacher_id = {{"teacher", teacher.fingerprint}};
             }
+            DISTILL_CHECK(kd_online_top_k == 0 || teacher.model, "--online-top-k needs --teacher");
+            if (kd_online_top_k > 0) teacher_id["online_top_k"] = kd_online_top_k;
             BatchSpec spec{kd.batch_size, kd.seq_len, kd.seed, cache != nullptr};
             json run = {{"kind", "distill"},
                         {"model", config_to_json(cfg)},
@@ -400,15 +433,10 @@ int main(int argc, char** argv) {
                         {"tokenizer", tok.fingerprint()}};
             Llama* teacher_ptr = teacher.model ? &teacher.model : nullptr;
             auto result = run_training(student, tok, kd, kd_run, run,
-                                       make_student_loss(student, shard, spec, lo, cache.get(), teacher_ptr),
+                                       make_student_loss(student, shard, spec, lo, cache.get(), teacher_ptr,
+                                                         kd_online_top_k),
                                        "train");
-            std::printf("%s\n", json({{"model", path_join(kd_run, "model")},
-                                      {"steps", result.steps},
-                                      {"tokens", result.tokens},
-                                      {"seconds", result.seconds},
-                                      {"final_loss", result.final_loss}})
-                                    .dump()
-                                    .c_str());
+            print_train_result(kd_run, result);
             return 0;
         }
         if (*c_ev) {

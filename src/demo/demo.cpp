@@ -92,12 +92,10 @@ json cached_json(const std::string& path, const json& key, Fn&& compute) {
     return value;
 }
 
-struct Sizes {
-    ModelConfig teacher, student;
-};
+}  // namespace
 
-Sizes demo_sizes(int64_t vocab, bool quick) {
-    Sizes s;
+DemoSizes demo_sizes(int64_t vocab, bool quick) {
+    DemoSizes s;
     ModelConfig& t = s.teacher;
     t.vocab_size = vocab;
     t.hidden_size = quick ? 64 : 256;
@@ -116,8 +114,6 @@ Sizes demo_sizes(int64_t vocab, bool quick) {
     st.intermediate_size = quick ? 88 : 344;
     return s;
 }
-
-}  // namespace
 
 int run_demo(const DemoOptions& o_in) {
     DemoOptions o = o_in;
@@ -197,7 +193,7 @@ int run_demo(const DemoOptions& o_in) {
                      double(train_text.size()) / double(shard.size()), " bytes/token)"));
 
     // 4. teacher
-    Sizes sizes = demo_sizes(tok.vocab_size(), o.quick);
+    DemoSizes sizes = demo_sizes(tok.vocab_size(), o.quick);
     sizes.teacher.bos_token_id = sizes.student.bos_token_id = tok.bos_id();
     sizes.teacher.eos_token_id = sizes.student.eos_token_id = tok.eos_id();
     TrainOptions tt;
@@ -208,6 +204,7 @@ int run_demo(const DemoOptions& o_in) {
     tt.warmup = std::max<int64_t>(1, o.teacher_steps / 20);
     tt.seed = o.seed;
     tt.checkpoint_every = std::max<int64_t>(10, o.teacher_steps / 10);
+    tt.model_flops_per_token = sizes.teacher.flops_per_token(tt.seq_len);
     Llama teacher(sizes.teacher);
     teacher->init_weights(tt.seed);
     BatchSpec tspec{tt.batch_size, tt.seq_len, tt.seed, false};
@@ -281,6 +278,7 @@ int run_demo(const DemoOptions& o_in) {
     st.warmup = std::max<int64_t>(1, o.student_steps / 20);
     st.seed = o.seed;
     st.checkpoint_every = std::max<int64_t>(10, o.student_steps / 10);
+    st.model_flops_per_token = sizes.student.flops_per_token(st.seq_len);
     LossOptions kd_loss;
     kd_loss.kind = loss_kind_from_string(o.loss);
     kd_loss.temperature = o.temperature;
@@ -288,37 +286,61 @@ int run_demo(const DemoOptions& o_in) {
     LossOptions ce_loss;
     ce_loss.kind = LossKind::kCrossEntropy;
     check_cache_fits(cache, tok.fingerprint(), sizes.student.vocab_size, shard, st.seq_len);
-    BatchSpec sspec{st.batch_size, st.seq_len, st.seed, true};
-    struct StudentRun {
-        std::string name;
-        LossOptions loss;
-        Llama model{nullptr};
-        TrainResult result;
-    };
-    std::vector<StudentRun> students = {{"student_kd", kd_loss}, {"student_baseline", ce_loss}};
-    for (auto& s : students) {
-        s.model = Llama(sizes.student);
-        s.model->init_weights(st.seed);
+    const auto heldout_ids = encode_for_eval(tok, heldout_text);
+
+    // Trains (or reuses) one student and evaluates it; its run dir is named by its settings, so
+    // other losses or seeds can be tried in the same demo dir without retraining the rest.
+    auto student_row = [&](const std::string& name, const LossOptions& loss, uint64_t seed) {
+        TrainOptions so = st;
+        so.seed = seed;
+        char dir_name[128];
+        if (loss.kind == LossKind::kCrossEntropy)
+            std::snprintf(dir_name, sizeof dir_name, "students/ce-seed%llu", (unsigned long long)seed);
+        else
+            std::snprintf(dir_name, sizeof dir_name, "students/%s-t%g-ce%g-k%d-seed%llu",
+                          loss_kind_name(loss.kind).c_str(), loss.temperature, loss.ce_weight, o.top_k,
+                          (unsigned long long)seed);
+        const std::string dir = path_join(run, dir_name);
+        Llama model(sizes.student);
+        model->init_weights(seed);
         json run_cfg = {{"kind", "distill"},
                         {"model", config_to_json(sizes.student)},
-                        {"train", st.to_json()},
-                        {"loss", {{"kind", loss_kind_name(s.loss.kind)},
-                                  {"temperature", s.loss.temperature},
-                                  {"ce_weight", s.loss.ce_weight}}},
-                        {"teacher", s.loss.kind == LossKind::kCrossEntropy
+                        {"train", so.to_json()},
+                        {"loss", {{"kind", loss_kind_name(loss.kind)},
+                                  {"temperature", loss.temperature},
+                                  {"ce_weight", loss.ce_weight}}},
+                        {"teacher", loss.kind == LossKind::kCrossEntropy
                                         ? json(nullptr)
                                         : json({{"cache", teacher_fp}, {"top_k", o.top_k}})},
                         {"data", shard.info().fingerprint},
                         {"tokenizer", tok.fingerprint()}};
-        log_info(str_cat(s.name, ": ", format_count(double(sizes.student.num_params())),
-                         " parameters, loss ", loss_kind_name(s.loss.kind), ", ", st.steps, " steps"));
-        s.result = run_training(s.model, tok, st, path_join(run, s.name), run_cfg,
-                                make_student_loss(s.model, shard, sspec, s.loss, &cache, nullptr),
-                                s.name);
-    }
+        log_info(str_cat(name, " (seed ", seed, "): ", format_count(double(sizes.student.num_params())),
+                         " parameters, loss ", loss_kind_name(loss.kind), ", ", so.steps, " steps"));
+        BatchSpec spec{so.batch_size, so.seq_len, seed, true};
+        TrainResult tr = run_training(model, tok, so, dir, run_cfg,
+                                      make_student_loss(model, shard, spec, loss, &cache, nullptr), name);
+        const std::string fp = load_model_dir(path_join(dir, "model")).fingerprint;
+        json ev = cached_json(path_join(dir, "eval.json"),
+                              {fp, teacher_fp, hash_hex(heldout_text), wopts.context, wopts.stride}, [&] {
+                                  auto b = eval_bpb(model, tok, heldout_text, wopts, "eval " + name);
+                                  auto c = eval_compare(teacher, model, heldout_ids, wopts);
+                                  return json{{"bpb", b.bits_per_byte},
+                                              {"top1_agreement", c.top1_agreement},
+                                              {"kl_to_teacher", c.kl_to_teacher}};
+                              });
+        return json{{"name", name},
+                    {"params", sizes.student.num_params()},
+                    {"bpb", ev["bpb"]},
+                    {"top1_agreement", ev["top1_agreement"]},
+                    {"kl_to_teacher", ev["kl_to_teacher"]},
+                    {"train_seconds", tr.seconds},
+                    {"train_tokens", tr.tokens},
+                    {"loss", loss_kind_name(loss.kind)},
+                    {"seed", seed},
+                    {"run_dir", dir}};
+    };
 
-    // 8. evaluate the students: held-out bits per byte, agreement with and KL to the teacher
-    const auto heldout_ids = encode_for_eval(tok, heldout_text);
+    // 8. the students, for each seed; the first seed's pair goes into the models table
     std::vector<json> rows;
     rows.push_back({{"name", "teacher"},
                     {"params", sizes.teacher.num_params()},
@@ -327,25 +349,29 @@ int run_demo(const DemoOptions& o_in) {
                     {"kl_to_teacher", 0.0},
                     {"train_seconds", tres.seconds},
                     {"train_tokens", tres.tokens}});
-    for (auto& s : students) {
-        const std::string fp = load_model_dir(path_join(run, s.name + "/model")).fingerprint;
-        json ev = cached_json(
-            path_join(run, "eval-" + s.name + ".json"),
-            {fp, teacher_fp, hash_hex(heldout_text), wopts.context, wopts.stride}, [&] {
-                auto b = eval_bpb(s.model, tok, heldout_text, wopts, "eval " + s.name);
-                auto c = eval_compare(teacher, s.model, heldout_ids, wopts);
-                return json{{"bpb", b.bits_per_byte},
-                            {"top1_agreement", c.top1_agreement},
-                            {"kl_to_teacher", c.kl_to_teacher}};
-            });
-        rows.push_back({{"name", s.name},
-                        {"params", sizes.student.num_params()},
-                        {"bpb", ev["bpb"]},
-                        {"top1_agreement", ev["top1_agreement"]},
-                        {"kl_to_teacher", ev["kl_to_teacher"]},
-                        {"train_seconds", s.result.seconds},
-                        {"train_tokens", s.result.tokens},
-                        {"loss", loss_kind_name(s.loss.kind)}});
+    std::vector<uint64_t> seeds = o.student_seeds;
+    if (seeds.empty()) seeds.push_back(o.seed);
+    json per_seed = json::array();
+    double min_bpb_margin = 1e9, sum_bpb_margin = 0, min_agree_margin = 1e9;
+    for (size_t i = 0; i < seeds.size(); ++i) {
+        json kd = student_row("student_kd", kd_loss, seeds[i]);
+        json base = student_row("student_baseline", ce_loss, seeds[i]);
+        const double bm = base["bpb"].get<double>() - kd["bpb"].get<double>();
+        const double am = kd["top1_agreement"].get<double>() - base["top1_agreement"].get<double>();
+        min_bpb_margin = std::min(min_bpb_margin, bm);
+        min_agree_margin = std::min(min_agree_margin, am);
+        sum_bpb_margin += bm;
+        per_seed.push_back({{"seed", seeds[i]},
+                            {"student_kd_bpb", kd["bpb"]},
+                            {"student_baseline_bpb", base["bpb"]},
+                            {"bpb_margin", bm},
+                            {"student_kd_top1_agreement", kd["top1_agreement"]},
+                            {"student_baseline_top1_agreement", base["top1_agreement"]},
+                            {"agreement_margin", am}});
+        if (i == 0) {
+            rows.push_back(kd);
+            rows.push_back(base);
+        }
     }
 
     // 9. a short sample from the teacher
@@ -378,10 +404,13 @@ int run_demo(const DemoOptions& o_in) {
         {"distillation", {{"loss", o.loss},
                           {"temperature", o.temperature},
                           {"ce_weight", o.ce_weight},
-                          {"seed", o.seed},
                           {"bpb_margin", base_bpb - kd_bpb},
                           {"agreement_margin", rows[1]["top1_agreement"].get<double>() -
-                                                   rows[2]["top1_agreement"].get<double>()}}},
+                                                   rows[2]["top1_agreement"].get<double>()},
+                          {"seeds", per_seed},
+                          {"mean_bpb_margin", sum_bpb_margin / double(seeds.size())},
+                          {"min_bpb_margin", min_bpb_margin},
+                          {"min_agreement_margin", min_agree_margin}}},
         {"sample", sample},
         {"quick", o.quick},
         {"seconds", now_seconds() - t_start},
@@ -410,6 +439,14 @@ int run_demo(const DemoOptions& o_in) {
                   kd_bpb - base_bpb,
                   rows[1]["top1_agreement"].get<double>() - rows[2]["top1_agreement"].get<double>());
     table += tail;
+    if (seeds.size() > 1) {
+        char line[256];
+        std::snprintf(line, sizeof line,
+                      "Over %zu student seeds: bpb margin (baseline - KD) mean %.4f, min %.4f; "
+                      "agreement margin min %+.4f.\n",
+                      seeds.size(), sum_bpb_margin / double(seeds.size()), min_bpb_margin, min_agree_margin);
+        table += line;
+    }
     std::string md = "# distill demo report\n\nHeld-out novel: *Persuasion*; trained on the other five.\n\n" +
                      table + "\nTeacher sample:\n\n> " + sample + "\n\nTotal wall time: " +
                      format_duration(now_seconds() - t_start) + "\n";

@@ -2,6 +2,9 @@
 #pragma once
 
 #include <string>
+#include <vector>
+
+#include "model/config.h"
 
 namespace distill {
 
@@ -13,6 +16,7 @@ struct DemoOptions {
     int64_t seq_len = 128;
     int64_t batch_size = 16;
     uint64_t seed = 1;
+    std::vector<uint64_t> student_seeds;  // students trained for each (default: {seed})
     int top_k = 32;          // captured teacher top-k
     std::string loss = "fkl";
     double temperature = 1.0;
@@ -20,6 +24,12 @@ struct DemoOptions {
     bool quick = false;      // a much smaller run, for tests and a first look
     int threads = 0;
 };
+
+// The demo's teacher and student shapes (the student has <= 1/4 of the teacher's parameters).
+struct DemoSizes {
+    ModelConfig teacher, student;
+};
+DemoSizes demo_sizes(int64_t vocab, bool quick);
 
 // Runs (or resumes) the demo and writes <run_dir>/report.json and report.md. Returns 0.
 int run_demo(const DemoOptions& opts);

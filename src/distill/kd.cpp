@@ -28,13 +28,16 @@ void check_cache_fits(const LogitCacheReader& cache, const std::string& student_
 }
 
 LossFn make_student_loss(Llama& student, const TokenShard& shard, const BatchSpec& spec_in,
-                         const LossOptions& loss, const LogitCacheReader* cache, Llama* teacher) {
+                         const LossOptions& loss, const LogitCacheReader* cache, Llama* teacher,
+                         int64_t online_top_k) {
     BatchSpec spec = spec_in;
     if (cache) spec.aligned = true;
     const bool teacher_loss = loss.kind != LossKind::kCrossEntropy;
     DISTILL_CHECK(!teacher_loss || cache || teacher,
                   "loss '", loss_kind_name(loss.kind), "' needs a teacher: pass --cache or --teacher");
-    return [&student, &shard, spec, loss, cache, teacher, teacher_loss](int64_t step, int64_t micro) {
+    if (cache || online_top_k > 0) spec.aligned = true;  // same windows as a cache would give
+    return [&student, &shard, spec, loss, cache, teacher, teacher_loss, online_top_k](int64_t step,
+                                                                                     int64_t micro) {
         Batch b = sample_batch(shard, spec, step, micro);
         const int64_t B = spec.batch_size, T = spec.seq_len;
         auto inputs = b.tokens.narrow(1, 0, T);
@@ -60,7 +63,16 @@ LossFn make_student_loss(Llama& student, const TokenShard& shard, const BatchSpe
                 torch::NoGradGuard ng;
                 t_logits = (*teacher)->forward(inputs).reshape({-1, V});
             }
-            out.loss = loss_dense(flat, t_logits, targets, loss);
+            if (online_top_k > 0) {
+                torch::Tensor top_lp, top_ids;
+                {
+                    torch::NoGradGuard ng;
+                    std::tie(top_lp, top_ids) = torch::log_softmax(t_logits, -1).topk(online_top_k, -1);
+                }
+                out.loss = loss_sparse(flat, top_ids, top_lp, targets, loss);
+            } else {
+                out.loss = loss_dense(flat, t_logits, targets, loss);
+            }
         }
         return out;
     };

@@ -12,8 +12,11 @@ namespace distill {
 
 // Offline when `cache` is given (batches are the cache's aligned windows), online when `teacher`
 // is given, else cross-entropy. The shard must be the one the cache was captured on.
+// With a live teacher and online_top_k > 0, the teacher's exact fp32 top-K (+ rest bucket) is
+// used with the sparse loss: the unquantised reference for what a cache of that K gives.
 LossFn make_student_loss(Llama& student, const TokenShard& shard, const BatchSpec& spec,
-                         const LossOptions& loss, const LogitCacheReader* cache, Llama* teacher);
+                         const LossOptions& loss, const LogitCacheReader* cache, Llama* teacher,
+                         int64_t online_top_k = 0);
 
 // Checks that a cache fits a student run: same tokenizer, same data, window = seq_len, and the
 // student's vocabulary covers the cache's. Throws Error saying what differs and what to do.

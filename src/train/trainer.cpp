@@ -59,7 +59,13 @@ torch::Tensor next_token_loss(Llama& model, const torch::Tensor& tokens) {
 
 namespace {
 
-std::string run_fingerprint(const nlohmann::json& run_config) {
+// What identifies a run: everything in run_config except the settings that cannot change its
+// result (how often it checkpoints and logs).
+std::string run_fingerprint(nlohmann::json run_config) {
+    if (run_config.contains("train") && run_config["train"].is_object()) {
+        run_config["train"].erase("checkpoint_every");
+        run_config["train"].erase("log_every");
+    }
     return hash_hex(run_config.dump());
 }
 
@@ -209,6 +215,8 @@ TrainResult run_training(Llama& model, const Tokenizer& tokenizer, const TrainOp
                                    {"tokens", result.tokens},
                                    {"seconds", result.seconds},
                                    {"tokens_per_second", tok_s}};
+            if (opts.model_flops_per_token > 0)
+                line["model_gflops_per_second"] = 3.0 * opts.model_flops_per_token * tok_s / 1e9;
             for (const auto& [k, v] : extras) line[k] = v;
             metrics << line.dump() << "\n";
             metrics.flush();

@@ -28,6 +28,9 @@ struct TrainOptions {
     uint64_t seed = 1;
     int64_t checkpoint_every = 100;
     int64_t log_every = 10;   // metrics.jsonl line every N steps
+    // Forward FLOPs per token of the model being trained (ModelConfig::flops_per_token). Not a
+    // setting: when known, metrics report the achieved training FLOP rate (3x forward).
+    double model_flops_per_token = 0;
 
     nlohmann::json to_json() const;
     static TrainOptions from_json(const nlohmann::json& j);

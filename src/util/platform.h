@@ -13,6 +13,9 @@ void ensure_fast_blas(int argc, char** argv);
 // The BLAS core OpenBLAS uses ("" if the BLAS is not OpenBLAS).
 const char* blas_core_name();
 
+// Keeps freed large blocks for reuse instead of returning them to the kernel (see the .cpp).
+void tune_allocator();
+
 // Sets the intra-op thread count (0 = all cores).
 void set_threads(int n);
 

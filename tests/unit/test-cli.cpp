@@ -20,19 +20,10 @@ using nlohmann::json;
 
 namespace {
 
-// A small deterministic English-like corpus.
 std::string corpus(size_t bytes, uint64_t seed) {
-    static const char* words[] = {"the", "of", "and", "to", "her", "she", "was", "in", "it",
-                                  "not", "be", "that", "Elizabeth", "Darcy", "said", "had",
-                                  "could", "would", "very", "much", "Mr.", "Mrs.", "Bennet", "he"};
-    uint64_t s = seed;
-    std::string out;
-    while (out.size() < bytes) {
-        s = s * 6364136223846793005ull + 1442695040888963407ull;
-        out += words[(s >> 33) % 24];
-        out += ((s >> 20) % 11 == 0) ? ".\n" : " ";
-    }
-    return out;
+    return word_text(bytes, seed, {"the", "of", "and", "to", "her", "she", "was", "in", "it", "not",
+                                   "be", "that", "Elizabeth", "Darcy", "said", "had", "could",
+                                   "would", "very", "much", "Mr.", "Mrs.", "Bennet", "he"});
 }
 
 struct Fixture {

@@ -6,6 +6,7 @@
 
 #include <cstdlib>
 #include <string>
+#include <vector>
 
 namespace distill::testing_util {
 
@@ -29,6 +30,18 @@ inline int run_distill(const std::string& args, const std::string& out_path = ""
     cmd += " > " + (out_path.empty() ? std::string("/dev/null") : out_path);
     cmd += " 2> " + (err_path.empty() ? std::string("/dev/null") : err_path);
     return run(cmd);
+}
+
+// A small deterministic English-like text: `words` drawn by an LCG, a sentence break now and then.
+inline std::string word_text(size_t bytes, uint64_t seed, const std::vector<std::string>& words) {
+    uint64_t s = seed;
+    std::string out;
+    while (out.size() < bytes) {
+        s = s * 6364136223846793005ull + 1442695040888963407ull;
+        out += words[(s >> 33) % words.size()];
+        out += ((s >> 20) % 10 == 0) ? ".\n" : " ";
+    }
+    return out;
 }
 
 inline std::string temp_dir(const std::string& name) {

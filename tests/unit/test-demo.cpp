@@ -1,0 +1,53 @@
+// `distill demo --quick` end to end: every stage runs, report.json has what the README promises,
+// and a second run reuses what the first built.
+#include <gtest/gtest.h>
+
+#include <nlohmann/json.hpp>
+
+#include "test-util.h"
+#include "util/file.h"
+
+using namespace distill;
+using namespace distill::testing_util;
+using nlohmann::json;
+
+TEST(Demo, QuickRunWritesReportAndIsReused) {
+    const std::string run = temp_dir("demo") + "/run";
+    ASSERT_EQ(run_distill("--threads 1 demo --quick --run-dir " + run), 0);
+    json r = json::parse(read_file(run + "/report.json"));
+    ASSERT_TRUE(r["models"].is_array());
+    ASSERT_EQ(r["models"].size(), 3u);
+    const char* names[] = {"teacher", "student_kd", "student_baseline"};
+    for (size_t i = 0; i < 3; ++i) {
+        const json& m = r["models"][i];
+        EXPECT_EQ(m["name"], names[i]);
+        for (const char* key : {"params", "bpb", "top1_agreement", "kl_to_teacher", "train_seconds", "train_tokens"})
+            EXPECT_TRUE(m.contains(key)) << names[i] << " lacks " << key;
+        EXPECT_GT(m["bpb"].get<double>(), 0.0);
+        EXPECT_LT(m["bpb"].get<double>(), 16.0);
+        EXPECT_GE(m["top1_agreement"].get<double>(), 0.0);
+        EXPECT_LE(m["top1_agreement"].get<double>(), 1.0);
+        EXPECT_GE(m["kl_to_teacher"].get<double>(), 0.0);
+        EXPECT_GT(m["train_tokens"].get<int64_t>(), 0);
+    }
+    EXPECT_EQ(r["models"][0]["top1_agreement"].get<double>(), 1.0);
+    EXPECT_EQ(r["models"][0]["kl_to_teacher"].get<double>(), 0.0);
+    // the student has at most a quarter of the teacher's parameters
+    EXPECT_LE(4 * r["models"][1]["params"].get<int64_t>(), r["models"][0]["params"].get<int64_t>());
+    EXPECT_EQ(r["models"][1]["params"], r["models"][2]["params"]);
+    EXPECT_EQ(r["models"][1]["train_tokens"], r["models"][2]["train_tokens"]);
+    EXPECT_GT(r["cache"]["bytes_per_token"].get<double>(), 0.0);
+    EXPECT_EQ(r["cache"]["top_k"].get<int>(), 32);
+    EXPECT_GT(r["xz_bpb"].get<double>(), 1.0);
+    EXPECT_TRUE(file_exists(run + "/report.md"));
+    EXPECT_TRUE(file_exists(run + "/teacher/model/model.safetensors"));
+    EXPECT_TRUE(file_exists(r["models"][1]["run_dir"].get<std::string>() + "/model/config.json"));
+    EXPECT_TRUE(file_exists(r["models"][2]["run_dir"].get<std::string>() + "/model/config.json"));
+
+    // a second run rebuilds nothing: same numbers, and it is quick
+    const std::string before = read_file(run + "/teacher/done.json");
+    ASSERT_EQ(run_distill("--threads 1 demo --quick --run-dir " + run), 0);
+    json r2 = json::parse(read_file(run + "/report.json"));
+    EXPECT_EQ(read_file(run + "/teacher/done.json"), before);
+    for (size_t i = 0; i < 3; ++i) EXPECT_EQ(r2["models"][i]["bpb"], r["models"][i]["bpb"]);
+}
