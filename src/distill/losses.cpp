@@ -395,7 +395,6 @@ torch::Tensor loss_sparse(const torch::Tensor& student_logits, const torch::Tens
     const bool all_rows = idx.size(0) == N;  // the usual case: no copy of the (N, V) logits
     auto s = (all_rows ? student_logits : student_logits.index_select(0, idx)).to(dt);  // (n, V)
     auto y = (all_rows ? targets : targets.index_select(0, idx)).to(torch::kInt64);     // (n)
-    const int64_t n = s.size(0);
 
     torch::Tensor div, log_z1;
     if (opts.kind != LossKind::kCrossEntropy && opts.ce_weight < 1) {

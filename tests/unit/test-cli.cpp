@@ -128,7 +128,9 @@ TEST(Cli, PretrainKilledAndResumedEqualsUninterrupted) {
 TEST(Cli, EvalAndScoreAgree) {
     Fixture& f = fixture();
     const std::string run = f.dir + "/run-a";
-    if (!dir_exists(run + "/model")) ASSERT_EQ(run_distill(f.pretrain_args(run)), 0);
+    if (!dir_exists(run + "/model")) {
+        ASSERT_EQ(run_distill(f.pretrain_args(run)), 0);
+    }
     const std::string out = f.dir + "/eval.json";
     ASSERT_EQ(run_distill("eval --model " + run + "/model --text " + f.dir +
                           "/heldout.txt --context 32 --stride 16 --json " + out),

@@ -109,7 +109,9 @@ TEST(DistillCli, CaptureKilledAndResumedEqualsUninterrupted) {
 TEST(DistillCli, OfflineOnlineAndBaselineTrain) {
     World& w = world();
     const std::string cache = w.d + "/cache-a";
-    if (!file_exists(cache + "/header.json")) ASSERT_EQ(run_distill(w.capture_args(cache)), 0);
+    if (!file_exists(cache + "/header.json")) {
+        ASSERT_EQ(run_distill(w.capture_args(cache)), 0);
+    }
     for (const char* loss : {"fkl", "rkl", "jsd", "sfkl", "srkl", "tv"}) {
         const std::string run = w.d + "/off-" + loss;
         ASSERT_EQ(run_distill(w.train_args(run) + " --cache " + cache + " --loss " + loss +
@@ -128,7 +130,9 @@ TEST(DistillCli, OfflineOnlineAndBaselineTrain) {
 TEST(DistillCli, MismatchedStudentIsRefusedWithReason) {
     World& w = world();
     const std::string cache = w.d + "/cache-a";
-    if (!file_exists(cache + "/header.json")) ASSERT_EQ(run_distill(w.capture_args(cache)), 0);
+    if (!file_exists(cache + "/header.json")) {
+        ASSERT_EQ(run_distill(w.capture_args(cache)), 0);
+    }
     // another tokenizer, and data prepared with it
     ASSERT_EQ(run_distill("train-tokenizer --input " + w.d + "/train.txt --vocab-size 300 --out " + w.d +
                           "/tok2.json"),
@@ -143,7 +147,8 @@ TEST(DistillCli, MismatchedStudentIsRefusedWithReason) {
     EXPECT_NE(read_file(err).find("tokenizer"), std::string::npos) << read_file(err);
     EXPECT_NE(read_file(err).find("differs"), std::string::npos) << read_file(err);
     // wrong window length
-    args = w.train_args(w.d + "/bad2") + " --cache " + cache + " --seq-len 16";
+    args = "train --config " + w.d + "/student.json --tokenizer " + w.d + "/tok.json --data " + w.d +
+           "/train --run-dir " + w.d + "/bad2 --steps 2 --seq-len 16 --cache " + cache;
     EXPECT_EQ(run_distill(args, "/dev/null", err), 1);
     EXPECT_NE(read_file(err).find("--seq-len 32"), std::string::npos) << read_file(err);
     // a capture into the same cache from another teacher is refused
