@@ -92,6 +92,20 @@ json cached_json(const std::string& path, const json& key, Fn&& compute) {
     return value;
 }
 
+// The demo's training settings for a model of config `c`, teacher and students alike.
+TrainOptions train_options(const DemoOptions& o, int64_t steps, const ModelConfig& c) {
+    TrainOptions t;
+    t.steps = steps;
+    t.batch_size = o.batch_size;
+    t.seq_len = o.seq_len;
+    t.lr = 3e-3;
+    t.warmup = std::max<int64_t>(1, steps / 20);
+    t.seed = o.seed;
+    t.checkpoint_every = std::max<int64_t>(10, steps / 10);
+    t.model_flops_per_token = c.flops_per_token(t.seq_len);
+    return t;
+}
+
 }  // namespace
 
 DemoSizes demo_sizes(int64_t vocab, bool quick) {
@@ -196,15 +210,7 @@ int run_demo(const DemoOptions& o_in) {
     DemoSizes sizes = demo_sizes(tok.vocab_size(), o.quick);
     sizes.teacher.bos_token_id = sizes.student.bos_token_id = tok.bos_id();
     sizes.teacher.eos_token_id = sizes.student.eos_token_id = tok.eos_id();
-    TrainOptions tt;
-    tt.steps = o.teacher_steps;
-    tt.batch_size = o.batch_size;
-    tt.seq_len = o.seq_len;
-    tt.lr = 3e-3;
-    tt.warmup = std::max<int64_t>(1, o.teacher_steps / 20);
-    tt.seed = o.seed;
-    tt.checkpoint_every = std::max<int64_t>(10, o.teacher_steps / 10);
-    tt.model_flops_per_token = sizes.teacher.flops_per_token(tt.seq_len);
+    TrainOptions tt = train_options(o, o.teacher_steps, sizes.teacher);
     Llama teacher(sizes.teacher);
     teacher->init_weights(tt.seed);
     BatchSpec tspec{tt.batch_size, tt.seq_len, tt.seed, false};
@@ -270,15 +276,7 @@ int run_demo(const DemoOptions& o_in) {
 
     // 7. two students of the same architecture, same windows, steps and seed: one distilled from
     // the cache, one trained on the data alone
-    TrainOptions st;
-    st.steps = o.student_steps;
-    st.batch_size = o.batch_size;
-    st.seq_len = o.seq_len;
-    st.lr = 3e-3;
-    st.warmup = std::max<int64_t>(1, o.student_steps / 20);
-    st.seed = o.seed;
-    st.checkpoint_every = std::max<int64_t>(10, o.student_steps / 10);
-    st.model_flops_per_token = sizes.student.flops_per_token(st.seq_len);
+    TrainOptions st = train_options(o, o.student_steps, sizes.student);
     LossOptions kd_loss;
     kd_loss.kind = loss_kind_from_string(o.loss);
     kd_loss.temperature = o.temperature;
