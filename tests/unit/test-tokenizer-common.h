@@ -4,6 +4,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <string>
+#include <nlohmann/json.hpp>
 #include <vector>
 
 #include "util/file.h"
@@ -204,6 +205,17 @@ inline std::string random_utf8(Rng& r, size_t max_chars) {
         if (r.chance(5)) s.append(r.below(12), r.chance(50) ? ' ' : '\n');  // whitespace runs
     }
     return s;
+}
+
+// A tokenizer.json's merges rewritten from "a b" strings to ["a", "b"] pairs (newer HF files).
+inline nlohmann::json merges_as_pairs(const nlohmann::json& merges) {
+    nlohmann::json pairs = nlohmann::json::array();
+    for (const auto& m : merges) {
+        std::string s = m;
+        size_t sp = s.find(' ');
+        pairs.push_back({s.substr(0, sp), s.substr(sp + 1)});
+    }
+    return pairs;
 }
 
 }  // namespace distill::testing_tok

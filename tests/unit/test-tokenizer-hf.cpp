@@ -162,13 +162,7 @@ std::vector<Variant> variants(const Tokenizer& t) {
     json base = json::parse(t.to_json());
 
     json j = base;  // merges as ["a", "b"] pairs, ignore_merges (both as newer HF files have)
-    json pairs = json::array();
-    for (const auto& m : j["model"]["merges"]) {
-        std::string s = m;
-        size_t sp = s.find(' ');
-        pairs.push_back({s.substr(0, sp), s.substr(sp + 1)});
-    }
-    j["model"]["merges"] = pairs;
+    j["model"]["merges"] = merges_as_pairs(j["model"]["merges"]);
     j["model"]["ignore_merges"] = true;
     v.push_back({"pairs+ignore_merges", j.dump()});
 

@@ -290,13 +290,7 @@ TEST(Tokenizer, SaveLoadEquality) {
 TEST(Tokenizer, LoadsMergesAsPairs) {
     const Tokenizer& t = tok();
     json j = json::parse(t.to_json());
-    json pairs = json::array();
-    for (const auto& m : j["model"]["merges"]) {
-        std::string s = m;
-        size_t sp = s.find(' ');
-        pairs.push_back({s.substr(0, sp), s.substr(sp + 1)});
-    }
-    j["model"]["merges"] = pairs;
+    j["model"]["merges"] = merges_as_pairs(j["model"]["merges"]);
     Tokenizer u = Tokenizer::from_json(j.dump());
     EXPECT_EQ(u.fingerprint(), t.fingerprint());  // same tokenizer, whatever the spelling
     EXPECT_EQ(u.encode("Mr. Knightley, 1813"), t.encode("Mr. Knightley, 1813"));
