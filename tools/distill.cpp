@@ -47,12 +47,7 @@ void add_train_flags(CLI::App* cmd, TrainOptions& o) {
 
 // Reads a model config: a config.json file, with vocab_size filled from the tokenizer if absent.
 ModelConfig config_for(const std::string& path, const Tokenizer& tok) {
-    json j;
-    try {
-        j = json::parse(read_file(path));
-    } catch (const json::exception& e) {
-        throw Error(str_cat(path, ": not valid JSON: ", e.what()));
-    }
+    json j = read_json_file(path);
     DISTILL_CHECK(j.is_object(), path, ": expected a JSON object");
     if (!j.contains("vocab_size")) j["vocab_size"] = tok.vocab_size();
     ModelConfig c = config_from_json(j, path);

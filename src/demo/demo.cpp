@@ -72,19 +72,11 @@ int64_t xz_size(const std::string& files) {
     return n;
 }
 
-json read_json(const std::string& path) {
-    try {
-        return json::parse(read_file(path));
-    } catch (const json::exception& e) {
-        throw Error(str_cat(path, ": not valid JSON: ", e.what(), " (delete it to rebuild)"));
-    }
-}
-
 // A cached JSON result: computed once, kept in the run dir.
 template <typename Fn>
 json cached_json(const std::string& path, const json& key, Fn&& compute) {
     if (file_exists(path)) {
-        json j = read_json(path);
+        json j = read_json_file(path);
         if (j.value("key", json()) == key) return j["value"];
     }
     json value = compute();

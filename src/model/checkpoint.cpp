@@ -66,12 +66,7 @@ std::map<std::string, std::string> weight_files(const std::string& dir) {
     const std::string index = path_join(dir, "model.safetensors.index.json");
     std::map<std::string, std::string> out;
     if (file_exists(index)) {
-        nlohmann::json j;
-        try {
-            j = nlohmann::json::parse(read_file(index));
-        } catch (const nlohmann::json::exception& e) {
-            throw Error(str_cat(index, ": not valid JSON: ", e.what()));
-        }
+        const nlohmann::json j = read_json_file(index);
         DISTILL_CHECK(j.is_object() && j.contains("weight_map") && j["weight_map"].is_object(),
                       index, ": missing 'weight_map'");
         for (auto it = j["weight_map"].begin(); it != j["weight_map"].end(); ++it) {

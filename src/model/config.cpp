@@ -136,13 +136,7 @@ nlohmann::json config_to_json(const ModelConfig& c) {
 }
 
 ModelConfig load_config(const std::string& path) {
-    nlohmann::json j;
-    try {
-        j = nlohmann::json::parse(read_file(path));
-    } catch (const nlohmann::json::exception& e) {
-        throw Error(str_cat(path, ": not valid JSON: ", e.what()));
-    }
-    return config_from_json(j, path);
+    return config_from_json(read_json_file(path), path);
 }
 
 }  // namespace distill

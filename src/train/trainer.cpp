@@ -87,6 +87,14 @@ void trim_metrics(const std::string& path, int64_t step) {
     write_file_atomic(path, kept);
 }
 
+// Copies the weights of the model directory `dir` (written by this run) into `model`.
+void load_weights_from(Llama& model, const std::string& dir) {
+    LoadedModel m = load_model_dir(dir);
+    torch::NoGradGuard ng;
+    auto src = model_state(m.model);
+    for (auto& p : model->named_parameters()) p.value().copy_(src.at(p.key()));
+}
+
 }  // namespace
 
 TrainResult run_training(Llama& model, const Tokenizer& tokenizer, const TrainOptions& opts,
@@ -110,12 +118,9 @@ TrainResult run_training(Llama& model, const Tokenizer& tokenizer, const TrainOp
     };
 
     if (file_exists(done_path) && dir_exists(final_dir)) {
-        auto done = nlohmann::json::parse(read_file(done_path));
+        const auto done = read_json_file(done_path);
         DISTILL_CHECK(done.value("fingerprint", "") == fp, describe_mismatch("a finished model"));
-        LoadedModel m = load_model_dir(final_dir);
-        torch::NoGradGuard ng;
-        auto src = model_state(m.model);
-        for (auto& p : model->named_parameters()) p.value().copy_(src.at(p.key()));
+        load_weights_from(model, final_dir);
         result.steps = done.value("steps", int64_t{0});
         result.tokens = done.value("tokens", int64_t{0});
         result.seconds = done.value("seconds", 0.0);
@@ -132,14 +137,9 @@ TrainResult run_training(Llama& model, const Tokenizer& tokenizer, const TrainOp
     int64_t start_step = 0;
     recover_dir(ckpt_dir);
     if (dir_exists(ckpt_dir) && file_exists(path_join(ckpt_dir, "state.json"))) {
-        auto state = nlohmann::json::parse(read_file(path_join(ckpt_dir, "state.json")));
+        const auto state = read_json_file(path_join(ckpt_dir, "state.json"));
         DISTILL_CHECK(state.value("fingerprint", "") == fp, describe_mismatch("a checkpoint"));
-        LoadedModel m = load_model_dir(ckpt_dir);
-        {
-            torch::NoGradGuard ng;
-            auto src = model_state(m.model);
-            for (auto& p : model->named_parameters()) p.value().copy_(src.at(p.key()));
-        }
+        load_weights_from(model, ckpt_dir);
         SafetensorsFile st(path_join(ckpt_dir, "optimizer.safetensors"));
         std::map<std::string, torch::Tensor> s;
         for (const auto& [name, e] : st.entries())

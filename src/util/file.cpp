@@ -11,6 +11,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <nlohmann/json.hpp>
 
 #include "util/error.h"
 
@@ -27,6 +28,15 @@ std::string read_file(const std::string& path) {
     std::string s((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
     DISTILL_CHECK(!in.bad(), "error reading '", path, "'");
     return s;
+}
+
+nlohmann::json read_json_file(const std::string& path) {
+    const std::string text = read_file(path);
+    try {
+        return nlohmann::json::parse(text);
+    } catch (const nlohmann::json::exception& e) {
+        throw Error(str_cat(path, ": not valid JSON: ", e.what()));
+    }
 }
 
 void write_file_atomic(const std::string& path, std::string_view data) {

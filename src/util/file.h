@@ -6,10 +6,15 @@
 #include <string>
 #include <string_view>
 
+#include <nlohmann/json_fwd.hpp>
+
 namespace distill {
 
 // Reads a whole file; throws Error naming the path if it cannot.
 std::string read_file(const std::string& path);
+
+// Reads and parses a JSON file; throws Error naming the path if it cannot be read or parsed.
+nlohmann::json read_json_file(const std::string& path);
 
 // Writes `data` to `path` atomically: a temporary file beside it, flushed and fsynced, then
 // renamed over the target. A killed process leaves either the old file or the new one.
