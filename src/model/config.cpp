@@ -8,17 +8,20 @@
 namespace distill {
 
 void ModelConfig::validate() const {
-    DISTILL_CHECK(architecture == "llama" || architecture == "qwen2",
-                  "unsupported architecture '", architecture, "' (supported: llama, qwen2)");
+    DISTILL_CHECK(architecture == "llama" || architecture == "qwen2" || architecture == "qwen3",
+                  "unsupported architecture '", architecture, "' (supported: llama, qwen2, qwen3)");
     DISTILL_CHECK(vocab_size > 0 && vocab_size <= (1 << 24), "vocab_size ", vocab_size,
                   " is out of range (1 .. 16777216)");
     DISTILL_CHECK(hidden_size > 0 && hidden_size <= 65536, "hidden_size ", hidden_size,
                   " is out of range");
     DISTILL_CHECK(num_hidden_layers > 0 && num_hidden_layers <= 1024, "num_hidden_layers ",
                   num_hidden_layers, " is out of range");
-    DISTILL_CHECK(num_attention_heads > 0 && hidden_size % num_attention_heads == 0,
-                  "hidden_size ", hidden_size, " is not divisible by num_attention_heads ",
-                  num_attention_heads);
+    DISTILL_CHECK(num_attention_heads > 0 && num_attention_heads <= 4096,
+                  "num_attention_heads ", num_attention_heads, " is out of range");
+    DISTILL_CHECK(explicit_head_dim > 0 || hidden_size % num_attention_heads == 0, "hidden_size ",
+                  hidden_size, " is not divisible by num_attention_heads ", num_attention_heads,
+                  " (and no head_dim is given)");
+    DISTILL_CHECK(head_dim() > 0 && head_dim() <= 1024, "head_dim ", head_dim(), " is out of range");
     DISTILL_CHECK(head_dim() % 2 == 0, "head dim ", head_dim(),
                   " must be even for rotary positions");
     DISTILL_CHECK(num_key_value_heads > 0 && num_attention_heads % num_key_value_heads == 0,
@@ -29,25 +32,36 @@ void ModelConfig::validate() const {
     DISTILL_CHECK(max_position_embeddings > 0, "max_position_embeddings must be positive");
     DISTILL_CHECK(rope_theta > 0, "rope_theta must be positive");
     DISTILL_CHECK(rms_norm_eps > 0 && rms_norm_eps < 1, "rms_norm_eps must be in (0, 1)");
+    const auto& rs = rope_scaling;
+    DISTILL_CHECK(rs.type.empty() || rs.type == "linear" || rs.type == "llama3",
+                  "unsupported rope_scaling type '", rs.type, "' (supported: linear, llama3)");
+    DISTILL_CHECK(rs.factor > 0, "rope_scaling factor must be positive");
+    DISTILL_CHECK(rs.type != "llama3" || (rs.low_freq_factor > 0 &&
+                                          rs.high_freq_factor > rs.low_freq_factor &&
+                                          rs.original_max_position_embeddings > 0),
+                  "rope_scaling (llama3) needs 0 < low_freq_factor < high_freq_factor and a positive "
+                  "original_max_position_embeddings");
 }
 
 int64_t ModelConfig::num_params() const {
-    const int64_t C = hidden_size, D = head_dim();
-    const int64_t q = C * C, kv = 2 * C * num_key_value_heads * D, o = C * C;
-    const int64_t bias = attention_bias ? C + 2 * num_key_value_heads * D : 0;
+    const int64_t C = hidden_size, D = head_dim(), QD = num_attention_heads * D;
+    const int64_t q = C * QD, kv = 2 * C * num_key_value_heads * D, o = QD * C;
+    const int64_t bias = attention_bias ? QD + 2 * num_key_value_heads * D : 0;
+    const int64_t norms = 2 * C + (qk_norm ? 2 * D : 0);
     const int64_t mlp = 3 * C * intermediate_size;
-    const int64_t layer = q + kv + o + bias + mlp + 2 * C;
+    const int64_t layer = q + kv + o + bias + mlp + norms;
     const int64_t emb = vocab_size * C;
     return emb * (tie_word_embeddings ? 1 : 2) + num_hidden_layers * layer + C;
 }
 
 double ModelConfig::flops_per_token(int64_t T) const {
     const double C = hidden_size, D = head_dim(), L = num_hidden_layers;
-    const double matmul_params = L * (2 * C * C + 2 * C * num_key_value_heads * D +
+    const double QD = num_attention_heads * D;
+    const double matmul_params = L * (2 * C * QD + 2 * C * num_key_value_heads * D +
                                       3 * C * intermediate_size) +
                                  C * vocab_size;
-    // QK^T and AV: 2 * T * C each per token with a full window (causal halves it on average).
-    const double attn = L * 2.0 * T * C;
+    // QK^T and AV: 2 * T * H * D each per token with a full window (causal halves it on average).
+    const double attn = L * 2.0 * T * QD;
     return 2.0 * matmul_params + attn;
 }
 
@@ -80,11 +94,32 @@ ModelConfig config_from_json(const nlohmann::json& j, const std::string& source)
     if (model_type == "qwen2") {
         c.architecture = "qwen2";
         c.attention_bias = true;
+    } else if (model_type == "qwen3") {
+        c.architecture = "qwen3";
+        c.qk_norm = true;
     } else if (model_type == "llama" || model_type == "mistral") {
         c.architecture = "llama";
     } else {
         throw Error(str_cat(source, ": unsupported model_type '", model_type,
-                            "' (supported: llama, qwen2)"));
+                            "' (supported: llama, mistral, qwen2, qwen3)"));
+    }
+    if (model_type == "mistral" || model_type == "qwen2" || model_type == "qwen3") {
+        // Sliding-window attention changes the result only when it is on and shorter than the input.
+        const bool sliding = get_or<bool>(j, "use_sliding_window", model_type == "mistral", source);
+        auto sw = j.find("sliding_window");
+        DISTILL_CHECK(!sliding || sw == j.end() || sw->is_null(), source,
+                      ": sliding-window attention is not supported (use_sliding_window with "
+                      "sliding_window set)");
+    }
+    if (j.contains("architectures") && j["architectures"].is_array()) {
+        for (const auto& a : j["architectures"]) {
+            const std::string name = a.is_string() ? a.get<std::string>() : a.dump();
+            const std::string suffix = "ForCausalLM";
+            DISTILL_CHECK(name.size() > suffix.size() &&
+                              name.compare(name.size() - suffix.size(), suffix.size(), suffix) == 0,
+                          source, ": architecture '", name,
+                          "' is not a causal language model (expected *ForCausalLM)");
+        }
     }
     c.vocab_size = get_required(j, "vocab_size", source);
     c.hidden_size = get_required(j, "hidden_size", source);
@@ -101,9 +136,26 @@ ModelConfig config_from_json(const nlohmann::json& j, const std::string& source)
     c.attention_bias = get_or<bool>(j, "attention_bias", c.attention_bias, source);
     c.bos_token_id = get_or<int64_t>(j, "bos_token_id", -1, source);
     c.eos_token_id = get_or<int64_t>(j, "eos_token_id", -1, source);
-    if (j.contains("head_dim") && j["head_dim"].is_number_integer())
-        DISTILL_CHECK(j["head_dim"].get<int64_t>() * c.num_attention_heads == c.hidden_size,
-                      source, ": head_dim * num_attention_heads != hidden_size is not supported");
+    const int64_t head_dim = get_or<int64_t>(j, "head_dim", 0, source);
+    if (head_dim > 0 && head_dim * c.num_attention_heads != c.hidden_size) c.explicit_head_dim = head_dim;
+    const std::string act = get_or<std::string>(j, "hidden_act", "silu", source);
+    DISTILL_CHECK(act == "silu", source, ": hidden_act '", act, "' is not supported (only silu)");
+    DISTILL_CHECK(!get_or<bool>(j, "mlp_bias", false, source), source,
+                  ": mlp_bias is not supported");
+    auto rs = j.find("rope_scaling");
+    if (rs != j.end() && !rs->is_null()) {
+        DISTILL_CHECK(rs->is_object(), source, ": rope_scaling must be an object");
+        std::string type = get_or<std::string>(*rs, "rope_type", "", source);
+        if (type.empty()) type = get_or<std::string>(*rs, "type", "", source);
+        if (type != "default") {
+            c.rope_scaling.type = type;
+            c.rope_scaling.factor = get_or<double>(*rs, "factor", 1.0, source);
+            c.rope_scaling.low_freq_factor = get_or<double>(*rs, "low_freq_factor", 1.0, source);
+            c.rope_scaling.high_freq_factor = get_or<double>(*rs, "high_freq_factor", 4.0, source);
+            c.rope_scaling.original_max_position_embeddings = get_or<int64_t>(
+                *rs, "original_max_position_embeddings", 8192, source);
+        }
+    }
     try {
         c.validate();
     } catch (const Error& e) {
@@ -114,7 +166,9 @@ ModelConfig config_from_json(const nlohmann::json& j, const std::string& source)
 
 nlohmann::json config_to_json(const ModelConfig& c) {
     nlohmann::json j;
-    j["architectures"] = {c.architecture == "qwen2" ? "Qwen2ForCausalLM" : "LlamaForCausalLM"};
+    j["architectures"] = {c.architecture == "qwen3"   ? "Qwen3ForCausalLM"
+                          : c.architecture == "qwen2" ? "Qwen2ForCausalLM"
+                                                      : "LlamaForCausalLM"};
     j["model_type"] = c.architecture;
     j["vocab_size"] = c.vocab_size;
     j["hidden_size"] = c.hidden_size;
@@ -129,6 +183,15 @@ nlohmann::json config_to_json(const ModelConfig& c) {
     j["tie_word_embeddings"] = c.tie_word_embeddings;
     j["attention_bias"] = c.attention_bias;
     j["hidden_act"] = "silu";
+    if (!c.rope_scaling.type.empty()) {
+        const auto& rs = c.rope_scaling;
+        j["rope_scaling"] = {{"rope_type", rs.type}, {"factor", rs.factor}};
+        if (rs.type == "llama3") {
+            j["rope_scaling"]["low_freq_factor"] = rs.low_freq_factor;
+            j["rope_scaling"]["high_freq_factor"] = rs.high_freq_factor;
+            j["rope_scaling"]["original_max_position_embeddings"] = rs.original_max_position_embeddings;
+        }
+    }
     j["torch_dtype"] = "float32";
     if (c.bos_token_id >= 0) j["bos_token_id"] = c.bos_token_id;
     if (c.eos_token_id >= 0) j["eos_token_id"] = c.eos_token_id;

@@ -8,9 +8,18 @@
 
 namespace distill {
 
-// A decoder-only transformer of the Llama / Qwen2 family.
+// Rotary-position frequency scaling (HF `rope_scaling`): none, "linear", or "llama3" (Llama 3.1+).
+struct RopeScaling {
+    std::string type;  // "" = none
+    double factor = 1.0;
+    double low_freq_factor = 1.0, high_freq_factor = 4.0;  // llama3
+    int64_t original_max_position_embeddings = 8192;       // llama3
+};
+
+// A decoder-only transformer of the Llama / Qwen2 / Qwen3 family.
 struct ModelConfig {
-    std::string architecture = "llama";  // "llama" or "qwen2" (qwen2: q/k/v projections have bias)
+    // "llama", "qwen2" (q/k/v projections have bias) or "qwen3" (RMSNorm on each head's q and k)
+    std::string architecture = "llama";
     int64_t vocab_size = 4096;
     int64_t hidden_size = 256;        // C
     int64_t num_hidden_layers = 4;
@@ -22,10 +31,15 @@ struct ModelConfig {
     double rms_norm_eps = 1e-5;
     bool tie_word_embeddings = true;
     bool attention_bias = false;      // q/k/v bias (true for qwen2)
+    bool qk_norm = false;             // per-head RMSNorm of q and k before rotation (qwen3)
+    int64_t explicit_head_dim = 0;    // 0: hidden_size / num_attention_heads (qwen3 sets its own)
+    RopeScaling rope_scaling;
     int64_t bos_token_id = -1;
     int64_t eos_token_id = -1;
 
-    int64_t head_dim() const { return hidden_size / num_attention_heads; }
+    int64_t head_dim() const {
+        return explicit_head_dim > 0 ? explicit_head_dim : hidden_size / num_attention_heads;
+    }
     // Checks that the shapes fit together; throws Error saying which value is wrong.
     void validate() const;
     // Trainable parameter count (tied embeddings counted once).

@@ -29,6 +29,10 @@ AttentionImpl::AttentionImpl(const ModelConfig& c)
     k_proj = register_module("k_proj", lin(C, n_kv_head * head_dim, c.attention_bias));
     v_proj = register_module("v_proj", lin(C, n_kv_head * head_dim, c.attention_bias));
     o_proj = register_module("o_proj", lin(n_head * head_dim, C, false));
+    if (c.qk_norm) {
+        q_norm = register_module("q_norm", RMSNorm(head_dim, c.rms_norm_eps));
+        k_norm = register_module("k_norm", RMSNorm(head_dim, c.rms_norm_eps));
+    }
 }
 
 // x: (B, H, T, D); rotate_half as in HF: (-x2, x1) over the two halves of D.
@@ -46,8 +50,14 @@ torch::Tensor AttentionImpl::forward(const torch::Tensor& x, const torch::Tensor
                                      torch::Tensor* cache_v) {
     const int64_t B = x.size(0), T = x.size(1);
     // q: (B, H, T, D); k, v: (B, Hkv, T, D)
-    auto q = q_proj(x).view({B, T, n_head, head_dim}).transpose(1, 2);
-    auto k = k_proj(x).view({B, T, n_kv_head, head_dim}).transpose(1, 2);
+    auto q = q_proj(x).view({B, T, n_head, head_dim});
+    auto k = k_proj(x).view({B, T, n_kv_head, head_dim});
+    if (q_norm) {
+        q = q_norm(q);
+        k = k_norm(k);
+    }
+    q = q.transpose(1, 2);
+    k = k.transpose(1, 2);
     auto v = v_proj(x).view({B, T, n_kv_head, head_dim}).transpose(1, 2);
     q = apply_rope(q, cos, sin);
     k = apply_rope(k, cos, sin);
@@ -123,9 +133,27 @@ LlamaImpl::LlamaImpl(const ModelConfig& c) : config_(c) {
     if (!c.tie_word_embeddings)
         lm_head = register_module(
             "lm_head", torch::nn::Linear(torch::nn::LinearOptions(c.hidden_size, c.vocab_size).bias(false)));
+    inv_freq_ = rope_inv_freq(c);
+}
+
+torch::Tensor rope_inv_freq(const ModelConfig& c) {
     const int64_t D = c.head_dim();
-    inv_freq_ = 1.0 / torch::pow(torch::tensor(c.rope_theta, torch::kFloat64),
-                                 torch::arange(0, D, 2, torch::kFloat64) / double(D));
+    auto inv_freq = 1.0 / torch::pow(torch::tensor(c.rope_theta, torch::kFloat64),
+                                     torch::arange(0, D, 2, torch::kFloat64) / double(D));
+    const RopeScaling& rs = c.rope_scaling;
+    if (rs.type == "linear") return inv_freq / rs.factor;
+    if (rs.type != "llama3") return inv_freq;
+    // Llama 3.1: long wavelengths are slowed by `factor`, short ones kept, the band between
+    // interpolated smoothly.
+    const double old_len = double(rs.original_max_position_embeddings);
+    const double low_wavelen = old_len / rs.low_freq_factor;
+    const double high_wavelen = old_len / rs.high_freq_factor;
+    auto wavelen = 2.0 * M_PI / inv_freq;
+    auto scaled = torch::where(wavelen > low_wavelen, inv_freq / rs.factor, inv_freq);
+    auto smooth = (old_len / wavelen - rs.low_freq_factor) / (rs.high_freq_factor - rs.low_freq_factor);
+    auto smoothed = (1.0 - smooth) * scaled / rs.factor + smooth * scaled;
+    auto medium = (wavelen >= high_wavelen).logical_and(wavelen <= low_wavelen);
+    return torch::where(medium, smoothed, scaled);
 }
 
 std::pair<torch::Tensor, torch::Tensor> LlamaImpl::rope(int64_t offset, int64_t T) {

@@ -23,6 +23,9 @@ struct KVCache {
     void clear() { k.clear(); v.clear(); }
 };
 
+// The rotary inverse frequencies (D/2) in float64, with the config's rope_scaling applied.
+torch::Tensor rope_inv_freq(const ModelConfig& c);
+
 class RMSNormImpl : public torch::nn::Module {
 public:
     RMSNormImpl(int64_t dim, double eps);
@@ -40,6 +43,7 @@ public:
     torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin,
                           torch::Tensor* cache_k, torch::Tensor* cache_v);
     torch::nn::Linear q_proj{nullptr}, k_proj{nullptr}, v_proj{nullptr}, o_proj{nullptr};
+    RMSNorm q_norm{nullptr}, k_norm{nullptr};  // qwen3 only
     int64_t n_head, n_kv_head, head_dim;
 };
 TORCH_MODULE(Attention);

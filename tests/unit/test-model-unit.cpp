@@ -171,4 +171,27 @@ TEST(Model, BadDirectoriesGiveClearErrors) {
     j["model_type"] = "gpt_neox";
     write_file_atomic(dir + "/arch/config.json", j.dump());
     expect_error_containing([&] { load_model_dir(dir + "/arch"); }, "unsupported model_type");
+
+    // a qwen3 config over llama weights: the per-head q/k norms are missing, by name
+    make_dirs(dir + "/qwen3");
+    j = nlohmann::json::parse(cfg);
+    j["model_type"] = "qwen3";
+    write_file_atomic(dir + "/qwen3/config.json", j.dump());
+    write_file_atomic(dir + "/qwen3/model.safetensors", weights);
+    expect_error_containing([&] { load_model_dir(dir + "/qwen3"); },
+                            "model.layers.0.self_attn.q_norm.weight");
+
+    make_dirs(dir + "/yarn");
+    j = nlohmann::json::parse(cfg);
+    j["rope_scaling"] = {{"rope_type", "yarn"}, {"factor", 4.0}};
+    write_file_atomic(dir + "/yarn/config.json", j.dump());
+    write_file_atomic(dir + "/yarn/model.safetensors", weights);
+    expect_error_containing([&] { load_model_dir(dir + "/yarn"); }, "rope_scaling type 'yarn'");
+
+    make_dirs(dir + "/head");
+    j = nlohmann::json::parse(cfg);
+    j["architectures"] = {"LlamaForSequenceClassification"};
+    write_file_atomic(dir + "/head/config.json", j.dump());
+    write_file_atomic(dir + "/head/model.safetensors", weights);
+    expect_error_containing([&] { load_model_dir(dir + "/head"); }, "not a causal language model");
 }

@@ -1,7 +1,9 @@
-// The Llama / Qwen2 model against an independent float64 PyTorch reference (tests/ref/llama_ref.py),
-// cached generation against the uncached forward, and bad model directories.
+// The Llama / Qwen2 / Qwen3 model against an independent float64 PyTorch reference
+// (tests/ref/llama_ref.py), also from BF16/F16 sharded directories.
 #include <gtest/gtest.h>
 #include <torch/torch.h>
+
+#include <nlohmann/json.hpp>
 
 #include "io/safetensors.h"
 #include "model/checkpoint.h"
@@ -15,10 +17,23 @@ using namespace distill::testing_util;
 
 namespace {
 
+// arch: "llama", "qwen2", "qwen3" (q/k norm and a head_dim of its own), or "llama-rope3"
+// (llama with Llama-3.1 rope scaling, tuned so that all three frequency bands occur).
 ModelConfig small_config(const std::string& arch, bool tied, int64_t kv_heads) {
     ModelConfig c;
-    c.architecture = arch;
+    c.architecture = arch == "llama-rope3" ? "llama" : arch;
     c.attention_bias = arch == "qwen2";
+    if (arch == "qwen3") {
+        c.qk_norm = true;
+        c.explicit_head_dim = 12;  // 6 heads x 12 = 72 != hidden 48, as in real Qwen3 models
+    }
+    if (arch == "llama-rope3") {
+        c.rope_scaling.type = "llama3";
+        c.rope_scaling.factor = 8.0;
+        c.rope_scaling.low_freq_factor = 1.0;
+        c.rope_scaling.high_freq_factor = 4.0;
+        c.rope_scaling.original_max_position_embeddings = 64;
+    }
     c.vocab_size = 97;
     c.hidden_size = 48;
     c.num_hidden_layers = 2;
@@ -95,4 +110,65 @@ INSTANTIATE_TEST_SUITE_P(Architectures, ModelRef,
                          ::testing::Values(std::make_tuple("llama", true, 6),
                                            std::make_tuple("llama", false, 2),
                                            std::make_tuple("qwen2", false, 3),
-                                           std::make_tuple("qwen2", true, 1)));
+                                           std::make_tuple("qwen2", true, 1),
+                                           std::make_tuple("qwen3", true, 2),
+                                           std::make_tuple("qwen3", false, 6),
+                                           std::make_tuple("llama-rope3", false, 3)));
+
+// A directory as big models ship it: BF16 (or F16) weights in two shards named by
+// model.safetensors.index.json. distill's forward pass on it must match the reference reading
+// the same files.
+class ShardedDir : public ::testing::TestWithParam<torch::Dtype> {};
+
+TEST_P(ShardedDir, HalfPrecisionShardsMatchPyTorch) {
+    const torch::Dtype dtype = GetParam();
+    ModelConfig cfg = small_config("qwen3", false, 2);
+    Llama model(cfg);
+    randomize(model, 5);
+    const std::string dir = temp_dir("model-sharded") + "/m";
+    save_model_dir(dir, model, nullptr);
+    std::remove((dir + "/model.safetensors").c_str());
+    std::map<std::string, torch::Tensor> shard[2];
+    nlohmann::json index;
+    index["metadata"] = {{"total_size", 0}};
+    int i = 0;
+    for (auto& [name, t] : model_state(model)) {
+        const int s = (i++) % 2;
+        shard[s][name] = t.to(dtype);
+        index["weight_map"][name] = "model-0000" + std::to_string(s + 1) + "-of-00002.safetensors";
+    }
+    for (int s = 0; s < 2; ++s)
+        save_safetensors(dir + "/model-0000" + std::to_string(s + 1) + "-of-00002.safetensors",
+                         shard[s]);
+    write_file_atomic(dir + "/model.safetensors.index.json", index.dump(1));
+
+    LoadedModel m = load_model_dir(dir);
+    for (auto& p : m.model->named_parameters()) {
+        auto want = model_state(model).at(p.key()).to(dtype).to(torch::kFloat32);
+        ASSERT_TRUE(torch::equal(p.value(), want)) << p.key();
+    }
+    torch::manual_seed(3);
+    auto ids = torch::randint(cfg.vocab_size, {2, 17}, torch::kInt64);
+    save_safetensors(dir + "/../in.safetensors", {{"ids", ids}, {"targets", ids}});
+    ASSERT_EQ(run_python("tests/ref/llama_ref.py",
+                         dir + " " + dir + "/../in.safetensors " + dir + "/../out.safetensors"),
+              0);
+    torch::NoGradGuard ng;
+    auto logits = m.model->forward(ids).to(torch::kFloat64);
+    SafetensorsFile ref(dir + "/../out.safetensors");
+    const double diff = (logits - ref.get("logits", torch::kFloat64)).abs().max().item<double>();
+    EXPECT_LE(diff, 1e-4) << "max |logits - reference|";
+    std::printf("[ %s shards ] max |Δlogit| = %.3g\n", dtype == torch::kBFloat16 ? "bf16" : "f16", diff);
+
+    // A shard that the index names but that is absent: an error naming it.
+    std::remove((dir + "/model-00002-of-00002.safetensors").c_str());
+    try {
+        load_model_dir(dir);
+        ADD_FAILURE() << "a missing shard was not reported";
+    } catch (const Error& e) {
+        EXPECT_NE(std::string(e.what()).find("model-00002-of-00002.safetensors"), std::string::npos)
+            << e.what();
+    }
+}
+
+INSTANTIATE_TEST_SUITE_P(Dtypes, ShardedDir, ::testing::Values(torch::kBFloat16, torch::kHalf));
