@@ -133,14 +133,13 @@ void save_safetensors(const std::string& path, const std::map<std::string, torch
     }
     std::string h = header.dump();
     while ((8 + h.size()) % 8 != 0) h.push_back(' ');  // align the data section
-    std::string out;
-    out.reserve(8 + h.size() + offset);
-    uint64_t hlen = h.size();
-    out.append(reinterpret_cast<const char*>(&hlen), 8);
-    out += h;
-    for (const auto& t : blobs)
-        out.append(static_cast<const char*>(t.data_ptr()), t.numel() * t.element_size());
-    write_file_atomic(path, out);
+    // Streamed, so that saving a big model does not need a second copy of it in memory.
+    AtomicFileWriter out(path);
+    const uint64_t hlen = h.size();
+    out.append(&hlen, 8);
+    out.append(h);
+    for (const auto& t : blobs) out.append(t.data_ptr(), t.numel() * t.element_size());
+    out.commit();
 }
 
 }  // namespace distill

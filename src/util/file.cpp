@@ -39,32 +39,53 @@ nlohmann::json read_json_file(const std::string& path) {
     }
 }
 
-void write_file_atomic(const std::string& path, std::string_view data) {
-    std::string tmp = path + ".tmp." + std::to_string(::getpid());
-    int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-    DISTILL_CHECK(fd >= 0, "cannot create '", tmp, "': ", std::strerror(errno));
+AtomicFileWriter::AtomicFileWriter(const std::string& path)
+    : path_(path), tmp_(path + ".tmp." + std::to_string(::getpid())) {
+    fd_ = ::open(tmp_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    DISTILL_CHECK(fd_ >= 0, "cannot create '", tmp_, "': ", std::strerror(errno));
+}
+
+AtomicFileWriter::~AtomicFileWriter() {
+    if (fd_ >= 0) {
+        ::close(fd_);
+        ::unlink(tmp_.c_str());
+    }
+}
+
+void AtomicFileWriter::append(const void* data, size_t n) {
+    DISTILL_CHECK(fd_ >= 0, "'", tmp_, "' is already closed");
+    const char* p = static_cast<const char*>(data);
     size_t off = 0;
-    while (off < data.size()) {
-        ssize_t n = ::write(fd, data.data() + off, data.size() - off);
-        if (n < 0 && errno == EINTR) continue;
-        if (n <= 0) {
-            int e = errno;
-            ::close(fd);
-            ::unlink(tmp.c_str());
-            throw Error(str_cat("cannot write '", tmp, "': ", std::strerror(e),
-                                " (is the disk full?)"));
-        }
-        off += static_cast<size_t>(n);
+    while (off < n) {
+        ssize_t w = ::write(fd_, p + off, n - off);
+        if (w < 0 && errno == EINTR) continue;
+        DISTILL_CHECK(w > 0, "cannot write '", tmp_, "': ", std::strerror(errno),
+                      " (is the disk full?)");
+        off += static_cast<size_t>(w);
     }
+    size_ += n;
+}
+
+void AtomicFileWriter::commit() {
+    DISTILL_CHECK(fd_ >= 0, "'", tmp_, "' is already closed");
+    const int fd = fd_;
+    fd_ = -1;
     if (::fsync(fd) != 0 || ::close(fd) != 0) {
-        ::unlink(tmp.c_str());
-        throw Error(str_cat("cannot flush '", tmp, "': ", std::strerror(errno)));
+        const int e = errno;
+        ::unlink(tmp_.c_str());
+        throw Error(str_cat("cannot flush '", tmp_, "': ", std::strerror(e)));
     }
-    if (::rename(tmp.c_str(), path.c_str()) != 0) {
-        int e = errno;
-        ::unlink(tmp.c_str());
-        throw Error(str_cat("cannot rename '", tmp, "' to '", path, "': ", std::strerror(e)));
+    if (::rename(tmp_.c_str(), path_.c_str()) != 0) {
+        const int e = errno;
+        ::unlink(tmp_.c_str());
+        throw Error(str_cat("cannot rename '", tmp_, "' to '", path_, "': ", std::strerror(e)));
     }
+}
+
+void write_file_atomic(const std::string& path, std::string_view data) {
+    AtomicFileWriter w(path);
+    w.append(data);
+    w.commit();
 }
 
 bool file_exists(const std::string& path) {

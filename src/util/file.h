@@ -20,6 +20,26 @@ nlohmann::json read_json_file(const std::string& path);
 // renamed over the target. A killed process leaves either the old file or the new one.
 void write_file_atomic(const std::string& path, std::string_view data);
 
+// The same, written piece by piece (for files too big to build in memory): append(), then
+// commit() flushes, fsyncs and renames. Destroyed without commit(), it removes the temporary.
+class AtomicFileWriter {
+public:
+    explicit AtomicFileWriter(const std::string& path);
+    ~AtomicFileWriter();
+    AtomicFileWriter(const AtomicFileWriter&) = delete;
+    AtomicFileWriter& operator=(const AtomicFileWriter&) = delete;
+
+    void append(const void* data, size_t n);
+    void append(std::string_view s) { append(s.data(), s.size()); }
+    uint64_t size() const { return size_; }
+    void commit();
+
+private:
+    std::string path_, tmp_;
+    int fd_ = -1;
+    uint64_t size_ = 0;
+};
+
 bool file_exists(const std::string& path);
 bool dir_exists(const std::string& path);
 void make_dirs(const std::string& path);
