@@ -18,7 +18,7 @@ pkgs=(build-essential cmake ninja-build pkg-config ccache
       libpcre2-dev libxxhash-dev libzstd-dev
       xz-utils r-base-core r-cran-janeaustenr)
 if [ "$with_tests" = 1 ]; then
-  pkgs+=(libgtest-dev python3-torch python3-numpy)
+  pkgs+=(libgtest-dev python3-torch python3-numpy python3-jinja2)
   command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1 || pkgs+=(nodejs npm)
 fi
 

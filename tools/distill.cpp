@@ -13,6 +13,7 @@
 #include "io/shards.h"
 #include "model/checkpoint.h"
 #include "model/generate.h"
+#include "tokenizer/chat-template.h"
 #include "train/trainer.h"
 #include "util/error.h"
 #include "util/file.h"
@@ -114,6 +115,33 @@ int cmd_tokenize(const std::string& tok_path, bool decode, bool jsonl) {
             std::cout << encode_json(v.get<std::string>()) << "\n";
         }
     }
+    return 0;
+}
+
+// Prints a conversation rendered with a tokenizer_config.json's chat template (exact bytes).
+int cmd_chat_template(const std::string& config, const std::string& messages_path, bool add_generation_prompt,
+                      const std::string& thinking, const std::string& tools_path, bool chatml_fallback) {
+    ChatTemplate t = ChatTemplate::from_tokenizer_config(config, chatml_fallback);
+    auto parse = [](const std::string& path) {
+        try {
+            return nlohmann::ordered_json::parse(read_file(path));
+        } catch (const nlohmann::json::exception& e) {
+            throw Error(str_cat(path, ": not valid JSON: ", e.what()));
+        }
+    };
+    // An array of messages, or a request body {"messages": [...], "tools": [...]}.
+    nlohmann::ordered_json msgs = parse(messages_path);
+    ChatOptions opt;
+    if (msgs.is_object() && msgs.contains("messages")) {
+        if (msgs.contains("tools")) opt.tools = msgs["tools"];
+        msgs = nlohmann::ordered_json(msgs["messages"]);
+    }
+    if (!tools_path.empty()) opt.tools = parse(tools_path);
+    opt.add_generation_prompt = add_generation_prompt;
+    if (!thinking.empty()) opt.enable_thinking = thinking == "true";
+    std::string text = t.render(msgs, opt);
+    std::fprintf(stderr, "chat template: %s (hash %s)\n", t.name().c_str(), t.hash().c_str());
+    std::fwrite(text.data(), 1, text.size(), stdout);
     return 0;
 }
 
@@ -281,6 +309,18 @@ int main(int argc, char** argv) {
     c_sc->add_option("--context", sc_w.context)->capture_default_str();
     c_sc->add_option("--stride", sc_w.stride)->capture_default_str();
 
+    // chat-template
+    std::string ct_config, ct_messages, ct_thinking, ct_tools;
+    bool ct_prompt = false, ct_fallback = false;
+    auto* c_ct = app.add_subcommand("chat-template", "render a conversation with a model's chat template");
+    c_ct->add_option("--tokenizer-config", ct_config, "tokenizer_config.json")->required()->check(CLI::ExistingFile);
+    c_ct->add_option("--messages", ct_messages, "JSON: [{role, content}, ...] or {messages, tools}")
+        ->required()->check(CLI::ExistingFile);
+    c_ct->add_flag("--add-generation-prompt", ct_prompt, "end with the header of the assistant's turn");
+    c_ct->add_option("--enable-thinking", ct_thinking, "Qwen3: true or false")->check(CLI::IsMember({"true", "false"}));
+    c_ct->add_option("--tools", ct_tools, "JSON file: an array of tool schemas")->check(CLI::ExistingFile);
+    c_ct->add_flag("--chatml-fallback", ct_fallback, "render an unknown template as generic ChatML");
+
     try {
         app.parse(argc, argv);
     } catch (const CLI::ParseError& e) {
@@ -289,7 +329,7 @@ int main(int argc, char** argv) {
 
     // Commands that do heavy math get a fast BLAS kernel (this may re-execute the program once);
     // quick ones (tokenize, --help) do not pay for it.
-    if (!*c_tz) ensure_fast_blas(argc, argv);
+    if (!*c_tz && !*c_ct) ensure_fast_blas(argc, argv);
 
     try {
         Progress::quiet = quiet;
@@ -471,6 +511,7 @@ int main(int argc, char** argv) {
         }
         if (*c_tz) return cmd_tokenize(tz_tok, tz_decode, tz_jsonl);
         if (*c_sc) return cmd_score(sc_model, sc_text, sc_top_k, sc_w);
+        if (*c_ct) return cmd_chat_template(ct_config, ct_messages, ct_prompt, ct_thinking, ct_tools, ct_fallback);
     } catch (const Error& e) {
         std::fprintf(stderr, "\ndistill: error: %s\n", e.what());
         return 1;
