@@ -176,8 +176,9 @@ LogitCacheInfo info_from_json_file(const std::string& path) {
             DISTILL_CHECK(v.is_number_integer() && v.get<int64_t>() >= 0 &&
                               !(v.is_number_unsigned() && v.get<uint64_t>() > uint64_t(hi)) &&
                               v.get<int64_t>() <= hi,
-                          "logit cache header '", path, "': \"", key, "\" is ", v.dump(),
-                          ", not an integer in [0, ", hi, "]: ", what);
+                          "logit cache header '", path, "': \"", key,
+                          "\" has a wrong type or value (", v.dump(), "): expected an integer in [0, ",
+                          hi, "]: ", what);
             return v.get<int64_t>();
         };
         const int64_t kIntMax = std::numeric_limits<int>::max();
