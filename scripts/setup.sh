@@ -3,12 +3,15 @@
 #   scripts/setup.sh          build and run dependencies
 #   scripts/setup.sh --tests  also the test references: GoogleTest, PyTorch in Python, Node.js and
 #                             the pinned npm packages in tests/node (HF tokenizers, ...)
+#   scripts/setup.sh --fuzz   also clang-14 and its libFuzzer/sanitizer runtimes (scripts/fuzz.sh)
 # Packages already installed are not touched, so a second run takes a second.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 with_tests=0
 [ "${1:-}" = "--tests" ] && with_tests=1
+with_fuzz=0
+[ "${1:-}" = "--fuzz" ] && with_fuzz=1
 
 sudo=""
 [ "$(id -u)" -ne 0 ] && sudo="sudo"
@@ -21,6 +24,8 @@ if [ "$with_tests" = 1 ]; then
   pkgs+=(libgtest-dev python3-torch python3-numpy python3-jinja2)
   command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1 || pkgs+=(nodejs npm)
 fi
+# libclang-rt-14-dev holds the libFuzzer runtime that -fsanitize=fuzzer links.
+[ "$with_fuzz" = 1 ] && pkgs+=(clang-14 libclang-rt-14-dev)
 
 missing=()
 for p in "${pkgs[@]}"; do

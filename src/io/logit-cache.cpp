@@ -11,6 +11,7 @@
 #include <cerrno>
 #include <cmath>
 #include <cstring>
+#include <limits>
 #include <nlohmann/json.hpp>
 #include <numeric>
 
@@ -162,20 +163,33 @@ LogitCacheInfo info_from_json_file(const std::string& path) {
         throw Error(
             str_cat("logit cache header '", path, "' is not valid JSON (", e.what(), "): ", what));
     }
-    DISTILL_CHECK(j.is_object() && j.value("format", "") == "distill-logit-cache", "'", path,
+    DISTILL_CHECK(j.is_object() && j.contains("format") && j["format"] == "distill-logit-cache",
+                  "'", path,
                   "' is not a distill logit cache header (no \"format\": "
                   "\"distill-logit-cache\"): ",
                   what);
     LogitCacheInfo info;
     try {
-        int version = j.at("format_version").get<int>();
+        // Integers only, range-checked before narrowing (a float or a 2^32+4 is not a 4).
+        auto get_int = [&](const char* key, int64_t hi) {
+            const auto& v = j.at(key);
+            DISTILL_CHECK(v.is_number_integer() && v.get<int64_t>() >= 0 &&
+                              !(v.is_number_unsigned() && v.get<uint64_t>() > uint64_t(hi)) &&
+                              v.get<int64_t>() <= hi,
+                          "logit cache header '", path, "': \"", key,
+                          "\" has a wrong type or value (", v.dump(), "): expected an integer in [0, ",
+                          hi, "]: ", what);
+            return v.get<int64_t>();
+        };
+        const int64_t kIntMax = std::numeric_limits<int>::max();
+        int version = int(get_int("format_version", kIntMax));
         DISTILL_CHECK(version == kLogitCacheFormatVersion, "logit cache '", path,
                       "' has format_version ", version, " but this build reads version ",
                       kLogitCacheFormatVersion, ": use a matching distill build or ", what);
-        info.top_k = j.at("top_k").get<int>();
-        info.vocab_size = j.at("vocab_size").get<int>();
-        info.window = j.at("window").get<int>();
-        info.num_windows = j.at("num_windows").get<int64_t>();
+        info.top_k = int(get_int("top_k", kIntMax));
+        info.vocab_size = int(get_int("vocab_size", kIntMax));
+        info.window = int(get_int("window", kIntMax));
+        info.num_windows = get_int("num_windows", std::numeric_limits<int64_t>::max());
         info.teacher_fingerprint = j.at("teacher_fingerprint").get<std::string>();
         info.tokenizer_fingerprint = j.at("tokenizer_fingerprint").get<std::string>();
         info.data_fingerprint = j.at("data_fingerprint").get<std::string>();

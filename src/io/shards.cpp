@@ -50,47 +50,14 @@ TokenShard::TokenShard(const std::string& prefix) {
     const std::string hpath = prefix + ".json", dpath = prefix + ".bin";
     DISTILL_CHECK(file_exists(hpath), "token shard header '", hpath,
                   "' is missing (was the shard written completely? re-run the step that makes it)");
-    nlohmann::json h;
-    try {
-        h = nlohmann::json::parse(read_file(hpath));
-        DISTILL_CHECK(h.value("format", "") == "distill-tokens", hpath,
-                      ": not a distill token shard header");
-        std::string dtype = h.at("dtype").get<std::string>();
-        DISTILL_CHECK(dtype == "u16" || dtype == "u32", hpath, ": unknown dtype '", dtype, "'");
-        info_.width = dtype == "u16" ? 2 : 4;
-        info_.num_tokens = h.at("num_tokens").get<int64_t>();
-        info_.vocab_size = h.at("vocab_size").get<int64_t>();
-        info_.tokenizer_fingerprint = h.value("tokenizer_fingerprint", "");
-        info_.source = h.value("source", "");
-        info_.source_bytes = h.value("source_bytes", int64_t{0});
-        info_.fingerprint = h.value("fingerprint", "");
-    } catch (const nlohmann::json::exception& e) {
-        throw Error(str_cat(hpath, ": invalid shard header: ", e.what()));
-    }
-    DISTILL_CHECK(info_.num_tokens >= 0 && info_.vocab_size > 0, hpath,
-                  ": negative token count or vocab size");
+    info_ = parse_shard_header(read_file(hpath), hpath);
     data_ = MappedFile(dpath);
-    DISTILL_CHECK(data_.size() == static_cast<size_t>(info_.num_tokens) * info_.width, dpath,
-                  ": has ", data_.size(), " bytes but the header says ", info_.num_tokens,
-                  " tokens of ", info_.width, " bytes (truncated or replaced shard: re-create it)");
-    // One pass to check every id is in range, so later reads need no checks.
-    for (int64_t i = 0; i < info_.num_tokens; ++i) {
-        const int64_t v = at(i);
-        DISTILL_CHECK(v < info_.vocab_size, dpath, ": token ", i, " has id ", v,
-                      " >= vocab_size ", info_.vocab_size, " (corrupt shard)");
-    }
+    check_shard_ids(info_, data_.data(), data_.size(), dpath);
 }
 
 int64_t TokenShard::at(int64_t i) const {
     DISTILL_ASSERT(i >= 0 && i < info_.num_tokens, "index ", i);
-    if (info_.width == 2) {
-        uint16_t v;
-        std::memcpy(&v, data_.data() + i * 2, 2);
-        return v;
-    }
-    uint32_t v;
-    std::memcpy(&v, data_.data() + i * 4, 4);
-    return v;
+    return shard_token(data_.data(), info_.width, i);
 }
 
 torch::Tensor TokenShard::slice(int64_t begin, int64_t n) const {

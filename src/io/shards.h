@@ -8,19 +8,10 @@
 #include <string>
 #include <vector>
 
+#include "io/shard-header.h"
 #include "util/file.h"
 
 namespace distill {
-
-struct ShardInfo {
-    int64_t num_tokens = 0;
-    int64_t vocab_size = 0;
-    int width = 2;                      // bytes per id: 2 (u16) or 4 (u32)
-    std::string tokenizer_fingerprint;  // the tokenizer that produced the ids
-    std::string source;                 // where the text came from (path or name)
-    std::string fingerprint;            // hash of the ids
-    int64_t source_bytes = 0;           // UTF-8 bytes of the text the ids encode
-};
 
 // Writes <prefix>.bin and <prefix>.json atomically (the header last, so a shard whose header
 // exists is complete).
