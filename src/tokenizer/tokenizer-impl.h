@@ -57,6 +57,9 @@ class Regex {
     // Non-overlapping leftmost matches in s[0, n), as byte ranges. Empty matches are skipped.
     // `s` must be valid UTF-8.
     void find_all(const char* s, size_t n, std::vector<std::pair<size_t, size_t>>& out) const;
+    // Every match of the regex (or of `literal` when the regex is null) replaced by `content`.
+    static std::string replace_all(const Regex* re, const std::string& literal,
+                                   std::string_view s, const std::string& content);
     const std::string& pattern() const { return pattern_; }
 
   private:
@@ -68,14 +71,35 @@ class Regex {
 // explicit classes with Onig's meaning. Exposed for tests.
 std::string regex_onig_to_pcre2(const std::string& pattern);
 
+// ---- Normalizers ---------------------------------------------------------------------------
+
+// One step of the normalizer (HF's NormalizerWrapper, the supported subset).
+struct NormStep {
+    enum class Kind { kNFC, kNFD, kNFKC, kNFKD, kLowercase, kReplace, kPrepend, kStrip };
+    Kind kind = Kind::kNFC;
+    std::shared_ptr<const Regex> regex;  // Replace with a {"Regex": ...} pattern
+    std::string literal;                 // Replace with a {"String": ...} pattern
+    std::string content;                 // Replace: the replacement; Prepend: the prefix
+    bool strip_left = false, strip_right = false;
+};
+
+// Runs the steps over valid UTF-8 `in` (may contain NUL); the result is valid UTF-8.
+std::string normalize_text(const std::vector<NormStep>& steps, std::string_view in);
+// Unicode White_Space (Rust's char::is_whitespace), for Strip and added-token lstrip/rstrip.
+bool is_white_space(uint32_t cp);
+// The Rust regex crate's \w (Alphabetic, marks, Nd, Pc, joiners), for added-token single_word.
+bool is_word_char(uint32_t cp);
+
 // ---- Pre-tokenizer pipeline ----------------------------------------------------------------
 
 enum class SplitBehavior { kRemoved, kIsolated, kMergedWithPrevious, kMergedWithNext, kContiguous };
+enum class PrependScheme { kAlways, kFirst, kNever };
 
 // One step of a pre-tokenizer: splits each piece into smaller pieces. ByteLevel must be the last
-// step (it also maps bytes to the GPT-2 alphabet, which the BPE model sees).
+// step (it also maps bytes to the GPT-2 alphabet, which the BPE model sees). Digits is a Split on
+// \p{N} (Isolated with individual_digits, else Contiguous).
 struct PreTokStep {
-    enum class Kind { kByteLevel, kSplit };
+    enum class Kind { kByteLevel, kSplit, kMetaspace };
     Kind kind = Kind::kByteLevel;
     // ByteLevel
     bool add_prefix_space = false;
@@ -85,7 +109,29 @@ struct PreTokStep {
     std::string literal;  // Split with a {"String": ...} pattern
     SplitBehavior behavior = SplitBehavior::kIsolated;
     bool invert = false;
+    // Metaspace: spaces become `replacement` (UTF-8 of one character), then a prefix, then a
+    // split before each replacement character (MergedWithNext) if `split`.
+    std::string replacement;
+    PrependScheme prepend = PrependScheme::kAlways;
+    bool split = true;
 };
+
+// ---- Decoders ------------------------------------------------------------------------------
+
+// One step of the decoder (HF's DecoderWrapper, the supported subset); each maps the list of
+// token strings to a new list, and decode() joins the last list.
+struct DecStep {
+    enum class Kind { kByteLevel, kByteFallback, kFuse, kStrip, kReplace, kMetaspace };
+    Kind kind = Kind::kByteLevel;
+    std::shared_ptr<const Regex> regex;  // Replace
+    std::string literal, content;        // Replace: pattern (String) and replacement
+    uint32_t ch = 0;                     // Strip: the character; Metaspace: the replacement
+    size_t start = 0, stop = 0;          // Strip: how many to cut at most at each end
+    bool prepend_never = false;          // Metaspace: prepend_scheme is "never"
+};
+
+// Runs the decoder steps (HF's decode_chain, one step after the other).
+void decode_steps(const std::vector<DecStep>& steps, std::vector<std::string>& tokens);
 
 // ---- Added (special) tokens ----------------------------------------------------------------
 
@@ -99,10 +145,16 @@ struct AddedToken {
 
 // ---- The tokenizer -------------------------------------------------------------------------
 
+// A piece of text between added tokens (id < 0), or an added token's span (id >= 0).
+struct AddedSpan {
+    size_t a, b;
+    int32_t id;
+};
+
 struct Tokenizer::Impl {
     // Vocabulary. id_to_token[i] is empty for ids that are holes.
     std::vector<std::string> id_to_token;
-    std::vector<std::string> id_bytes;               // what decode() emits for the id
+    std::vector<std::string> id_bytes;               // what decode() emits for the id alone
     std::vector<uint8_t> id_kind;                    // 0 hole, 1 model, 2 added, 3 added+special
     std::unordered_map<std::string, int32_t> vocab;  // the BPE model's vocabulary
     std::unordered_map<std::string, int32_t> token_ids;  // vocab + added tokens
@@ -114,12 +166,17 @@ struct Tokenizer::Impl {
     int32_t unk_id = -1;
     std::string unk_token;  // empty: none
     bool fuse_unk = false;
-    bool byte_level = true;  // the pipeline ends with ByteLevel: words are seen as mapped bytes
-    int32_t byte_ids[256];   // byte-level: the id of each single-byte symbol, -1 if absent
+    bool byte_fallback = false;  // characters not in the vocabulary become <0xNN> tokens
+    bool byte_level = true;      // the pipeline ends with ByteLevel: words are seen as mapped bytes
+    int32_t byte_ids[256];       // byte-level: the id of each single-byte symbol, -1 if absent
+    int32_t fallback_ids[256];   // the id of "<0xNN>", -1 if absent
 
     // Pipeline.
     std::vector<AddedToken> added;
+    std::vector<NormStep> norm;
     std::vector<PreTokStep> pre;
+    std::vector<DecStep> dec;
+    bool has_decoder = true;  // false: decode() joins the tokens with spaces, as HF does
     // Parts stored as given and written back unchanged (only their supported subset is used).
     nlohmann::json normalizer, pre_tokenizer, post_processor, decoder, truncation, padding;
     std::string version = "1.0";
@@ -134,25 +191,34 @@ struct Tokenizer::Impl {
     Impl(const Impl& o);
 
     // Builds the derived tables (token_ids, id_bytes, merge_map, byte_ids, fingerprint) after
-    // id_to_token / vocab / merges / added / pre are set. Throws Error naming `source`.
+    // id_to_token / vocab / merges / added / pipeline are set. Throws Error naming `source`.
     void finalize(const std::string& source);
 
-    // Splits `text` (valid UTF-8) on added tokens (leftmost-longest, as HF does); calls
+    // HF's AddedVocabulary::find_matches over `text` (valid UTF-8) with the tokens that are
+    // matched before normalization (`normalized` false) or after it (true): leftmost-longest,
+    // then single_word, lstrip, rstrip. Appends spans covering `text` (no empty text spans).
+    void find_added(std::string_view text, bool normalized, std::vector<AddedSpan>& out) const;
+
+    // Splits `text` (valid UTF-8) on the added tokens matched before normalization; calls
     // on_text(string_view) for the text between them and on_added(id) for each match.
     template <typename OnText, typename OnAdded>
     void split_added(std::string_view text, OnText&& on_text, OnAdded&& on_added) const;
 
     // Runs the pre-tokenizer on one segment (valid UTF-8); appends word byte ranges into
-    // `words` (views into `segment` or into `storage`).
+    // `words` (views into `segment` or into `storage`). `at_start`: the segment begins the
+    // input (Metaspace's prepend_scheme "first").
     void pre_tokenize(std::string_view segment, std::string& storage,
-                      std::vector<std::string_view>& words) const;
+                      std::vector<std::string_view>& words, bool at_start = true) const;
 
     // BPE of one pre-tokenized word (raw bytes), as HF's Word::merge_all does it.
     void bpe_word(std::string_view word, std::vector<int32_t>& out) const;
     void encode_word_cached(std::string_view word, std::vector<int32_t>& out) const;
 
-    // Added-token matching tables.
-    std::vector<std::vector<int32_t>> added_by_first_byte;  // indices into `added`, longest first
+    // Added-token matching tables: indices into `added`, by the first byte of what is matched
+    // (the content, or the normalized content), longest first.
+    std::vector<std::vector<int32_t>> raw_by_first_byte, norm_by_first_byte;
+    std::vector<std::string> added_match;  // what each added token matches
+    bool any_normalized_added = false;
 };
 
 // Sets the pipeline distill trains with (ByteLevel pre-tokenizer, post-processor, decoder).
@@ -165,28 +231,14 @@ void Tokenizer::Impl::split_added(std::string_view text, OnText&& on_text,
         if (!text.empty()) on_text(text);
         return;
     }
-    size_t start = 0, i = 0;
-    const size_t n = text.size();
-    while (i < n) {
-        const auto& cands = added_by_first_byte[static_cast<uint8_t>(text[i])];
-        const AddedToken* hit = nullptr;
-        for (int32_t k : cands) {
-            const std::string& c = added[k].content;
-            if (c.size() <= n - i && text.compare(i, c.size(), c) == 0) {
-                hit = &added[k];
-                break;  // longest first
-            }
-        }
-        if (!hit) {
-            ++i;
-            continue;
-        }
-        if (i > start) on_text(text.substr(start, i - start));
-        on_added(hit->id);
-        i += hit->content.size();
-        start = i;
+    std::vector<AddedSpan> spans;
+    find_added(text, false, spans);
+    for (const AddedSpan& s : spans) {
+        if (s.id >= 0)
+            on_added(s.id);
+        else
+            on_text(text.substr(s.a, s.b - s.a));
     }
-    if (start < n) on_text(text.substr(start));
 }
 
 }  // namespace distill

@@ -5,6 +5,8 @@
 #include <pcre2.h>
 
 #include <algorithm>
+#include <cctype>
+#include <cstdio>
 #include <deque>
 #include <mutex>
 #include <queue>
@@ -272,6 +274,7 @@ std::string regex_onig_to_pcre2(const std::string& p) {
 
 Tokenizer::Impl::Impl() {
     std::fill(std::begin(byte_ids), std::end(byte_ids), -1);
+    std::fill(std::begin(fallback_ids), std::end(fallback_ids), -1);
 }
 
 Tokenizer::Impl::Impl(const Impl& o)
@@ -286,9 +289,13 @@ Tokenizer::Impl::Impl(const Impl& o)
       unk_id(o.unk_id),
       unk_token(o.unk_token),
       fuse_unk(o.fuse_unk),
+      byte_fallback(o.byte_fallback),
       byte_level(o.byte_level),
       added(o.added),
+      norm(o.norm),
       pre(o.pre),
+      dec(o.dec),
+      has_decoder(o.has_decoder),
       normalizer(o.normalizer),
       pre_tokenizer(o.pre_tokenizer),
       post_processor(o.post_processor),
@@ -297,29 +304,53 @@ Tokenizer::Impl::Impl(const Impl& o)
       padding(o.padding),
       version(o.version),
       fingerprint(o.fingerprint),
-      added_by_first_byte(o.added_by_first_byte) {
+      raw_by_first_byte(o.raw_by_first_byte),
+      norm_by_first_byte(o.norm_by_first_byte),
+      added_match(o.added_match),
+      any_normalized_added(o.any_normalized_added) {
     std::copy(std::begin(o.byte_ids), std::end(o.byte_ids), std::begin(byte_ids));
+    std::copy(std::begin(o.fallback_ids), std::end(o.fallback_ids), std::begin(fallback_ids));
 }
 
 static std::string impl_to_json(const Tokenizer::Impl& m);
 
+// True if the decoder is one ByteLevel step: decode() then concatenates precomputed bytes.
+static bool byte_level_decoder(const Tokenizer::Impl& m) {
+    return m.has_decoder && m.dec.size() == 1 && m.dec[0].kind == DecStep::Kind::kByteLevel;
+}
+
 void Tokenizer::Impl::finalize(const std::string& source) {
     const auto& alpha = ByteAlphabet::get();
     const size_t n = id_to_token.size();
-    id_bytes.assign(n, std::string());
     id_kind.assign(n, 0);
     token_ids = vocab;
-    std::string tmp;
-    for (const auto& [tok, id] : vocab) {
-        id_kind[id] = 1;
-        // HF's ByteLevel decoder: a token whose characters are all in the alphabet becomes those
-        // bytes; any other token is emitted as its own UTF-8.
-        id_bytes[id] = alpha.decode(tok, tmp) ? tmp : tok;
-    }
+    for (const auto& [tok, id] : vocab) id_kind[id] = 1;
     for (const AddedToken& t : added) {
         id_kind[t.id] = t.special ? 3 : 2;
-        id_bytes[t.id] = t.content;
         token_ids[t.content] = t.id;
+    }
+    // What each id decodes to on its own. HF's ByteLevel decoder: a token whose characters are
+    // all in the alphabet becomes those bytes; any other token is emitted as its own UTF-8.
+    // Other decoders: the decoder run on the token alone (a <0xNN> token: that byte).
+    id_bytes.assign(n, std::string());
+    const bool bl = byte_level_decoder(*this);
+    std::string tmp;
+    for (size_t id = 0; id < n; ++id) {
+        if (!id_kind[id]) continue;
+        const std::string& tok = id_to_token[id];
+        if (bl) {
+            id_bytes[id] = alpha.decode(tok, tmp) ? tmp : tok;
+        } else if (tok.size() == 6 && tok.compare(0, 3, "<0x") == 0 && tok[5] == '>' &&
+                   std::isxdigit(static_cast<unsigned char>(tok[3])) &&
+                   std::isxdigit(static_cast<unsigned char>(tok[4]))) {
+            id_bytes[id] = std::string(1, char(std::stoi(tok.substr(3, 2), nullptr, 16)));
+        } else if (has_decoder) {
+            std::vector<std::string> one{tok};
+            decode_steps(dec, one);
+            for (auto& s : one) id_bytes[id] += s;
+        } else {
+            id_bytes[id] = tok;
+        }
     }
     merge_map.clear();
     merge_map.reserve(merges.size() * 2);
@@ -332,9 +363,13 @@ void Tokenizer::Impl::finalize(const std::string& source) {
         merge_map[pair_key(a, b)] = {int32_t(r),
                                      it->second};  // a repeated pair: the last wins, as in HF
     }
+    char name[8];
     for (int b = 0; b < 256; ++b) {
         auto it = vocab.find(alpha.byte_to_str[b]);
         byte_ids[b] = it == vocab.end() ? -1 : it->second;
+        std::snprintf(name, sizeof name, "<0x%02X>", b);  // HF: format!("<{:#04X}>", b)
+        it = vocab.find(name);
+        fallback_ids[b] = it == vocab.end() ? -1 : it->second;
     }
     unk_id = -1;
     if (!unk_token.empty()) {
@@ -344,19 +379,86 @@ void Tokenizer::Impl::finalize(const std::string& source) {
         unk_id = it->second;
     }
     byte_level = !pre.empty() && pre.back().kind == PreTokStep::Kind::kByteLevel;
-    added_by_first_byte.assign(256, {});
+    // Added tokens: the non-normalized ones are matched in the raw text, the normalized ones
+    // (by their normalized content) in the normalized text.
+    added_match.assign(added.size(), std::string());
+    any_normalized_added = false;
+    for (size_t i = 0; i < added.size(); ++i) {
+        added_match[i] = added[i].normalized && !norm.empty() ? normalize_text(norm, added[i].content)
+                                                              : added[i].content;
+        any_normalized_added |= added[i].normalized;
+    }
+    raw_by_first_byte.assign(256, {});
+    norm_by_first_byte.assign(256, {});
     std::vector<int32_t> order(added.size());
     for (size_t i = 0; i < added.size(); ++i) order[i] = int32_t(i);
     std::stable_sort(order.begin(), order.end(), [&](int32_t x, int32_t y) {
-        return added[x].content.size() > added[y].content.size();
+        return added_match[x].size() > added_match[y].size();
     });
-    for (int32_t k : order)
-        added_by_first_byte[static_cast<uint8_t>(added[k].content[0])].push_back(k);
+    for (int32_t k : order) {
+        if (added_match[k].empty()) continue;  // normalized away: HF never matches it
+        auto& table = added[k].normalized ? norm_by_first_byte : raw_by_first_byte;
+        table[static_cast<uint8_t>(added_match[k][0])].push_back(k);
+    }
     {
         std::unique_lock<std::shared_mutex> lock(cache_mu);
         cache.clear();
     }
     fingerprint = hash_hex(impl_to_json(*this));
+}
+
+void Tokenizer::Impl::find_added(std::string_view text, bool normalized,
+                                 std::vector<AddedSpan>& out) const {
+    const auto& table = normalized ? norm_by_first_byte : raw_by_first_byte;
+    const size_t n = text.size();
+    size_t start_offset = 0, i = 0;
+    auto cp_before = [&](size_t at) {  // the code point that ends at `at` (> 0)
+        size_t b = at - 1;
+        while (b > 0 && (static_cast<unsigned char>(text[b]) & 0xC0) == 0x80) --b;
+        return utf8_code_points(text.substr(b, at - b))[0];
+    };
+    auto cp_at = [&](size_t at) {
+        size_t len = std::min(utf8_char_len(static_cast<unsigned char>(text[at])), n - at);
+        return utf8_code_points(text.substr(at, len))[0];
+    };
+    while (i < n) {
+        const auto& cands = table[static_cast<uint8_t>(text[i])];
+        int32_t hit = -1;
+        for (int32_t k : cands) {
+            const std::string& c = added_match[k];
+            if (c.size() <= n - i && text.compare(i, c.size(), c) == 0) {
+                hit = k;
+                break;  // longest first
+            }
+        }
+        if (hit < 0) {
+            ++i;
+            continue;
+        }
+        const AddedToken& t = added[hit];
+        size_t start = i, stop = i + added_match[hit].size();
+        i = stop;  // the next match starts after this one, whatever happens to it below
+        if (t.single_word) {
+            bool start_space = start == 0 || !is_word_char(cp_before(start));
+            bool stop_space = stop == n || !is_word_char(cp_at(stop));
+            if (!start_space || !stop_space) continue;
+        }
+        if (t.lstrip) {
+            size_t ns = start;
+            while (ns > 0 && is_white_space(cp_before(ns))) {
+                --ns;
+                while (ns > 0 && (static_cast<unsigned char>(text[ns]) & 0xC0) == 0x80) --ns;
+            }
+            start = std::max(ns, start_offset);
+        }
+        if (t.rstrip)
+            while (stop < n && is_white_space(cp_at(stop)))
+                stop += utf8_char_len(static_cast<unsigned char>(text[stop]));
+        if (start_offset < start) out.push_back({start_offset, start, -1});
+        out.push_back({start, stop, t.id});
+        start_offset = stop;
+    }
+    if (start_offset < n) out.push_back({start_offset, n, -1});
 }
 
 static void split_pieces(const PreTokStep& step, std::string_view p,
@@ -439,31 +541,57 @@ static void split_pieces(const PreTokStep& step, std::string_view p,
 }
 
 void Tokenizer::Impl::pre_tokenize(std::string_view segment, std::string& storage,
-                                   std::vector<std::string_view>& words) const {
+                                   std::vector<std::string_view>& words, bool at_start) const {
     if (pre.empty()) {
         if (!segment.empty()) words.push_back(segment);
         return;
     }
+    // Pieces, and whether each begins the input (only the first piece of a piece that does).
     std::vector<std::string_view> cur{segment}, next;
-    std::deque<std::string> prefixed;  // pieces that got a prefix space
+    std::vector<uint8_t> first{uint8_t(at_start)}, next_first;
+    std::deque<std::string> owned;  // pieces the pipeline rewrote (prefix space, Metaspace)
     for (const PreTokStep& step : pre) {
         next.clear();
-        for (std::string_view p : cur) {
+        next_first.clear();
+        for (size_t k = 0; k < cur.size(); ++k) {
+            std::string_view p = cur[k];
+            const size_t before = next.size();
             if (step.kind == PreTokStep::Kind::kByteLevel) {
                 if (step.add_prefix_space && (p.empty() || p[0] != ' ')) {
-                    prefixed.push_back(str_cat(" ", p));
-                    p = prefixed.back();
+                    owned.push_back(str_cat(" ", p));
+                    p = owned.back();
                 }
-                if (!step.use_regex) {
+                if (!step.use_regex)
                     next.push_back(p);
-                    continue;
+                else
+                    split_pieces(step, p, next);
+            } else if (step.kind == PreTokStep::Kind::kMetaspace) {
+                const std::string& r = step.replacement;
+                // (HF checks for the replacement after replacing the spaces)
+                bool starts = (!p.empty() && p[0] == ' ') || p.substr(0, r.size()) == r;
+                bool prefix = !starts && (step.prepend == PrependScheme::kAlways ||
+                                          (step.prepend == PrependScheme::kFirst && first[k]));
+                if (prefix || p.find(' ') != std::string_view::npos) {
+                    std::string s = prefix ? r : std::string();
+                    for (char c : p) c == ' ' ? s += r : s += c;
+                    owned.push_back(std::move(s));
+                    p = owned.back();
                 }
+                if (!step.split) {
+                    if (!p.empty()) next.push_back(p);
+                } else {
+                    split_pieces(step, p, next);
+                }
+            } else {
+                split_pieces(step, p, next);
             }
-            split_pieces(step, p, next);
+            for (size_t i = before; i < next.size(); ++i)
+                next_first.push_back(first[k] && i == before && next[i].data() == p.data());
         }
         cur.swap(next);
+        first.swap(next_first);
     }
-    if (prefixed.empty()) {
+    if (owned.empty()) {
         words.insert(words.end(), cur.begin(), cur.end());
         return;
     }
@@ -504,31 +632,57 @@ void Tokenizer::Impl::bpe_word(std::string_view word, std::vector<int32_t>& out)
     }
     std::vector<Sym> sy;
     sy.reserve(word.size());
-    bool last_unk = false;
-    auto push = [&](int32_t id) {
-        if (id < 0) {
-            if (unk_id < 0) return;  // HF drops characters it cannot map when there is no unk
-            if (fuse_unk && last_unk) return;
-            id = unk_id;
-            last_unk = true;
-        } else {
-            last_unk = false;
-        }
+    auto add = [&](int32_t id) {
         int32_t i = int32_t(sy.size());
         sy.push_back({id, i - 1, i + 1, true});
     };
+    // HF's BPE::merge_word: one symbol per character (a byte, for byte-level pipelines); a
+    // character not in the vocabulary becomes its <0xNN> tokens (byte_fallback, if all exist),
+    // else the unknown token, which is held back until the next known character (fuse_unk: runs
+    // of unknown characters share one), else it is dropped.
+    int32_t pending_unk = -1;
+    auto unknown = [&](std::string_view ch) {
+        if (byte_fallback) {
+            bool all = true;
+            for (unsigned char b : ch) all &= fallback_ids[b] >= 0;
+            if (all) {
+                for (unsigned char b : ch) add(fallback_ids[b]);
+                return;
+            }
+        }
+        if (unk_id < 0) return;
+        if (pending_unk >= 0 && !fuse_unk) add(pending_unk);
+        pending_unk = unk_id;
+    };
+    auto known = [&](int32_t id) {
+        if (pending_unk >= 0) add(pending_unk);
+        pending_unk = -1;
+        add(id);
+    };
     if (byte_level) {
-        for (unsigned char b : word) push(byte_ids[b]);
+        const ByteAlphabet& alpha = ByteAlphabet::get();
+        for (unsigned char b : word) {
+            if (byte_ids[b] >= 0)
+                known(byte_ids[b]);
+            else
+                unknown(alpha.byte_to_str[b]);
+        }
     } else {
         size_t i = 0;
+        std::string ch;
         while (i < word.size()) {
             size_t len =
                 std::min(utf8_char_len(static_cast<unsigned char>(word[i])), word.size() - i);
-            auto it = vocab.find(std::string(word.substr(i, len)));
-            push(it == vocab.end() ? -1 : it->second);
+            ch.assign(word.data() + i, len);
+            auto it = vocab.find(ch);
+            if (it != vocab.end())
+                known(it->second);
+            else
+                unknown(ch);
             i += len;
         }
     }
+    if (pending_unk >= 0) add(pending_unk);
     if (sy.empty()) return;
     sy.back().next = -1;
     if (sy.size() > 1) {
@@ -632,7 +786,8 @@ static std::string impl_to_json(const Tokenizer::Impl& m) {
          ",\n";
     o += "    \"continuing_subword_prefix\": null,\n    \"end_of_word_suffix\": null,\n";
     o += str_cat("    \"fuse_unk\": ", m.fuse_unk ? "true" : "false",
-                 ",\n    \"byte_fallback\": false,\n    \"ignore_merges\": ",
+                 ",\n    \"byte_fallback\": ", m.byte_fallback ? "true" : "false",
+                 ",\n    \"ignore_merges\": ",
                  m.ignore_merges ? "true" : "false", ",\n    \"vocab\": {");
     bool first = true;
     for (size_t id = 0; id < m.id_to_token.size(); ++id) {
@@ -721,17 +876,7 @@ struct Loader {
             if (s.use_regex) s.regex = gpt2_regex();
         } else if (type == "Split") {
             s.kind = PreTokStep::Kind::kSplit;
-            const json& pat = field(j, "pattern", where);
-            if (!pat.is_object() || pat.size() != 1)
-                fail(where + ".pattern", "must be {\"Regex\": ...} or {\"String\": ...}");
-            if (pat.contains("Regex")) {
-                std::string re = str(pat["Regex"], where + ".pattern.Regex");
-                s.regex = std::make_shared<Regex>(re, str_cat("cannot load ", source, ": ", where));
-            } else if (pat.contains("String")) {
-                s.literal = str(pat["String"], where + ".pattern.String");
-            } else {
-                fail(where + ".pattern", "must be {\"Regex\": ...} or {\"String\": ...}");
-            }
+            pattern(j, where, s.regex, s.literal);
             std::string b = str(field(j, "behavior", where), where + ".behavior");
             if (b == "Removed")
                 s.behavior = SplitBehavior::kRemoved;
@@ -746,9 +891,105 @@ struct Loader {
             else
                 fail(where + ".behavior", str_cat("unknown split behavior ", json(b).dump()));
             s.invert = boolean(j, "invert", false, where);
+        } else if (type == "Metaspace") {
+            s.kind = PreTokStep::Kind::kMetaspace;
+            metaspace(j, where, s.replacement, s.prepend);
+            s.split = boolean(j, "split", true, where);
+            s.literal = s.replacement;  // the split: before each replacement character
+            s.behavior = SplitBehavior::kMergedWithNext;
+        } else if (type == "Digits") {
+            s.kind = PreTokStep::Kind::kSplit;
+            static const auto digits = std::make_shared<const Regex>("\\p{N}", "Digits");
+            s.regex = digits;
+            s.behavior = boolean(j, "individual_digits", false, where) ? SplitBehavior::kIsolated
+                                                                       : SplitBehavior::kContiguous;
         } else {
             fail(where, str_cat("pre-tokenizer type ", json(type).dump(),
-                                " is not supported (supported: ByteLevel, Split, Sequence)"));
+                                " is not supported (supported: ByteLevel, Split, Metaspace, "
+                                "Digits, Sequence)"));
+        }
+        out.push_back(std::move(s));
+    }
+
+    // Metaspace's replacement character and prepend scheme (HF: "prepend_scheme", or the older
+    // "add_prefix_space": false meaning "never").
+    void metaspace(const json& j, const std::string& where, std::string& replacement,
+                   PrependScheme& prepend) const {
+        replacement = str(field(j, "replacement", where), where + ".replacement");
+        if (!utf8_valid(replacement) || utf8_code_points(replacement).size() != 1)
+            fail(where + ".replacement", "must be exactly one character");
+        std::string scheme = "always";
+        if (auto it = j.find("prepend_scheme"); it != j.end() && !it->is_null())
+            scheme = str(*it, where + ".prepend_scheme");
+        if (scheme == "always")
+            prepend = PrependScheme::kAlways;
+        else if (scheme == "first")
+            prepend = PrependScheme::kFirst;
+        else if (scheme == "never")
+            prepend = PrependScheme::kNever;
+        else
+            fail(where + ".prepend_scheme",
+                 str_cat("unknown prepend scheme ", json(scheme).dump(),
+                         " (expected \"first\", \"always\" or \"never\")"));
+        if (!boolean(j, "add_prefix_space", true, where)) {
+            if (prepend != PrependScheme::kNever && j.contains("prepend_scheme"))
+                fail(where, "add_prefix_space false contradicts prepend_scheme");
+            prepend = PrependScheme::kNever;
+        }
+    }
+
+    // A {"String": ...} or {"Regex": ...} pattern (Split, Replace).
+    void pattern(const json& j, const std::string& where, std::shared_ptr<const Regex>& regex,
+                 std::string& literal) const {
+        const json& pat = field(j, "pattern", where);
+        if (!pat.is_object() || pat.size() != 1)
+            fail(where + ".pattern", "must be {\"Regex\": ...} or {\"String\": ...}");
+        if (pat.contains("Regex")) {
+            std::string re = str(pat["Regex"], where + ".pattern.Regex");
+            regex = std::make_shared<Regex>(re, str_cat("cannot load ", source, ": ", where));
+        } else if (pat.contains("String")) {
+            literal = str(pat["String"], where + ".pattern.String");
+        } else {
+            fail(where + ".pattern", "must be {\"Regex\": ...} or {\"String\": ...}");
+        }
+    }
+
+    void normalizer(const json& j, const std::string& where, std::vector<NormStep>& out) const {
+        if (j.is_null()) return;
+        std::string type = type_of(j, where);
+        if (type == "Sequence") {
+            const json& list = field(j, "normalizers", where);
+            if (!list.is_array()) fail(where + ".normalizers", "must be an array");
+            for (size_t i = 0; i < list.size(); ++i)
+                normalizer(list[i], str_cat(where, ".normalizers[", i, "]"), out);
+            return;
+        }
+        NormStep s;
+        if (type == "NFC") {
+            s.kind = NormStep::Kind::kNFC;
+        } else if (type == "NFD") {
+            s.kind = NormStep::Kind::kNFD;
+        } else if (type == "NFKC") {
+            s.kind = NormStep::Kind::kNFKC;
+        } else if (type == "NFKD") {
+            s.kind = NormStep::Kind::kNFKD;
+        } else if (type == "Lowercase") {
+            s.kind = NormStep::Kind::kLowercase;
+        } else if (type == "Replace") {
+            s.kind = NormStep::Kind::kReplace;
+            pattern(j, where, s.regex, s.literal);
+            s.content = str(field(j, "content", where), where + ".content");
+        } else if (type == "Prepend") {
+            s.kind = NormStep::Kind::kPrepend;
+            s.content = str(field(j, "prepend", where), where + ".prepend");
+        } else if (type == "Strip") {
+            s.kind = NormStep::Kind::kStrip;
+            s.strip_left = boolean(j, "strip_left", false, where);
+            s.strip_right = boolean(j, "strip_right", false, where);
+        } else {
+            fail(where, str_cat("normalizer type ", json(type).dump(),
+                                " is not supported (supported: NFC, NFD, NFKC, NFKD, Lowercase, "
+                                "Replace, Prepend, Strip, Sequence)"));
         }
         out.push_back(std::move(s));
     }
@@ -758,18 +999,56 @@ struct Loader {
         return r;
     }
 
-    void decoder(const json& j, const std::string& where) const {
+    void decoder(const json& j, const std::string& where, std::vector<DecStep>& out) const {
         std::string type = type_of(j, where);
         if (type == "Sequence") {
             const json& list = field(j, "decoders", where);
             if (!list.is_array()) fail(where + ".decoders", "must be an array");
             for (size_t i = 0; i < list.size(); ++i)
-                decoder(list[i], str_cat(where, ".decoders[", i, "]"));
+                decoder(list[i], str_cat(where, ".decoders[", i, "]"), out);
             return;
         }
-        if (type != "ByteLevel")
+        auto one_char = [&](const char* key) {
+            std::string c = str(field(j, key, where), str_cat(where, ".", key));
+            if (!utf8_valid(c) || utf8_code_points(c).size() != 1)
+                fail(str_cat(where, ".", key), "must be exactly one character");
+            return utf8_code_points(c)[0];
+        };
+        auto count = [&](const char* key) {
+            const json& v = field(j, key, where);
+            if (!v.is_number_unsigned())
+                fail(str_cat(where, ".", key), "must be a non-negative integer");
+            return size_t(std::min<uint64_t>(v.get<uint64_t>(), uint64_t(1) << 30));
+        };
+        DecStep s;
+        if (type == "ByteLevel") {
+            s.kind = DecStep::Kind::kByteLevel;
+        } else if (type == "ByteFallback") {
+            s.kind = DecStep::Kind::kByteFallback;
+        } else if (type == "Fuse") {
+            s.kind = DecStep::Kind::kFuse;
+        } else if (type == "Strip") {
+            s.kind = DecStep::Kind::kStrip;
+            s.ch = one_char("content");
+            s.start = count("start");
+            s.stop = count("stop");
+        } else if (type == "Replace") {
+            s.kind = DecStep::Kind::kReplace;
+            pattern(j, where, s.regex, s.literal);
+            s.content = str(field(j, "content", where), where + ".content");
+        } else if (type == "Metaspace") {
+            s.kind = DecStep::Kind::kMetaspace;
+            std::string r;
+            PrependScheme p;
+            metaspace(j, where, r, p);
+            s.ch = utf8_code_points(r)[0];
+            s.prepend_never = p == PrependScheme::kNever;
+        } else {
             fail(where, str_cat("decoder type ", json(type).dump(),
-                                " is not supported (supported: ByteLevel)"));
+                                " is not supported (supported: ByteLevel, ByteFallback, Fuse, "
+                                "Strip, Replace, Metaspace, Sequence)"));
+        }
+        out.push_back(std::move(s));
     }
 
     void load(const json& root, Tokenizer::Impl& m) const {
@@ -781,17 +1060,9 @@ struct Loader {
         m.truncation = root.value("truncation", json());
         m.padding = root.value("padding", json());
 
-        // normalizer
         m.normalizer = root.value("normalizer", json());
-        if (!m.normalizer.is_null()) {
-            std::string t = type_of(m.normalizer, "normalizer");
-            bool empty_seq = t == "Sequence" && m.normalizer.contains("normalizers") &&
-                             m.normalizer["normalizers"].is_array() &&
-                             m.normalizer["normalizers"].empty();
-            if (!empty_seq)
-                fail("normalizer", str_cat("normalizer type ", json(t).dump(),
-                                           " is not supported yet (supported: null)"));
-        }
+        m.norm.clear();
+        normalizer(m.normalizer, "normalizer", m.norm);
         m.pre_tokenizer = root.value("pre_tokenizer", json());
         pre_tokenizer(m.pre_tokenizer, "pre_tokenizer", m.pre);
         for (size_t i = 0; i + 1 < m.pre.size(); ++i)
@@ -799,8 +1070,9 @@ struct Loader {
                 fail("pre_tokenizer", "ByteLevel must be the last pre-tokenizer of a Sequence");
         m.post_processor = root.value("post_processor", json());
         m.decoder = root.value("decoder", json());
-        if (m.decoder.is_null()) fail("decoder", "missing; a ByteLevel decoder is required");
-        decoder(m.decoder, "decoder");
+        m.dec.clear();
+        m.has_decoder = !m.decoder.is_null();
+        if (m.has_decoder) decoder(m.decoder, "decoder", m.dec);
 
         // model
         const json& model = field(root, "model", "top level");
@@ -816,8 +1088,7 @@ struct Loader {
             if (model.contains(k) && !model[k].is_null() &&
                 !(model[k].is_string() && model[k].get<std::string>().empty()))
                 fail(str_cat("model.", k), "is not supported (must be null)");
-        if (boolean(model, "byte_fallback", false, "model"))
-            fail("model.byte_fallback", "byte fallback is not supported (must be false)");
+        m.byte_fallback = boolean(model, "byte_fallback", false, "model");
         m.fuse_unk = boolean(model, "fuse_unk", false, "model");
         m.ignore_merges = boolean(model, "ignore_merges", false, "model");
         if (model.contains("unk_token") && !model["unk_token"].is_null())
@@ -851,8 +1122,6 @@ struct Loader {
                 t.single_word = boolean(a, "single_word", false, w);
                 t.lstrip = boolean(a, "lstrip", false, w);
                 t.rstrip = boolean(a, "rstrip", false, w);
-                if (t.single_word || t.lstrip || t.rstrip)
-                    fail(w, "single_word, lstrip and rstrip are not supported yet (must be false)");
                 max_id = std::max<int64_t>(max_id, t.id);
                 added.push_back(std::move(t));
             }
@@ -957,8 +1226,12 @@ void impl_set_default_pipeline(Tokenizer::Impl& m) {
     m.pre_tokenizer = bl;
     m.post_processor = bl;
     m.decoder = bl;
+    m.norm.clear();
     m.pre.clear();
+    m.dec.clear();
+    m.has_decoder = true;
     Loader{"default pipeline"}.pre_tokenizer(bl, "pre_tokenizer", m.pre);
+    Loader{"default pipeline"}.decoder(bl, "decoder", m.dec);
 }
 
 // ---- Tokenizer -----------------------------------------------------------------------------
@@ -1008,29 +1281,70 @@ std::vector<int32_t> Tokenizer::encode(std::string_view text) const {
     }
     std::vector<int32_t> ids;
     ids.reserve(text.size() / 3 + 4);
-    std::string storage;
+    std::string storage, normalized;
     std::vector<std::string_view> words;
-    m.split_added(
-        text,
-        [&](std::string_view seg) {
-            words.clear();
-            m.pre_tokenize(seg, storage, words);
-            for (std::string_view w : words) m.encode_word_cached(w, ids);
-        },
-        [&](int32_t id) { ids.push_back(id); });
+    auto encode_piece = [&](std::string_view piece, bool at_start) {
+        words.clear();
+        m.pre_tokenize(piece, storage, words, at_start);
+        for (std::string_view w : words) m.encode_word_cached(w, ids);
+    };
+    // HF's AddedVocabulary::extract_and_normalize: added tokens that are not normalized are
+    // found in the raw text; each piece between them is normalized, and the normalized ones are
+    // found in that.
+    std::vector<AddedSpan> spans, inner;
+    if (m.added.empty())
+        spans.push_back({0, text.size(), -1});
+    else
+        m.find_added(text, false, spans);
+    for (const AddedSpan& sp : spans) {
+        if (sp.id >= 0) {
+            ids.push_back(sp.id);
+            continue;
+        }
+        std::string_view seg = text.substr(sp.a, sp.b - sp.a);
+        if (!m.norm.empty()) {
+            normalized = normalize_text(m.norm, seg);
+            seg = normalized;
+        }
+        if (!m.any_normalized_added) {
+            encode_piece(seg, sp.a == 0);
+            continue;
+        }
+        inner.clear();
+        m.find_added(seg, true, inner);
+        for (const AddedSpan& s : inner) {
+            if (s.id >= 0)
+                ids.push_back(s.id);
+            else
+                encode_piece(seg.substr(s.a, s.b - s.a), sp.a == 0 && s.a == 0);
+        }
+    }
     return ids;
 }
 
 std::string Tokenizer::decode(const std::vector<int32_t>& ids, bool skip_special) const {
     const Impl& m = *impl_;
-    std::string out;
-    for (int32_t id : ids) {
+    for (int32_t id : ids)
         DISTILL_CHECK(id >= 0 && size_t(id) < m.id_kind.size() && m.id_kind[id] != 0, "decode: id ",
                       id, " is not in the vocabulary (size ", m.id_kind.size(), ")");
-        if (skip_special && m.id_kind[id] == 3) continue;
-        out += m.id_bytes[id];
+    if (byte_level_decoder(m)) {  // the common case: concatenate each token's bytes
+        std::string out;
+        for (int32_t id : ids)
+            if (!skip_special || m.id_kind[id] != 3) out += m.id_bytes[id];
+        return utf8_valid(out) ? out : utf8_lossy(out);
     }
-    return utf8_valid(out) ? out : utf8_lossy(out);
+    // HF's Tokenizer::decode: the token strings (added tokens: their content), through the
+    // decoder's steps, joined; with no decoder, joined with spaces.
+    std::vector<std::string> tokens;
+    for (int32_t id : ids)
+        if (!skip_special || m.id_kind[id] != 3) tokens.push_back(m.id_to_token[id]);
+    if (m.has_decoder) decode_steps(m.dec, tokens);
+    std::string out;
+    for (size_t i = 0; i < tokens.size(); ++i) {
+        if (i && !m.has_decoder) out += ' ';
+        out += tokens[i];
+    }
+    return out;
 }
 
 std::string Tokenizer::token_bytes(int32_t id) const {

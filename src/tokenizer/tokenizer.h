@@ -38,7 +38,7 @@ public:
     std::vector<int32_t> encode(std::string_view text) const;
     // Ids -> text; byte sequences that are not valid UTF-8 become U+FFFD (as HF's decoder does).
     std::string decode(const std::vector<int32_t>& ids, bool skip_special = false) const;
-    // The raw bytes a token stands for (special tokens: their content).
+    // What the token decodes to on its own (byte-level: its raw bytes; <0xNN>: that byte).
     std::string token_bytes(int32_t id) const;
     std::string id_to_token(int32_t id) const;  // the vocabulary string (e.g. "Ġthe")
     int32_t token_to_id(const std::string& token) const;  // -1 if absent

@@ -8,6 +8,9 @@
 //   {"bytes": [..]}                 -> the same, for the bytes decoded as UTF-8 by Node
 //                                      (WHATWG decoder: invalid sequences become U+FFFD)
 //   {"decode": [ids], "skip": bool} -> {"text": "..."}
+//   {"file": PATH, "repeat": n}     -> {"ids": [...], "first": s1, "best": s}: the file (UTF-8)
+//                                      encoded n times as one string; seconds of the first and
+//                                      the fastest run (for bench/bench-tokenize)
 // The first output line is {"version": ...}, naming the generator.
 import { createRequire } from "node:module";
 import { readFileSync, writeFileSync } from "node:fs";
@@ -28,6 +31,19 @@ for (const line of lines) {
   const req = JSON.parse(line);
   if (req.decode !== undefined) {
     out.push(JSON.stringify({ text: await tok.decode(req.decode, !!req.skip) }));
+    continue;
+  }
+  if (req.file !== undefined) {
+    const text = readFileSync(req.file, "utf8");
+    const times = [];
+    let ids = [];
+    for (let r = 0; r < (req.repeat || 1); ++r) {
+      const t0 = process.hrtime.bigint();
+      const enc = await tok.encode(text, null, { addSpecialTokens: false });
+      times.push(Number(process.hrtime.bigint() - t0) / 1e9);
+      ids = enc.getIds();
+    }
+    out.push(JSON.stringify({ ids: Array.from(ids), first: times[0], best: Math.min(...times) }));
     continue;
   }
   const text = req.bytes !== undefined ? Buffer.from(req.bytes).toString("utf8") : req.text;

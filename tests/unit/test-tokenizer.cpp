@@ -427,7 +427,7 @@ TEST(Tokenizer, HostileFiles) {
                       "model.merges: must be an array");
     expect_load_error(with([](json& j) { j["model"]["type"] = "WordPiece"; }), "not supported");
     expect_load_error(with([](json& j) { j["model"]["dropout"] = 0.1; }), "dropout");
-    expect_load_error(with([](json& j) { j["model"]["byte_fallback"] = true; }), "byte fallback");
+    expect_load_error(with([](json& j) { j["model"]["byte_fallback"] = 1; }), "must be a boolean");
     expect_load_error(with([](json& j) { j["model"]["unk_token"] = "<unk>"; }),
                       "unk_token \"<unk>\" is not in the vocabulary");
     expect_load_error(with([](json& j) { j["added_tokens"] = 5; }),
@@ -455,7 +455,15 @@ TEST(Tokenizer, HostileFiles) {
     expect_load_error(with([](json& j) {
                           j["pre_tokenizer"] = {{"type", "Metaspace"}};
                       }),
-                      "not supported");
+                      "missing field \"replacement\"");
+    expect_load_error(with([](json& j) {
+                          j["pre_tokenizer"] = {{"type", "Metaspace"},
+                                                {"replacement", "▁"},
+                                                {"prepend_scheme", "sometimes"}};
+                      }),
+                      "unknown prepend scheme");
+    expect_load_error(with([](json& j) { j["pre_tokenizer"] = {{"type", "Whitespace"}}; }),
+                      "pre-tokenizer type \"Whitespace\" is not supported");
     expect_load_error(with([](json& j) {
                           j["pre_tokenizer"] = {{"kind", "ByteLevel"}};
                       }),
@@ -472,12 +480,28 @@ TEST(Tokenizer, HostileFiles) {
                                                 {"behavior", "Sideways"}};
                       }),
                       "unknown split behavior");
-    expect_load_error(with([](json& j) { j["normalizer"] = {{"type", "NFKC"}}; }), "not supported");
+    expect_load_error(with([](json& j) { j["normalizer"] = {{"type", "Precompiled"}}; }),
+                      "normalizer type \"Precompiled\" is not supported");
+    expect_load_error(with([](json& j) {
+                          j["normalizer"] = {{"type", "Sequence"},
+                                             {"normalizers", {{{"type", "BertNormalizer"}}}}};
+                      }),
+                      "normalizer.normalizers[0]: normalizer type \"BertNormalizer\"");
+    expect_load_error(with([](json& j) {
+                          j["normalizer"] = {{"type", "Replace"}, {"pattern", {{"String", "a"}}}};
+                      }),
+                      "missing field \"content\"");
     expect_load_error(with([](json& j) {
                           j["decoder"] = {{"type", "WordPiece"}};
                       }),
                       "not supported");
-    expect_load_error(with([](json& j) { j["decoder"] = nullptr; }), "decoder");
+    expect_load_error(with([](json& j) {
+                          j["decoder"] = {{"type", "Strip"}, {"content", "ab"}, {"start", 1},
+                                          {"stop", 0}};
+                      }),
+                      "decoder.content: must be exactly one character");
+    expect_load_error(with([](json& j) { j["decoder"] = {{"type", "CTC"}}; }),
+                      "decoder type \"CTC\" is not supported");
 
     // A file that does not exist names the path too.
     try {
