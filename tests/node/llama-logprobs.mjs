@@ -12,7 +12,7 @@ import { readFileSync, writeFileSync } from "node:fs";
 import { getLlama, LlamaLogLevel } from "node-llama-cpp";
 
 const require = createRequire(import.meta.url);
-const pkg = require("node-llama-cpp/package.json");
+const pkg = JSON.parse(readFileSync(require.resolve("node-llama-cpp").replace(/dist\/.*$/, "package.json"), "utf8"));
 
 const [modelPath, inPath, outPath] = process.argv.slice(2);
 if (!outPath) {
