@@ -203,7 +203,7 @@ int64_t GgufTensorInfo::numel() const {
 GgufFile::GgufFile(const std::string& path) : file_(path) {
     Cursor c(file_.data(), file_.size(), path);
     const uint32_t magic = c.read<uint32_t>("the magic number");
-    if (magic != kMagic) c.fail("it does not start with \"GGUF\" (wrong file?)");
+    if (magic != kMagic) c.fail("it does not start with \"GGUF\" (a model is a directory or a .gguf file)");
     version_ = c.read<uint32_t>("the version");
     if (version_ != 2 && version_ != 3)
         c.fail(str_cat("version ", version_, " is not supported (supported: 2, 3)"));
