@@ -4,9 +4,9 @@
 //
 //   node llama-logprobs.mjs MODEL.gguf IN.json OUT.json
 //
-// IN.json: {"text": "...", "ids": [...], "vocab": V}. OUT.json: {"version", "tokens": llama.cpp's tokenization
-// of text (no BOS/EOS added), "logprobs": one array per id in ids: log p(next token = v) for
-// every vocabulary id v after ids[0..i] (null where llama.cpp gives probability 0)}.
+// IN.json: {"text": "...", "ids": [...], "vocab": V}. OUT.json: {"version", "tokens": llama.cpp's
+// tokenization of text (no BOS/EOS added), "logprobs": one array per id in ids: log p(next token
+// = v) for every vocabulary id v after ids[0..i] (null where llama.cpp gives probability 0)}.
 import { createRequire } from "node:module";
 import { readFileSync, writeFileSync } from "node:fs";
 import { getLlama, LlamaLogLevel } from "node-llama-cpp";
