@@ -14,6 +14,7 @@
 #include "model/checkpoint.h"
 #include "model/generate.h"
 #include "tokenizer/chat-template.h"
+#include "model/gguf-model.h"
 #include "train/trainer.h"
 #include "util/error.h"
 #include "util/file.h"
@@ -320,6 +321,15 @@ int main(int argc, char** argv) {
     c_ct->add_option("--enable-thinking", ct_thinking, "Qwen3: true or false")->check(CLI::IsMember({"true", "false"}));
     c_ct->add_option("--tools", ct_tools, "JSON file: an array of tool schemas")->check(CLI::ExistingFile);
     c_ct->add_flag("--chatml-fallback", ct_fallback, "render an unknown template as generic ChatML");
+    // export
+    std::string ex_model, ex_format = "gguf", ex_out, ex_type = "f32", ex_name;
+    auto* c_ex = app.add_subcommand("export", "write a model as GGUF (llama.cpp, ollama) or an HF model directory");
+    c_ex->add_option("--model", ex_model, "model directory or .gguf file")->required();
+    c_ex->add_option("--format", ex_format, "gguf or hf")->check(CLI::IsMember({"gguf", "hf"}))->capture_default_str();
+    c_ex->add_option("--out", ex_out, "the .gguf file (or HF directory) to write")->required();
+    c_ex->add_option("--type", ex_type, "GGUF type of the weight matrices: f32, f16, bf16, q8_0, q4_0, q4_k, q5_k, q6_k")
+        ->capture_default_str();
+    c_ex->add_option("--name", ex_name, "GGUF general.name");
 
     try {
         app.parse(argc, argv);
@@ -422,6 +432,10 @@ int main(int argc, char** argv) {
                 tok = Tokenizer::load(kd_tok);
             } else if (!kd_init.empty() && file_exists(path_join(kd_init, "tokenizer.json"))) {
                 tok = Tokenizer::load(path_join(kd_init, "tokenizer.json"));
+            } else if (!kd_init.empty() && is_gguf_path(kd_init)) {
+                LoadedModel init = load_model_dir(kd_init);
+                DISTILL_CHECK(init.has_tokenizer, kd_init, " has no tokenizer: pass --tokenizer");
+                tok = init.tokenizer;
             } else if (teacher.has_tokenizer) {
                 tok = teacher.tokenizer;
             } else {
@@ -507,6 +521,19 @@ int main(int argc, char** argv) {
             std::string text = m.tokenizer.decode(out, true);
             if (text.size() > printed.size()) std::cout << text.substr(printed.size());
             std::cout << "\n";
+            return 0;
+        }
+        if (*c_ex) {
+            LoadedModel m = load_model_dir(ex_model);
+            DISTILL_CHECK(m.has_tokenizer, ex_model, " has no tokenizer: export needs one");
+            json out = {{"out", ex_out}, {"format", ex_format}};
+            if (ex_format == "gguf") {
+                out["tensors"] = save_gguf_model(ex_out, m.model, m.tokenizer, {ex_type, ex_name});
+            } else {
+                DISTILL_CHECK(ex_type == "f32", "--type applies to --format gguf only (hf is float32)");
+                save_model_dir(ex_out, m.model, &m.tokenizer);
+            }
+            std::printf("%s\n", out.dump().c_str());
             return 0;
         }
         if (*c_tz) return cmd_tokenize(tz_tok, tz_decode, tz_jsonl);

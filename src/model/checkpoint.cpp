@@ -8,6 +8,7 @@
 #include <set>
 
 #include "io/safetensors.h"
+#include "model/gguf-model.h"
 #include "util/error.h"
 #include "util/file.h"
 
@@ -89,7 +90,9 @@ std::map<std::string, std::string> weight_files(const std::string& dir) {
 }  // namespace
 
 LoadedModel load_model_dir(const std::string& dir) {
-    DISTILL_CHECK(dir_exists(dir), "model directory '", dir, "' does not exist");
+    if (is_gguf_path(dir)) return load_gguf_model(dir);
+    DISTILL_CHECK(dir_exists(dir), "model '", dir,
+                  "' does not exist (expected a model directory or a .gguf file)");
     LoadedModel m;
     m.path = dir;
     const std::string cfg_path = path_join(dir, "config.json");

@@ -20,7 +20,7 @@ struct LoadedModel {
     std::string fingerprint;  // of config + weights
 };
 
-// Loads a model directory. Missing files, tensors with wrong shapes, missing or unexpected
+// Loads a model directory, or a GGUF file (see model/gguf-model.h). Missing files, tensors with wrong shapes, missing or unexpected
 // tensors give an Error naming them.
 LoadedModel load_model_dir(const std::string& dir);
 

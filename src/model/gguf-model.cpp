@@ -1,0 +1,415 @@
+#include "model/gguf-model.h"
+
+#include <torch/torch.h>
+
+#include <cstdio>
+#include <map>
+#include <nlohmann/json.hpp>
+#include <set>
+
+#include "util/error.h"
+#include "util/file.h"
+#include "util/progress.h"
+
+namespace distill {
+
+using nlohmann::json;
+
+namespace {
+
+// llama.cpp's token types (gguf-py TokenType).
+constexpr int kTokNormal = 1, kTokControl = 3, kTokUserDefined = 4, kTokUnused = 5;
+
+// Pre-tokenizer regexes by tokenizer.ggml.pre, as the models' own tokenizer.json files write
+// them (llama.cpp's src/llama-vocab.cpp implements the same splits). "gpt-2" is the ByteLevel
+// pre-tokenizer's built-in regex, the one distill's trained tokenizers use.
+struct PreTok {
+    const char* name;
+    std::vector<std::string> regexes;  // empty: ByteLevel with use_regex
+    bool ignore_merges;
+};
+const std::vector<PreTok>& pre_tokenizers() {
+    static const std::vector<PreTok> table = {
+        {"gpt-2", {}, false},
+        {"llama-bpe",
+         {R"((?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+)"},
+         true},
+        {"qwen2",
+         {R"((?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+)"},
+         false},
+        {"deepseek-v3",
+         {R"(\p{N}{1,3})", "[\u4e00-\u9fa5\u3040-\u309f\u30a0-\u30ff]+",
+          "[!\"#$%&'()*+,\\-./:;<=>?@\\[\\\\\\]^_`{|}~][A-Za-z]+|[^\r\n\\p{L}\\p{P}\\p{S}]?[\\p{L}\\p{M}]+| ?[\\p{P}\\p{S}]+[\r\n]*|\\s*[\r\n]+|\\s+(?!\\S)|\\s+"},
+         false},
+    };
+    return table;
+}
+
+std::string pre_names() {
+    std::string s;
+    for (const auto& p : pre_tokenizers()) s += (s.empty() ? "" : ", ") + std::string(p.name);
+    return s;
+}
+
+// HF parameter name <-> GGUF tensor name.
+std::string gguf_name(const std::string& hf) {
+    static const std::map<std::string, std::string> top = {
+        {"model.embed_tokens.weight", "token_embd.weight"},
+        {"model.norm.weight", "output_norm.weight"},
+        {"lm_head.weight", "output.weight"}};
+    if (auto it = top.find(hf); it != top.end()) return it->second;
+    static const std::map<std::string, std::string> layer = {
+        {"input_layernorm.weight", "attn_norm.weight"},
+        {"self_attn.q_proj.weight", "attn_q.weight"},
+        {"self_attn.q_proj.bias", "attn_q.bias"},
+        {"self_attn.k_proj.weight", "attn_k.weight"},
+        {"self_attn.k_proj.bias", "attn_k.bias"},
+        {"self_attn.v_proj.weight", "attn_v.weight"},
+        {"self_attn.v_proj.bias", "attn_v.bias"},
+        {"self_attn.o_proj.weight", "attn_output.weight"},
+        {"post_attention_layernorm.weight", "ffn_norm.weight"},
+        {"mlp.gate_proj.weight", "ffn_gate.weight"},
+        {"mlp.up_proj.weight", "ffn_up.weight"},
+        {"mlp.down_proj.weight", "ffn_down.weight"}};
+    const std::string prefix = "model.layers.";
+    DISTILL_ASSERT(hf.compare(0, prefix.size(), prefix) == 0, "unexpected parameter ", hf);
+    const size_t dot = hf.find('.', prefix.size());
+    const std::string n = hf.substr(prefix.size(), dot - prefix.size());
+    auto it = layer.find(hf.substr(dot + 1));
+    DISTILL_ASSERT(it != layer.end(), "unexpected parameter ", hf);
+    return "blk." + n + "." + it->second;
+}
+
+// llama.cpp's "llama" architecture applies RoPE to adjacent pairs (x0, x1), (x2, x3), ... while
+// HF Llama rotates the two halves of each head; convert_hf_to_gguf.py therefore reorders the
+// rows of q and k (weights and biases) within each head: HF row s * D/2 + j -> GGUF row 2j + s.
+// qwen2 uses the NEOX (halves) form in llama.cpp and is stored unpermuted.
+torch::Tensor permute_to_gguf(const torch::Tensor& w, int64_t n_head) {
+    auto sizes = w.sizes().vec();
+    std::vector<int64_t> shape = {n_head, 2, sizes[0] / n_head / 2};
+    shape.insert(shape.end(), sizes.begin() + 1, sizes.end());
+    return w.reshape(shape).transpose(1, 2).reshape(sizes).contiguous();
+}
+torch::Tensor permute_from_gguf(const torch::Tensor& w, int64_t n_head) {
+    auto sizes = w.sizes().vec();
+    std::vector<int64_t> shape = {n_head, sizes[0] / n_head / 2, 2};
+    shape.insert(shape.end(), sizes.begin() + 1, sizes.end());
+    return w.reshape(shape).transpose(1, 2).reshape(sizes).contiguous();
+}
+// The head count a q/k tensor is permuted with (0: not permuted).
+int64_t permute_heads(const ModelConfig& c, const std::string& hf) {
+    if (c.architecture != "llama") return 0;
+    if (hf.find("q_proj.") != std::string::npos) return c.num_attention_heads;
+    if (hf.find("k_proj.") != std::string::npos) return c.num_key_value_heads;
+    return 0;
+}
+
+// A float read from an F32 field, as the shortest decimal that gives the same float
+// (1e-05, not 9.99999974737875e-06), so that configs round-trip.
+double tidy_f32(double v) {
+    const float f = float(v);
+    char buf[32];
+    for (int prec = 1; prec <= 9; ++prec) {
+        std::snprintf(buf, sizeof buf, "%.*g", prec, double(f));
+        if (std::strtof(buf, nullptr) == f) return std::strtod(buf, nullptr);
+    }
+    return v;
+}
+
+bool ends_with(const std::string& s, const std::string& suffix) {
+    return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
+}
+
+}  // namespace
+
+bool is_gguf_path(const std::string& path) { return file_exists(path); }
+
+std::string tokenizer_json_from_gguf(const GgufFile& f) {
+    const std::string src = "'" + f.path() + "'";
+    const std::string model = f.get_string("tokenizer.ggml.model");
+    DISTILL_CHECK(model == "gpt2", src, ": tokenizer.ggml.model '", model,
+                  "' is not supported (supported: gpt2, byte-level BPE)");
+    DISTILL_CHECK(f.has("tokenizer.ggml.pre"), src,
+                  ": no tokenizer.ggml.pre: the pre-tokenizer is unknown (supported: ", pre_names(), ")");
+    const std::string pre = f.get_string("tokenizer.ggml.pre");
+    const PreTok* pt = nullptr;
+    for (const auto& p : pre_tokenizers())
+        if (pre == p.name) pt = &p;
+    DISTILL_CHECK(pt, src, ": tokenizer.ggml.pre '", pre, "' is not supported (supported: ", pre_names(), ")");
+    const auto& tokens = f.get_string_array("tokenizer.ggml.tokens");
+    std::vector<int64_t> types(tokens.size(), kTokNormal);
+    if (f.has("tokenizer.ggml.token_type")) {
+        types = f.get_int_array("tokenizer.ggml.token_type");
+        DISTILL_CHECK(types.size() == tokens.size(), src, ": tokenizer.ggml.token_type has ",
+                      types.size(), " entries but tokenizer.ggml.tokens has ", tokens.size());
+    }
+    json vocab = json::object();
+    json added = json::array();
+    for (size_t id = 0; id < tokens.size(); ++id) {
+        if (types[id] == kTokUnused) continue;  // padding rows: never produced by the tokenizer
+        DISTILL_CHECK(!vocab.contains(tokens[id]), src, ": token ", json(tokens[id]).dump(
+                      -1, ' ', false, json::error_handler_t::replace), " appears twice (ids ",
+                      vocab[tokens[id]].get<int64_t>(), " and ", id, ")");
+        vocab[tokens[id]] = id;
+        if (types[id] == kTokControl || types[id] == kTokUserDefined) {
+            const bool special = types[id] == kTokControl;
+            added.push_back({{"id", id}, {"content", tokens[id]}, {"single_word", false},
+                             {"lstrip", false}, {"rstrip", false}, {"normalized", !special},
+                             {"special", special}});
+        }
+    }
+    json merges = json::array();
+    if (f.has("tokenizer.ggml.merges"))
+        for (const auto& m : f.get_string_array("tokenizer.ggml.merges")) merges.push_back(m);
+    json pre_tok, post;
+    if (pt->regexes.empty()) {
+        pre_tok = {{"type", "ByteLevel"}, {"add_prefix_space", false}, {"trim_offsets", true},
+                   {"use_regex", true}};
+        post = pre_tok;
+    } else {
+        json steps = json::array();
+        for (const auto& r : pt->regexes)
+            steps.push_back({{"type", "Split"}, {"pattern", {{"Regex", r}}}, {"behavior", "Isolated"},
+                             {"invert", false}});
+        steps.push_back({{"type", "ByteLevel"}, {"add_prefix_space", false}, {"trim_offsets", false},
+                         {"use_regex", false}});
+        pre_tok = {{"type", "Sequence"}, {"pretokenizers", steps}};
+        post = {{"type", "ByteLevel"}, {"add_prefix_space", false}, {"trim_offsets", false},
+                {"use_regex", false}};
+    }
+    json j = {{"version", "1.0"},
+              {"truncation", nullptr},
+              {"padding", nullptr},
+              {"added_tokens", added},
+              {"normalizer", nullptr},
+              {"pre_tokenizer", pre_tok},
+              {"post_processor", post},
+              {"decoder", post},
+              {"model",
+               {{"type", "BPE"}, {"dropout", nullptr}, {"unk_token", nullptr},
+                {"continuing_subword_prefix", nullptr}, {"end_of_word_suffix", nullptr},
+                {"fuse_unk", false}, {"byte_fallback", false}, {"ignore_merges", pt->ignore_merges},
+                {"vocab", vocab}, {"merges", merges}}}};
+    return j.dump(-1, ' ', false, json::error_handler_t::replace);
+}
+
+LoadedModel load_gguf_model(const std::string& path) {
+    GgufFile f(path);
+    const std::string src = "'" + path + "'";
+    const std::string arch = f.get_string("general.architecture");
+    DISTILL_CHECK(arch == "llama" || arch == "qwen2", src, ": architecture '", arch,
+                  "' is not supported (supported: llama, qwen2)");
+    auto key = [&](const std::string& k) { return arch + "." + k; };
+    if (f.has(key("rope.scaling.type"))) {
+        const std::string s = f.get_string(key("rope.scaling.type"));
+        DISTILL_CHECK(s == "none", src, ": RoPE scaling '", s, "' is not supported");
+    }
+    DISTILL_CHECK(!f.find_tensor("rope_freqs.weight"), src,
+                  ": has rope_freqs.weight (scaled RoPE, e.g. Llama 3.1), which is not supported");
+    const GgufTensorInfo* emb = f.find_tensor("token_embd.weight");
+    DISTILL_CHECK(emb && emb->dims.size() == 2, src, ": missing the 2-D tensor token_embd.weight");
+
+    ModelConfig c;
+    c.architecture = arch;
+    c.hidden_size = f.get_int(key("embedding_length"));
+    c.num_hidden_layers = f.get_int(key("block_count"));
+    c.intermediate_size = f.get_int(key("feed_forward_length"));
+    c.num_attention_heads = f.get_int(key("attention.head_count"));
+    c.num_key_value_heads = f.has(key("attention.head_count_kv"))
+                                ? f.get_int(key("attention.head_count_kv"))
+                                : c.num_attention_heads;
+    c.rope_theta = f.has(key("rope.freq_base")) ? tidy_f32(f.get_float(key("rope.freq_base"))) : 10000.0;
+    c.rms_norm_eps = tidy_f32(f.get_float(key("attention.layer_norm_rms_epsilon")));
+    c.max_position_embeddings = f.get_int(key("context_length"));
+    c.vocab_size = emb->dims[1];
+    c.tie_word_embeddings = f.find_tensor("output.weight") == nullptr;
+    c.attention_bias = f.find_tensor("blk.0.attn_q.bias") != nullptr;
+    if (f.has("tokenizer.ggml.bos_token_id")) c.bos_token_id = f.get_int("tokenizer.ggml.bos_token_id");
+    if (f.has("tokenizer.ggml.eos_token_id")) c.eos_token_id = f.get_int("tokenizer.ggml.eos_token_id");
+    try {
+        c.validate();
+    } catch (const Error& e) {
+        throw Error(str_cat(src, ": ", e.what()));
+    }
+    if (f.has(key("attention.key_length")))
+        DISTILL_CHECK(f.get_int(key("attention.key_length")) == c.head_dim(), src,
+                      ": attention.key_length differs from embedding_length / head_count (not supported)");
+    if (f.has(key("rope.dimension_count")))
+        DISTILL_CHECK(f.get_int(key("rope.dimension_count")) == c.head_dim(), src,
+                      ": rope.dimension_count differs from the head size (partial RoPE is not supported)");
+
+    LoadedModel m;
+    m.path = path;
+    m.config = c;
+    m.model = Llama(c);
+    torch::NoGradGuard ng;
+    const std::string cfg_text = config_to_json(c).dump();
+    uint64_t fp = hash64(cfg_text.data(), cfg_text.size(), 0);
+    std::set<std::string> used;
+    std::string missing;
+    for (auto& p : m.model->named_parameters()) {
+        const std::string name = gguf_name(p.key());
+        const GgufTensorInfo* t = f.find_tensor(name);
+        if (!t) {
+            missing += (missing.empty() ? "" : ", ") + name;
+            continue;
+        }
+        std::vector<int64_t> want = p.value().sizes().vec();
+        std::vector<int64_t> have(t->dims.rbegin(), t->dims.rend());
+        DISTILL_CHECK(have == want, src, ": tensor '", name, "' has shape ", torch::IntArrayRef(have),
+                      " but the metadata implies ", torch::IntArrayRef(want));
+        std::vector<float> data = f.tensor_f32(*t);
+        torch::Tensor v = torch::from_blob(data.data(), want, torch::kFloat32);
+        if (int64_t h = permute_heads(c, p.key())) v = permute_from_gguf(v, h);
+        p.value().copy_(v);
+        fp = hash64(p.value().data_ptr(), p.value().numel() * sizeof(float), fp);
+        used.insert(name);
+    }
+    DISTILL_CHECK(missing.empty(), src, ": missing tensors: ", missing);
+    std::string unexpected;
+    for (const auto& t : f.tensors())
+        if (!used.count(t.name)) unexpected += (unexpected.empty() ? "" : ", ") + t.name;
+    DISTILL_CHECK(unexpected.empty(), src, ": tensors that a ", arch, " model does not have: ",
+                  unexpected.substr(0, 400));
+    char buf[17];
+    std::snprintf(buf, sizeof buf, "%016llx", static_cast<unsigned long long>(fp));
+    m.fingerprint = buf;
+    if (f.has("tokenizer.ggml.model")) {
+        m.tokenizer = Tokenizer::from_json(tokenizer_json_from_gguf(f));
+        m.has_tokenizer = true;
+        DISTILL_CHECK(m.tokenizer.vocab_size() <= c.vocab_size, src, ": the tokenizer has ",
+                      m.tokenizer.vocab_size(), " tokens but token_embd.weight only ", c.vocab_size, " rows");
+    }
+    m.model->eval();
+    return m;
+}
+
+std::string save_gguf_model(const std::string& path, Llama& model, const Tokenizer& tok,
+                            const GgufExportOptions& opts) {
+    const ModelConfig& c = model->config();
+    const GgmlTypeInfo* want = ggml_type_by_name(opts.type);
+    DISTILL_CHECK(want && want->from_float, "--type '", opts.type,
+                  "' is not supported (supported: f32, f16, bf16, q8_0, q4_0, q4_k, q5_k, q6_k)");
+
+    // tokenizer: tokens, types and merges from its tokenizer.json form
+    const json tj = json::parse(tok.to_json());
+    const json& pre = tj["pre_tokenizer"];
+    const PreTok* pt = nullptr;
+    for (const auto& p : pre_tokenizers()) {
+        if (p.regexes.empty()) {
+            if (pre.is_object() && pre.value("type", "") == "ByteLevel" && pre.value("use_regex", true) &&
+                !pre.value("add_prefix_space", false))
+                pt = &p;
+            continue;
+        }
+        if (!pre.is_object() || pre.value("type", "") != "Sequence") continue;
+        const json& steps = pre["pretokenizers"];
+        if (!steps.is_array() || steps.size() != p.regexes.size() + 1) continue;
+        bool same = steps.back().value("type", "") == "ByteLevel" && !steps.back().value("use_regex", true) &&
+                    !steps.back().value("add_prefix_space", false);
+        for (size_t i = 0; same && i < p.regexes.size(); ++i)
+            same = steps[i].value("type", "") == "Split" && steps[i].value("behavior", "") == "Isolated" &&
+                   !steps[i].value("invert", false) && steps[i].contains("pattern") &&
+                   steps[i]["pattern"].value("Regex", "") == p.regexes[i];
+        if (same) pt = &p;
+    }
+    DISTILL_CHECK(pt, "cannot export the tokenizer to GGUF: its pre-tokenizer ", pre.dump(),
+                  " is none that llama.cpp implements (supported: ", pre_names(), ")");
+    DISTILL_CHECK(tj["normalizer"].is_null(), "cannot export the tokenizer to GGUF: it has a normalizer");
+    std::vector<std::string> tokens(size_t(c.vocab_size));
+    std::vector<int64_t> types(size_t(c.vocab_size), kTokNormal);
+    DISTILL_CHECK(tok.vocab_size() <= c.vocab_size, "the tokenizer has ", tok.vocab_size(),
+                  " tokens, more than the model's vocab_size ", c.vocab_size);
+    std::set<int32_t> added_ids;
+    for (const auto& a : tj["added_tokens"]) added_ids.insert(a["id"].get<int32_t>());
+    for (int32_t id = 0; id < int32_t(c.vocab_size); ++id) {
+        const std::string t = id < tok.vocab_size() ? tok.id_to_token(id) : "";
+        if (t.empty()) {  // beyond the tokenizer (or a hole in it): a padding row
+            tokens[size_t(id)] = "[PAD" + std::to_string(id) + "]";
+            types[size_t(id)] = kTokUnused;
+            continue;
+        }
+        tokens[size_t(id)] = t;
+        if (added_ids.count(id)) types[size_t(id)] = tok.is_special(id) ? kTokControl : kTokUserDefined;
+    }
+    std::vector<std::string> merges;
+    for (const auto& mj : tj["model"]["merges"]) {
+        std::string a, b;
+        if (mj.is_string()) {
+            merges.push_back(mj.get<std::string>());
+            continue;
+        }
+        a = mj[0].get<std::string>();
+        b = mj[1].get<std::string>();
+        DISTILL_CHECK(a.find(' ') == std::string::npos && b.find(' ') == std::string::npos,
+                      "cannot export the tokenizer to GGUF: merge [", json(a).dump(), ", ",
+                      json(b).dump(), "] has a space, which GGUF's \"a b\" merges cannot hold");
+        merges.push_back(a + " " + b);
+    }
+
+    const std::string arch = c.architecture;
+    std::vector<std::pair<std::string, GgufValue>> kv = {
+        {"general.architecture", GgufValue::str(arch)},
+        {"general.name", GgufValue::str(opts.name.empty() ? "distill" : opts.name)},
+        {arch + ".context_length", GgufValue::u32(uint32_t(c.max_position_embeddings))},
+        {arch + ".embedding_length", GgufValue::u32(uint32_t(c.hidden_size))},
+        {arch + ".block_count", GgufValue::u32(uint32_t(c.num_hidden_layers))},
+        {arch + ".feed_forward_length", GgufValue::u32(uint32_t(c.intermediate_size))},
+        {arch + ".attention.head_count", GgufValue::u32(uint32_t(c.num_attention_heads))},
+        {arch + ".attention.head_count_kv", GgufValue::u32(uint32_t(c.num_key_value_heads))},
+        {arch + ".rope.dimension_count", GgufValue::u32(uint32_t(c.head_dim()))},
+        {arch + ".rope.freq_base", GgufValue::f32(float(c.rope_theta))},
+        {arch + ".attention.layer_norm_rms_epsilon", GgufValue::f32(float(c.rms_norm_eps))},
+        {arch + ".vocab_size", GgufValue::u32(uint32_t(c.vocab_size))},
+        {"tokenizer.ggml.model", GgufValue::str("gpt2")},
+        {"tokenizer.ggml.pre", GgufValue::str(pt->name)},
+        {"tokenizer.ggml.tokens", GgufValue::str_array(tokens)},
+        {"tokenizer.ggml.token_type", GgufValue::i32_array(types)},
+        {"tokenizer.ggml.merges", GgufValue::str_array(merges)},
+        {"tokenizer.ggml.add_bos_token", GgufValue::boolean(false)},
+        {"tokenizer.ggml.add_eos_token", GgufValue::boolean(false)},
+    };
+    auto id_or = [](int64_t a, int64_t b) { return a >= 0 ? a : b; };
+    if (int64_t b = id_or(c.bos_token_id, tok.bos_id()); b >= 0)
+        kv.emplace_back("tokenizer.ggml.bos_token_id", GgufValue::u32(uint32_t(b)));
+    if (int64_t e = id_or(c.eos_token_id, tok.eos_id()); e >= 0)
+        kv.emplace_back("tokenizer.ggml.eos_token_id", GgufValue::u32(uint32_t(e)));
+    if (tok.pad_id() >= 0) kv.emplace_back("tokenizer.ggml.padding_token_id", GgufValue::u32(uint32_t(tok.pad_id())));
+    if (want->block > 1) kv.emplace_back("general.quantization_version", GgufValue::u32(2));
+
+    std::vector<GgufTensorOut> out;
+    std::map<std::string, int> counts;
+    std::string fallbacks;
+    torch::NoGradGuard ng;
+    for (auto& p : model->named_parameters()) {
+        GgufTensorOut t;
+        t.name = gguf_name(p.key());
+        torch::Tensor v = p.value().detach().to(torch::kCPU, torch::kFloat32).contiguous();
+        if (int64_t h = permute_heads(c, p.key())) v = permute_to_gguf(v, h);
+        auto sizes = v.sizes().vec();
+        t.dims.assign(sizes.rbegin(), sizes.rend());
+        const bool matrix = v.dim() == 2 && !ends_with(t.name, "_norm.weight");
+        const GgmlTypeInfo* type = ggml_type_info(uint32_t(GgmlType::F32));
+        if (matrix) {
+            type = want;
+            for (GgmlType fb : {GgmlType::Q8_0, GgmlType::F16}) {
+                if (t.dims[0] % type->block == 0) break;
+                type = ggml_type_info(uint32_t(fb));
+            }
+            if (type != want) fallbacks += str_cat(fallbacks.empty() ? "" : ", ", t.name, " -> ", type->name);
+        }
+        t.type = type->type;
+        t.data.resize(size_t(row_bytes(t.type, v.numel())));
+        quantize_row(t.type, v.data_ptr<float>(), reinterpret_cast<uint8_t*>(t.data.data()), v.numel());
+        counts[type->name]++;
+        out.push_back(std::move(t));
+    }
+    if (!fallbacks.empty())
+        log_info(str_cat("rows not a whole number of ", want->name, " blocks, written as: ", fallbacks));
+    write_gguf(path, kv, out);
+    std::string summary;
+    for (const auto& [name, n] : counts) summary += str_cat(summary.empty() ? "" : ", ", n, " ", name);
+    return summary;
+}
+
+}  // namespace distill
