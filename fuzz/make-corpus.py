@@ -45,6 +45,32 @@ def shard(ids, vocab, width):
     return json.dumps(h, indent=2).encode() + b"\n\0" + struct.pack("<%d%s" % (len(ids), "H" if width == 2 else "I"), *ids)
 
 
+def gguf(kv, tensors, alignment=32):
+    """A GGUF v3 file from its spec (ggml-org/ggml docs/gguf.md). kv: [(key, type, value)] with
+    type one of u32, i32, f32, bool, str, or ("arr", elem_type); tensors: [(name, dims innermost
+    first, ggml type id, bytes)]."""
+    def s(x):
+        b = x.encode()
+        return struct.pack("<Q", len(b)) + b
+    code = {"u32": 4, "i32": 5, "f32": 6, "bool": 7, "str": 8}
+    fmt = {"u32": "<I", "i32": "<i", "f32": "<f", "bool": "<?"}
+
+    def val(t, v):
+        if isinstance(t, tuple):
+            return struct.pack("<IQ", code[t[1]], len(v)) + b"".join(val(t[1], x) for x in v)
+        return s(v) if t == "str" else struct.pack(fmt[t], v)
+    o = b"GGUF" + struct.pack("<IQQ", 3, len(tensors), len(kv))
+    for key, t, v in kv:
+        o += s(key) + struct.pack("<I", 9 if isinstance(t, tuple) else code[t]) + val(t, v)
+    off, blob = 0, b""
+    for name, dims, typ, data in tensors:
+        o += s(name) + struct.pack("<I", len(dims)) + b"".join(struct.pack("<q", d) for d in dims)
+        o += struct.pack("<IQ", typ, off)
+        blob += data + bytes(-len(data) % alignment)
+        off = len(blob)
+    return o + bytes(-len(o) % alignment) + blob
+
+
 def byte_alphabet():
     """GPT-2's bytes_to_unicode: the 256 one-character byte tokens of byte-level BPE."""
     bs = list(range(33, 127)) + list(range(161, 173)) + list(range(174, 256))
@@ -101,6 +127,35 @@ def main():
         [("model.embed_tokens.weight", "BF16", [4, 2], bytes(16)),
          ("model.layers.0.self_attn.q_proj.weight", "F16", [2, 2], bytes(8)),
          ("model.norm.weight", "F32", [2], bytes(8))], {"format": "pt", "note": "\u00e9"}))
+
+    # GGUF: a tiny llama with a 4-token vocabulary, and one tensor of each supported type
+    # (bytes per block: Q8_0 34, Q4_0 18, Q4_K 144, Q5_K 176, Q6_K 210; 32 or 256 values).
+    meta = [("general.architecture", "str", "llama"), ("llama.block_count", "u32", 1),
+            ("llama.embedding_length", "u32", 32), ("llama.feed_forward_length", "u32", 32),
+            ("llama.attention.head_count", "u32", 2), ("llama.attention.head_count_kv", "u32", 1),
+            ("llama.rope.freq_base", "f32", 10000.0), ("llama.context_length", "u32", 64),
+            ("llama.attention.layer_norm_rms_epsilon", "f32", 1e-5),
+            ("tokenizer.ggml.model", "str", "gpt2"), ("tokenizer.ggml.pre", "str", "gpt-2"),
+            ("tokenizer.ggml.tokens", ("arr", "str"), ["a", "b", "ab", "<|eos|>"]),
+            ("tokenizer.ggml.token_type", ("arr", "i32"), [1, 1, 1, 3]),
+            ("tokenizer.ggml.merges", ("arr", "str"), ["a b"]),
+            ("tokenizer.ggml.eos_token_id", "u32", 3)]
+    f = lambda n: struct.pack("<%df" % n, *[(i % 7) - 3.0 for i in range(n)])  # noqa: E731
+    layer = [("blk.0.attn_norm.weight", [32], 0, f(32)), ("blk.0.ffn_norm.weight", [32], 0, f(32)),
+             ("blk.0.attn_q.weight", [32, 32], 8, bytes(range(34)) * 32),
+             ("blk.0.attn_k.weight", [32, 16], 1, struct.pack("<512e", *[0.5] * 512)),
+             ("blk.0.attn_v.weight", [32, 16], 2, bytes(range(18)) * 16),
+             ("blk.0.attn_output.weight", [32, 32], 0, f(1024)),
+             ("blk.0.ffn_gate.weight", [32, 32], 30, bytes(range(64)) * 32),
+             ("blk.0.ffn_up.weight", [32, 32], 0, f(1024)), ("blk.0.ffn_down.weight", [32, 32], 0, f(1024))]
+    out("gguf", "tiny-llama", gguf(meta, [("token_embd.weight", [32, 4], 0, f(128)),
+                                          ("output_norm.weight", [32], 0, f(32))] + layer))
+    out("gguf", "k-quants", gguf([("general.alignment", "u32", 64)],
+                                 [("q4_k", [256], 12, bytes(range(144))),
+                                  ("q5_k", [256], 13, bytes(range(176))),
+                                  ("q6_k", [256], 14, bytes(range(210)))], alignment=64))
+    out("gguf", "metadata-only", gguf([("general.name", "str", "x"), ("f", "f32", 1.5),
+                                       ("b", "bool", True), ("ints", ("arr", "i32"), [1, -2])], []))
 
     out("shards", "u16", shard([1, 2, 3, 65535, 0], 65536, 2))
     out("shards", "u32", shard([70000, 5, 99999], 100000, 4))

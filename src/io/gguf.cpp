@@ -200,8 +200,17 @@ int64_t GgufTensorInfo::numel() const {
     return n;
 }
 
-GgufFile::GgufFile(const std::string& path) : file_(path) {
-    Cursor c(file_.data(), file_.size(), path);
+GgufFile::GgufFile(const std::string& path) : file_(path), name_(path) {
+    parse(file_.data(), file_.size());
+}
+
+GgufFile::GgufFile(const uint8_t* data, size_t size, const std::string& name) : name_(name) {
+    parse(data, size);
+}
+
+void GgufFile::parse(const uint8_t* data, size_t size) {
+    data_ = data;
+    Cursor c(data, size, name_);
     const uint32_t magic = c.read<uint32_t>("the magic number");
     if (magic != kMagic) c.fail("it does not start with \"GGUF\" (a model is a directory or a .gguf file)");
     version_ = c.read<uint32_t>("the version");
@@ -260,7 +269,6 @@ GgufFile::GgufFile(const std::string& path) : file_(path) {
         tensors_.push_back(std::move(t));
     }
     data_offset_ = pad_to(c.pos(), alignment_);
-    const uint64_t size = file_.size();
     if (!tensors_.empty() && data_offset_ > size)
         c.fail(str_cat("the data section would start at ", data_offset_, ", past the end of the ",
                        size, "-byte file (truncated?)"));
@@ -439,11 +447,15 @@ void write_gguf(const std::string& path, const std::vector<std::pair<std::string
         offset = pad_to(offset + t.data.size(), alignment);
     }
     o.resize(pad_to(o.size(), alignment), '\0');
+    // The tensors are streamed after the header rather than copied into it.
+    AtomicFileWriter w(path);
+    w.append(o);
+    const std::string zeros(alignment, '\0');
     for (const auto& t : tensors) {
-        o += t.data;
-        o.resize(pad_to(o.size(), alignment), '\0');
+        w.append(t.data);
+        w.append(zeros.data(), pad_to(w.size(), alignment) - w.size());
     }
-    write_file_atomic(path, o);
+    w.commit();
 }
 
 }  // namespace distill

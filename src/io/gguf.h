@@ -72,10 +72,13 @@ public:
     // Maps and validates the whole file (header, every metadata value, every tensor info,
     // tensor data extents) before returning. Throws Error naming the file and the field.
     explicit GgufFile(const std::string& path);
+    // The same checks on bytes in memory, which must outlive the GgufFile (`name` is for
+    // messages).
+    GgufFile(const uint8_t* data, size_t size, const std::string& name);
 
     uint32_t version() const { return version_; }
     uint64_t alignment() const { return alignment_; }
-    const std::string& path() const { return file_.path(); }
+    const std::string& path() const { return name_; }
 
     const std::map<std::string, GgufValue>& metadata() const { return kv_; }
     bool has(const std::string& key) const { return kv_.count(key) != 0; }
@@ -90,12 +93,15 @@ public:
 
     const std::vector<GgufTensorInfo>& tensors() const { return tensors_; }
     const GgufTensorInfo* find_tensor(const std::string& name) const;
-    const uint8_t* tensor_data(const GgufTensorInfo& t) const { return file_.data() + data_offset_ + t.offset; }
+    const uint8_t* tensor_data(const GgufTensorInfo& t) const { return data_ + data_offset_ + t.offset; }
     // The tensor as float32 (dequantized), numel() values.
     std::vector<float> tensor_f32(const GgufTensorInfo& t) const;
 
 private:
-    MappedFile file_;
+    void parse(const uint8_t* data, size_t size);
+    MappedFile file_;  // empty when reading bytes in memory
+    std::string name_;
+    const uint8_t* data_ = nullptr;
     uint32_t version_ = 0;
     uint64_t alignment_ = 32;
     uint64_t data_offset_ = 0;

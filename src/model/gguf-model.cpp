@@ -287,6 +287,11 @@ LoadedModel load_gguf_model(const std::string& path) {
 std::string save_gguf_model(const std::string& path, Llama& model, const Tokenizer& tok,
                             const GgufExportOptions& opts) {
     const ModelConfig& c = model->config();
+    DISTILL_CHECK(c.architecture == "llama" || c.architecture == "qwen2", "cannot export a ",
+                  c.architecture, " model to GGUF (supported: llama, qwen2); use --format hf");
+    DISTILL_CHECK(c.rope_scaling.type.empty() && c.explicit_head_dim == 0,
+                  "cannot export to GGUF: RoPE scaling and a head_dim of its own are not supported; "
+                  "use --format hf");
     const GgmlTypeInfo* want = ggml_type_by_name(opts.type);
     DISTILL_CHECK(want && want->from_float, "--type '", opts.type,
                   "' is not supported (supported: f32, f16, bf16, q8_0, q4_0, q4_k, q5_k, q6_k)");
