@@ -11,9 +11,12 @@
 #include <cstdio>
 #include <cstdlib>
 #include <nlohmann/json.hpp>
+#include <sstream>
 
+#include "eval/eval.h"
 #include "model/checkpoint.h"
 #include "test-util.h"
+#include "util/error.h"
 #include "util/file.h"
 
 using namespace distill;
@@ -78,7 +81,7 @@ Trained train(const std::string& arch) {
 }
 
 struct Agreement {
-    double max_abs = 0, mean_abs = 0, max_target = 0;
+    double max_abs = 0, mean_abs = 0, max_target = 0, max_score = 0;
     int64_t positions = 0, compared = 0;
 };
 
@@ -89,7 +92,9 @@ Agreement compare(const Trained& t, const std::string& type) {
     LoadedModel m = load_model_dir(gguf);
     std::vector<int32_t> ids32 = m.tokenizer.encode(t.heldout);
     EXPECT_GE(int64_t(ids32.size()), kPositions + 1);
-    std::vector<int64_t> ids(ids32.begin(), ids32.begin() + std::min<int64_t>(kPositions, int64_t(ids32.size())));
+    // The ids as `distill score` sees them: BOS first.
+    std::vector<int64_t> ids = encode_for_eval(m.tokenizer, t.heldout);
+    ids.resize(size_t(std::min<int64_t>(kPositions, int64_t(ids.size()))));
     const std::string in = t.dir + "/req-" + type + ".json", out = t.dir + "/llama-" + type + ".json";
     write_file_atomic(in, json({{"text", t.heldout}, {"ids", ids}, {"vocab", m.config.vocab_size}}).dump());
     EXPECT_EQ(run("cd " + kNodeDir + " && node llama-logprobs.mjs " + gguf + " " + in + " " + out), 0);
@@ -125,9 +130,31 @@ Agreement compare(const Trained& t, const std::string& type) {
         }
     }
     a.mean_abs = a.compared ? sum / double(a.compared) : 0;
+
+    // `distill score` on the .gguf (one window over the positions compared): each position's
+    // log-prob of its token equals llama.cpp's.
+    const std::string scored = t.dir + "/score-" + type + ".jsonl";
+    EXPECT_EQ(run_distill(str_cat("score --model ", gguf, " --text ", t.dir, "/heldout.txt --top-k 0 --context ",
+                                  kPositions, " --stride ", kPositions),
+                          scored),
+              0);
+    int64_t score_rows = 0;
+    std::istringstream lines(read_file(scored));
+    for (std::string line; std::getline(lines, line);) {
+        const json j = json::parse(line);
+        const int64_t pos = j["pos"].get<int64_t>();
+        if (pos >= a.positions) continue;
+        EXPECT_EQ(j["id"].get<int64_t>(), ids[size_t(pos)]);
+        const json& r = rows[size_t(pos - 1)][size_t(ids[size_t(pos)])];
+        if (r.is_null()) continue;
+        a.max_score = std::max(a.max_score, std::fabs(r.get<double>() - j["logprob"].get<double>()));
+        ++score_rows;
+    }
+    EXPECT_EQ(score_rows, a.positions - 1) << "distill score rows compared";
     std::printf("%s: %lld positions, %lld log-probs compared: max |d log p| %.3g, mean %.3g, "
-                "max on the actual next token %.3g\n",
-                type.c_str(), (long long)a.positions, (long long)a.compared, a.max_abs, a.mean_abs, a.max_target);
+                "max on the actual next token %.3g (distill score CLI: %.3g)\n",
+                type.c_str(), (long long)a.positions, (long long)a.compared, a.max_abs, a.mean_abs, a.max_target,
+                a.max_score);
     return a;
 }
 
@@ -147,6 +174,7 @@ void check_arch(const std::string& arch) {
         EXPECT_GE(a.compared, a.positions * 100);
         EXPECT_LE(a.max_abs, tol.max_abs) << arch << " " << tol.type;
         EXPECT_LE(a.mean_abs, tol.mean_abs) << arch << " " << tol.type;
+        EXPECT_LE(a.max_score, tol.max_abs) << arch << " " << tol.type << ": distill score";
     }
 }
 

@@ -313,7 +313,7 @@ TEST(HostileTokenizer, UnknownTypes) {
     j["decoder"] = {{"type", "Whatever"}};
     tok_error(j, "decoder type", "unknown decoder");
     j = base_tokenizer();
-    j["normalizer"] = {{"type", "Lowercase"}};
+    j["normalizer"] = {{"type", "Nmt"}};
     tok_error(j, "normalizer", "unknown normalizer");
 }
 
