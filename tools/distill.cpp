@@ -71,7 +71,7 @@ void print_train_result(const std::string& run_dir, const TrainResult& r) {
 }
 
 int cmd_tokenize(const std::string& tok_path, bool decode, bool jsonl) {
-    Tokenizer tok = Tokenizer::load(tok_path);
+    Tokenizer tok = load_tokenizer(tok_path);
     auto ids_of = [](const json& arr, const std::string& where) {
         DISTILL_CHECK(arr.is_array(), where, ": expected a JSON array of token ids");
         std::vector<int32_t> ids;
@@ -212,7 +212,7 @@ int main(int argc, char** argv) {
     // prepare
     std::string prep_tok, prep_in, prep_out;
     auto* c_prep = app.add_subcommand("prepare", "tokenize a text file into a token shard");
-    c_prep->add_option("--tokenizer", prep_tok, "tokenizer.json")->required()->check(CLI::ExistingFile);
+    c_prep->add_option("--tokenizer", prep_tok, "tokenizer.json, model directory or .gguf")->required()->check(CLI::ExistingPath);
     c_prep->add_option("--input", prep_in, "UTF-8 text file")->required()->check(CLI::ExistingFile);
     c_prep->add_option("--out", prep_out, "shard prefix (writes PREFIX.bin and PREFIX.json)")->required();
     double prep_heldout = 0;
@@ -227,7 +227,7 @@ int main(int argc, char** argv) {
     std::string pre_config, pre_tok, pre_data, pre_run;
     auto* c_pre = app.add_subcommand("pretrain", "train a model from scratch with cross-entropy");
     c_pre->add_option("--config", pre_config, "model config.json (HF keys)")->required()->check(CLI::ExistingFile);
-    c_pre->add_option("--tokenizer", pre_tok, "tokenizer.json")->required()->check(CLI::ExistingFile);
+    c_pre->add_option("--tokenizer", pre_tok, "tokenizer.json, model directory or .gguf")->required()->check(CLI::ExistingPath);
     c_pre->add_option("--data", pre_data, "token shard prefix (from `distill prepare`)")->required();
     c_pre->add_option("--run-dir", pre_run, "run directory (checkpoints, metrics, model/)")->required();
     add_train_flags(c_pre, pre);
@@ -295,7 +295,7 @@ int main(int argc, char** argv) {
     std::string tz_tok;
     bool tz_decode = false, tz_jsonl = false;
     auto* c_tz = app.add_subcommand("tokenize", "text on stdin -> JSON ids (or back with --decode)");
-    c_tz->add_option("--tokenizer", tz_tok, "tokenizer.json")->required();
+    c_tz->add_option("--tokenizer", tz_tok, "tokenizer.json, model directory or .gguf")->required();
     c_tz->add_flag("--decode", tz_decode, "read a JSON array of ids, print the text");
     c_tz->add_flag("--jsonl", tz_jsonl, "one JSON string (or id array) per input line");
 
@@ -356,7 +356,7 @@ int main(int argc, char** argv) {
             return 0;
         }
         if (*c_prep) {
-            Tokenizer tok = Tokenizer::load(prep_tok);
+            Tokenizer tok = load_tokenizer(prep_tok);
             std::string text = read_file(prep_in);
             DISTILL_CHECK((prep_heldout > 0) == !prep_heldout_out.empty(),
                           "--heldout-fraction and --heldout-out go together");
@@ -378,7 +378,7 @@ int main(int argc, char** argv) {
             return 0;
         }
         if (*c_pre) {
-            Tokenizer tok = Tokenizer::load(pre_tok);
+            Tokenizer tok = load_tokenizer(pre_tok);
             ModelConfig cfg = config_for(pre_config, tok);
             TokenShard shard(pre_data);
             DISTILL_CHECK(shard.info().tokenizer_fingerprint == tok.fingerprint(), "shard '", pre_data,
@@ -429,13 +429,10 @@ int main(int argc, char** argv) {
             Tokenizer tok;
             std::string tok_from;
             if (!kd_tok.empty()) {
-                tok = Tokenizer::load(kd_tok);
-            } else if (!kd_init.empty() && file_exists(path_join(kd_init, "tokenizer.json"))) {
-                tok = Tokenizer::load(path_join(kd_init, "tokenizer.json"));
-            } else if (!kd_init.empty() && is_gguf_path(kd_init)) {
-                LoadedModel init = load_model_dir(kd_init);
-                DISTILL_CHECK(init.has_tokenizer, kd_init, " has no tokenizer: pass --tokenizer");
-                tok = init.tokenizer;
+                tok = load_tokenizer(kd_tok);
+            } else if (!kd_init.empty() && (is_gguf_path(kd_init) ||
+                                            file_exists(path_join(kd_init, "tokenizer.json")))) {
+                tok = load_tokenizer(kd_init);
             } else if (teacher.has_tokenizer) {
                 tok = teacher.tokenizer;
             } else {

@@ -102,6 +102,12 @@ Agreement compare(const Trained& t, const std::string& type) {
 
     // llama.cpp's tokenization of the whole held-out text equals distill's
     EXPECT_EQ(ref["tokens"].get<std::vector<int32_t>>(), ids32) << type << ": tokenization differs";
+    // ... and so does `distill tokenize --tokenizer model.gguf`
+    const std::string tokenized = t.dir + "/tokens-" + type + ".json";
+    EXPECT_EQ(run("cat " + t.dir + "/heldout.txt | " + std::string(DISTILL_BINARY) + " tokenize --tokenizer " + gguf +
+                  " > " + tokenized),
+              0);
+    EXPECT_EQ(read_json_file(tokenized), ref["tokens"]) << type << ": distill tokenize";
 
     torch::NoGradGuard ng;
     torch::Tensor lp = torch::log_softmax(

