@@ -356,6 +356,7 @@ std::vector<float> GgufFile::tensor_f32(const GgufTensorInfo& t) const {
     } catch (const Error& e) {
         throw Error(str_cat("'", path(), "': tensor '", t.name, "': ", e.what()));
     }
+    file_.drop(data_offset_ + t.offset, t.nbytes);  // the float copy is what is kept
     return out;
 }
 

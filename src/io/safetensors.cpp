@@ -48,6 +48,9 @@ torch::Tensor SafetensorsFile::get(const std::string& name, torch::Dtype dtype) 
     // from_blob over unaligned mapped bytes is not safe for every op: copy into a fresh tensor.
     torch::Tensor t = torch::empty(e.shape, torch::TensorOptions().dtype(info->dtype));
     if (e.end > e.begin) std::memcpy(t.data_ptr(), p, e.end - e.begin);
+    // The copy is what is kept: the mapped pages need not stay resident (a big model would
+    // otherwise be held twice while it loads).
+    file_.drop(header_.data_offset + e.begin, e.end - e.begin);
     return t.scalar_type() == dtype ? t : t.to(dtype);
 }
 

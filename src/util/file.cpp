@@ -6,6 +6,7 @@
 #include <unistd.h>
 #include <xxhash.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
@@ -162,6 +163,16 @@ static std::string hex64(uint64_t h) {
     char buf[17];
     std::snprintf(buf, sizeof buf, "%016llx", static_cast<unsigned long long>(h));
     return buf;
+}
+
+void MappedFile::drop(size_t offset, size_t n) const {
+    if (!data_ || offset >= size_) return;
+    n = std::min(n, size_ - offset);
+    const size_t page = size_t(::sysconf(_SC_PAGESIZE));
+    // Only whole pages inside the range: a neighbour's bytes may still be wanted.
+    const size_t begin = (offset + page - 1) / page * page, end = (offset + n) / page * page;
+    if (end > begin)
+        ::madvise(const_cast<uint8_t*>(data_) + begin, end - begin, MADV_DONTNEED);
 }
 
 std::string hash_hex(std::string_view bytes) { return hex64(hash64(bytes.data(), bytes.size())); }

@@ -59,6 +59,9 @@ public:
     const uint8_t* data() const { return data_; }
     size_t size() const { return size_; }
     const std::string& path() const { return path_; }
+    // Tells the kernel that bytes [offset, offset + n) are not needed for now: their pages leave
+    // this process's resident set (they are read again from the file if touched).
+    void drop(size_t offset, size_t n) const;
 
 private:
     void reset();
