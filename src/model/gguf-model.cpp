@@ -284,6 +284,17 @@ LoadedModel load_gguf_model(const std::string& path) {
     return m;
 }
 
+namespace {
+// A normalizer that changes nothing: none, or a Sequence of such (DeepSeek-V3 ships an empty one).
+bool is_identity_normalizer(const json& n) {
+    if (n.is_null()) return true;
+    if (!n.is_object() || n.value("type", "") != "Sequence" || !n.contains("normalizers")) return false;
+    for (const auto& m : n["normalizers"])
+        if (!is_identity_normalizer(m)) return false;
+    return true;
+}
+}  // namespace
+
 std::string save_gguf_model(const std::string& path, Llama& model, const Tokenizer& tok,
                             const GgufExportOptions& opts) {
     const ModelConfig& c = model->config();
@@ -320,7 +331,8 @@ std::string save_gguf_model(const std::string& path, Llama& model, const Tokeniz
     }
     DISTILL_CHECK(pt, "cannot export the tokenizer to GGUF: its pre-tokenizer ", pre.dump(),
                   " is none that llama.cpp implements (supported: ", pre_names(), ")");
-    DISTILL_CHECK(tj["normalizer"].is_null(), "cannot export the tokenizer to GGUF: it has a normalizer");
+    DISTILL_CHECK(is_identity_normalizer(tj["normalizer"]), "cannot export the tokenizer to GGUF: its normalizer ",
+                  tj["normalizer"].dump().substr(0, 200), " has no GGUF equivalent (llama.cpp would not apply it)");
     std::vector<std::string> tokens(size_t(c.vocab_size));
     std::vector<int64_t> types(size_t(c.vocab_size), kTokNormal);
     DISTILL_CHECK(tok.vocab_size() <= c.vocab_size, "the tokenizer has ", tok.vocab_size(),

@@ -40,6 +40,12 @@ bool have_llama_cpp() {
         if (ci) ADD_FAILURE() << "CI is set but `node` does not run";
         return false;
     }
+    if (run("node -e 'process.exit(parseInt(process.versions.node) >= 20 ? 0 : 1)'") != 0) {
+        const std::string why = "node-llama-cpp 3.21.1 needs Node.js 20 or newer (Debian 12's own is 18)";
+        if (ci) ADD_FAILURE() << why;
+        std::printf("%s\n", why.c_str());
+        return false;
+    }
     return true;
 }
 
@@ -188,3 +194,53 @@ void check_arch(const std::string& arch) {
 
 TEST(GgufLlamaCpp, LlamaAgreesWithLlamaCpp) { check_arch("llama"); }
 TEST(GgufLlamaCpp, Qwen2AgreesWithLlamaCpp) { check_arch("qwen2"); }
+
+// Real vocabularies in GGUF: a (random, tiny) model carrying the Llama 3 or DeepSeek-V3
+// tokenizer.json is exported; llama.cpp, reading the tokenizer.ggml.* metadata with its own
+// pre-tokenizer for the `tokenizer.ggml.pre` distill chose, must split text as distill does, and
+// distill reading the GGUF back must too.
+TEST(GgufLlamaCpp, RealTokenizersTokenizeAsLlamaCpp) {
+    if (!have_llama_cpp()) GTEST_SKIP() << "node-llama-cpp is not installed: run `npm ci` in " << kNodeDir;
+    std::string corpus;
+    if (const char* p = std::getenv("DISTILL_TEST_CORPUS"); p && *p) corpus = read_file(p);
+    std::string text = corpus.empty() ? std::string() : corpus.substr(corpus.size() - 6000, 4000);
+    text +=
+        "\n\nNumbers 1234567 and 3.14159, dates 2026-11-28; code: for (int i = 0; i < n; ++i) { x[i] += 2; }\n"
+        "\t\tTabs,   spaces    and\n\n\n newlines.  \u4f60\u597d\uff0c\u4e16\u754c\uff01\u3053\u3093\u306b\u3061\u306f "
+        "\uc548\ub155\ud558\uc138\uc694 \u041f\u0440\u0438\u0432\u0435\u0442, \u043c\u0438\u0440! "
+        "\u0645\u0631\u062d\u0628\u0627 \u0628\u0627\u0644\u0639\u0627\u0644\u0645 \u0928\u092e\u0938\u094d\u0924\u0947 "
+        "\U0001F469\u200D\U0001F4BB \U0001F44D\U0001F3FD caf\u00e9 na\u00efve I'm you'll HELLO'S";
+    for (const char* name : {"llama3", "deepseek_v3"}) {
+        const std::string tok_path =
+            str_cat(kNodeDir, "/node_modules/@lenml/tokenizer-", name, "/models/tokenizer.json");
+        ASSERT_TRUE(file_exists(tok_path)) << tok_path;
+        Tokenizer tok = Tokenizer::load(tok_path);
+        ModelConfig c;
+        c.vocab_size = tok.vocab_size();
+        c.hidden_size = 32;
+        c.num_hidden_layers = 1;
+        c.num_attention_heads = 2;
+        c.num_key_value_heads = 1;
+        c.intermediate_size = 32;
+        c.max_position_embeddings = 64;
+        Llama model(c);
+        model->init_weights(1);
+        const std::string dir = temp_dir(std::string("gguf-real-") + name);
+        save_model_dir(dir + "/m", model, &tok);
+        const std::string gguf = dir + "/m.gguf";
+        ASSERT_EQ(run_distill("export --model " + dir + "/m --format gguf --out " + gguf), 0) << name;
+        const std::vector<int32_t> ours = tok.encode(text);
+        const std::string in = dir + "/req.json", out = dir + "/llama.json";
+        write_file_atomic(in, json({{"text", text}, {"ids", {ours[0]}}, {"vocab", c.vocab_size}}).dump());
+        ASSERT_EQ(run("cd " + kNodeDir + " && node llama-logprobs.mjs " + gguf + " " + in + " " + out), 0);
+        const auto theirs = read_json_file(out)["tokens"].get<std::vector<int32_t>>();
+        size_t first_diff = 0;
+        while (first_diff < ours.size() && first_diff < theirs.size() && ours[first_diff] == theirs[first_diff])
+            ++first_diff;
+        EXPECT_EQ(ours, theirs) << name << ": first difference at token " << first_diff << " of "
+                                << ours.size();
+        EXPECT_EQ(load_tokenizer(gguf).encode(text), ours) << name << ": the tokenizer read back from the GGUF";
+        std::printf("[%s] %zu bytes -> %zu tokens; llama.cpp %zu tokens, equal: %s\n", name, text.size(),
+                    ours.size(), theirs.size(), ours == theirs ? "yes" : "no");
+    }
+}
