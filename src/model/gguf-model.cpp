@@ -67,6 +67,8 @@ std::string gguf_name(const std::string& hf) {
         {"self_attn.v_proj.weight", "attn_v.weight"},
         {"self_attn.v_proj.bias", "attn_v.bias"},
         {"self_attn.o_proj.weight", "attn_output.weight"},
+        {"self_attn.q_norm.weight", "attn_q_norm.weight"},
+        {"self_attn.k_norm.weight", "attn_k_norm.weight"},
         {"post_attention_layernorm.weight", "ffn_norm.weight"},
         {"mlp.gate_proj.weight", "ffn_gate.weight"},
         {"mlp.up_proj.weight", "ffn_up.weight"},
@@ -83,7 +85,7 @@ std::string gguf_name(const std::string& hf) {
 // llama.cpp's "llama" architecture applies RoPE to adjacent pairs (x0, x1), (x2, x3), ... while
 // HF Llama rotates the two halves of each head; convert_hf_to_gguf.py therefore reorders the
 // rows of q and k (weights and biases) within each head: HF row s * D/2 + j -> GGUF row 2j + s.
-// qwen2 uses the NEOX (halves) form in llama.cpp and is stored unpermuted.
+// qwen2 and qwen3 use the NEOX (halves) form in llama.cpp and are stored unpermuted.
 torch::Tensor permute_to_gguf(const torch::Tensor& w, int64_t n_head) {
     auto sizes = w.sizes().vec();
     std::vector<int64_t> shape = {n_head, 2, sizes[0] / n_head / 2};
@@ -197,8 +199,8 @@ LoadedModel load_gguf_model(const std::string& path) {
     GgufFile f(path);
     const std::string src = "'" + path + "'";
     const std::string arch = f.get_string("general.architecture");
-    DISTILL_CHECK(arch == "llama" || arch == "qwen2", src, ": architecture '", arch,
-                  "' is not supported (supported: llama, qwen2)");
+    DISTILL_CHECK(arch == "llama" || arch == "qwen2" || arch == "qwen3", src, ": architecture '", arch,
+                  "' is not supported (supported: llama, qwen2, qwen3)");
     auto key = [&](const std::string& k) { return arch + "." + k; };
     if (f.has(key("rope.scaling.type"))) {
         const std::string s = f.get_string(key("rope.scaling.type"));
@@ -224,6 +226,12 @@ LoadedModel load_gguf_model(const std::string& path) {
     c.vocab_size = emb->dims[1];
     c.tie_word_embeddings = f.find_tensor("output.weight") == nullptr;
     c.attention_bias = f.find_tensor("blk.0.attn_q.bias") != nullptr;
+    c.qk_norm = arch == "qwen3";
+    // Qwen3's heads are wider than embedding_length / head_count.
+    if (f.has(key("attention.key_length")) && c.num_attention_heads > 0) {
+        const int64_t kl = f.get_int(key("attention.key_length"));
+        if (kl * c.num_attention_heads != c.hidden_size) c.explicit_head_dim = kl;
+    }
     if (f.has("tokenizer.ggml.bos_token_id")) c.bos_token_id = f.get_int("tokenizer.ggml.bos_token_id");
     if (f.has("tokenizer.ggml.eos_token_id")) c.eos_token_id = f.get_int("tokenizer.ggml.eos_token_id");
     try {
@@ -231,9 +239,9 @@ LoadedModel load_gguf_model(const std::string& path) {
     } catch (const Error& e) {
         throw Error(str_cat(src, ": ", e.what()));
     }
-    if (f.has(key("attention.key_length")))
-        DISTILL_CHECK(f.get_int(key("attention.key_length")) == c.head_dim(), src,
-                      ": attention.key_length differs from embedding_length / head_count (not supported)");
+    if (f.has(key("attention.value_length")))
+        DISTILL_CHECK(f.get_int(key("attention.value_length")) == c.head_dim(), src,
+                      ": attention.value_length differs from attention.key_length (not supported)");
     if (f.has(key("rope.dimension_count")))
         DISTILL_CHECK(f.get_int(key("rope.dimension_count")) == c.head_dim(), src,
                       ": rope.dimension_count differs from the head size (partial RoPE is not supported)");
@@ -298,11 +306,11 @@ bool is_identity_normalizer(const json& n) {
 std::string save_gguf_model(const std::string& path, Llama& model, const Tokenizer& tok,
                             const GgufExportOptions& opts) {
     const ModelConfig& c = model->config();
-    DISTILL_CHECK(c.architecture == "llama" || c.architecture == "qwen2", "cannot export a ",
-                  c.architecture, " model to GGUF (supported: llama, qwen2); use --format hf");
-    DISTILL_CHECK(c.rope_scaling.type.empty() && c.explicit_head_dim == 0,
-                  "cannot export to GGUF: RoPE scaling and a head_dim of its own are not supported; "
+    DISTILL_CHECK(c.architecture == "llama" || c.architecture == "qwen2" || c.architecture == "qwen3",
+                  "cannot export a ", c.architecture, " model to GGUF (supported: llama, qwen2, qwen3); "
                   "use --format hf");
+    DISTILL_CHECK(c.rope_scaling.type.empty(),
+                  "cannot export to GGUF: RoPE scaling is not supported; use --format hf");
     const GgmlTypeInfo* want = ggml_type_by_name(opts.type);
     DISTILL_CHECK(want && want->from_float, "--type '", opts.type,
                   "' is not supported (supported: f32, f16, bf16, q8_0, q4_0, q4_k, q5_k, q6_k)");
@@ -375,6 +383,8 @@ std::string save_gguf_model(const std::string& path, Llama& model, const Tokeniz
         {arch + ".attention.head_count", GgufValue::u32(uint32_t(c.num_attention_heads))},
         {arch + ".attention.head_count_kv", GgufValue::u32(uint32_t(c.num_key_value_heads))},
         {arch + ".rope.dimension_count", GgufValue::u32(uint32_t(c.head_dim()))},
+        {arch + ".attention.key_length", GgufValue::u32(uint32_t(c.head_dim()))},
+        {arch + ".attention.value_length", GgufValue::u32(uint32_t(c.head_dim()))},
         {arch + ".rope.freq_base", GgufValue::f32(float(c.rope_theta))},
         {arch + ".attention.layer_norm_rms_epsilon", GgufValue::f32(float(c.rms_norm_eps))},
         {arch + ".vocab_size", GgufValue::u32(uint32_t(c.vocab_size))},

@@ -67,14 +67,14 @@ Trained train(const std::string& arch) {
     t.heldout = t.heldout.substr(t.heldout.find('\n') + 1);
     write_file_atomic(t.dir + "/train.txt", corpus.substr(0, std::min<size_t>(cut, 300000)));
     write_file_atomic(t.dir + "/heldout.txt", t.heldout);
-    const bool qwen = arch == "qwen2";
-    write_file_atomic(t.dir + "/config.json",
-                      json({{"model_type", arch}, {"hidden_size", 256}, {"num_hidden_layers", 2},
-                            {"num_attention_heads", 4}, {"num_key_value_heads", 2},
-                            {"intermediate_size", 512}, {"max_position_embeddings", 512},
-                            {"rope_theta", qwen ? 1000000.0 : 10000.0}, {"rms_norm_eps", qwen ? 1e-6 : 1e-5},
-                            {"tie_word_embeddings", !qwen}})
-                          .dump());
+    const bool qwen = arch != "llama";
+    json cfg = {{"model_type", arch}, {"hidden_size", 256}, {"num_hidden_layers", 2},
+                {"num_attention_heads", 4}, {"num_key_value_heads", 2},
+                {"intermediate_size", 512}, {"max_position_embeddings", 512},
+                {"rope_theta", qwen ? 1000000.0 : 10000.0}, {"rms_norm_eps", qwen ? 1e-6 : 1e-5},
+                {"tie_word_embeddings", arch != "qwen2"}};
+    if (arch == "qwen3") cfg["head_dim"] = 96;  // wider than hidden / heads, as in Qwen3 models
+    write_file_atomic(t.dir + "/config.json", cfg.dump());
     EXPECT_EQ(run_distill("train-tokenizer --input " + t.dir + "/train.txt --vocab-size 512 --out " + t.dir +
                           "/tok.json"), 0);
     EXPECT_EQ(run_distill("prepare --tokenizer " + t.dir + "/tok.json --input " + t.dir + "/train.txt --out " +
@@ -194,6 +194,7 @@ void check_arch(const std::string& arch) {
 
 TEST(GgufLlamaCpp, LlamaAgreesWithLlamaCpp) { check_arch("llama"); }
 TEST(GgufLlamaCpp, Qwen2AgreesWithLlamaCpp) { check_arch("qwen2"); }
+TEST(GgufLlamaCpp, Qwen3AgreesWithLlamaCpp) { check_arch("qwen3"); }
 
 // Real vocabularies in GGUF: a (random, tiny) model carrying the Llama 3 or DeepSeek-V3
 // tokenizer.json is exported; llama.cpp, reading the tokenizer.ggml.* metadata with its own

@@ -430,6 +430,8 @@ Llama small_model(const std::string& arch, int64_t vocab) {
     ModelConfig c;
     c.architecture = arch;
     c.attention_bias = arch == "qwen2";
+    c.qk_norm = arch == "qwen3";
+    if (arch == "qwen3") c.explicit_head_dim = 24;  // 4 x 24 != 64, as Qwen3's heads are wider
     c.vocab_size = vocab;
     c.hidden_size = 64;
     c.num_hidden_layers = 2;
@@ -455,7 +457,7 @@ Llama small_model(const std::string& arch, int64_t vocab) {
 
 TEST(GgufModel, F32ExportLoadsBackIdentical) {
     Tokenizer tok = small_tokenizer();
-    for (const std::string arch : {"llama", "qwen2"}) {
+    for (const std::string arch : {"llama", "qwen2", "qwen3"}) {
         Llama m = small_model(arch, 320);  // 20 padding rows beyond the tokenizer
         const std::string path = dir() + "/model-" + arch + ".gguf";
         save_gguf_model(path, m, tok, {"f32", "test"});
@@ -483,7 +485,7 @@ TEST(GgufModel, F32ExportLoadsBackIdentical) {
         ASSERT_TRUE(q);
         auto qf = f.tensor_f32(*q);
         torch::Tensor hf = m->model->layers->ptr<DecoderLayerImpl>(0)->self_attn->q_proj->weight;
-        const int64_t D = 16, C = 64;
+        const int64_t D = m->config().head_dim(), C = 64;
         for (int64_t head = 0; head < 4; ++head)
             for (int64_t j = 0; j < D / 2; ++j)
                 for (int64_t s = 0; s < 2; ++s) {
