@@ -301,6 +301,8 @@ bool is_identity_normalizer(const json& n) {
         if (!is_identity_normalizer(m)) return false;
     return true;
 }
+// NFC (Qwen2/3): the same as none on text already in NFC, which is most text.
+bool is_nfc(const json& n) { return n.is_object() && n.value("type", "") == "NFC"; }
 }  // namespace
 
 std::string save_gguf_model(const std::string& path, Llama& model, const Tokenizer& tok,
@@ -339,8 +341,12 @@ std::string save_gguf_model(const std::string& path, Llama& model, const Tokeniz
     }
     DISTILL_CHECK(pt, "cannot export the tokenizer to GGUF: its pre-tokenizer ", pre.dump(),
                   " is none that llama.cpp implements (supported: ", pre_names(), ")");
-    DISTILL_CHECK(is_identity_normalizer(tj["normalizer"]), "cannot export the tokenizer to GGUF: its normalizer ",
-                  tj["normalizer"].dump().substr(0, 200), " has no GGUF equivalent (llama.cpp would not apply it)");
+    if (is_nfc(tj["normalizer"]))
+        log_info("the tokenizer's NFC normalizer has no GGUF equivalent: llama.cpp tokenizes text that is "
+                 "not in NFC differently (as with llama.cpp's own conversion of such models)");
+    else
+        DISTILL_CHECK(is_identity_normalizer(tj["normalizer"]), "cannot export the tokenizer to GGUF: its normalizer ",
+                      tj["normalizer"].dump().substr(0, 200), " has no GGUF equivalent (llama.cpp would not apply it)");
     std::vector<std::string> tokens(size_t(c.vocab_size));
     std::vector<int64_t> types(size_t(c.vocab_size), kTokNormal);
     DISTILL_CHECK(tok.vocab_size() <= c.vocab_size, "the tokenizer has ", tok.vocab_size(),
