@@ -13,28 +13,6 @@ namespace {
 
 constexpr int64_t kQK = 256;  // super-block of the K-quants
 
-const GgmlTypeInfo kTypes[] = {
-    {GgmlType::F32, "F32", 1, 4, true, true},
-    {GgmlType::F16, "F16", 1, 2, true, true},
-    {GgmlType::BF16, "BF16", 1, 2, true, true},
-    {GgmlType::Q4_0, "Q4_0", 32, 18, true, true},
-    {GgmlType::Q4_1, "Q4_1", 32, 20, false, false},
-    {GgmlType::Q5_0, "Q5_0", 32, 22, false, false},
-    {GgmlType::Q5_1, "Q5_1", 32, 24, false, false},
-    {GgmlType::Q8_0, "Q8_0", 32, 34, true, true},
-    {GgmlType::Q8_1, "Q8_1", 32, 40, false, false},
-    {GgmlType::Q2_K, "Q2_K", kQK, 84, false, false},
-    {GgmlType::Q3_K, "Q3_K", kQK, 110, false, false},
-    {GgmlType::Q4_K, "Q4_K", kQK, 144, true, true},
-    {GgmlType::Q5_K, "Q5_K", kQK, 176, true, true},
-    {GgmlType::Q6_K, "Q6_K", kQK, 210, true, true},
-    {GgmlType::Q8_K, "Q8_K", kQK, 292, false, false},
-    {GgmlType::I8, "I8", 1, 1, false, false},
-    {GgmlType::I16, "I16", 1, 2, false, false},
-    {GgmlType::I32, "I32", 1, 4, false, false},
-    {GgmlType::I64, "I64", 1, 8, false, false},
-    {GgmlType::F64, "F64", 1, 8, false, false},
-};
 
 uint16_t rd16(const uint8_t* p) { return uint16_t(p[0] | (p[1] << 8)); }
 void wr16(uint8_t* p, uint16_t v) {
@@ -328,6 +306,57 @@ void quant_q6_k(const float* x, uint8_t* b) {
     }
 }
 
+// Whole rows from the block kernels above.
+template <void (*Dequant)(const uint8_t*, float*), int64_t Block, int64_t Bytes>
+void blocks_to_float(const uint8_t* src, float* dst, int64_t n) {
+    for (int64_t i = 0; i < n / Block; ++i) Dequant(src + i * Bytes, dst + i * Block);
+}
+template <void (*Quant)(const float*, uint8_t*), int64_t Block, int64_t Bytes>
+void blocks_from_float(const float* src, uint8_t* dst, int64_t n) {
+    for (int64_t i = 0; i < n / Block; ++i) Quant(src + i * Block, dst + i * Bytes);
+}
+void f32_to_float(const uint8_t* src, float* dst, int64_t n) { std::memcpy(dst, src, size_t(n) * 4); }
+void f32_from_float(const float* src, uint8_t* dst, int64_t n) { std::memcpy(dst, src, size_t(n) * 4); }
+void f16_to_float(const uint8_t* src, float* dst, int64_t n) {
+    for (int64_t i = 0; i < n; ++i) dst[i] = fp16_to_fp32(rd16(src + 2 * i));
+}
+void f16_from_float(const float* src, uint8_t* dst, int64_t n) {
+    for (int64_t i = 0; i < n; ++i) wr16(dst + 2 * i, fp32_to_fp16(src[i]));
+}
+void bf16_to_float(const uint8_t* src, float* dst, int64_t n) {
+    for (int64_t i = 0; i < n; ++i) dst[i] = bf16_to_fp32(rd16(src + 2 * i));
+}
+void bf16_from_float(const float* src, uint8_t* dst, int64_t n) {
+    for (int64_t i = 0; i < n; ++i) wr16(dst + 2 * i, fp32_to_bf16(src[i]));
+}
+
+// ggml's types: id, name, values and bytes per block, row kernels (gguf-py constants.py).
+const GgmlTypeInfo kTypes[] = {
+    {GgmlType::F32, "F32", 1, 4, f32_to_float, f32_from_float},
+    {GgmlType::F16, "F16", 1, 2, f16_to_float, f16_from_float},
+    {GgmlType::BF16, "BF16", 1, 2, bf16_to_float, bf16_from_float},
+    {GgmlType::Q4_0, "Q4_0", 32, 18, blocks_to_float<dequant_q4_0, 32, 18>, blocks_from_float<quant_q4_0, 32, 18>},
+    {GgmlType::Q4_1, "Q4_1", 32, 20, nullptr, nullptr},
+    {GgmlType::Q5_0, "Q5_0", 32, 22, nullptr, nullptr},
+    {GgmlType::Q5_1, "Q5_1", 32, 24, nullptr, nullptr},
+    {GgmlType::Q8_0, "Q8_0", 32, 34, blocks_to_float<dequant_q8_0, 32, 34>, blocks_from_float<quant_q8_0, 32, 34>},
+    {GgmlType::Q8_1, "Q8_1", 32, 40, nullptr, nullptr},
+    {GgmlType::Q2_K, "Q2_K", kQK, 84, nullptr, nullptr},
+    {GgmlType::Q3_K, "Q3_K", kQK, 110, nullptr, nullptr},
+    {GgmlType::Q4_K, "Q4_K", kQK, 144, blocks_to_float<dequant_q4_k, kQK, 144>,
+     blocks_from_float<quant_q4_k, kQK, 144>},
+    {GgmlType::Q5_K, "Q5_K", kQK, 176, blocks_to_float<dequant_q5_k, kQK, 176>,
+     blocks_from_float<quant_q5_k, kQK, 176>},
+    {GgmlType::Q6_K, "Q6_K", kQK, 210, blocks_to_float<dequant_q6_k, kQK, 210>,
+     blocks_from_float<quant_q6_k, kQK, 210>},
+    {GgmlType::Q8_K, "Q8_K", kQK, 292, nullptr, nullptr},
+    {GgmlType::I8, "I8", 1, 1, nullptr, nullptr},
+    {GgmlType::I16, "I16", 1, 2, nullptr, nullptr},
+    {GgmlType::I32, "I32", 1, 4, nullptr, nullptr},
+    {GgmlType::I64, "I64", 1, 8, nullptr, nullptr},
+    {GgmlType::F64, "F64", 1, 8, nullptr, nullptr},
+};
+
 const GgmlTypeInfo& checked(GgmlType type, int64_t n, const char* what) {
     const GgmlTypeInfo* info = ggml_type_info(uint32_t(type));
     DISTILL_CHECK(info, what, ": unknown ggml type ", uint32_t(type));
@@ -413,60 +442,14 @@ void dequantize_row(GgmlType type, const uint8_t* src, float* dst, int64_t n) {
     const GgmlTypeInfo& t = checked(type, n, "dequantize");
     DISTILL_CHECK(t.to_float, "tensors of type ", t.name,
                   " cannot be read yet (supported: F32, F16, BF16, Q8_0, Q4_0, Q4_K, Q5_K, Q6_K)");
-    const int64_t nb = n / t.block;
-    switch (type) {
-        case GgmlType::F32:
-            std::memcpy(dst, src, size_t(n) * 4);
-            return;
-        case GgmlType::F16:
-            for (int64_t i = 0; i < n; ++i) dst[i] = fp16_to_fp32(rd16(src + 2 * i));
-            return;
-        case GgmlType::BF16:
-            for (int64_t i = 0; i < n; ++i) dst[i] = bf16_to_fp32(rd16(src + 2 * i));
-            return;
-        default:
-            break;
-    }
-    void (*fn)(const uint8_t*, float*) = nullptr;
-    switch (type) {
-        case GgmlType::Q4_0: fn = dequant_q4_0; break;
-        case GgmlType::Q8_0: fn = dequant_q8_0; break;
-        case GgmlType::Q4_K: fn = dequant_q4_k; break;
-        case GgmlType::Q5_K: fn = dequant_q5_k; break;
-        case GgmlType::Q6_K: fn = dequant_q6_k; break;
-        default: DISTILL_ASSERT(false, "to_float without a kernel: ", t.name);
-    }
-    for (int64_t i = 0; i < nb; ++i) fn(src + i * t.bytes, dst + i * t.block);
+    t.to_float(src, dst, n);
 }
 
 void quantize_row(GgmlType type, const float* src, uint8_t* dst, int64_t n) {
     const GgmlTypeInfo& t = checked(type, n, "quantize");
     DISTILL_CHECK(t.from_float, "cannot write tensors of type ", t.name,
                   " (supported: F32, F16, BF16, Q8_0, Q4_0, Q4_K, Q5_K, Q6_K)");
-    const int64_t nb = n / t.block;
-    switch (type) {
-        case GgmlType::F32:
-            std::memcpy(dst, src, size_t(n) * 4);
-            return;
-        case GgmlType::F16:
-            for (int64_t i = 0; i < n; ++i) wr16(dst + 2 * i, fp32_to_fp16(src[i]));
-            return;
-        case GgmlType::BF16:
-            for (int64_t i = 0; i < n; ++i) wr16(dst + 2 * i, fp32_to_bf16(src[i]));
-            return;
-        default:
-            break;
-    }
-    void (*fn)(const float*, uint8_t*) = nullptr;
-    switch (type) {
-        case GgmlType::Q4_0: fn = quant_q4_0; break;
-        case GgmlType::Q8_0: fn = quant_q8_0; break;
-        case GgmlType::Q4_K: fn = quant_q4_k; break;
-        case GgmlType::Q5_K: fn = quant_q5_k; break;
-        case GgmlType::Q6_K: fn = quant_q6_k; break;
-        default: DISTILL_ASSERT(false, "from_float without a kernel: ", t.name);
-    }
-    for (int64_t i = 0; i < nb; ++i) fn(src + i * t.block, dst + i * t.bytes);
+    t.from_float(src, dst, n);
 }
 
 }  // namespace distill

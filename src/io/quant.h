@@ -37,8 +37,10 @@ struct GgmlTypeInfo {
     const char* name;  // "F32", "Q4_K", ...
     int64_t block;     // elements per block
     int64_t bytes;     // bytes per block
-    bool to_float;     // dequantize_row supports it
-    bool from_float;   // quantize_row supports it
+    // Whole rows of n values (n a multiple of block); nullptr where distill cannot read or write
+    // the type. dequantize_row / quantize_row call these after checking.
+    void (*to_float)(const uint8_t* src, float* dst, int64_t n);
+    void (*from_float)(const float* src, uint8_t* dst, int64_t n);
 };
 
 // nullptr for an id distill does not know.
