@@ -14,11 +14,13 @@
 #include "io/safetensors-header.h"
 #include "io/safetensors.h"
 #include "io/shards.h"
+#include "test-util.h"
 #include "tokenizer/tokenizer.h"
 #include "util/error.h"
 #include "util/file.h"
 
 using namespace distill;
+using distill::testing_util::safetensors_bytes;
 using nlohmann::json;
 
 namespace {
@@ -40,10 +42,6 @@ std::string u64le(uint64_t n) {
 }
 
 // A safetensors file: u64 header length, header, `data_bytes` zero bytes.
-std::string st_file(const std::string& header, size_t data_bytes) {
-    return u64le(header.size()) + header + std::string(data_bytes, '\0');
-}
-
 void st_error(const std::string& bytes, const std::string& needle) {
     expect_error(
         [&] {
@@ -60,7 +58,7 @@ const char* kTwoTensors =
 }  // namespace
 
 TEST(HostileSafetensors, ValidFileParses) {
-    const std::string f = st_file(kTwoTensors, 40);
+    const std::string f = safetensors_bytes(kTwoTensors, 40);
     auto h = parse_safetensors_header(reinterpret_cast<const uint8_t*>(f.data()), f.size(), "t");
     ASSERT_EQ(h.entries.size(), 2u);
     EXPECT_EQ(h.entries.at("a").shape, (std::vector<int64_t>{2, 3}));
@@ -70,7 +68,7 @@ TEST(HostileSafetensors, ValidFileParses) {
 }
 
 TEST(HostileSafetensors, TruncatedAtEveryOffset) {
-    const std::string f = st_file(kTwoTensors, 40);
+    const std::string f = safetensors_bytes(kTwoTensors, 40);
     for (size_t n = 0; n < f.size(); ++n) {
         const std::string cut = f.substr(0, n);
         const std::string needle = n < 8                           ? "truncated"
@@ -87,7 +85,7 @@ TEST(HostileSafetensors, TruncatedAtEveryOffset) {
 
 TEST(HostileSafetensors, TruncatedFileOnDisk) {
     const std::string path = testing::TempDir() + "/hostile.safetensors";
-    const std::string f = st_file(kTwoTensors, 40);
+    const std::string f = safetensors_bytes(kTwoTensors, 40);
     for (size_t n : {size_t(0), size_t(5), size_t(20), f.size() - 1}) {
         write_file_atomic(path, f.substr(0, n));
         expect_error([&] { SafetensorsFile s(path); }, path, "cut at " + std::to_string(n));
@@ -105,80 +103,80 @@ TEST(HostileSafetensors, HeaderLength) {
 }
 
 TEST(HostileSafetensors, NotJsonOrNotAnObject) {
-    st_error(st_file("{not json", 0), "not valid JSON");
-    st_error(st_file("", 0), "not valid JSON");
-    st_error(st_file("[1,2,3]", 0), "not a JSON object");
-    st_error(st_file("42", 0), "not a JSON object");
-    st_error(st_file(R"("a string")", 0), "not a JSON object");
-    st_error(st_file("null", 0), "not a JSON object");
-    st_error(st_file("{\"a\":\"\xff\"}", 0), "not valid JSON");  // invalid UTF-8
+    st_error(safetensors_bytes("{not json", 0), "not valid JSON");
+    st_error(safetensors_bytes("", 0), "not valid JSON");
+    st_error(safetensors_bytes("[1,2,3]", 0), "not a JSON object");
+    st_error(safetensors_bytes("42", 0), "not a JSON object");
+    st_error(safetensors_bytes(R"("a string")", 0), "not a JSON object");
+    st_error(safetensors_bytes("null", 0), "not a JSON object");
+    st_error(safetensors_bytes("{\"a\":\"\xff\"}", 0), "not valid JSON");  // invalid UTF-8
 }
 
 TEST(HostileSafetensors, DuplicateKeys) {
-    st_error(st_file(R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},)"
+    st_error(safetensors_bytes(R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},)"
                      R"("a":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}})",
                      8),
              "\"a\" twice");
-    st_error(st_file(R"({"a":{"dtype":"F32","dtype":"I32","shape":[1],"data_offsets":[0,4]}})", 4),
+    st_error(safetensors_bytes(R"({"a":{"dtype":"F32","dtype":"I32","shape":[1],"data_offsets":[0,4]}})", 4),
              "\"dtype\" twice");
 }
 
 TEST(HostileSafetensors, BadEntries) {
-    st_error(st_file(R"({"a":{"dtype":"F32","shape":[2]}})", 8), "data_offsets");
-    st_error(st_file(R"({"a":[1,2]})", 8), "needs dtype, shape and data_offsets");
-    st_error(st_file(R"({"a":{"dtype":7,"shape":[2],"data_offsets":[0,8]}})", 8), "needs dtype");
-    st_error(st_file(R"({"a":{"dtype":"Q9","shape":[2],"data_offsets":[0,8]}})", 8),
+    st_error(safetensors_bytes(R"({"a":{"dtype":"F32","shape":[2]}})", 8), "data_offsets");
+    st_error(safetensors_bytes(R"({"a":[1,2]})", 8), "needs dtype, shape and data_offsets");
+    st_error(safetensors_bytes(R"({"a":{"dtype":7,"shape":[2],"data_offsets":[0,8]}})", 8), "needs dtype");
+    st_error(safetensors_bytes(R"({"a":{"dtype":"Q9","shape":[2],"data_offsets":[0,8]}})", 8),
              "unsupported dtype Q9");
-    st_error(st_file(R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8,9]}})", 8),
+    st_error(safetensors_bytes(R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8,9]}})", 8),
              "data_offsets");
-    st_error(st_file(R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[-8,0]}})", 8),
+    st_error(safetensors_bytes(R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[-8,0]}})", 8),
              "invalid data_offsets");
-    st_error(st_file(R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0.0,8.0]}})", 8),
+    st_error(safetensors_bytes(R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0.0,8.0]}})", 8),
              "invalid data_offsets");
-    st_error(st_file(R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[8,0]}})", 8), "outside");
-    st_error(st_file(R"({"__metadata__":["x"]})", 0), "__metadata__ is not a JSON object");
-    st_error(st_file(R"({"__metadata__":{"n":1}})", 0), "value of 'n' is not a string");
+    st_error(safetensors_bytes(R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[8,0]}})", 8), "outside");
+    st_error(safetensors_bytes(R"({"__metadata__":["x"]})", 0), "__metadata__ is not a JSON object");
+    st_error(safetensors_bytes(R"({"__metadata__":{"n":1}})", 0), "value of 'n' is not a string");
 }
 
 TEST(HostileSafetensors, Shapes) {
-    st_error(st_file(R"({"a":{"dtype":"F32","shape":[-2],"data_offsets":[0,8]}})", 8), "negative");
-    st_error(st_file(R"({"a":{"dtype":"F32","shape":[2.5],"data_offsets":[0,8]}})", 8),
+    st_error(safetensors_bytes(R"({"a":{"dtype":"F32","shape":[-2],"data_offsets":[0,8]}})", 8), "negative");
+    st_error(safetensors_bytes(R"({"a":{"dtype":"F32","shape":[2.5],"data_offsets":[0,8]}})", 8),
              "non-integer");
-    st_error(st_file(R"({"a":{"dtype":"F32","shape":["2"],"data_offsets":[0,8]}})", 8),
+    st_error(safetensors_bytes(R"({"a":{"dtype":"F32","shape":["2"],"data_offsets":[0,8]}})", 8),
              "non-integer");
-    st_error(st_file(R"({"a":{"dtype":"F32","shape":[4294967296,4294967296,16],)"
+    st_error(safetensors_bytes(R"({"a":{"dtype":"F32","shape":[4294967296,4294967296,16],)"
                      R"("data_offsets":[0,8]}})",
                      8),
              "overflow");
-    st_error(st_file(R"({"a":{"dtype":"F32","shape":[18446744073709551615],"data_offsets":[0,8]}})",
+    st_error(safetensors_bytes(R"({"a":{"dtype":"F32","shape":[18446744073709551615],"data_offsets":[0,8]}})",
                      8),
              "overflow");
     // Product fits 64 bits but times the dtype size does not.
-    st_error(st_file(R"({"a":{"dtype":"F64","shape":[1152921504606846976],"data_offsets":[0,8]}})",
+    st_error(safetensors_bytes(R"({"a":{"dtype":"F64","shape":[1152921504606846976],"data_offsets":[0,8]}})",
                      8),
              "need more than 2^60");
-    st_error(st_file(R"({"a":{"dtype":"F32","shape":[3],"data_offsets":[0,8]}})", 8),
+    st_error(safetensors_bytes(R"({"a":{"dtype":"F32","shape":[3],"data_offsets":[0,8]}})", 8),
              "has 8 bytes but its shape and dtype need 12");
 }
 
 TEST(HostileSafetensors, LayoutOfTheDataSection) {
-    st_error(st_file(R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},)"
+    st_error(safetensors_bytes(R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},)"
                      R"("b":{"dtype":"F32","shape":[2],"data_offsets":[4,12]}})",
                      12),
              "overlaps");
-    st_error(st_file(R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},)"
+    st_error(safetensors_bytes(R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},)"
                      R"("b":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}})",
                      8),
              "overlaps");
-    st_error(st_file(R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},)"
+    st_error(safetensors_bytes(R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},)"
                      R"("b":{"dtype":"F32","shape":[2],"data_offsets":[12,20]}})",
                      20),
              "hole [8, 12)");
-    st_error(st_file(R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[4,12]}})", 12), "hole [0, 4)");
-    st_error(st_file(R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}})", 9),
+    st_error(safetensors_bytes(R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[4,12]}})", 12), "hole [0, 4)");
+    st_error(safetensors_bytes(R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}})", 9),
              "1 bytes after the last tensor");
     // Allowed: empty tensors anywhere, tensors in any order in the header.
-    const std::string ok = st_file(R"({"z":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},)"
+    const std::string ok = safetensors_bytes(R"({"z":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},)"
                                    R"("e":{"dtype":"F32","shape":[0,3],"data_offsets":[4,4]},)"
                                    R"("a":{"dtype":"U8","shape":[],"data_offsets":[4,5]}})",
                                    5);

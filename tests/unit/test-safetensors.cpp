@@ -2,10 +2,12 @@
 #include <torch/torch.h>
 
 #include "io/safetensors.h"
+#include "test-util.h"
 #include "util/error.h"
 #include "util/file.h"
 
 using namespace distill;
+using distill::testing_util::safetensors_bytes;
 
 TEST(Safetensors, RoundTrip) {
     std::string path = testing::TempDir() + "/rt.safetensors";
@@ -31,26 +33,21 @@ static void expect_error(const std::string& bytes, const std::string& needle) {
     }
 }
 
-static std::string with_header(const std::string& h, size_t data_bytes) {
-    uint64_t n = h.size();
-    return std::string(reinterpret_cast<const char*>(&n), 8) + h + std::string(data_bytes, '\0');
-}
-
 TEST(Safetensors, HostileFiles) {
     expect_error("abc", "truncated");
     expect_error(std::string("\xff\xff\xff\xff\xff\xff\xff\x7f", 8) + "{}", "header length");
-    expect_error(with_header("{not json", 0), "not valid JSON");
-    expect_error(with_header(R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}})", 4),
+    expect_error(safetensors_bytes("{not json", 0), "not valid JSON");
+    expect_error(safetensors_bytes(R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}})", 4),
                  "outside");
-    expect_error(with_header(R"({"a":{"dtype":"F32","shape":[3],"data_offsets":[0,8]}})", 8),
+    expect_error(safetensors_bytes(R"({"a":{"dtype":"F32","shape":[3],"data_offsets":[0,8]}})", 8),
                  "need");
-    expect_error(with_header(R"({"a":{"dtype":"Q9","shape":[2],"data_offsets":[0,8]}})", 8),
+    expect_error(safetensors_bytes(R"({"a":{"dtype":"Q9","shape":[2],"data_offsets":[0,8]}})", 8),
                  "unsupported dtype");
-    expect_error(with_header(R"({"a":{"dtype":"F32","shape":[-2],"data_offsets":[0,8]}})", 8),
+    expect_error(safetensors_bytes(R"({"a":{"dtype":"F32","shape":[-2],"data_offsets":[0,8]}})", 8),
                  "negative");
     expect_error(
-        with_header(R"({"a":{"dtype":"F32","shape":[4294967296,4294967296,16],"data_offsets":[0,8]}})",
+        safetensors_bytes(R"({"a":{"dtype":"F32","shape":[4294967296,4294967296,16],"data_offsets":[0,8]}})",
                     8),
         "overflow");
-    expect_error(with_header(R"({"a":{"dtype":"F32","shape":[2]}})", 8), "data_offsets");
+    expect_error(safetensors_bytes(R"({"a":{"dtype":"F32","shape":[2]}})", 8), "data_offsets");
 }

@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 #include <sys/wait.h>
 
+#include <cstdint>
 #include <cstdlib>
 #include <string>
 #include <vector>
@@ -48,6 +49,14 @@ inline std::string temp_dir(const std::string& name) {
     std::string d = ::testing::TempDir() + "/distill-" + name + "-" + std::to_string(::getpid());
     run("rm -rf '" + d + "' && mkdir -p '" + d + "'");
     return d;
+}
+
+// A safetensors file from its header JSON and `data_bytes` zero bytes of data (the header length
+// is written as given, little-endian, so tests can make it lie).
+inline std::string safetensors_bytes(const std::string& header, size_t data_bytes) {
+    std::string out;
+    for (int i = 0; i < 8; ++i) out.push_back(char((uint64_t(header.size()) >> (8 * i)) & 0xFF));
+    return out + header + std::string(data_bytes, '\0');
 }
 
 }  // namespace distill::testing_util
