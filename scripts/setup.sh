@@ -18,10 +18,10 @@ sudo=""
 
 pkgs=(build-essential cmake ninja-build pkg-config ccache
       libtorch-dev libopenblas0-openmp nlohmann-json3-dev libcli11-dev
-      libpcre2-dev libxxhash-dev libzstd-dev libutf8proc-dev
-      xz-utils r-base-core r-cran-janeaustenr)
+      libpcre2-dev libxxhash-dev libzstd-dev libutf8proc-dev liblzma-dev
+      r-base-core r-cran-janeaustenr)
 if [ "$with_tests" = 1 ]; then
-  pkgs+=(libgtest-dev python3-torch python3-numpy python3-jinja2)
+  pkgs+=(libgtest-dev python3-torch python3-numpy python3-jinja2 xz-utils)
   command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1 || pkgs+=(nodejs npm)
 fi
 # libclang-rt-14-dev holds the libFuzzer runtime that -fsanitize=fuzzer links.

@@ -1,6 +1,5 @@
 #include "demo/demo.h"
 
-#include <sys/wait.h>
 #include <torch/torch.h>
 
 #include <cstdio>
@@ -12,13 +11,18 @@
 #include "eval/eval.h"
 #include "io/logit-cache.h"
 #include "io/shards.h"
+#include "train/batches.h"
 #include "model/checkpoint.h"
 #include "model/generate.h"
+#include "pipeline/pipeline.h"
 #include "train/trainer.h"
+#include "util/device.h"
 #include "util/error.h"
 #include "util/file.h"
 #include "util/platform.h"
+#include "util/process.h"
 #include "util/progress.h"
+#include "util/xz.h"
 
 namespace distill {
 
@@ -31,11 +35,6 @@ const char* kNovels[] = {"sensesensibility", "prideprejudice", "mansfieldpark",
                          "emma",             "northangerabbey", "persuasion"};
 constexpr int kNumNovels = 6;
 
-int run_command(const std::string& cmd) {
-    int rc = std::system(cmd.c_str());
-    return rc == -1 ? -1 : WEXITSTATUS(rc);
-}
-
 // Writes the novels as UTF-8 text with Rscript (Debian's r-cran-janeaustenr).
 void write_corpus(const std::string& dir) {
     make_dirs(dir);
@@ -45,12 +44,13 @@ void write_corpus(const std::string& dir) {
     log_info("writing the six Jane Austen novels with Rscript (janeaustenr)");
     const std::string tmp = dir + "/.writing";
     make_dirs(tmp);
-    std::string script =
-        "suppressMessages(library(janeaustenr)); for (n in c('sensesensibility','prideprejudice',"
-        "'mansfieldpark','emma','northangerabbey','persuasion')) { "
-        "con <- file(file.path('" + tmp + "', paste0(n, '.txt')), 'w', encoding='UTF-8'); "
+    // The folder travels as an argument, never inside the script text: any path works.
+    const std::string script =
+        "suppressMessages(library(janeaustenr)); out <- commandArgs(trailingOnly=TRUE)[1]; "
+        "for (n in c('sensesensibility','prideprejudice','mansfieldpark','emma','northangerabbey',"
+        "'persuasion')) { con <- file(file.path(out, paste0(n, '.txt')), 'w', encoding='UTF-8'); "
         "writeLines(enc2utf8(get(n)), con); close(con) }";
-    int rc = run_command("Rscript -e \"" + script + "\" >/dev/null 2>&1");
+    const int rc = run_program({"Rscript", "-e", script, tmp}, /*quiet=*/true);
     DISTILL_CHECK(rc == 0,
                   "could not write the Jane Austen corpus with Rscript (exit ", rc,
                   "). Install it with: apt-get install r-cran-janeaustenr (scripts/setup.sh does)");
@@ -59,17 +59,6 @@ void write_corpus(const std::string& dir) {
         write_file_atomic(path_join(dir, name), read_file(path_join(tmp, name)));
     }
     std::filesystem::remove_all(tmp);
-}
-
-int64_t xz_size(const std::string& files) {
-    std::string cmd = "cat " + files + " | xz -9e -c -T1 | wc -c";
-    FILE* p = ::popen(cmd.c_str(), "r");
-    DISTILL_CHECK(p, "cannot run xz");
-    long long n = -1;
-    if (std::fscanf(p, "%lld", &n) != 1) n = -1;
-    int rc = ::pclose(p);
-    DISTILL_CHECK(rc == 0 && n > 0, "xz failed (is xz-utils installed?)");
-    return n;
 }
 
 // A cached JSON result: computed once, kept in the run dir.
@@ -135,7 +124,7 @@ int run_demo(const DemoOptions& o_in) {
     make_dirs(run);
     log_info(str_cat("demo in ", run, " (re-running reuses what is already built); BLAS core: ",
                      blas_core_name()[0] ? blas_core_name() : "(not OpenBLAS)", ", ",
-                     torch::get_num_threads(), " threads"));
+                     torch::get_num_threads(), " threads, device ", device_name(compute_device())));
 
     // 1. corpus: five novels to train on, Persuasion held out
     const std::string corpus_dir = path_join(run, "corpus");
@@ -206,11 +195,8 @@ int run_demo(const DemoOptions& o_in) {
     Llama teacher(sizes.teacher);
     teacher->init_weights(tt.seed);
     BatchSpec tspec{tt.batch_size, tt.seq_len, tt.seed, false};
-    json teacher_run = {{"kind", "pretrain"},
-                        {"model", config_to_json(sizes.teacher)},
-                        {"train", tt.to_json()},
-                        {"data", shard.info().fingerprint},
-                        {"tokenizer", tok.fingerprint()}};
+    to_compute_device(teacher);
+    const json teacher_run = pretrain_settings(sizes.teacher, tt, shard, tok);
     log_info(str_cat("teacher: ", format_count(double(sizes.teacher.num_params())), " parameters, ",
                      tt.steps, " steps of ", tt.batch_size, "x", tt.seq_len, " tokens"));
     TrainResult tres = run_training(
@@ -239,9 +225,7 @@ int run_demo(const DemoOptions& o_in) {
     // xz -9e on the held-out novel after the training novels: what a strong general-purpose
     // compressor that has read the same books pays per byte.
     json xz = cached_json(path_join(run, "eval-xz.json"), {hash_hex(train_text), hash_hex(heldout_text)}, [&] {
-        const std::string held_tmp = path_join(run, "heldout.txt");
-        write_file_atomic(held_tmp, heldout_text);
-        const int64_t a = xz_size(train_txt), b = xz_size(train_txt + " " + held_tmp);
+        const int64_t a = xz_compressed_size(train_text), b = xz_compressed_size(train_text + heldout_text);
         return json{{"bpb", 8.0 * double(b - a) / double(heldout_text.size())},
                     {"train_bytes_xz", a},
                     {"train_plus_heldout_bytes_xz", b}};
@@ -293,17 +277,12 @@ int run_demo(const DemoOptions& o_in) {
         const std::string dir = path_join(run, dir_name);
         Llama model(sizes.student);
         model->init_weights(seed);
-        json run_cfg = {{"kind", "distill"},
-                        {"model", config_to_json(sizes.student)},
-                        {"train", so.to_json()},
-                        {"loss", {{"kind", loss_kind_name(loss.kind)},
-                                  {"temperature", loss.temperature},
-                                  {"ce_weight", loss.ce_weight}}},
-                        {"teacher", loss.kind == LossKind::kCrossEntropy
-                                        ? json(nullptr)
-                                        : json({{"cache", teacher_fp}, {"top_k", o.top_k}})},
-                        {"data", shard.info().fingerprint},
-                        {"tokenizer", tok.fingerprint()}};
+        to_compute_device(model);
+        // the settings `distill train --cache` records for the same run
+        const json run_cfg = distill_settings(
+            sizes.student, "", so, loss,
+            loss.kind == LossKind::kCrossEntropy ? json(nullptr) : json({{"cache", teacher_fp}, {"top_k", o.top_k}}),
+            shard, tok);
         log_info(str_cat(name, " (seed ", seed, "): ", format_count(double(sizes.student.num_params())),
                          " parameters, loss ", loss_kind_name(loss.kind), ", ", so.steps, " steps"));
         BatchSpec spec{so.batch_size, so.seq_len, seed, true};

@@ -17,12 +17,11 @@ struct DemoOptions {
     int64_t batch_size = 16;
     uint64_t seed = 1;
     std::vector<uint64_t> student_seeds;  // students trained for each (default: {seed})
-    int top_k = 32;          // captured teacher top-k
+    int top_k = 32;          // teacher log-probs captured per position (--top-logprobs)
     std::string loss = "fkl";
     double temperature = 1.0;
     double ce_weight = 0.5;  // see docs/demo.md: with top-32 alone the tail is unconstrained
     bool quick = false;      // a much smaller run, for tests and a first look
-    int threads = 0;
 };
 
 // The demo's teacher and student shapes (the student has <= 1/4 of the teacher's parameters).

@@ -17,7 +17,8 @@ torch::Tensor teacher_logprobs(Llama& teacher, const TokenShard& shard, int64_t 
                                int64_t T) {
     std::vector<torch::Tensor> rows;
     for (int64_t w = w0; w < w0 + b; ++w) rows.push_back(shard.slice(w * T, T));
-    return torch::log_softmax(teacher->forward(torch::stack(rows)), -1);
+    const torch::Device dev = teacher->parameters().front().device();
+    return torch::log_softmax(teacher->forward(torch::stack(rows).to(dev)), -1);
 }
 
 }  // namespace
@@ -26,8 +27,8 @@ CaptureResult capture_teacher(Llama& teacher, const std::string& teacher_fingerp
                               const Tokenizer& tokenizer, const TokenShard& shard,
                               const std::string& cache_dir, const CaptureOptions& opts) {
     const int64_t T = opts.window, K = opts.top_k, V = teacher->config().vocab_size;
-    DISTILL_CHECK(K >= 1 && K <= 256 && K < V, "--top-k must be in 1 .. min(256, vocab size - 1)");
-    DISTILL_CHECK(T >= 1 && T <= teacher->config().max_position_embeddings, "--window ", T,
+    DISTILL_CHECK(K >= 1 && K <= 256 && K < V, "--top-logprobs must be in 1 .. min(256, vocab size - 1)");
+    DISTILL_CHECK(T >= 1 && T <= teacher->config().max_position_embeddings, "--seq-len ", T,
                   " must be in 1 .. the teacher's max_position_embeddings");
     DISTILL_CHECK(shard.info().tokenizer_fingerprint == tokenizer.fingerprint(),
                   "the token shard was made with another tokenizer than the teacher's; re-run "
@@ -61,8 +62,9 @@ CaptureResult capture_teacher(Llama& teacher, const std::string& teacher_fingerp
             const int64_t b = std::min(opts.batch, W - w);
             auto lp = teacher_logprobs(teacher, shard, w, b, T);  // (b, T, V)
             auto [vals, idx] = lp.topk(K, -1);                     // (b, T, K)
-            auto ids32 = idx.to(torch::kInt32).contiguous();
-            auto vals32 = vals.to(torch::kFloat32).contiguous();
+            // to the host (a no-op on the CPU) before the raw pointers are read
+            auto ids32 = idx.to(torch::kCPU, torch::kInt32).contiguous();
+            auto vals32 = vals.to(torch::kCPU, torch::kFloat32).contiguous();
             for (int64_t i = 0; i < b; ++i)
                 writer.append_window(ids32[i].data_ptr<int32_t>(), vals32[i].data_ptr<float>());
             w += b;
@@ -87,7 +89,7 @@ CaptureResult capture_teacher(Llama& teacher, const std::string& teacher_fingerp
     for (int64_t c = 0; c < n_check; ++c) {
         const int64_t w = n_check == 1 ? 0 : c * (W - 1) / (n_check - 1);
         reader.read_window(w, ids.data(), stored.data());
-        auto lp = teacher_logprobs(teacher, shard, w, 1, T)[0].to(torch::kFloat64);  // (T, V)
+        auto lp = teacher_logprobs(teacher, shard, w, 1, T)[0].to(torch::kCPU, torch::kFloat64);  // (T, V)
         auto id_t = torch::from_blob(ids.data(), {T, K}, torch::kInt32).to(torch::kInt64);
         auto lq = torch::from_blob(stored.data(), {T, K}, torch::kFloat32).to(torch::kFloat64);
         auto lp_top = lp.gather(1, id_t);                           // exact log p of stored ids

@@ -36,6 +36,7 @@ LossFn make_student_loss(Llama& student, const TokenShard& shard, const BatchSpe
     DISTILL_CHECK(!teacher_loss || cache || teacher,
                   "loss '", loss_kind_name(loss.kind), "' needs a teacher: pass --cache or --teacher");
     if (cache || online_top_k > 0) spec.aligned = true;  // same windows as a cache would give
+    spec.device = student->parameters().front().device();
     return [&student, &shard, spec, loss, cache, teacher, teacher_loss, online_top_k](int64_t step,
                                                                                      int64_t micro) {
         Batch b = sample_batch(shard, spec, step, micro);
@@ -55,8 +56,9 @@ LossFn make_student_loss(Llama& student, const TokenShard& shard, const BatchSpe
             auto lps = torch::empty({B, T, K}, torch::kFloat32);
             for (int64_t i = 0; i < B; ++i)
                 cache->read_window(b.windows[i], ids32[i].data_ptr<int32_t>(), lps[i].data_ptr<float>());
-            out.loss = loss_sparse(flat, ids32.reshape({-1, K}).to(torch::kInt64), lps.reshape({-1, K}),
-                                   targets, loss);
+            // decoded on the host, then moved to the student's device
+            out.loss = loss_sparse(flat, ids32.reshape({-1, K}).to(spec.device, torch::kInt64),
+                                   lps.reshape({-1, K}).to(spec.device), targets, loss);
         } else {
             torch::Tensor t_logits;
             {

@@ -5,6 +5,7 @@
 #include "distill/losses.h"
 #include "io/logit-cache.h"
 #include "io/shards.h"
+#include "train/batches.h"
 #include "model/llama.h"
 #include "train/trainer.h"
 

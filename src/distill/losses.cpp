@@ -278,6 +278,20 @@ public:
 };
 }  // namespace
 
+// The student's (K+1) buckets and log_z: the fused CPU kernel above, or on other devices (a GPU)
+// the same quantities from tensor ops that autograd differentiates.
+std::vector<torch::Tensor> student_buckets(const torch::Tensor& s, const torch::Tensor& ids, double tau,
+                                           bool fused) {
+    if (fused && s.device().is_cpu()) return StudentBuckets::apply(s, ids, tau);
+    auto z = tau == 1 ? s : s / tau;
+    auto id = ids.to(torch::kInt64);
+    auto log_z = z.logsumexp(1, /*keepdim=*/true);                        // (n, 1)
+    auto lq_s = z.gather(1, id) - log_z;                                  // (n, K)
+    auto outside = z.scatter(1, id, -std::numeric_limits<double>::infinity());
+    auto lq_rest = outside.logsumexp(1, /*keepdim=*/true) - log_z;        // (n, 1)
+    return {torch::cat({lq_s, lq_rest}, 1), log_z};
+}
+
 LossKind loss_kind_from_string(const std::string& name) {
     for (const auto& k : kKindNames)
         if (name == k.name) return k.kind;
@@ -407,7 +421,7 @@ torch::Tensor loss_sparse(const torch::Tensor& student_logits, const torch::Tens
         // Student (K+1) buckets at temperature tau: its log-probs on the teacher's ids, and the
         // rest log(1 - sum_S q) taken as the logsumexp of the logits outside S. This is exact
         // when the rest is ~0 as well as when it is ~1 (no 1 - sum cancellation).
-        auto outs = StudentBuckets::apply(s, ids, tau);
+        auto outs = student_buckets(s, ids, tau);
         auto logq = outs[0];                                    // (n, K+1)
         if (tau == 1) log_z1 = outs[1];                         // (n, 1), reused by the CE term
         auto lq_rest = logq.narrow(1, K, 1);

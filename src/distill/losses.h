@@ -31,6 +31,12 @@ struct LossOptions {
     double alpha = 0.1;      // skew KL
 };
 
+// loss_sparse's student side: log-probs (n, K+1) on the teacher's K ids plus the rest bucket, and
+// log_z (n, 1), at temperature tau. `fused`: the hand-written CPU kernel when the logits are on
+// the CPU; otherwise (a GPU, or fused = false) plain tensor ops with autograd.
+std::vector<torch::Tensor> student_buckets(const torch::Tensor& student_logits, const torch::Tensor& ids,
+                                           double tau, bool fused = true);
+
 LossKind loss_kind_from_string(const std::string& name);  // "fkl", "rkl", "jsd", "sfkl", "srkl", "tv", "ce"
 std::string loss_kind_name(LossKind kind);
 

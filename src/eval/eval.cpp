@@ -80,7 +80,7 @@ void for_each_window(Llama& model, const std::vector<int64_t>& ids, const Window
     if (N < 2) return;
     const auto wins = plan_windows(N, opts);
     torch::NoGradGuard ng;
-    auto ids_t = torch::tensor(ids, torch::kInt64);
+    auto ids_t = torch::tensor(ids, torch::kInt64).to(model->parameters().front().device());
     for_each_batch(wins, ids_t, opts, progress_label, [&](size_t i, size_t j, const torch::Tensor& batch) {
         auto logp = torch::log_softmax(model->forward(batch), -1);  // (b, len, V)
         for (size_t w = i; w < j; ++w) {
@@ -96,15 +96,17 @@ BpbResult eval_bpb(Llama& model, const Tokenizer& tokenizer, const std::string& 
     DISTILL_CHECK(!text.empty(), "cannot evaluate bits per byte on empty text");
     const double t0 = now_seconds();
     auto ids = encode_for_eval(tokenizer, text);
-    double nats = 0;
+    torch::Tensor nats_t;  // summed on the model's device: one host copy at the end
     int64_t tokens = 0;
     for_each_window(
         model, ids, opts,
         [&](int64_t, const torch::Tensor& lp, const torch::Tensor& targets) {
-            nats -= lp.gather(1, targets.unsqueeze(1)).sum().item<double>();
+            auto s = lp.gather(1, targets.unsqueeze(1)).sum().to(torch::kFloat64);
+            nats_t = nats_t.defined() ? nats_t - s : -s;
             tokens += targets.size(0);
         },
         progress_label);
+    double nats = nats_t.defined() ? nats_t.item<double>() : 0.0;
     // Without BOS the first token has no context: it is charged log(V) (a uniform guess), so
     // that every byte of the text is paid for.
     if (tokenizer.bos_id() < 0 && !ids.empty()) {
@@ -132,19 +134,23 @@ CompareResult eval_compare(Llama& teacher, Llama& student, const std::vector<int
     if (N < 2) return r;
     const auto wins = plan_windows(N, opts);
     torch::NoGradGuard ng;
-    auto ids_t = torch::tensor(ids, torch::kInt64);
-    double agree = 0, kl = 0;
+    const torch::Device dev = teacher->parameters().front().device();
+    DISTILL_CHECK(student->parameters().front().device() == dev, "teacher and student are on different devices");
+    auto ids_t = torch::tensor(ids, torch::kInt64).to(dev);
+    auto acc = torch::zeros({2}, torch::TensorOptions().dtype(torch::kFloat64).device(dev));  // agree, kl
     for_each_batch(wins, ids_t, opts, "", [&](size_t i, size_t j, const torch::Tensor& batch) {
         auto lp = torch::log_softmax(teacher->forward(batch), -1);  // (b, len, V)
         auto lq = torch::log_softmax(student->forward(batch), -1);
         for (size_t w = i; w < j; ++w) {
             auto p = scored_rows(lp[w - i], wins[w]);
             auto q = scored_rows(lq[w - i], wins[w]);
-            agree += (p.argmax(-1) == q.argmax(-1)).sum().item<double>();
-            kl += (p.exp() * (p - q)).sum().item<double>();
+            acc[0] += (p.argmax(-1) == q.argmax(-1)).sum().to(torch::kFloat64);
+            acc[1] += (p.exp() * (p - q)).sum().to(torch::kFloat64);
             r.positions += p.size(0);
         }
     });
+    auto host = acc.to(torch::kCPU);
+    const double agree = host[0].item<double>(), kl = host[1].item<double>();
     r.top1_agreement = r.positions ? agree / r.positions : 0;
     r.kl_to_teacher = r.positions ? kl / r.positions : 0;
     return r;

@@ -238,14 +238,6 @@ void fsync_or_throw(int fd, const std::string& path) {
     DISTILL_CHECK(::fsync(fd) == 0, "cannot fsync '", path, "': ", errno_str());
 }
 
-void fsync_dir(const std::string& dir) {
-    int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (fd >= 0) {
-        ::fsync(fd);
-        ::close(fd);
-    }
-}
-
 uint64_t file_size_of(int fd, const std::string& path) {
     struct stat st;
     DISTILL_CHECK(::fstat(fd, &st) == 0, "cannot stat '", path, "': ", errno_str());

@@ -34,25 +34,8 @@ private:
     MappedFile data_;
 };
 
-// How training windows are drawn from a shard. Every batch is a pure function of (seed, step),
-// so resuming at step s draws exactly the batches an uninterrupted run would.
-struct BatchSpec {
-    int64_t batch_size = 16;  // B
-    int64_t seq_len = 128;    // T
-    uint64_t seed = 1;
-    // Aligned: windows start at multiples of T (window w = tokens [w*T, w*T+T]); used where a
-    // captured teacher cache indexes the same windows. Otherwise any offset.
-    bool aligned = false;
-};
-
+// Aligned windows of T positions in a shard of num_tokens tokens: window w = tokens [w*T, w*T+T]
+// (its targets run one further), as a logit cache indexes them.
 int64_t num_aligned_windows(int64_t num_tokens, int64_t T);
-
-// For step `step` and micro-batch `micro`: tokens (B, T+1) int64 and, when aligned, the window
-// indices (B) into the cache.
-struct Batch {
-    torch::Tensor tokens;
-    std::vector<int64_t> windows;
-};
-Batch sample_batch(const TokenShard& shard, const BatchSpec& spec, int64_t step, int64_t micro);
 
 }  // namespace distill

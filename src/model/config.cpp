@@ -1,5 +1,6 @@
 #include "model/config.h"
 
+#include <filesystem>
 #include <nlohmann/json.hpp>
 
 #include "util/error.h"
@@ -135,7 +136,8 @@ ModelConfig config_from_json(const nlohmann::json& j, const std::string& source)
     c.tie_word_embeddings = get_or<bool>(j, "tie_word_embeddings", false, source);
     c.attention_bias = get_or<bool>(j, "attention_bias", c.attention_bias, source);
     c.bos_token_id = get_or<int64_t>(j, "bos_token_id", -1, source);
-    c.eos_token_id = get_or<int64_t>(j, "eos_token_id", -1, source);
+    c.eos_token_ids = eos_ids_from_json(j, source);
+    c.eos_token_id = c.eos_token_ids.empty() ? -1 : c.eos_token_ids.front();
     const int64_t head_dim = get_or<int64_t>(j, "head_dim", 0, source);
     if (head_dim > 0 && head_dim * c.num_attention_heads != c.hidden_size) c.explicit_head_dim = head_dim;
     const std::string act = get_or<std::string>(j, "hidden_act", "silu", source);
@@ -194,12 +196,43 @@ nlohmann::json config_to_json(const ModelConfig& c) {
     }
     j["torch_dtype"] = "float32";
     if (c.bos_token_id >= 0) j["bos_token_id"] = c.bos_token_id;
-    if (c.eos_token_id >= 0) j["eos_token_id"] = c.eos_token_id;
+    if (c.eos_token_ids.size() > 1)
+        j["eos_token_id"] = c.eos_token_ids;
+    else if (c.eos_token_id >= 0)
+        j["eos_token_id"] = c.eos_token_id;
     return j;
 }
 
+std::vector<int64_t> eos_ids_from_json(const nlohmann::json& j, const std::string& source) {
+    std::vector<int64_t> ids;
+    auto it = j.find("eos_token_id");
+    if (it == j.end() || it->is_null()) return ids;
+    auto one = [&](const nlohmann::json& v) {
+        DISTILL_CHECK(v.is_number_integer() && v.get<int64_t>() >= 0, source,
+                      ": eos_token_id must be a non-negative integer or a list of them");
+        ids.push_back(v.get<int64_t>());
+    };
+    if (it->is_array()) {
+        for (const auto& v : *it) one(v);
+    } else {
+        one(*it);
+    }
+    return ids;
+}
+
 ModelConfig load_config(const std::string& path) {
-    return config_from_json(read_json_file(path), path);
+    ModelConfig c = config_from_json(read_json_file(path), path);
+    const std::string gen = path_join(std::filesystem::path(path).parent_path().string(), "generation_config.json");
+    if (file_exists(gen)) {
+        const nlohmann::json g = read_json_file(gen);
+        DISTILL_CHECK(g.is_object(), gen, ": expected a JSON object");
+        std::vector<int64_t> ids = eos_ids_from_json(g, gen);
+        if (!ids.empty()) {
+            c.eos_token_ids = ids;
+            c.eos_token_id = ids.front();
+        }
+    }
+    return c;
 }
 
 }  // namespace distill

@@ -3,6 +3,7 @@
 
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include <nlohmann/json_fwd.hpp>
 
@@ -35,10 +36,16 @@ struct ModelConfig {
     int64_t explicit_head_dim = 0;    // 0: hidden_size / num_attention_heads (qwen3 sets its own)
     RopeScaling rope_scaling;
     int64_t bos_token_id = -1;
-    int64_t eos_token_id = -1;
+    int64_t eos_token_id = -1;        // the first of eos_token_ids (GGUF holds one)
+    std::vector<int64_t> eos_token_ids;  // all ids that end a generation (Llama 3.1 lists three)
 
     int64_t head_dim() const {
         return explicit_head_dim > 0 ? explicit_head_dim : hidden_size / num_attention_heads;
+    }
+    // The ids that end a generation: eos_token_ids, or eos_token_id alone.
+    std::vector<int64_t> stop_ids() const {
+        if (!eos_token_ids.empty()) return eos_token_ids;
+        return eos_token_id >= 0 ? std::vector<int64_t>{eos_token_id} : std::vector<int64_t>{};
     }
     // Checks that the shapes fit together; throws Error saying which value is wrong.
     void validate() const;
@@ -50,6 +57,10 @@ struct ModelConfig {
 
 ModelConfig config_from_json(const nlohmann::json& j, const std::string& source = "config.json");
 nlohmann::json config_to_json(const ModelConfig& c);
+// Reads config.json, and generation_config.json beside it when present (its eos_token_id, an int
+// or a list, is what generation stops on).
 ModelConfig load_config(const std::string& path);
+// eos_token_id as HF writes it: an int or a list of ints (-1 / empty when absent).
+std::vector<int64_t> eos_ids_from_json(const nlohmann::json& j, const std::string& source);
 
 }  // namespace distill

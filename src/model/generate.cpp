@@ -54,16 +54,17 @@ std::vector<int64_t> generate(Llama& model, const std::vector<int64_t>& prompt,
     const int64_t max_len = model->config().max_position_embeddings;
     std::vector<int64_t> ctx = prompt;
     if (static_cast<int64_t>(ctx.size()) >= max_len) ctx.erase(ctx.begin(), ctx.end() - (max_len - 1));
-    auto ids = torch::tensor(ctx, torch::kInt64).unsqueeze(0);
+    const torch::Device dev = model->parameters().front().device();
+    auto ids = torch::tensor(ctx, torch::kInt64).unsqueeze(0).to(dev);
     auto logits = model->forward(ids, &cache).select(1, -1).squeeze(0);  // (V)
     std::vector<int64_t> out;
     for (int64_t i = 0; i < opts.max_new_tokens; ++i) {
         int64_t next = sample_token(logits, opts, rng);
         out.push_back(next);
         if (on_token) on_token(next);
-        if (next == opts.eos_id) break;
+        if (std::find(opts.stop_ids.begin(), opts.stop_ids.end(), next) != opts.stop_ids.end()) break;
         if (cache.length() + 1 > max_len) break;
-        auto in = torch::tensor({next}, torch::kInt64).unsqueeze(0);
+        auto in = torch::tensor({next}, torch::kInt64).unsqueeze(0).to(dev);
         logits = model->forward(in, &cache).select(1, -1).squeeze(0);
     }
     return out;

@@ -16,7 +16,7 @@ struct SamplingOptions {
     double top_p = 1.0;        // 1 = off
     uint64_t seed = 0;
     int64_t max_new_tokens = 64;
-    int64_t eos_id = -1;       // stop when sampled (if >= 0)
+    std::vector<int64_t> stop_ids;  // stop when one of these is sampled (ModelConfig::stop_ids)
 };
 
 // Draws one id from logits (V) with the options' temperature / top-k / top-p.

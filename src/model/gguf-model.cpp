@@ -2,6 +2,7 @@
 
 #include <torch/torch.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <map>
 #include <nlohmann/json.hpp>
@@ -234,6 +235,14 @@ LoadedModel load_gguf_model(const std::string& path) {
     }
     if (f.has("tokenizer.ggml.bos_token_id")) c.bos_token_id = f.get_int("tokenizer.ggml.bos_token_id");
     if (f.has("tokenizer.ggml.eos_token_id")) c.eos_token_id = f.get_int("tokenizer.ggml.eos_token_id");
+    // llama.cpp also stops on end-of-turn / end-of-message tokens (Llama 3 Instruct's <|eot_id|>).
+    if (c.eos_token_id >= 0) c.eos_token_ids.push_back(c.eos_token_id);
+    for (const char* key : {"tokenizer.ggml.eot_token_id", "tokenizer.ggml.eom_token_id"})
+        if (f.has(key)) {
+            const int64_t id = f.get_int(key);
+            if (std::find(c.eos_token_ids.begin(), c.eos_token_ids.end(), id) == c.eos_token_ids.end())
+                c.eos_token_ids.push_back(id);
+        }
     try {
         c.validate();
     } catch (const Error& e) {

@@ -40,8 +40,26 @@ nlohmann::json read_json_file(const std::string& path) {
     }
 }
 
+// The folder that holds `path` ("." for a bare file name).
+static std::string parent_dir(const std::string& path) {
+    const std::string p = std::filesystem::path(path).parent_path().string();
+    return p.empty() ? "." : p;
+}
+
+void fsync_dir(const std::string& dir) {
+    const int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    DISTILL_CHECK(fd >= 0, "cannot open directory '", dir, "': ", std::strerror(errno));
+    const int rc = ::fsync(fd);
+    const int e = errno;
+    ::close(fd);
+    // Some file systems cannot sync a directory (EINVAL); the rename itself has still happened.
+    DISTILL_CHECK(rc == 0 || e == EINVAL, "cannot sync directory '", dir, "': ", std::strerror(e));
+}
+
 AtomicFileWriter::AtomicFileWriter(const std::string& path)
     : path_(path), tmp_(path + ".tmp." + std::to_string(::getpid())) {
+    // Outputs may name folders that do not exist yet (`prepare --out data/train`).
+    make_dirs(parent_dir(path));
     fd_ = ::open(tmp_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
     DISTILL_CHECK(fd_ >= 0, "cannot create '", tmp_, "': ", std::strerror(errno));
 }
@@ -81,6 +99,8 @@ void AtomicFileWriter::commit() {
         ::unlink(tmp_.c_str());
         throw Error(str_cat("cannot rename '", tmp_, "' to '", path_, "': ", std::strerror(e)));
     }
+    // The rename is durable only once the directory entry is on disk too.
+    fsync_dir(parent_dir(path_));
 }
 
 void write_file_atomic(const std::string& path, std::string_view data) {

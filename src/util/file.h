@@ -16,8 +16,9 @@ std::string read_file(const std::string& path);
 // Reads and parses a JSON file; throws Error naming the path if it cannot be read or parsed.
 nlohmann::json read_json_file(const std::string& path);
 
-// Writes `data` to `path` atomically: a temporary file beside it, flushed and fsynced, then
-// renamed over the target. A killed process leaves either the old file or the new one.
+// Writes `data` to `path` atomically: a temporary file beside it, flushed and fsynced, renamed
+// over the target, then the directory fsynced. A killed process or a power cut leaves either the
+// old file or the new one. Missing parent folders are created.
 void write_file_atomic(const std::string& path, std::string_view data);
 
 // The same, written piece by piece (for files too big to build in memory): append(), then
@@ -39,6 +40,9 @@ private:
     int fd_ = -1;
     uint64_t size_ = 0;
 };
+
+// fsyncs a directory, so that renames and new entries in it survive a power cut.
+void fsync_dir(const std::string& dir);
 
 bool file_exists(const std::string& path);
 bool dir_exists(const std::string& path);

@@ -36,10 +36,10 @@ struct Fixture {
                           R"({"model_type":"llama","hidden_size":32,"num_hidden_layers":2,
                               "num_attention_heads":4,"num_key_value_heads":2,"intermediate_size":64,
                               "max_position_embeddings":128,"tie_word_embeddings":true})");
-        EXPECT_EQ(run_distill("train-tokenizer --input " + dir + "/train.txt --vocab-size 300 --out " +
+        EXPECT_EQ(run_distill("train-tokenizer --text " + dir + "/train.txt --vocab-size 300 --out " +
                               dir + "/tok.json"),
                   0);
-        EXPECT_EQ(run_distill("prepare --tokenizer " + dir + "/tok.json --input " + dir +
+        EXPECT_EQ(run_distill("prepare --tokenizer " + dir + "/tok.json --text " + dir +
                               "/train.txt --out " + dir + "/train"),
                   0);
     }
@@ -133,7 +133,7 @@ TEST(Cli, EvalAndScoreAgree) {
     }
     const std::string out = f.dir + "/eval.json";
     ASSERT_EQ(run_distill("eval --model " + run + "/model --text " + f.dir +
-                          "/heldout.txt --context 32 --stride 16 --json " + out),
+                          "/heldout.txt --seq-len 32 --stride 16 --out " + out),
               0);
     json ev = json::parse(read_file(out));
     const double bpb = ev["bits_per_byte"].get<double>();
@@ -142,7 +142,7 @@ TEST(Cli, EvalAndScoreAgree) {
     // score prints every position's log-prob; their sum must give the same bits per byte
     const std::string sc = f.dir + "/score.jsonl";
     ASSERT_EQ(run_distill("score --model " + run + "/model --text " + f.dir +
-                          "/heldout.txt --top-k 3 --context 32 --stride 16",
+                          "/heldout.txt --top-logprobs 3 --seq-len 32 --stride 16",
                           sc),
               0);
     auto lines = read_jsonl(sc);
@@ -204,7 +204,7 @@ TEST(Cli, BadInputGivesClearErrors) {
                          d + "/train --run-dir " + d + "/run-bad --steps 2",
                      "not divisible");
     // a shard made with another tokenizer
-    ASSERT_EQ(run_distill("train-tokenizer --input " + d + "/heldout.txt --vocab-size 280 --out " + d +
+    ASSERT_EQ(run_distill("train-tokenizer --text " + d + "/heldout.txt --vocab-size 280 --out " + d +
                           "/tok2.json"),
               0);
     expect_cli_error("pretrain --config " + d + "/config.json --tokenizer " + d + "/tok2.json --data " +
@@ -217,4 +217,75 @@ TEST(Cli, BadInputGivesClearErrors) {
                  "/tok.json < " + d + "/bad.jsonl > /dev/null 2> " + err);
     EXPECT_EQ(rc, 1);
     EXPECT_NE(read_file(err).find("line 2"), std::string::npos) << read_file(err);
+}
+
+TEST(Cli, PrepareCreatesMissingFolders) {
+    Fixture& f = fixture();
+    const std::string out = f.dir + "/new/nested/data/train";
+    ASSERT_EQ(run_distill("prepare --tokenizer " + f.dir + "/tok.json --text " + f.dir + "/heldout.txt --out " + out +
+                          " --heldout-fraction 0.2 --heldout-out " + f.dir + "/other/new/held.txt"),
+              0);
+    EXPECT_TRUE(file_exists(out + ".bin"));
+    EXPECT_TRUE(file_exists(out + ".json"));
+    EXPECT_TRUE(file_exists(f.dir + "/other/new/held.txt"));
+}
+
+TEST(Cli, ExportNeverDeletesFilesItDidNotWrite) {
+    Fixture& f = fixture();
+    const std::string run = f.dir + "/run-export";
+    ASSERT_EQ(run_distill("--threads 1 pretrain --config " + f.dir + "/config.json --tokenizer " + f.dir +
+                          "/tok.json --data " + f.dir + "/train --run-dir " + run + " --steps 2 --batch-size 2 --seq-len 16"),
+              0);
+    // a directory with the user's own files: refused, and the files are still there
+    const std::string target = f.dir + "/mine";
+    write_file_atomic(target + "/notes.txt", "my notes");
+    write_file_atomic(target + "/config.json", "{\"mine\": true}");
+    expect_cli_error("export --model " + run + "/model --format hf --out " + target, "not empty");
+    EXPECT_EQ(read_file(target + "/notes.txt"), "my notes");
+    EXPECT_EQ(read_file(target + "/config.json"), "{\"mine\": true}");
+    // a new directory, and an existing empty one, are written
+    ASSERT_EQ(run_distill("export --model " + run + "/model --format hf --out " + f.dir + "/fresh/hf"), 0);
+    EXPECT_TRUE(file_exists(f.dir + "/fresh/hf/model.safetensors"));
+    make_dirs(f.dir + "/empty");
+    ASSERT_EQ(run_distill("export --model " + run + "/model --format hf --out " + f.dir + "/empty"), 0);
+    EXPECT_TRUE(file_exists(f.dir + "/empty/tokenizer.json"));
+}
+
+TEST(Cli, GenerateStopsOnTheModelsEosIds) {
+    // A model directory whose config lists eos ids as Llama 3.1 does, and whose
+    // generation_config.json names the ids generation stops on.
+    Fixture& f = fixture();
+    const std::string run = f.dir + "/run-eos";
+    ASSERT_EQ(run_distill("--threads 1 pretrain --config " + f.dir + "/config.json --tokenizer " + f.dir +
+                          "/tok.json --data " + f.dir + "/train --run-dir " + run + " --steps 2 --batch-size 2 --seq-len 16"),
+              0);
+    const std::string m = run + "/model";
+    // greedy decoding of 12 tokens, as token ids: the reference continuation
+    auto greedy_ids = [&](const std::string& model) {
+        const std::string out = f.dir + "/gen.txt";
+        EXPECT_EQ(run_distill("generate --model " + model + " --prompt 'the' -n 12 --temperature 0", out), 0);
+        std::string text = read_file(out);
+        if (!text.empty() && text.back() == '\n') text.pop_back();
+        return text;
+    };
+    const std::string full = greedy_ids(m);
+    ASSERT_GT(full.size(), 3u);
+    json all_ids = json::array();
+    for (int i = 0; i < 300; ++i) all_ids.push_back(i);
+    // eos_token_id as a list in config.json (as Llama 3.1 ships it): every id ends generation, so
+    // exactly one token comes out
+    json cfg = json::parse(read_file(m + "/config.json"));
+    cfg["eos_token_id"] = all_ids;
+    write_file_atomic(m + "/config.json", cfg.dump());
+    const std::string one = greedy_ids(m);
+    EXPECT_LT(one.size(), full.size()) << "generation did not stop on the config's eos ids";
+    EXPECT_EQ(full.compare(0, one.size(), one), 0) << one;
+    // generation_config.json overrides config.json: with ids the vocabulary never samples (none),
+    // generation runs to -n again
+    cfg["eos_token_id"] = json::array({299, 298});
+    write_file_atomic(m + "/config.json", cfg.dump());
+    write_file_atomic(m + "/generation_config.json", json({{"eos_token_id", all_ids}}).dump());
+    EXPECT_EQ(greedy_ids(m), one) << "generation_config.json's eos ids were not used";
+    write_file_atomic(m + "/generation_config.json", json({{"eos_token_id", 100000}}).dump());
+    EXPECT_EQ(greedy_ids(m), full);
 }

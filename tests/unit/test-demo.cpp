@@ -2,6 +2,7 @@
 // and a second run reuses what the first built.
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <nlohmann/json.hpp>
 
 #include "test-util.h"
@@ -12,8 +13,10 @@ using namespace distill::testing_util;
 using nlohmann::json;
 
 TEST(Demo, QuickRunWritesReportAndIsReused) {
-    const std::string run = temp_dir("demo") + "/run";
-    ASSERT_EQ(run_distill("--threads 1 demo --quick --run-dir " + run), 0);
+    // a run dir with a space and a double quote: nothing on the way may build shell strings from it
+    const std::string run = temp_dir("demo") + "/run dir \"q\"";
+    const std::string arg = "'" + run + "'";
+    ASSERT_EQ(run_distill("--threads 1 demo --quick --run-dir " + arg), 0);
     json r = json::parse(read_file(run + "/report.json"));
     ASSERT_TRUE(r["models"].is_array());
     ASSERT_EQ(r["models"].size(), 3u);
@@ -30,8 +33,21 @@ TEST(Demo, QuickRunWritesReportAndIsReused) {
         EXPECT_GE(m["kl_to_teacher"].get<double>(), 0.0);
         EXPECT_GT(m["train_tokens"].get<int64_t>(), 0);
     }
-    EXPECT_EQ(r["models"][0]["top1_agreement"].get<double>(), 1.0);
-    EXPECT_EQ(r["models"][0]["kl_to_teacher"].get<double>(), 0.0);
+    // What the demo is for: the distilled student imitates the teacher better than the same
+    // student trained on the data alone. Measured on the quick run (30 steps each): KL to the
+    // teacher 0.124 vs 0.181 nats/token (seed 1), 0.110 vs 0.156 (seed 2), a ratio of 0.68-0.70.
+    // (Top-1 agreement is 0.9996 for both: this tiny teacher almost always predicts one token, so
+    // it says nothing here.)
+    const json& kd = r["models"][1];
+    const json& base = r["models"][2];
+    EXPECT_LT(kd["kl_to_teacher"].get<double>(), 0.85 * base["kl_to_teacher"].get<double>());
+    EXPECT_LT(kd["bpb"].get<double>(), base["bpb"].get<double>());
+    // the teacher learned something: below a uniform guess over its vocabulary (log2(V) bits a
+    // token); measured 3.63 bpb against 4.32 for the guess, a ratio of 0.84
+    const double uniform_bpb = std::log2(double(r["tokenizer"]["vocab_size"].get<int>())) *
+                               double(r["corpus"]["heldout_tokens"].get<int64_t>()) /
+                               double(r["corpus"]["heldout_bytes"].get<int64_t>());
+    EXPECT_LT(r["models"][0]["bpb"].get<double>(), 0.92 * uniform_bpb);
     // the student has at most a quarter of the teacher's parameters
     EXPECT_LE(4 * r["models"][1]["params"].get<int64_t>(), r["models"][0]["params"].get<int64_t>());
     EXPECT_EQ(r["models"][1]["params"], r["models"][2]["params"]);
@@ -39,6 +55,7 @@ TEST(Demo, QuickRunWritesReportAndIsReused) {
     EXPECT_GT(r["cache"]["bytes_per_token"].get<double>(), 0.0);
     EXPECT_EQ(r["cache"]["top_k"].get<int>(), 32);
     EXPECT_GT(r["xz_bpb"].get<double>(), 1.0);
+    EXPECT_LT(r["xz_bpb"].get<double>(), 4.0);
     EXPECT_TRUE(file_exists(run + "/report.md"));
     EXPECT_TRUE(file_exists(run + "/teacher/model/model.safetensors"));
     EXPECT_TRUE(file_exists(r["models"][1]["run_dir"].get<std::string>() + "/model/config.json"));
@@ -46,7 +63,7 @@ TEST(Demo, QuickRunWritesReportAndIsReused) {
 
     // a second run rebuilds nothing: same numbers, and it is quick
     const std::string before = read_file(run + "/teacher/done.json");
-    ASSERT_EQ(run_distill("--threads 1 demo --quick --run-dir " + run), 0);
+    ASSERT_EQ(run_distill("--threads 1 demo --quick --run-dir " + arg), 0);
     json r2 = json::parse(read_file(run + "/report.json"));
     EXPECT_EQ(read_file(run + "/teacher/done.json"), before);
     for (size_t i = 0; i < 3; ++i) EXPECT_EQ(r2["models"][i]["bpb"], r["models"][i]["bpb"]);

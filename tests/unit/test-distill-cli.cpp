@@ -2,6 +2,9 @@
 // same cache as an uninterrupted one; offline and online distillation run; a student whose
 // tokenizer differs from the cache's is refused with the reason.
 #include <gtest/gtest.h>
+
+#include <cmath>
+#include <sstream>
 #include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -37,8 +40,8 @@ struct World {
         write_file_atomic(d + "/student.json",
                           R"({"hidden_size":16,"num_hidden_layers":1,"num_attention_heads":2,
                               "intermediate_size":32,"max_position_embeddings":64,"tie_word_embeddings":true})");
-        EXPECT_EQ(run_distill("train-tokenizer --input " + d + "/train.txt --vocab-size 320 --out " + d + "/tok.json"), 0);
-        EXPECT_EQ(run_distill("prepare --tokenizer " + d + "/tok.json --input " + d + "/train.txt --out " + d + "/train"), 0);
+        EXPECT_EQ(run_distill("train-tokenizer --text " + d + "/train.txt --vocab-size 320 --out " + d + "/tok.json"), 0);
+        EXPECT_EQ(run_distill("prepare --tokenizer " + d + "/tok.json --text " + d + "/train.txt --out " + d + "/train"), 0);
         EXPECT_EQ(run_distill("--threads 1 pretrain --config " + d + "/teacher.json --tokenizer " + d +
                               "/tok.json --data " + d + "/train --run-dir " + d +
                               "/teacher --steps 30 --batch-size 4 --seq-len 32"),
@@ -46,13 +49,27 @@ struct World {
     }
     std::string capture_args(const std::string& out) const {
         return "--threads 1 capture --teacher " + d + "/teacher/model --data " + d + "/train --out " + out +
-               " --top-k 8 --window 32 --batch 1";
+               " --top-logprobs 8 --seq-len 32 --batch-size 1";
     }
     std::string train_args(const std::string& run) const {
         return "--threads 1 train --config " + d + "/student.json --tokenizer " + d + "/tok.json --data " + d +
-               "/train --run-dir " + run + " --steps 20 --batch-size 4 --seq-len 32 --checkpoint-every 5";
+               "/train --run-dir " + run + " --steps 20 --batch-size 4 --seq-len 32 --checkpoint-every 5 --log-every 2";
     }
 };
+
+// The logged training loss (metrics.jsonl, every 2 steps) went down: the mean of the last three
+// lines is below the mean of the first three.
+void expect_loss_fell(const std::string& run, const std::string& what) {
+    std::vector<double> losses;
+    std::istringstream in(read_file(run + "/metrics.jsonl"));
+    std::string line;
+    while (std::getline(in, line))
+        if (!line.empty()) losses.push_back(nlohmann::json::parse(line)["loss"].get<double>());
+    ASSERT_EQ(losses.size(), 10u) << what;
+    for (double l : losses) EXPECT_TRUE(std::isfinite(l)) << what;
+    const double first = (losses[0] + losses[1] + losses[2]) / 3, last = (losses[7] + losses[8] + losses[9]) / 3;
+    EXPECT_LT(last, first) << what << ": the loss did not fall (" << first << " -> " << last << ")";
+}
 
 World& world() {
     static World w;
@@ -82,7 +99,7 @@ TEST(DistillCli, CaptureKilledAndResumedEqualsUninterrupted) {
             execl("/bin/sh", "sh", "-c", ("exec " + cmd).c_str(), nullptr);
             _exit(127);
         }
-        std::this_thread::sleep_for(std::chrono::milliseconds(900 + 250 * attempt));
+        std::this_thread::sleep_for(std::chrono::milliseconds(100 + 100 * attempt));
         ::kill(pid, SIGKILL);
         int status = 0;
         waitpid(pid, &status, 0);
@@ -119,12 +136,16 @@ TEST(DistillCli, OfflineOnlineAndBaselineTrain) {
                   0)
             << loss;
         EXPECT_TRUE(file_exists(run + "/model/model.safetensors")) << loss;
+        expect_loss_fell(run, loss);
     }
     ASSERT_EQ(run_distill(w.train_args(w.d + "/online") + " --teacher " + w.d + "/teacher/model --loss jsd"), 0);
     ASSERT_EQ(run_distill(w.train_args(w.d + "/online-topk") + " --teacher " + w.d +
-                          "/teacher/model --online-top-k 8"),
+                          "/teacher/model --online-top-logprobs 8"),
               0);
     ASSERT_EQ(run_distill(w.train_args(w.d + "/baseline") + " --loss ce"), 0);
+    expect_loss_fell(w.d + "/online", "online jsd");
+    expect_loss_fell(w.d + "/online-topk", "online top-8");
+    expect_loss_fell(w.d + "/baseline", "ce");
 }
 
 TEST(DistillCli, MismatchedStudentIsRefusedWithReason) {
@@ -134,10 +155,10 @@ TEST(DistillCli, MismatchedStudentIsRefusedWithReason) {
         ASSERT_EQ(run_distill(w.capture_args(cache)), 0);
     }
     // another tokenizer, and data prepared with it
-    ASSERT_EQ(run_distill("train-tokenizer --input " + w.d + "/train.txt --vocab-size 300 --out " + w.d +
+    ASSERT_EQ(run_distill("train-tokenizer --text " + w.d + "/train.txt --vocab-size 300 --out " + w.d +
                           "/tok2.json"),
               0);
-    ASSERT_EQ(run_distill("prepare --tokenizer " + w.d + "/tok2.json --input " + w.d + "/train.txt --out " +
+    ASSERT_EQ(run_distill("prepare --tokenizer " + w.d + "/tok2.json --text " + w.d + "/train.txt --out " +
                           w.d + "/train2"),
               0);
     const std::string err = w.d + "/err.txt";
@@ -157,7 +178,7 @@ TEST(DistillCli, MismatchedStudentIsRefusedWithReason) {
                           "/teacher2 --steps 3 --batch-size 2 --seq-len 32 --seed 9"),
               0);
     args = "capture --teacher " + w.d + "/teacher2/model --data " + w.d + "/train --out " + cache +
-           " --top-k 8 --window 32";
+           " --top-logprobs 8 --seq-len 32";
     EXPECT_EQ(run_distill(args, "/dev/null", err), 1);
     EXPECT_NE(read_file(err).find("teacher"), std::string::npos) << read_file(err);
 }

@@ -75,9 +75,9 @@ Trained train(const std::string& arch) {
                 {"tie_word_embeddings", arch != "qwen2"}};
     if (arch == "qwen3") cfg["head_dim"] = 96;  // wider than hidden / heads, as in Qwen3 models
     write_file_atomic(t.dir + "/config.json", cfg.dump());
-    EXPECT_EQ(run_distill("train-tokenizer --input " + t.dir + "/train.txt --vocab-size 512 --out " + t.dir +
+    EXPECT_EQ(run_distill("train-tokenizer --text " + t.dir + "/train.txt --vocab-size 512 --out " + t.dir +
                           "/tok.json"), 0);
-    EXPECT_EQ(run_distill("prepare --tokenizer " + t.dir + "/tok.json --input " + t.dir + "/train.txt --out " +
+    EXPECT_EQ(run_distill("prepare --tokenizer " + t.dir + "/tok.json --text " + t.dir + "/train.txt --out " +
                           t.dir + "/train"), 0);
     EXPECT_EQ(run_distill("--threads 2 pretrain --config " + t.dir + "/config.json --tokenizer " + t.dir +
                           "/tok.json --data " + t.dir + "/train --run-dir " + t.dir +
@@ -146,7 +146,7 @@ Agreement compare(const Trained& t, const std::string& type) {
     // `distill score` on the .gguf (one window over the positions compared): each position's
     // log-prob of its token equals llama.cpp's.
     const std::string scored = t.dir + "/score-" + type + ".jsonl";
-    EXPECT_EQ(run_distill(str_cat("score --model ", gguf, " --text ", t.dir, "/heldout.txt --top-k 0 --context ",
+    EXPECT_EQ(run_distill(str_cat("score --model ", gguf, " --text ", t.dir, "/heldout.txt --top-logprobs 0 --seq-len ",
                                   kPositions, " --stride ", kPositions),
                           scored),
               0);

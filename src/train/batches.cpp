@@ -1,0 +1,38 @@
+#include "train/batches.h"
+
+#include <torch/torch.h>
+
+#include <random>
+
+#include "util/error.h"
+
+namespace distill {
+
+Batch sample_batch(const TokenShard& shard, const BatchSpec& spec, int64_t step, int64_t micro) {
+    const int64_t B = spec.batch_size, T = spec.seq_len, N = shard.size();
+    DISTILL_CHECK(N > T + 1, "the token shard '", shard.info().source, "' has ", N,
+                  " tokens: too few for windows of ", T, " (use a shorter --seq-len or more text)");
+    // splitmix-style seed so that (seed, step, micro) streams do not overlap
+    std::seed_seq seq{static_cast<uint32_t>(spec.seed), static_cast<uint32_t>(spec.seed >> 32),
+                      static_cast<uint32_t>(step), static_cast<uint32_t>(step >> 32),
+                      static_cast<uint32_t>(micro)};
+    std::mt19937_64 rng(seq);
+    Batch b;
+    b.tokens = torch::empty({B, T + 1}, torch::kInt64);
+    const int64_t W = num_aligned_windows(N, T);
+    for (int64_t i = 0; i < B; ++i) {
+        int64_t start;
+        if (spec.aligned) {
+            int64_t w = std::uniform_int_distribution<int64_t>(0, W - 1)(rng);
+            b.windows.push_back(w);
+            start = w * T;
+        } else {
+            start = std::uniform_int_distribution<int64_t>(0, N - T - 1)(rng);
+        }
+        b.tokens[i].copy_(shard.slice(start, T + 1));
+    }
+    if (spec.device != b.tokens.device()) b.tokens = b.tokens.to(spec.device);
+    return b;
+}
+
+}  // namespace distill

@@ -1,0 +1,32 @@
+// distill — how training windows are drawn from a token shard. Every batch is a pure function of
+// (seed, step, micro), so resuming at step s draws exactly the batches an uninterrupted run would.
+#pragma once
+
+#include <torch/types.h>
+
+#include <cstdint>
+#include <vector>
+
+#include "io/shards.h"
+
+namespace distill {
+
+struct BatchSpec {
+    int64_t batch_size = 16;  // B
+    int64_t seq_len = 128;    // T
+    uint64_t seed = 1;
+    // Aligned: windows start at multiples of T (window w = tokens [w*T, w*T+T]); used where a
+    // captured teacher cache indexes the same windows. Otherwise any offset.
+    bool aligned = false;
+    torch::Device device = torch::kCPU;  // where the batch's tokens are put
+};
+
+// For step `step` and micro-batch `micro`: tokens (B, T+1) int64 and, when aligned, the window
+// indices (B) into the cache.
+struct Batch {
+    torch::Tensor tokens;
+    std::vector<int64_t> windows;
+};
+Batch sample_batch(const TokenShard& shard, const BatchSpec& spec, int64_t step, int64_t micro);
+
+}  // namespace distill

@@ -1,0 +1,53 @@
+// distill export — a model as GGUF (llama.cpp, ollama) or as a Hugging Face model directory.
+#include <cstdio>
+#include <filesystem>
+
+#include "cli.h"
+#include "model/checkpoint.h"
+#include "model/gguf-model.h"
+#include "util/file.h"
+
+namespace distill::cli {
+
+namespace {
+struct Options {
+    std::string model, format = "gguf", out, type = "f32", name;
+};
+
+int run(const Options& o) {
+    DISTILL_USAGE(o.format == "gguf" || o.type == "f32", "--type applies to --format gguf only (hf is float32)");
+    // Never replace what distill did not write: an HF export goes to a new or empty directory.
+    if (o.format == "hf" && std::filesystem::exists(o.out)) {
+        DISTILL_CHECK(std::filesystem::is_directory(o.out), "--out '", o.out,
+                      "' exists and is not a directory; choose another --out");
+        DISTILL_CHECK(std::filesystem::is_empty(o.out), "--out '", o.out,
+                      "' is a directory that is not empty; export writes a new model directory and never "
+                      "replaces files it did not write: choose a new --out, or empty it yourself");
+    }
+    LoadedModel m = load_model_dir(o.model);
+    DISTILL_CHECK(m.has_tokenizer, o.model, " has no tokenizer: export needs one");
+    nlohmann::json out = {{"out", o.out}, {"format", o.format}};
+    if (o.format == "gguf") {
+        out["tensors"] = save_gguf_model(o.out, m.model, m.tokenizer, {o.type, o.name});
+    } else {
+        save_model_dir(o.out, m.model, &m.tokenizer);
+    }
+    std::printf("%s\n", out.dump().c_str());
+    return 0;
+}
+}  // namespace
+
+Command add_export(CLI::App& app) {
+    auto o = std::make_shared<Options>();
+    CLI::App* c = app.add_subcommand("export", "write a model as GGUF (llama.cpp, ollama) or an HF model directory");
+    add_model(c, o->model, "the model to export")->required();
+    c->add_option("--format", o->format, "gguf or hf")->check(CLI::IsMember({"gguf", "hf"}))->capture_default_str();
+    c->add_option("-o,--out", o->out, "the .gguf file, or the new HF directory, to write")->required();
+    c->add_option("--type", o->type, "GGUF type of the weight matrices")
+        ->check(CLI::IsMember({"f32", "f16", "bf16", "q8_0", "q4_0", "q4_k", "q5_k", "q6_k"}))
+        ->capture_default_str();
+    c->add_option("--name", o->name, "GGUF general.name");
+    return {c, [o] { return run(*o); }};
+}
+
+}  // namespace distill::cli

@@ -1,0 +1,109 @@
+// distill train — a student from a teacher cache (offline), a live teacher (online), or the data
+// alone (--loss ce, the no-teacher baseline).
+#include "cli.h"
+#include "distill/kd.h"
+#include "io/logit-cache.h"
+#include "model/checkpoint.h"
+#include "model/gguf-model.h"
+#include "pipeline/pipeline.h"
+#include "util/file.h"
+
+namespace distill::cli {
+
+void print_train_result(const std::string& run_dir, const TrainResult& r);  // cmd-pretrain.cpp
+
+namespace {
+struct Options {
+    std::string config, init, tokenizer, data, run_dir, cache, teacher, loss = "fkl";
+    int64_t online_top_logprobs = 0;
+    LossOptions lo;
+    TrainOptions train;
+};
+
+// The student's tokenizer: --tokenizer, else --init's, else the teacher's.
+Tokenizer student_tokenizer(const Options& o, const LoadedModel& teacher) {
+    if (!o.tokenizer.empty()) return load_tokenizer(o.tokenizer);
+    if (!o.init.empty() && (is_gguf_path(o.init) || file_exists(path_join(o.init, "tokenizer.json"))))
+        return load_tokenizer(o.init);
+    if (teacher.has_tokenizer) return teacher.tokenizer;
+    throw UsageError("no tokenizer: pass --tokenizer (or a teacher / --init model that has one)");
+}
+
+int run(Options& o) {
+    DISTILL_USAGE(o.cache.empty() || o.teacher.empty(), "pass --cache or --teacher, not both");
+    DISTILL_USAGE(o.config.empty() != o.init.empty(), "pass exactly one of --config and --init");
+    DISTILL_USAGE(o.online_top_logprobs == 0 || !o.teacher.empty(), "--online-top-logprobs needs --teacher");
+    o.lo.kind = loss_kind_from_string(o.loss);
+    LoadedModel teacher;
+    if (!o.teacher.empty()) teacher = load_model(o.teacher);
+    Tokenizer tok = student_tokenizer(o, teacher);
+    Llama student{nullptr};
+    ModelConfig cfg;
+    if (!o.init.empty()) {
+        LoadedModel init = load_model(o.init);
+        cfg = init.config;
+        student = init.model;
+    } else {
+        cfg = config_for(o.config, tok);
+        student = Llama(cfg);
+        student->init_weights(o.train.seed);
+        to_compute_device(student);
+    }
+    TrainOptions& t = o.train;
+    t.model_flops_per_token = cfg.flops_per_token(t.seq_len);
+    TokenShard shard(o.data);
+    DISTILL_CHECK(shard.info().tokenizer_fingerprint == tok.fingerprint(), "shard '", o.data,
+                  "' was made with another tokenizer than the student's");
+    std::unique_ptr<LogitCacheReader> cache;
+    nlohmann::json teacher_id = nullptr;
+    if (!o.cache.empty()) {
+        cache = std::make_unique<LogitCacheReader>(o.cache);
+        check_cache_fits(*cache, tok.fingerprint(), cfg.vocab_size, shard, t.seq_len);
+        teacher_id = {{"cache", cache->info().teacher_fingerprint}, {"top_k", cache->info().top_k}};
+    } else if (teacher.model) {
+        DISTILL_CHECK(teacher.has_tokenizer && teacher.tokenizer.fingerprint() == tok.fingerprint(),
+                      "the teacher's tokenizer differs from the student's: logit distillation needs the "
+                      "same token ids");
+        teacher_id = {{"teacher", teacher.fingerprint}};
+    }
+    if (o.online_top_logprobs > 0) teacher_id["online_top_k"] = o.online_top_logprobs;
+    BatchSpec spec{t.batch_size, t.seq_len, t.seed, cache != nullptr};
+    Llama* teacher_ptr = teacher.model ? &teacher.model : nullptr;
+    auto result = run_training(student, tok, t, o.run_dir,
+                               distill_settings(cfg, o.init, t, o.lo, teacher_id, shard, tok),
+                               make_student_loss(student, shard, spec, o.lo, cache.get(), teacher_ptr,
+                                                 o.online_top_logprobs),
+                               "train");
+    print_train_result(o.run_dir, result);
+    return 0;
+}
+}  // namespace
+
+Command add_train(CLI::App& app) {
+    auto o = std::make_shared<Options>();
+    CLI::App* c = app.add_subcommand("train", "train a student from a teacher cache or a live teacher");
+    c->add_option("--config", o->config, "student config.json (a new student)")->check(CLI::ExistingFile);
+    c->add_option("--init", o->init, "start from this model (directory or .gguf) instead");
+    c->add_option("--tokenizer", o->tokenizer, "tokenizer.json, model directory or .gguf (default: --init's, "
+                                               "else the teacher's)")
+        ->check(CLI::ExistingPath);
+    c->add_option("--data", o->data, "token shard prefix")->required();
+    c->add_option("--run-dir", o->run_dir, "run directory (resumed if it exists)")->required();
+    c->add_option("--cache", o->cache, "teacher logit cache (offline distillation)");
+    c->add_option("--teacher", o->teacher, "teacher model directory or .gguf (online distillation)");
+    c->add_option("--online-top-logprobs", o->online_top_logprobs,
+                  "with --teacher: use its exact top K + rest (sparse loss) instead of the dense form")
+        ->check(in_range(0, 1024))->capture_default_str();
+    c->add_option("--loss", o->loss, "fkl, rkl, jsd, sfkl, srkl, tv or ce")
+        ->check(CLI::IsMember({"fkl", "rkl", "jsd", "sfkl", "srkl", "tv", "ce"}))->capture_default_str();
+    c->add_option("--temperature", o->lo.temperature, "distillation temperature")->check(in_range(0.05, 100))
+        ->capture_default_str();
+    c->add_option("--ce-weight", o->lo.ce_weight, "weight of cross-entropy on the data")->check(in_range(0, 1))
+        ->capture_default_str();
+    c->add_option("--beta", o->lo.beta, "JSD beta")->check(in_range(0, 1))->capture_default_str();
+    c->add_option("--alpha", o->lo.alpha, "skew KL alpha")->check(in_range(0, 1))->capture_default_str();
+    add_train_flags(c, o->train);
+    return {c, [o] { return run(*o); }};
+}
+
+}  // namespace distill::cli
