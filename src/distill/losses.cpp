@@ -287,8 +287,14 @@ std::vector<torch::Tensor> student_buckets(const torch::Tensor& s, const torch::
     auto id = ids.to(torch::kInt64);
     auto log_z = z.logsumexp(1, /*keepdim=*/true);                        // (n, 1)
     auto lq_s = z.gather(1, id) - log_z;                                  // (n, K)
-    auto outside = z.scatter(1, id, -std::numeric_limits<double>::infinity());
-    auto lq_rest = outside.logsumexp(1, /*keepdim=*/true) - log_z;        // (n, 1)
+    const double inf = std::numeric_limits<double>::infinity();
+    auto outside = z.scatter(1, id, -inf);
+    // A row with nothing outside S (K = V, or only -inf logits there) has rest -inf; its
+    // logsumexp would differentiate to NaN, so such rows go through zeros and are masked after.
+    auto has_rest = torch::isfinite(std::get<0>(outside.max(1, /*keepdim=*/true)));
+    auto safe = torch::where(has_rest, outside, torch::zeros_like(outside));
+    auto lq_rest = torch::where(has_rest, safe.logsumexp(1, /*keepdim=*/true) - log_z,
+                                torch::full_like(log_z, -inf));            // (n, 1)
     return {torch::cat({lq_s, lq_rest}, 1), log_z};
 }
 

@@ -455,6 +455,39 @@ TEST(Losses, InvalidInputsThrow) {
     }
 }
 
+// The tensor-op form of the student's buckets (what runs on a GPU) against the fused CPU kernel:
+// values and gradients, at several temperatures, with -inf logits and K = V - 1.
+TEST(Losses, StudentBucketsTensorOpsEqualFusedKernel) {
+    torch::manual_seed(3);
+    for (double tau : {1.0, 0.5, 2.0}) {
+        for (int64_t K : {1, 4, 15}) {
+            const int64_t N = 6, V = 16;
+            auto base = torch::randn({N, V}, torch::kFloat64) * 3;
+            base[2][5] = -std::numeric_limits<double>::infinity();
+            auto ids = torch::stack({torch::randperm(V, torch::kInt64).narrow(0, 0, K),
+                                     torch::randperm(V, torch::kInt64).narrow(0, 0, K),
+                                     torch::randperm(V, torch::kInt64).narrow(0, 0, K),
+                                     torch::randperm(V, torch::kInt64).narrow(0, 0, K),
+                                     torch::randperm(V, torch::kInt64).narrow(0, 0, K),
+                                     torch::randperm(V, torch::kInt64).narrow(0, 0, K)});
+            auto a = base.clone().requires_grad_(true), b = base.clone().requires_grad_(true);
+            auto fa = student_buckets(a, ids, tau, /*fused=*/true);
+            auto fb = student_buckets(b, ids, tau, /*fused=*/false);
+            ASSERT_EQ(fa[0].sizes(), fb[0].sizes());
+            EXPECT_TRUE(torch::allclose(fa[0], fb[0], 1e-12, 1e-12)) << "tau " << tau << " K " << K;
+            EXPECT_TRUE(torch::allclose(fa[1], fb[1], 1e-12, 1e-12)) << "tau " << tau << " K " << K;
+            // a loss that weighs every bucket and log_z differently
+            auto w = torch::randn({N, K + 1}, torch::kFloat64);
+            auto la = (fa[0].masked_fill(torch::isinf(fa[0]), 0) * w).sum() + fa[1].sum() * 0.3;
+            auto lb = (fb[0].masked_fill(torch::isinf(fb[0]), 0) * w).sum() + fb[1].sum() * 0.3;
+            la.backward();
+            lb.backward();
+            EXPECT_TRUE(torch::allclose(a.grad(), b.grad(), 1e-9, 1e-10))
+                << "tau " << tau << " K " << K << "\n" << (a.grad() - b.grad()).abs().max();
+        }
+    }
+}
+
 #else  // DISTILL_LOSSES_REF
 
 // ---------------------------------------------------------------------------------------------
