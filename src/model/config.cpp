@@ -3,14 +3,16 @@
 #include <filesystem>
 #include <nlohmann/json.hpp>
 
+#include "model/arch.h"
 #include "util/error.h"
 #include "util/file.h"
 
 namespace distill {
 
+const Architecture& architecture_of(const ModelConfig& c) { return architecture(c.architecture, "model config"); }
+
 void ModelConfig::validate() const {
-    DISTILL_CHECK(architecture == "llama" || architecture == "qwen2" || architecture == "qwen3",
-                  "unsupported architecture '", architecture, "' (supported: llama, qwen2, qwen3)");
+    architecture_of(*this);  // throws for one that is not in the table
     DISTILL_CHECK(vocab_size > 0 && vocab_size <= (1 << 24), "vocab_size ", vocab_size,
                   " is out of range (1 .. 16777216)");
     DISTILL_CHECK(hidden_size > 0 && hidden_size <= 65536, "hidden_size ", hidden_size,
@@ -91,22 +93,16 @@ int64_t get_required(const nlohmann::json& j, const char* key, const std::string
 ModelConfig config_from_json(const nlohmann::json& j, const std::string& source) {
     DISTILL_CHECK(j.is_object(), source, ": expected a JSON object");
     ModelConfig c;
-    std::string model_type = get_or<std::string>(j, "model_type", "llama", source);
-    if (model_type == "qwen2") {
-        c.architecture = "qwen2";
-        c.attention_bias = true;
-    } else if (model_type == "qwen3") {
-        c.architecture = "qwen3";
-        c.qk_norm = true;
-    } else if (model_type == "llama" || model_type == "mistral") {
-        c.architecture = "llama";
-    } else {
-        throw Error(str_cat(source, ": unsupported model_type '", model_type,
-                            "' (supported: llama, mistral, qwen2, qwen3)"));
-    }
-    if (model_type == "mistral" || model_type == "qwen2" || model_type == "qwen3") {
+    const std::string model_type = get_or<std::string>(j, "model_type", "llama", source);
+    const Architecture::ModelType* type = nullptr;
+    const Architecture* arch = architecture_for_model_type(model_type, &type);
+    DISTILL_CHECK(arch, source, ": unsupported model_type '", model_type, "' (supported: ", model_type_names(), ")");
+    c.architecture = arch->name;
+    c.attention_bias = arch->attention_bias;
+    c.qk_norm = arch->qk_norm;
+    if (type->has_sliding_window_key) {
         // Sliding-window attention changes the result only when it is on and shorter than the input.
-        const bool sliding = get_or<bool>(j, "use_sliding_window", model_type == "mistral", source);
+        const bool sliding = get_or<bool>(j, "use_sliding_window", type->sliding_window_default, source);
         auto sw = j.find("sliding_window");
         DISTILL_CHECK(!sliding || sw == j.end() || sw->is_null(), source,
                       ": sliding-window attention is not supported (use_sliding_window with "
@@ -168,9 +164,7 @@ ModelConfig config_from_json(const nlohmann::json& j, const std::string& source)
 
 nlohmann::json config_to_json(const ModelConfig& c) {
     nlohmann::json j;
-    j["architectures"] = {c.architecture == "qwen3"   ? "Qwen3ForCausalLM"
-                          : c.architecture == "qwen2" ? "Qwen2ForCausalLM"
-                                                      : "LlamaForCausalLM"};
+    j["architectures"] = {architecture_of(c).hf_class};
     j["model_type"] = c.architecture;
     j["vocab_size"] = c.vocab_size;
     j["hidden_size"] = c.hidden_size;

@@ -55,6 +55,10 @@ struct ModelConfig {
     double flops_per_token(int64_t T) const;
 };
 
+struct Architecture;
+// The config's row of the architecture table (model/arch.h); an Error if it has none.
+const Architecture& architecture_of(const ModelConfig& c);
+
 ModelConfig config_from_json(const nlohmann::json& j, const std::string& source = "config.json");
 nlohmann::json config_to_json(const ModelConfig& c);
 // Reads config.json, and generation_config.json beside it when present (its eos_token_id, an int

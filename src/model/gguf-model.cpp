@@ -8,6 +8,7 @@
 #include <nlohmann/json.hpp>
 #include <set>
 
+#include "model/arch.h"
 #include "util/error.h"
 #include "util/file.h"
 #include "util/progress.h"
@@ -52,37 +53,6 @@ std::string pre_names() {
     return s;
 }
 
-// HF parameter name <-> GGUF tensor name.
-std::string gguf_name(const std::string& hf) {
-    static const std::map<std::string, std::string> top = {
-        {"model.embed_tokens.weight", "token_embd.weight"},
-        {"model.norm.weight", "output_norm.weight"},
-        {"lm_head.weight", "output.weight"}};
-    if (auto it = top.find(hf); it != top.end()) return it->second;
-    static const std::map<std::string, std::string> layer = {
-        {"input_layernorm.weight", "attn_norm.weight"},
-        {"self_attn.q_proj.weight", "attn_q.weight"},
-        {"self_attn.q_proj.bias", "attn_q.bias"},
-        {"self_attn.k_proj.weight", "attn_k.weight"},
-        {"self_attn.k_proj.bias", "attn_k.bias"},
-        {"self_attn.v_proj.weight", "attn_v.weight"},
-        {"self_attn.v_proj.bias", "attn_v.bias"},
-        {"self_attn.o_proj.weight", "attn_output.weight"},
-        {"self_attn.q_norm.weight", "attn_q_norm.weight"},
-        {"self_attn.k_norm.weight", "attn_k_norm.weight"},
-        {"post_attention_layernorm.weight", "ffn_norm.weight"},
-        {"mlp.gate_proj.weight", "ffn_gate.weight"},
-        {"mlp.up_proj.weight", "ffn_up.weight"},
-        {"mlp.down_proj.weight", "ffn_down.weight"}};
-    const std::string prefix = "model.layers.";
-    DISTILL_ASSERT(hf.compare(0, prefix.size(), prefix) == 0, "unexpected parameter ", hf);
-    const size_t dot = hf.find('.', prefix.size());
-    const std::string n = hf.substr(prefix.size(), dot - prefix.size());
-    auto it = layer.find(hf.substr(dot + 1));
-    DISTILL_ASSERT(it != layer.end(), "unexpected parameter ", hf);
-    return "blk." + n + "." + it->second;
-}
-
 // llama.cpp's "llama" architecture applies RoPE to adjacent pairs (x0, x1), (x2, x3), ... while
 // HF Llama rotates the two halves of each head; convert_hf_to_gguf.py therefore reorders the
 // rows of q and k (weights and biases) within each head: HF row s * D/2 + j -> GGUF row 2j + s.
@@ -101,7 +71,7 @@ torch::Tensor permute_from_gguf(const torch::Tensor& w, int64_t n_head) {
 }
 // The head count a q/k tensor is permuted with (0: not permuted).
 int64_t permute_heads(const ModelConfig& c, const std::string& hf) {
-    if (c.architecture != "llama") return 0;
+    if (!architecture_of(c).gguf_permute_qk) return 0;
     if (hf.find("q_proj.") != std::string::npos) return c.num_attention_heads;
     if (hf.find("k_proj.") != std::string::npos) return c.num_key_value_heads;
     return 0;
@@ -200,8 +170,7 @@ LoadedModel load_gguf_model(const std::string& path) {
     GgufFile f(path);
     const std::string src = "'" + path + "'";
     const std::string arch = f.get_string("general.architecture");
-    DISTILL_CHECK(arch == "llama" || arch == "qwen2" || arch == "qwen3", src, ": architecture '", arch,
-                  "' is not supported (supported: llama, qwen2, qwen3)");
+    const Architecture& table_row = architecture(arch, src);
     auto key = [&](const std::string& k) { return arch + "." + k; };
     if (f.has(key("rope.scaling.type"))) {
         const std::string s = f.get_string(key("rope.scaling.type"));
@@ -227,7 +196,7 @@ LoadedModel load_gguf_model(const std::string& path) {
     c.vocab_size = emb->dims[1];
     c.tie_word_embeddings = f.find_tensor("output.weight") == nullptr;
     c.attention_bias = f.find_tensor("blk.0.attn_q.bias") != nullptr;
-    c.qk_norm = arch == "qwen3";
+    c.qk_norm = table_row.qk_norm;
     // Qwen3's heads are wider than embedding_length / head_count.
     if (f.has(key("attention.key_length")) && c.num_attention_heads > 0) {
         const int64_t kl = f.get_int(key("attention.key_length"));
@@ -265,7 +234,7 @@ LoadedModel load_gguf_model(const std::string& path) {
     std::set<std::string> used;
     std::string missing;
     for (auto& p : m.model->named_parameters()) {
-        const std::string name = gguf_name(p.key());
+        const std::string name = gguf_tensor_name(p.key());
         const GgufTensorInfo* t = f.find_tensor(name);
         if (!t) {
             missing += (missing.empty() ? "" : ", ") + name;
@@ -317,9 +286,7 @@ bool is_nfc(const json& n) { return n.is_object() && n.value("type", "") == "NFC
 std::string save_gguf_model(const std::string& path, Llama& model, const Tokenizer& tok,
                             const GgufExportOptions& opts) {
     const ModelConfig& c = model->config();
-    DISTILL_CHECK(c.architecture == "llama" || c.architecture == "qwen2" || c.architecture == "qwen3",
-                  "cannot export a ", c.architecture, " model to GGUF (supported: llama, qwen2, qwen3); "
-                  "use --format hf");
+    architecture_of(c);  // every architecture in the table has a GGUF form
     DISTILL_CHECK(c.rope_scaling.type.empty(),
                   "cannot export to GGUF: RoPE scaling is not supported; use --format hf");
     const GgmlTypeInfo* want = ggml_type_by_name(opts.type);
@@ -425,7 +392,7 @@ std::string save_gguf_model(const std::string& path, Llama& model, const Tokeniz
     torch::NoGradGuard ng;
     for (auto& p : model->named_parameters()) {
         GgufTensorOut t;
-        t.name = gguf_name(p.key());
+        t.name = gguf_tensor_name(p.key());
         torch::Tensor v = p.value().detach().to(torch::kCPU, torch::kFloat32).contiguous();
         if (int64_t h = permute_heads(c, p.key())) v = permute_to_gguf(v, h);
         auto sizes = v.sizes().vec();
