@@ -21,6 +21,7 @@
 #include "util/file.h"
 #include "util/platform.h"
 #include "util/process.h"
+#include "util/utf8.h"
 #include "util/progress.h"
 #include "util/xz.h"
 
@@ -142,10 +143,7 @@ int run_demo(const DemoOptions& o_in) {
     if (o.quick) {
         train_text.resize(std::min<size_t>(train_text.size(), 300000));
         heldout_text.resize(std::min<size_t>(heldout_text.size(), 20000));
-        while (!heldout_text.empty() && (static_cast<unsigned char>(heldout_text.back()) & 0xC0) == 0x80)
-            heldout_text.pop_back();
-        if (!heldout_text.empty() && static_cast<unsigned char>(heldout_text.back()) >= 0xC0)
-            heldout_text.pop_back();
+        heldout_text.resize(utf8_complete_prefix(heldout_text));  // no character cut in two
     }
     log_info(str_cat("corpus: ", train_text.size(), " bytes to train on, ", heldout_text.size(),
                      " bytes held out (Persuasion)"));

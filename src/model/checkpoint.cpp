@@ -24,28 +24,6 @@ std::map<std::string, torch::Tensor> model_state(Llama& model) {
     return out;
 }
 
-void recover_dir(const std::string& dir) {
-    const std::string old = dir + ".old";
-    if (!dir_exists(dir) && dir_exists(old)) {
-        std::error_code ec;
-        fs::rename(old, dir, ec);
-        DISTILL_CHECK(!ec, "cannot restore '", dir, "' from '", old, "': ", ec.message());
-    }
-}
-
-void replace_dir(const std::string& tmp, const std::string& dir) {
-    const std::string old = dir + ".old";
-    std::error_code ec;
-    fs::remove_all(old, ec);
-    if (dir_exists(dir)) {
-        fs::rename(dir, old, ec);
-        DISTILL_CHECK(!ec, "cannot move '", dir, "' aside: ", ec.message());
-    }
-    fs::rename(tmp, dir, ec);
-    DISTILL_CHECK(!ec, "cannot rename '", tmp, "' to '", dir, "': ", ec.message());
-    fs::remove_all(old, ec);
-}
-
 void save_model_dir(const std::string& dir, Llama& model, const Tokenizer* tokenizer,
                     const std::map<std::string, std::string>& extra_files) {
     fs::path target = fs::absolute(dir);

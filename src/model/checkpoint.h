@@ -36,9 +36,5 @@ void save_model_dir(const std::string& dir, Llama& model, const Tokenizer* token
 // The state dict with HF names, detached (tied head omitted).
 std::map<std::string, torch::Tensor> model_state(Llama& model);
 
-// Replaces `dir` by `tmp` (both directories), keeping `dir.old` until the swap is done.
-void replace_dir(const std::string& tmp, const std::string& dir);
-// If a previous replace_dir was interrupted, restores `dir` from `dir.old`.
-void recover_dir(const std::string& dir);
 
 }  // namespace distill

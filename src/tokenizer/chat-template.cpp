@@ -8,6 +8,7 @@
 #include <string_view>
 
 #include "util/error.h"
+#include "util/utf8.h"
 #include "util/file.h"
 
 namespace distill {
@@ -57,25 +58,7 @@ bool py_space(uint32_t c) {
 }
 
 // The code point that starts at s[i] and its length; a malformed byte counts as one non-space.
-uint32_t decode_at(std::string_view s, size_t i, size_t* len) {
-    unsigned char b = static_cast<unsigned char>(s[i]);
-    size_t n = b < 0x80 ? 1 : (b >> 5) == 6 ? 2 : (b >> 4) == 14 ? 3 : (b >> 3) == 30 ? 4 : 0;
-    if (n == 0 || i + n > s.size()) {
-        *len = 1;
-        return 0xFFFFFFFF;
-    }
-    uint32_t c = n == 1 ? b : b & (0x7F >> n);
-    for (size_t k = 1; k < n; ++k) {
-        unsigned char cb = static_cast<unsigned char>(s[i + k]);
-        if ((cb >> 6) != 2) {
-            *len = 1;
-            return 0xFFFFFFFF;
-        }
-        c = (c << 6) | (cb & 0x3F);
-    }
-    *len = n;
-    return c;
-}
+uint32_t decode_at(std::string_view s, size_t i, size_t* len) { return utf8_decode_at(s, i, len); }
 
 // str.strip() / lstrip() / rstrip() without arguments.
 std::string py_strip(std::string_view s, bool left = true, bool right = true) {

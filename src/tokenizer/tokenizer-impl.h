@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "tokenizer/tokenizer.h"
+#include "util/utf8.h"
 
 namespace distill {
 
@@ -19,17 +20,7 @@ namespace distill {
 inline constexpr const char* kGpt2SplitRegex =
     "'s|'t|'re|'ve|'m|'ll|'d| ?\\p{L}+| ?\\p{N}+| ?[^\\s\\p{L}\\p{N}]+|\\s+(?!\\S)|\\s+";
 
-// ---- UTF-8 --------------------------------------------------------------------------------
-
-// True if `s` is well-formed UTF-8 (no overlongs, no surrogates, nothing above U+10FFFF).
-bool utf8_valid(std::string_view s);
-// Each maximal invalid subsequence becomes U+FFFD, exactly as Rust's String::from_utf8_lossy
-// (and the WHATWG decoder) do. Valid input comes back unchanged.
-std::string utf8_lossy(std::string_view s);
-// Appends the UTF-8 encoding of code point `cp` to `out`.
-void utf8_append(std::string& out, uint32_t cp);
-// Decodes valid UTF-8 into code points (input must be valid).
-std::vector<uint32_t> utf8_code_points(std::string_view s);
+// UTF-8: util/utf8.h (the project's one decoder).
 
 // ---- GPT-2 byte <-> unicode alphabet -------------------------------------------------------
 

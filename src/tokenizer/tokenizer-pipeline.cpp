@@ -11,15 +11,12 @@ namespace distill {
 
 namespace {
 
-// Decodes one code point of valid UTF-8 at s[i]; advances i.
+// The code point at s[i] (a malformed byte: U+FFFD); advances i past it.
 uint32_t next_cp(std::string_view s, size_t& i) {
-    auto c = static_cast<unsigned char>(s[i]);
-    size_t len = c < 0x80 ? 1 : c < 0xE0 ? 2 : c < 0xF0 ? 3 : 4;
-    len = std::min(len, s.size() - i);
-    uint32_t cp = len == 1 ? c : (c & (0x7F >> len));
-    for (size_t k = 1; k < len; ++k) cp = (cp << 6) | (static_cast<unsigned char>(s[i + k]) & 0x3F);
+    size_t len = 1;
+    const uint32_t cp = utf8_decode_at(s, i, &len);
     i += len;
-    return cp;
+    return cp == kUtf8Invalid ? 0xFFFD : cp;
 }
 
 bool is_ascii(unsigned char c) {

@@ -130,6 +130,29 @@ std::string path_join(const std::string& a, const std::string& b) {
     return (std::filesystem::path(a) / b).string();
 }
 
+void recover_dir(const std::string& dir) {
+    const std::string old = dir + ".old";
+    if (!dir_exists(dir) && dir_exists(old)) {
+        std::error_code ec;
+        std::filesystem::rename(old, dir, ec);
+        DISTILL_CHECK(!ec, "cannot restore '", dir, "' from '", old, "': ", ec.message());
+    }
+}
+
+void replace_dir(const std::string& tmp, const std::string& dir) {
+    const std::string old = dir + ".old";
+    std::error_code ec;
+    std::filesystem::remove_all(old, ec);
+    if (dir_exists(dir)) {
+        std::filesystem::rename(dir, old, ec);
+        DISTILL_CHECK(!ec, "cannot move '", dir, "' aside: ", ec.message());
+    }
+    std::filesystem::rename(tmp, dir, ec);
+    DISTILL_CHECK(!ec, "cannot rename '", tmp, "' to '", dir, "': ", ec.message());
+    fsync_dir(parent_dir(dir));  // the swap is on disk before the old copy goes
+    std::filesystem::remove_all(old, ec);
+}
+
 MappedFile::MappedFile(const std::string& path) : path_(path) {
     int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
     DISTILL_CHECK(fd >= 0, "cannot open '", path, "': ", std::strerror(errno));

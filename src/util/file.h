@@ -44,6 +44,11 @@ private:
 // fsyncs a directory, so that renames and new entries in it survive a power cut.
 void fsync_dir(const std::string& dir);
 
+// Replaces `dir` by `tmp` (both directories), keeping `dir.old` until the swap is done.
+void replace_dir(const std::string& tmp, const std::string& dir);
+// If a previous replace_dir was interrupted, restores `dir` from `dir.old`.
+void recover_dir(const std::string& dir);
+
 bool file_exists(const std::string& path);
 bool dir_exists(const std::string& path);
 void make_dirs(const std::string& path);

@@ -43,6 +43,15 @@ struct Fixture {
                               "/train.txt --out " + dir + "/train"),
                   0);
     }
+    // A model trained for two steps (enough to have a model directory), in run dir `name`.
+    std::string small_model(const std::string& name) const {
+        const std::string run = dir + "/" + name;
+        EXPECT_EQ(run_distill("--threads 1 pretrain --config " + dir + "/config.json --tokenizer " + dir +
+                              "/tok.json --data " + dir + "/train --run-dir " + run +
+                              " --steps 2 --batch-size 2 --seq-len 16"),
+                  0);
+        return run;
+    }
     std::string pretrain_args(const std::string& run) const {
         return "--threads 1 pretrain --config " + dir + "/config.json --tokenizer " + dir +
                "/tok.json --data " + dir + "/train --run-dir " + run +
@@ -232,10 +241,7 @@ TEST(Cli, PrepareCreatesMissingFolders) {
 
 TEST(Cli, ExportNeverDeletesFilesItDidNotWrite) {
     Fixture& f = fixture();
-    const std::string run = f.dir + "/run-export";
-    ASSERT_EQ(run_distill("--threads 1 pretrain --config " + f.dir + "/config.json --tokenizer " + f.dir +
-                          "/tok.json --data " + f.dir + "/train --run-dir " + run + " --steps 2 --batch-size 2 --seq-len 16"),
-              0);
+    const std::string run = f.small_model("run-export");
     // a directory with the user's own files: refused, and the files are still there
     const std::string target = f.dir + "/mine";
     write_file_atomic(target + "/notes.txt", "my notes");
@@ -255,10 +261,7 @@ TEST(Cli, GenerateStopsOnTheModelsEosIds) {
     // A model directory whose config lists eos ids as Llama 3.1 does, and whose
     // generation_config.json names the ids generation stops on.
     Fixture& f = fixture();
-    const std::string run = f.dir + "/run-eos";
-    ASSERT_EQ(run_distill("--threads 1 pretrain --config " + f.dir + "/config.json --tokenizer " + f.dir +
-                          "/tok.json --data " + f.dir + "/train --run-dir " + run + " --steps 2 --batch-size 2 --seq-len 16"),
-              0);
+    const std::string run = f.small_model("run-eos");
     const std::string m = run + "/model";
     // greedy decoding of 12 tokens, as token ids: the reference continuation
     auto greedy_ids = [&](const std::string& model) {

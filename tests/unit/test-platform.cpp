@@ -9,6 +9,7 @@
 #include "util/error.h"
 #include "util/file.h"
 #include "util/process.h"
+#include "util/utf8.h"
 #include "util/xz.h"
 
 using namespace distill;
@@ -49,4 +50,24 @@ TEST(Platform, XzSizeEqualsTheXzProgram) {
     EXPECT_EQ(xz_compressed_size(text), want);
     EXPECT_EQ(xz_compressed_size(""), static_cast<int64_t>(32));  // an empty .xz stream is 32 bytes
     EXPECT_LT(xz_compressed_size(text), static_cast<int64_t>(text.size()) / 3);
+}
+
+TEST(Platform, Utf8DecoderAndCompletePrefix) {
+    size_t len = 0;
+    EXPECT_EQ(utf8_decode_at("\xC3\xA9", 0, &len), 0xE9u);
+    EXPECT_EQ(len, 2u);
+    EXPECT_EQ(utf8_decode_at("\xF0\x9F\x98\x80", 0, &len), 0x1F600u);
+    EXPECT_EQ(len, 4u);
+    // overlong, surrogate, cut off, lone continuation: invalid, one byte at a time
+    for (std::string bad : {"\xC0\xAF", "\xED\xA0\x80", "\xE2\x82", "\x80", "\xF5\x80\x80\x80"}) {
+        EXPECT_EQ(utf8_decode_at(bad, 0, &len), kUtf8Invalid) << bad.size();
+        EXPECT_EQ(len, 1u);
+    }
+    EXPECT_EQ(utf8_complete_prefix("abc"), 3u);
+    EXPECT_EQ(utf8_complete_prefix("ab\xC3\xA9"), 4u);
+    EXPECT_EQ(utf8_complete_prefix("ab\xC3"), 2u);
+    EXPECT_EQ(utf8_complete_prefix("ab\xE2\x82"), 2u);
+    EXPECT_EQ(utf8_complete_prefix("ab\xF0\x9F\x98"), 2u);
+    EXPECT_EQ(utf8_complete_prefix(""), 0u);
+    EXPECT_EQ(utf8_code_points("a\xC3\xA9\xFF"), (std::vector<uint32_t>{'a', 0xE9, 0xFFFD}));
 }
