@@ -84,7 +84,7 @@ TEST(HostileSafetensors, TruncatedAtEveryOffset) {
 }
 
 TEST(HostileSafetensors, TruncatedFileOnDisk) {
-    const std::string path = testing::TempDir() + "/hostile.safetensors";
+    const std::string path = distill::testing_util::temp_dir("hostile-st") + "/hostile.safetensors";
     const std::string f = safetensors_bytes(kTwoTensors, 40);
     for (size_t n : {size_t(0), size_t(5), size_t(20), f.size() - 1}) {
         write_file_atomic(path, f.substr(0, n));
@@ -346,7 +346,7 @@ TEST(HostileTokenizer, DecodeOutOfRange) {
 namespace {
 
 std::string shard_dir() {
-    const std::string d = testing::TempDir() + "/hostile-shard";
+    const std::string d = distill::testing_util::temp_dir("hostile-shard");
     make_dirs(d);
     return d + "/s";
 }
@@ -425,7 +425,7 @@ LogitCacheInfo cache_info() {
 
 // A complete two-window cache; returns its directory.
 std::string make_cache(const std::string& name) {
-    const std::string dir = testing::TempDir() + "/hostile-cache-" + name;
+    const std::string dir = distill::testing_util::temp_dir("hostile-cache-" + name) + "/cache";
     std::filesystem::remove_all(dir);
     LogitCacheOptions opt;
     opt.windows_per_chunk = 1;

@@ -19,6 +19,7 @@
 #include "io/logit-cache.h"
 #include "util/error.h"
 #include "util/file.h"
+#include "test-util.h"
 
 using namespace distill;
 namespace fs = std::filesystem;
@@ -26,9 +27,8 @@ namespace fs = std::filesystem;
 namespace {
 
 std::string fresh_dir(const std::string& name) {
-    std::string d = testing::TempDir() + "/logit-cache-" + name;
-    fs::remove_all(d);
-    return d;
+    // a path inside a directory of this test's own; the cache itself is created by the writer
+    return distill::testing_util::temp_dir("logit-cache-" + name) + "/cache";
 }
 
 // A synthetic teacher: logits = (Zipf unigram prior over a random permutation of the vocab +

@@ -22,6 +22,7 @@
 #include "distill/losses.h"
 #include "io/safetensors.h"
 #include "util/error.h"
+#include "test-util.h"
 
 using namespace distill;
 
@@ -570,7 +571,7 @@ TEST(LossesRef, AgainstPyTorch) {
             for (const auto& [label, g] : edges) add_case(label, g, make_opts(v, tau, 0.3));
         }
 
-    const std::string dir = testing::TempDir();
+    const std::string dir = distill::testing_util::temp_dir("losses-ref");
     const std::string in_path = dir + "/losses-ref-in.safetensors";
     const std::string out_path = dir + "/losses-ref-out.safetensors";
     save_safetensors(in_path, tensors, meta);

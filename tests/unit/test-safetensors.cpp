@@ -10,7 +10,7 @@ using namespace distill;
 using distill::testing_util::safetensors_bytes;
 
 TEST(Safetensors, RoundTrip) {
-    std::string path = testing::TempDir() + "/rt.safetensors";
+    std::string path = distill::testing_util::temp_dir("st-rt") + "/rt.safetensors";
     auto a = torch::randn({3, 5});
     auto b = torch::arange(7, torch::kInt64);
     save_safetensors(path, {{"a", a}, {"b", b}, {"h", a.to(torch::kBFloat16)}}, {{"k", "v"}});
@@ -23,7 +23,7 @@ TEST(Safetensors, RoundTrip) {
 }
 
 static void expect_error(const std::string& bytes, const std::string& needle) {
-    std::string path = testing::TempDir() + "/bad.safetensors";
+    std::string path = distill::testing_util::temp_dir("st-bad") + "/bad.safetensors";
     write_file_atomic(path, bytes);
     try {
         SafetensorsFile f(path);

@@ -16,6 +16,7 @@
 #include "tokenizer/tokenizer.h"
 #include "util/error.h"
 #include "util/file.h"
+#include "test-util.h"
 
 using namespace distill;
 using namespace distill::testing_tok;
@@ -131,7 +132,7 @@ TEST(TokenizerHF, MatchesHuggingFaceTokenizers) {
     texts.push_back(
         corpus.substr(0, char_boundary(corpus, std::min<size_t>(corpus.size(), 1 << 20))));
 
-    std::string dir = testing::TempDir() + "/tokenizer-hf";
+    std::string dir = distill::testing_util::temp_dir("tokenizer-hf");
     make_dirs(dir);
     write_requests(dir + "/requests.jsonl", req);
 

@@ -13,6 +13,7 @@
 #include "test-tokenizer-common.h"
 #include "tokenizer/tokenizer.h"
 #include "util/file.h"
+#include "test-util.h"
 
 using namespace distill;
 using namespace distill::testing_tok;
@@ -266,7 +267,7 @@ TEST(TokenizerReal, MatchesHuggingFaceTokenizers) {
     const std::string node = hf_node(why);
     ASSERT_FALSE(node.empty()) << why;  // a reference test: never skipped silently
     const std::string held_out = held_out_text();
-    const std::string dir = testing::TempDir() + "/tokenizer-real";
+    const std::string dir = distill::testing_util::temp_dir("tokenizer-real");
     make_dirs(dir);
 
     struct Case {
@@ -369,7 +370,7 @@ TEST(TokenizerReal, TokenizeCommandMatchesHuggingFace) {
     std::string why;
     const std::string node = hf_node(why);
     ASSERT_FALSE(node.empty()) << why;
-    const std::string dir = testing::TempDir() + "/tokenizer-real-cli";
+    const std::string dir = distill::testing_util::temp_dir("tokenizer-real-cli");
     make_dirs(dir);
     const std::string held_out = held_out_text();
     std::vector<std::string> texts = unusual_strings();

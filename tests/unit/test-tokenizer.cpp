@@ -12,6 +12,7 @@
 #include "tokenizer/tokenizer.h"
 #include "util/error.h"
 #include "util/file.h"
+#include "test-util.h"
 
 using namespace distill;
 using namespace distill::testing_tok;
@@ -256,7 +257,7 @@ TEST(Tokenizer, SpecialTokensInText) {
 
 TEST(Tokenizer, SaveLoadEquality) {
     const Tokenizer& t = tok();
-    std::string path = testing::TempDir() + "/tok-saveload.json";
+    std::string path = distill::testing_util::temp_dir("tok-saveload") + "/tok.json";
     t.save(path);
     Tokenizer u = Tokenizer::load(path);
     EXPECT_EQ(u.to_json(), t.to_json());
@@ -360,7 +361,7 @@ TEST(Tokenizer, ConcurrentEncode) {
 namespace {
 
 void expect_load_error(const std::string& text, const std::string& needle) {
-    std::string path = testing::TempDir() + "/hostile-tokenizer.json";
+    std::string path = distill::testing_util::temp_dir("tok-hostile") + "/hostile-tokenizer.json";
     write_file_atomic(path, text);
     try {
         Tokenizer::load(path);
@@ -505,7 +506,7 @@ TEST(Tokenizer, HostileFiles) {
 
     // A file that does not exist names the path too.
     try {
-        Tokenizer::load(testing::TempDir() + "/does-not-exist.json");
+        Tokenizer::load(distill::testing_util::temp_dir("tok-missing") + "/does-not-exist.json");
         ADD_FAILURE();
     } catch (const Error& e) {
         EXPECT_NE(std::string(e.what()).find("does-not-exist.json"), std::string::npos);

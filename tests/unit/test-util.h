@@ -3,6 +3,7 @@
 
 #include <gtest/gtest.h>
 #include <sys/wait.h>
+#include <unistd.h>
 
 #include <cstdint>
 #include <cstdlib>
@@ -45,10 +46,24 @@ inline std::string word_text(size_t bytes, uint64_t seed, const std::vector<std:
     return out;
 }
 
+// A new, empty directory for this test alone: named after `name`, the running test and the
+// process, and made by mkdtemp, so that tests that CTest runs in parallel never share one.
 inline std::string temp_dir(const std::string& name) {
-    std::string d = ::testing::TempDir() + "/distill-" + name + "-" + std::to_string(::getpid());
-    run("rm -rf '" + d + "' && mkdir -p '" + d + "'");
-    return d;
+    std::string test = "static";
+    if (const auto* info = ::testing::UnitTest::GetInstance()->current_test_info())
+        test = std::string(info->test_suite_name()) + "." + info->name();
+    for (char& c : test)
+        if (c == '/') c = '_';
+    std::string base = ::testing::TempDir();
+    if (!base.empty() && base.back() == '/') base.pop_back();
+    std::string tmpl = base + "/distill-" + name + "-" + test + "-" + std::to_string(::getpid()) + "-XXXXXX";
+    std::vector<char> buf(tmpl.begin(), tmpl.end());
+    buf.push_back('\0');
+    if (!::mkdtemp(buf.data())) {
+        ADD_FAILURE() << "mkdtemp failed for " << tmpl;
+        return tmpl;
+    }
+    return std::string(buf.data());
 }
 
 // A safetensors file from its header JSON and `data_bytes` zero bytes of data (the header length
