@@ -12,6 +12,7 @@
 #include <cstdlib>
 #include <nlohmann/json.hpp>
 #include <sstream>
+#include <vector>
 
 #include "eval/eval.h"
 #include "model/checkpoint.h"
@@ -173,14 +174,29 @@ Agreement compare(const Trained& t, const std::string& type) {
 void check_arch(const std::string& arch) {
     if (!have_llama_cpp()) GTEST_SKIP() << "node-llama-cpp is not installed: run `npm ci` in " << kNodeDir;
     Trained t = train(arch);
-    // Tolerances: F32 to float rounding; the others are measured agreements with margin
-    // (docs/gguf.md has the figures).
+    // Tolerances: F32 to float rounding, as README states (4e-6): docs/gguf.md measured at most
+    // 3.7e-6 max / 5.5e-7 mean over the three architectures, this test 4.7e-6, 4.5e-6, 5.4e-6 max
+    // / 6.6e-7 mean (llama, qwen2, qwen3; DISTILL_TEST_CORPUS = austen.txt). The others are
+    // measured agreements with margin (docs/gguf.md has the figures).
     struct Tol {
         const char* type;
         double max_abs, mean_abs;
     };
-    for (const Tol& tol : {Tol{"f32", 1e-3, 1e-4}, Tol{"f16", 5e-3, 5e-4}, Tol{"q8_0", 5e-2, 6e-3},
-                           Tol{"q4_k", 0.12, 1e-2}}) {
+#ifndef DISTILL_GGUF_LLAMA_SLOW
+    const std::vector<Tol> tols = {Tol{"f32", 1e-5, 2e-6}, Tol{"f16", 5e-3, 5e-4}, Tol{"q8_0", 5e-2, 6e-3},
+                                   Tol{"q4_k", 0.12, 1e-2}};
+#else
+    // test-gguf-llama-slow (label slow): the other types distill writes. Measured max / mean
+    // |d log p| (llama, qwen2, qwen3; DISTILL_TEST_CORPUS = austen.txt):
+    //   bf16 6.3e-3 4.8e-3 4.6e-3 / 7.4e-4 6.4e-4 7.0e-4
+    //   q4_0 1.5e-2 1.3e-2 1.3e-2 / 2.3e-3 2.2e-3 2.0e-3
+    //   q5_k 2.8e-2 1.8e-2 6.0e-2 / 3.5e-3 2.7e-3 2.5e-3
+    //   q6_k 2.0e-2 1.8e-2 2.7e-2 / 3.2e-3 2.7e-3 2.5e-3
+    // Bounds about 3x the largest.
+    const std::vector<Tol> tols = {Tol{"bf16", 2e-2, 2.5e-3}, Tol{"q4_0", 5e-2, 7e-3}, Tol{"q5_k", 0.18, 1e-2},
+                                   Tol{"q6_k", 8e-2, 1e-2}};
+#endif
+    for (const Tol& tol : tols) {
         Agreement a = compare(t, tol.type);
         EXPECT_GE(a.positions, 256);
         EXPECT_GE(a.compared, a.positions * 100);
@@ -192,9 +208,17 @@ void check_arch(const std::string& arch) {
 
 }  // namespace
 
+#ifndef DISTILL_GGUF_LLAMA_SLOW
 TEST(GgufLlamaCpp, LlamaAgreesWithLlamaCpp) { check_arch("llama"); }
 TEST(GgufLlamaCpp, Qwen2AgreesWithLlamaCpp) { check_arch("qwen2"); }
 TEST(GgufLlamaCpp, Qwen3AgreesWithLlamaCpp) { check_arch("qwen3"); }
+#else
+TEST(GgufLlamaCppSlow, LlamaOtherTypesAgreeWithLlamaCpp) { check_arch("llama"); }
+TEST(GgufLlamaCppSlow, Qwen2OtherTypesAgreeWithLlamaCpp) { check_arch("qwen2"); }
+TEST(GgufLlamaCppSlow, Qwen3OtherTypesAgreeWithLlamaCpp) { check_arch("qwen3"); }
+#endif
+
+#ifndef DISTILL_GGUF_LLAMA_SLOW
 
 // Real vocabularies in GGUF: a (random, tiny) model carrying the Llama 3, DeepSeek-V3 or Qwen3
 // tokenizer.json is exported; llama.cpp, reading the tokenizer.ggml.* metadata with its own
@@ -246,3 +270,4 @@ TEST(GgufLlamaCpp, RealTokenizersTokenizeAsLlamaCpp) {
                     ours.size(), theirs.size(), ours == theirs ? "yes" : "no");
     }
 }
+#endif  // DISTILL_GGUF_LLAMA_SLOW
