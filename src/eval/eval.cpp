@@ -28,6 +28,9 @@ std::vector<Window> plan_windows(int64_t N, const WindowOptions& opts) {
     std::vector<Window> wins;
     int64_t scored_to = 1;
     for (int64_t begin = 0; scored_to < N; begin += opts.stride) {
+        // the first target not yet scored needs at least one token of context before it (with
+        // stride == context the windows would otherwise skip targets context, 2 context, ...)
+        begin = std::min(begin, scored_to - 1);
         int64_t end = std::min(begin + opts.context, N);
         if (end - begin < opts.context) begin = std::max<int64_t>(0, end - opts.context);
         wins.push_back({begin, end, std::max(scored_to, begin + 1)});

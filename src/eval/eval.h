@@ -14,7 +14,9 @@ namespace distill {
 
 struct WindowOptions {
     int64_t context = 256;  // tokens the model sees at once
-    int64_t stride = 128;   // new tokens scored per window after the first (<= context)
+    int64_t stride = 128;   // new tokens scored per window after the first (<= context; a window
+                            // of `context` tokens scores at most context - 1, so stride = context
+                            // acts as context - 1)
     int64_t batch = 8;      // windows evaluated together
 };
 

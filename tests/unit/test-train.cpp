@@ -348,8 +348,10 @@ void check_windows(Llama& m, int64_t N, int64_t context, int64_t stride, int64_t
     const int64_t L = std::min(context, N);
     // expected plan, written independently: the first window scores 1 .. L-1, each next one the
     // following `stride` targets (the last one what is left)
+    // (a window of L tokens scores at most L-1 targets, so stride == context gives L-1)
+    const int64_t per = std::min(stride, L - 1);
     std::vector<std::pair<int64_t, int64_t>> plan = {{1, L - 1}};
-    for (int64_t next = L; next < N; next += stride) plan.push_back({next, std::min(stride, N - next)});
+    for (int64_t next = L; next < N; next += per) plan.push_back({next, std::min(per, N - next)});
     ASSERT_EQ(visits.size(), plan.size());
     torch::NoGradGuard ng;
     for (size_t w = 0; w < visits.size(); ++w) {
@@ -382,11 +384,10 @@ TEST(EvalWindows, EveryTargetScoredOnceWithBoundedContext) {
     }
 }
 
-// stride == context with more than one full window: the window after [0, C) is [C, 2C), whose
-// first token has no context inside it, so target C is never scored (nor 2C, ...): eval_bpb and
-// eval_compare then leave out one target a window. A bug in plan_windows (src/eval/eval.cpp),
-// found by this test; enable it when that is fixed.
-TEST(EvalWindows, DISABLED_StrideEqualToContextScoresEveryTarget) {
+// stride == context with more than one full window: the window after [0, C) used to be [C, 2C),
+// whose first token has no context inside it, so target C was never scored (nor 2C, ...). Found
+// by this test; plan_windows now starts such a window one token earlier.
+TEST(EvalWindows, StrideEqualToContextScoresEveryTarget) {
     Llama m = window_model();
     for (int64_t batch : {1, 3}) check_windows(m, 50, 16, 16, batch);
 }
