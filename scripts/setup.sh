@@ -19,6 +19,7 @@ sudo=""
 pkgs=(build-essential cmake ninja-build pkg-config ccache
       libtorch-dev libopenblas0-openmp nlohmann-json3-dev libcli11-dev
       libpcre2-dev libxxhash-dev libzstd-dev libutf8proc-dev liblzma-dev
+      libcpp-httplib-dev
       r-base-core r-cran-janeaustenr)
 if [ "$with_tests" = 1 ]; then
   pkgs+=(libgtest-dev python3-torch python3-numpy python3-jinja2 xz-utils)

@@ -63,5 +63,6 @@ Command add_generate(CLI::App& app);
 Command add_tokenize(CLI::App& app);
 Command add_chat_template(CLI::App& app);
 Command add_export(CLI::App& app);
+Command add_serve(CLI::App& app);
 
 }  // namespace distill::cli

@@ -92,6 +92,41 @@ torch::Tensor AttentionImpl::forward(const torch::Tensor& x, const torch::Tensor
     return o_proj(y);
 }
 
+torch::Tensor AttentionImpl::forward_slots(const torch::Tensor& x, const torch::Tensor& cos,
+                                           const torch::Tensor& sin, const std::vector<SlotCache*>& slots,
+                                           size_t layer) {
+    const int64_t B = x.size(0);
+    auto q = q_proj(x).view({B, 1, n_head, head_dim});
+    auto k = k_proj(x).view({B, 1, n_kv_head, head_dim});
+    if (q_norm) {
+        q = q_norm(q);
+        k = k_norm(k);
+    }
+    q = apply_rope(q.transpose(1, 2), cos, sin);  // (B, H, 1, D)
+    k = apply_rope(k.transpose(1, 2), cos, sin);  // (B, Hkv, 1, D)
+    auto v = v_proj(x).view({B, 1, n_kv_head, head_dim}).transpose(1, 2);
+    const int64_t rep = n_head / n_kv_head;
+    const double scale = 1.0 / std::sqrt(double(head_dim));
+    std::vector<torch::Tensor> ys;
+    ys.reserve(B);
+    for (int64_t b = 0; b < B; ++b) {
+        SlotCache& s = *slots[b];
+        const int64_t S = s.length + 1;
+        s.k[layer].narrow(1, s.length, 1).copy_(k[b]);
+        s.v[layer].narrow(1, s.length, 1).copy_(v[b]);
+        auto kk = s.k[layer].narrow(1, 0, S);  // (Hkv, S, D)
+        auto vv = s.v[layer].narrow(1, 0, S);
+        if (rep > 1) {
+            kk = kk.unsqueeze(1).expand({n_kv_head, rep, S, head_dim}).reshape({n_head, S, head_dim});
+            vv = vv.unsqueeze(1).expand({n_kv_head, rep, S, head_dim}).reshape({n_head, S, head_dim});
+        }
+        auto att = torch::softmax(torch::matmul(q[b], kk.transpose(-2, -1)) * scale, -1);  // (H, 1, S)
+        ys.push_back(torch::matmul(att, vv));                                               // (H, 1, D)
+    }
+    auto y = torch::stack(ys).transpose(1, 2).reshape({B, 1, n_head * head_dim});
+    return o_proj(y);
+}
+
 MLPImpl::MLPImpl(const ModelConfig& c) {
     auto lin = [](int64_t in, int64_t out) {
         return torch::nn::Linear(torch::nn::LinearOptions(in, out).bias(false));
@@ -118,6 +153,29 @@ torch::Tensor DecoderLayerImpl::forward(const torch::Tensor& x, const torch::Ten
                                         torch::Tensor* cache_v) {
     auto h = x + self_attn->forward(input_layernorm(x), cos, sin, cache_k, cache_v);
     return h + mlp(post_attention_layernorm(h));
+}
+
+torch::Tensor DecoderLayerImpl::forward_slots(const torch::Tensor& x, const torch::Tensor& cos,
+                                              const torch::Tensor& sin, const std::vector<SlotCache*>& slots,
+                                              size_t layer) {
+    auto h = x + self_attn->forward_slots(input_layernorm(x), cos, sin, slots, layer);
+    return h + mlp(post_attention_layernorm(h));
+}
+
+void SlotCache::adopt(const KVCache& c, int64_t cap) {
+    const int64_t S = c.length();
+    DISTILL_CHECK(cap >= S, "slot capacity ", cap, " is below the cached length ", S);
+    k.resize(c.k.size());
+    v.resize(c.v.size());
+    for (size_t l = 0; l < c.k.size(); ++l) {
+        DISTILL_CHECK(c.k[l].size(0) == 1, "a slot takes a batch-1 cache");
+        auto shape = c.k[l].sizes().vec();  // (1, Hkv, S, D)
+        k[l] = torch::empty({shape[1], cap, shape[3]}, c.k[l].options());
+        v[l] = torch::empty({shape[1], cap, shape[3]}, c.v[l].options());
+        k[l].narrow(1, 0, S).copy_(c.k[l][0]);
+        v[l].narrow(1, 0, S).copy_(c.v[l][0]);
+    }
+    length = S;
 }
 
 LlamaBodyImpl::LlamaBodyImpl(const ModelConfig& c) {
@@ -191,6 +249,35 @@ torch::Tensor LlamaImpl::hidden(const torch::Tensor& ids, KVCache* cache) {
                            cache ? &cache->v[l] : nullptr);
     }
     return model->norm(x);
+}
+
+torch::Tensor LlamaImpl::decode_step(const torch::Tensor& ids, const std::vector<SlotCache*>& slots) {
+    DISTILL_CHECK(ids.dim() == 1 && ids.size(0) == static_cast<int64_t>(slots.size()),
+                  "decode_step takes one id per slot, got ", ids.sizes(), " for ", slots.size(), " slots");
+    const int64_t B = ids.size(0);
+    const size_t L = model->layers->size();
+    std::vector<int64_t> pos(B);
+    int64_t max_pos = 0;
+    for (int64_t b = 0; b < B; ++b) {
+        const SlotCache& s = *slots[b];
+        DISTILL_CHECK(s.k.size() == L && s.length < s.capacity(), "slot ", b, " is full or not prefilled (",
+                      s.length, " of ", s.capacity(), ")");
+        pos[b] = s.length;
+        max_pos = std::max(max_pos, s.length);
+    }
+    DISTILL_CHECK(max_pos < config_.max_position_embeddings, "position ", max_pos,
+                  " exceeds max_position_embeddings ", config_.max_position_embeddings);
+    rope(0, max_pos + 1);  // fills the tables up to max_pos
+    auto device = model->embed_tokens->weight.device();
+    auto at = torch::tensor(pos, torch::kInt64).to(device);
+    const int64_t D = cos_cache_.size(1);
+    auto cos = cos_cache_.index_select(0, at).view({B, 1, 1, D});
+    auto sin = sin_cache_.index_select(0, at).view({B, 1, 1, D});
+    auto x = model->embed_tokens(ids.to(device).view({B, 1}));  // (B, 1, C)
+    for (size_t l = 0; l < L; ++l)
+        x = model->layers->ptr<DecoderLayerImpl>(l)->forward_slots(x, cos, sin, slots, l);
+    for (SlotCache* s : slots) ++s->length;
+    return head(model->norm(x)).squeeze(1);
 }
 
 torch::Tensor LlamaImpl::head(const torch::Tensor& h) {

@@ -23,6 +23,16 @@ struct KVCache {
     void clear() { k.clear(); v.clear(); }
 };
 
+// The cache of one sequence in a batch of independent sequences (continuous batching): k[l],
+// v[l] are (Hkv, capacity, D) buffers, filled up to `length`. See LlamaImpl::decode_step.
+struct SlotCache {
+    std::vector<torch::Tensor> k, v;
+    int64_t length = 0;
+    int64_t capacity() const { return k.empty() ? 0 : k[0].size(1); }
+    // Takes over a B = 1 KVCache (after a prefill), with room for `capacity` positions in all.
+    void adopt(const KVCache& c, int64_t capacity);
+};
+
 // The rotary inverse frequencies (D/2) in float64, with the config's rope_scaling applied.
 torch::Tensor rope_inv_freq(const ModelConfig& c);
 
@@ -42,6 +52,10 @@ public:
     // x: (B, T, C); cos, sin: (T, D) for the T new positions; past k/v from `cache` if given.
     torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin,
                           torch::Tensor* cache_k, torch::Tensor* cache_v);
+    // One new position per sequence: x (B, 1, C); cos, sin (B, 1, 1, D) at each sequence's
+    // position; slots[b]->k[layer] / v[layer] receive the new keys and values.
+    torch::Tensor forward_slots(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin,
+                                const std::vector<SlotCache*>& slots, size_t layer);
     torch::nn::Linear q_proj{nullptr}, k_proj{nullptr}, v_proj{nullptr}, o_proj{nullptr};
     RMSNorm q_norm{nullptr}, k_norm{nullptr};  // qwen3 only
     int64_t n_head, n_kv_head, head_dim;
@@ -61,6 +75,8 @@ public:
     explicit DecoderLayerImpl(const ModelConfig& c);
     torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin,
                           torch::Tensor* cache_k, torch::Tensor* cache_v);
+    torch::Tensor forward_slots(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin,
+                                const std::vector<SlotCache*>& slots, size_t layer);
     RMSNorm input_layernorm{nullptr}, post_attention_layernorm{nullptr};
     Attention self_attn{nullptr};
     MLP mlp{nullptr};
@@ -83,6 +99,11 @@ public:
     // ids: (B, T) int64 -> logits (B, T, V). With a cache, the T ids continue the cached
     // sequence and the cache is extended.
     torch::Tensor forward(const torch::Tensor& ids, KVCache* cache = nullptr);
+    // One decoding step for B independent sequences at different lengths: ids (B) is the next
+    // token of each; slots[b] holds sequence b's cache and is extended by one. The projections
+    // and the MLP run as one batched product; attention runs per sequence over its own length.
+    // Returns logits (B, V).
+    torch::Tensor decode_step(const torch::Tensor& ids, const std::vector<SlotCache*>& slots);
     // The final hidden states (B, T, C) after the last norm, before the head.
     torch::Tensor hidden(const torch::Tensor& ids, KVCache* cache = nullptr);
     // h: (..., C) -> logits (..., V)

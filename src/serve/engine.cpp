@@ -1,0 +1,199 @@
+#include "serve/engine.h"
+
+#include <torch/torch.h>
+
+#include <algorithm>
+#include <numeric>
+
+#include "util/error.h"
+
+namespace distill {
+
+TokenLogprob token_logprob(const torch::Tensor& lp_row, int64_t id, int64_t k) {
+    TokenLogprob t;
+    t.id = id;
+    const double* lp = lp_row.data_ptr<double>();
+    const int64_t V = lp_row.numel();
+    t.logprob = lp[id];
+    k = std::min(k, V);
+    if (k > 0) {
+        std::vector<int64_t> order(V);
+        std::iota(order.begin(), order.end(), 0);
+        std::partial_sort(order.begin(), order.begin() + k, order.end(),
+                          [&](int64_t a, int64_t b) { return lp[a] > lp[b] || (lp[a] == lp[b] && a < b); });
+        for (int64_t i = 0; i < k; ++i) t.top.emplace_back(order[i], lp[order[i]]);
+    }
+    return t;
+}
+
+namespace {
+// logits (..., V) on any device -> log-probs in float64 on the host
+torch::Tensor host_logprobs(const torch::Tensor& logits) {
+    return torch::log_softmax(logits.to(torch::kCPU, torch::kFloat64), -1).contiguous();
+}
+}  // namespace
+
+Engine::Engine(Llama model, int64_t parallel)
+    : model_(std::move(model)), parallel_(std::max<int64_t>(1, parallel)),
+      max_len_(model_->config().max_position_embeddings) {
+    model_->eval();
+    thread_ = std::thread([this] { loop(); });
+}
+
+Engine::~Engine() {
+    {
+        std::lock_guard<std::mutex> lk(mu_);
+        stopping_ = true;
+    }
+    cv_.notify_all();
+    if (thread_.joinable()) thread_.join();
+}
+
+void Engine::submit(std::shared_ptr<GenRequest> r) {
+    DISTILL_CHECK(!r->prompt.empty(), "a request needs a non-empty prompt");
+    {
+        std::lock_guard<std::mutex> lk(mu_);
+        queue_.push_back(std::move(r));
+    }
+    cv_.notify_all();
+}
+
+EngineStats Engine::stats() const {
+    std::lock_guard<std::mutex> lk(mu_);
+    EngineStats s;
+    s.queued = static_cast<int64_t>(queue_.size());
+    s.active = static_cast<int64_t>(slots_.size());
+    s.slots = parallel_;
+    s.steps = steps_;
+    s.batched_tokens = batched_tokens_;
+    return s;
+}
+
+void Engine::loop() {
+    torch::NoGradGuard no_grad;
+    for (;;) {
+        std::vector<std::shared_ptr<GenRequest>> admit;
+        {
+            std::unique_lock<std::mutex> lk(mu_);
+            cv_.wait(lk, [&] { return stopping_ || !queue_.empty() || !slots_.empty(); });
+            if (stopping_) break;
+            // new prompts are prefilled between decoding steps, as long as slots are free
+            while (!queue_.empty() && static_cast<int64_t>(slots_.size() + admit.size()) < parallel_) {
+                admit.push_back(std::move(queue_.front()));
+                queue_.pop_front();
+            }
+        }
+        for (auto& r : admit) {
+            if (r->cancelled) {
+                if (r->on_done) r->on_done(FinishReason::Cancelled, "");
+                continue;
+            }
+            try {
+                prefill(r);
+            } catch (const std::exception& e) {
+                if (r->on_done) r->on_done(FinishReason::Error, e.what());
+            }
+        }
+        try {
+            step();
+        } catch (const std::exception& e) {
+            // a failed batched step fails its requests, not the server
+            std::lock_guard<std::mutex> lk(mu_);
+            for (auto& s : slots_)
+                if (s->req->on_done) s->req->on_done(FinishReason::Error, e.what());
+            slots_.clear();
+        }
+    }
+    std::lock_guard<std::mutex> lk(mu_);
+    for (auto& s : slots_)
+        if (s->req->on_done) s->req->on_done(FinishReason::Cancelled, "the server is shutting down");
+    for (auto& r : queue_)
+        if (r->on_done) r->on_done(FinishReason::Cancelled, "the server is shutting down");
+    slots_.clear();
+    queue_.clear();
+}
+
+void Engine::prefill(std::shared_ptr<GenRequest> r) {
+    const int64_t T = static_cast<int64_t>(r->prompt.size());
+    DISTILL_CHECK(T < max_len_ || (T == max_len_ && r->sampling.max_new_tokens == 0), "the prompt has ", T,
+                  " tokens; the model's context is ", max_len_);
+    const torch::Device dev = model_->parameters().front().device();
+    KVCache cache;
+    auto ids = torch::tensor(r->prompt, torch::kInt64).unsqueeze(0).to(dev);
+    torch::Tensor logits = model_->forward(ids, &cache).squeeze(0);  // (T, V)
+    if (r->prompt_logprobs && r->on_prompt) {
+        torch::Tensor lp = host_logprobs(logits.narrow(0, 0, T - 1));
+        std::vector<TokenLogprob> out;
+        out.reserve(T - 1);
+        for (int64_t i = 0; i + 1 < T; ++i) out.push_back(token_logprob(lp[i], r->prompt[i + 1], r->top_logprobs));
+        r->on_prompt(std::move(out));
+    }
+    if (r->sampling.max_new_tokens <= 0) {
+        if (r->on_done) r->on_done(FinishReason::Length, "");
+        return;
+    }
+    auto slot = std::make_unique<Slot>();
+    slot->req = r;
+    slot->rng.seed(r->sampling.seed);
+    const int64_t cap = std::min(T + r->sampling.max_new_tokens - 1, max_len_);
+    slot->cache.adopt(cache, std::max(cap, T));
+    if (!emit(*slot, logits[T - 1])) return;
+    std::lock_guard<std::mutex> lk(mu_);
+    slots_.push_back(std::move(slot));
+}
+
+bool Engine::emit(Slot& s, const torch::Tensor& logits) {
+    GenRequest& r = *s.req;
+    torch::Tensor row = logits.to(torch::kCPU, torch::kFloat64).contiguous();
+    const int64_t id = sample_token(row, r.sampling, s.rng);
+    TokenLogprob t;
+    if (r.logprobs) {
+        t = token_logprob(host_logprobs(row), id, r.top_logprobs);
+    } else {
+        t.id = id;
+    }
+    s.next = id;
+    ++s.generated;
+    if (r.on_token && !r.on_token(t)) return finish(s, FinishReason::Cancelled), false;
+    const auto& stop = r.sampling.stop_ids;
+    if (std::find(stop.begin(), stop.end(), id) != stop.end()) return finish(s, FinishReason::Stop), false;
+    if (s.generated >= r.sampling.max_new_tokens || s.cache.length >= s.cache.capacity())
+        return finish(s, FinishReason::Length), false;
+    return true;
+}
+
+void Engine::finish(Slot& s, FinishReason why, const std::string& error) {
+    if (s.req && s.req->on_done) s.req->on_done(why, error);
+    s.req.reset();
+}
+
+void Engine::step() {
+    std::vector<Slot*> live;
+    {
+        std::lock_guard<std::mutex> lk(mu_);
+        for (auto& s : slots_) {
+            if (s->req && s->req->cancelled) finish(*s, FinishReason::Cancelled);
+            if (s->req) live.push_back(s.get());
+        }
+    }
+    if (!live.empty()) {
+        std::vector<int64_t> next;
+        std::vector<SlotCache*> caches;
+        for (Slot* s : live) {
+            next.push_back(s->next);
+            caches.push_back(&s->cache);
+        }
+        torch::Tensor logits = model_->decode_step(torch::tensor(next, torch::kInt64), caches);
+        torch::Tensor host = logits.to(torch::kCPU, torch::kFloat64);  // one copy for the batch
+        {
+            std::lock_guard<std::mutex> lk(mu_);
+            ++steps_;
+            batched_tokens_ += static_cast<int64_t>(live.size());
+        }
+        for (size_t b = 0; b < live.size(); ++b) emit(*live[b], host[b]);
+    }
+    std::lock_guard<std::mutex> lk(mu_);
+    slots_.erase(std::remove_if(slots_.begin(), slots_.end(), [](const auto& s) { return !s->req; }), slots_.end());
+}
+
+}  // namespace distill

@@ -1,0 +1,97 @@
+// distill — the serving engine: continuous batching over one model. Requests wait in a queue;
+// up to `parallel` of them are decoded together, each in a slot with its own KV cache. Every
+// step, new requests are prefilled (one forward over the prompt each) into free slots, then one
+// batched forward advances every active slot by one token (LlamaImpl::decode_step). A request
+// that finishes frees its slot for the next in the queue. docs/serve.md has the details.
+#pragma once
+
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <utility>
+#include <vector>
+
+#include "model/generate.h"
+#include "model/llama.h"
+
+namespace distill {
+
+// One position's log-prob under the model (temperature 1, no truncation) and the `top` most
+// likely tokens there, most likely first.
+struct TokenLogprob {
+    int64_t id = 0;
+    double logprob = 0;
+    std::vector<std::pair<int64_t, double>> top;
+};
+
+enum class FinishReason { Stop, Length, Cancelled, Error };
+
+struct GenRequest {
+    std::vector<int64_t> prompt;  // non-empty, shorter than the model's context
+    SamplingOptions sampling;     // max_new_tokens may be 0 (score the prompt only)
+    bool logprobs = false;        // report TokenLogprob for each generated token
+    int64_t top_logprobs = 0;     // how many alternatives per position
+    bool prompt_logprobs = false; // report the prompt's log-probs (from the prefill)
+
+    // Called on the engine thread; keep them short. on_prompt gets positions 1 .. T-1 of the
+    // prompt (position 0 has no prediction). on_token returns false to end the request (a stop
+    // string matched, the client left), which then finishes as Cancelled.
+    std::function<void(std::vector<TokenLogprob>)> on_prompt;
+    std::function<bool(const TokenLogprob&)> on_token;
+    std::function<void(FinishReason, const std::string& error)> on_done;
+
+    std::atomic<bool> cancelled{false};  // set from any thread: the engine drops the request
+};
+
+struct EngineStats {
+    int64_t queued = 0, active = 0, slots = 0;
+    int64_t steps = 0, batched_tokens = 0;  // decode steps and the tokens they produced
+};
+
+class Engine {
+public:
+    // `parallel`: slots decoded together. The model is used only by the engine's thread.
+    Engine(Llama model, int64_t parallel);
+    ~Engine();  // stops the thread; requests still queued finish as Cancelled
+    Engine(const Engine&) = delete;
+    Engine& operator=(const Engine&) = delete;
+
+    void submit(std::shared_ptr<GenRequest> r);
+    EngineStats stats() const;
+    int64_t context_length() const { return max_len_; }
+
+private:
+    struct Slot {
+        std::shared_ptr<GenRequest> req;
+        SlotCache cache;
+        std::mt19937_64 rng;
+        int64_t generated = 0, next = 0;
+    };
+    void loop();
+    void prefill(std::shared_ptr<GenRequest> r);
+    void step();
+    // Samples from logits (V) on the host, reports the token; false when the slot is done.
+    bool emit(Slot& s, const torch::Tensor& logits);
+    void finish(Slot& s, FinishReason why, const std::string& error = "");
+
+    Llama model_;
+    int64_t parallel_, max_len_;
+    mutable std::mutex mu_;
+    std::condition_variable cv_;
+    std::deque<std::shared_ptr<GenRequest>> queue_;
+    std::vector<std::unique_ptr<Slot>> slots_;  // active ones
+    bool stopping_ = false;
+    int64_t steps_ = 0, batched_tokens_ = 0;
+    std::thread thread_;
+};
+
+// log_softmax of logits (V) in float64 on the host: the log-prob of `id` and the top `k`.
+TokenLogprob token_logprob(const torch::Tensor& logprobs_row, int64_t id, int64_t k);
+
+}  // namespace distill

@@ -1,0 +1,33 @@
+// distill — `distill serve`: an OpenAI-compatible HTTP server over the batching engine
+// (serve/engine.h), on cpp-httplib. Endpoints, limits and metrics: docs/serve.md.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+namespace distill {
+
+struct ServeOptions {
+    std::string model;          // HF directory or .gguf
+    std::string alias;          // the id in /v1/models (default: the model's file or folder name)
+    std::string host = "127.0.0.1";
+    int port = 8000;
+    int64_t parallel = 4;       // slots decoded together
+    int64_t http_threads = 0;   // connections served at once (0 = 4 x parallel + 16)
+    std::string api_key_file;   // one key per line; empty = no authentication
+    double rate_rpm = 0;        // requests per minute per key (0 = no limit)
+    double rate_tpm = 0;        // prompt + completion tokens per minute per key (0 = no limit)
+    int64_t max_body_bytes = 1 << 20;
+    int64_t max_prompt_tokens = 0;  // 0 = the model's context
+    int64_t max_tokens = 4096;      // cap on max_tokens
+    int64_t max_top_logprobs = 20;
+    int64_t max_queue = 1024;       // waiting requests beyond this get 503
+    double shutdown_timeout_s = 60; // SIGTERM: how long in-flight requests may take to finish
+    // Prints "listening on http://HOST:PORT" once the port is bound (with port 0, the one chosen).
+    bool announce = true;
+};
+
+// Runs until SIGTERM or SIGINT; returns the exit status.
+int serve(const ServeOptions& opts);
+
+}  // namespace distill

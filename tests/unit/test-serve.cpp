@@ -1,0 +1,490 @@
+// distill serve: the batched decoding step against the model's own sequential forward, the
+// engine against generate(), and the HTTP server driven by the official `openai` npm client
+// (tests/node/openai-client.mjs), by `distill score`'s numbers, and by hostile raw requests.
+#include <httplib.h>
+#include <signal.h>
+#include <spawn.h>
+#include <sys/wait.h>
+#include <torch/torch.h>
+
+#include <chrono>
+#include <fstream>
+#include <future>
+#include <nlohmann/json.hpp>
+#include <regex>
+#include <thread>
+
+#include "model/checkpoint.h"
+#include "model/generate.h"
+#include "serve/engine.h"
+#include "test-util.h"
+#include "util/file.h"
+
+extern char** environ;
+
+using namespace distill;
+using namespace distill::testing_util;
+using json = nlohmann::json;
+
+namespace {
+
+const std::string kNodeDir = source_path("tests/node");
+
+ModelConfig tiny_config(int64_t vocab) {
+    ModelConfig c;
+    c.vocab_size = vocab;
+    c.hidden_size = 32;
+    c.num_hidden_layers = 2;
+    c.num_attention_heads = 4;
+    c.num_key_value_heads = 2;  // grouped-query attention
+    c.intermediate_size = 64;
+    c.max_position_embeddings = 256;
+    c.bos_token_id = 0;
+    c.eos_token_id = 1;
+    return c;
+}
+
+Tokenizer tiny_tokenizer() {
+    TokenizerTrainOptions o;
+    o.vocab_size = 300;
+    return Tokenizer::train(word_text(30000, 3, {"the", "house", "was", "she", "said", "that", "garden", "it"}), o);
+}
+
+// A model directory with a random-weight model and a trained tokenizer, made once per process.
+struct Fixture {
+    std::string dir, model;
+    Tokenizer tok;
+    Fixture() {
+        dir = temp_dir("serve");
+        tok = tiny_tokenizer();
+        Llama m(tiny_config(tok.vocab_size()));
+        m->init_weights(7);
+        model = dir + "/model";
+        save_model_dir(model, m, &tok);
+    }
+};
+Fixture& fixture() {
+    static Fixture f;
+    return f;
+}
+
+// `distill serve` as a child process on a free port.
+class ServerProcess {
+public:
+    explicit ServerProcess(const std::vector<std::string>& extra) {
+        Fixture& f = fixture();
+        log_ = temp_dir("serve-proc") + "/out.txt";
+        std::vector<std::string> args = {DISTILL_BINARY, "--threads", "1", "serve", "--model", f.model,
+                                         "--port", "0", "--alias", "tiny"};
+        args.insert(args.end(), extra.begin(), extra.end());
+        std::vector<char*> argv;
+        for (auto& a : args) argv.push_back(a.data());
+        argv.push_back(nullptr);
+        posix_spawn_file_actions_t fa;
+        posix_spawn_file_actions_init(&fa);
+        posix_spawn_file_actions_addopen(&fa, 1, log_.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+        posix_spawn_file_actions_adddup2(&fa, 1, 2);
+        EXPECT_EQ(posix_spawn(&pid_, DISTILL_BINARY, &fa, nullptr, argv.data(), environ), 0);
+        posix_spawn_file_actions_destroy(&fa);
+        // the port it chose, then /health until the model is loaded
+        const std::regex re("listening on http://127\\.0\\.0\\.1:([0-9]+)");
+        for (int i = 0; i < 600 && port_ == 0; ++i) {
+            std::smatch m;
+            std::string text = file_exists(log_) ? read_file(log_) : "";
+            if (std::regex_search(text, m, re)) port_ = std::stoi(m[1]);
+            else std::this_thread::sleep_for(std::chrono::milliseconds(50));
+        }
+        EXPECT_GT(port_, 0) << "no port announced:\n" << read_file(log_);
+        for (int i = 0; i < 600; ++i) {
+            auto r = client().Get("/health");
+            if (r && r->status == 200) return;
+            std::this_thread::sleep_for(std::chrono::milliseconds(50));
+        }
+        ADD_FAILURE() << "server never became healthy:\n" << read_file(log_);
+    }
+    ~ServerProcess() {
+        if (pid_ > 0) stop();
+    }
+    httplib::Client client() const {
+        httplib::Client c("127.0.0.1", port_);
+        c.set_read_timeout(120);
+        return c;
+    }
+    std::string base_url() const { return "http://127.0.0.1:" + std::to_string(port_) + "/v1"; }
+    int port() const { return port_; }
+    pid_t pid() const { return pid_; }
+    // SIGTERM, then the exit status (128 + N for a signal).
+    int stop() {
+        kill(pid_, SIGTERM);
+        return wait();
+    }
+    int wait() {
+        int st = 0;
+        waitpid(pid_, &st, 0);
+        pid_ = -1;
+        return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+    }
+    std::string log() const { return read_file(log_); }
+
+private:
+    pid_t pid_ = -1;
+    int port_ = 0;
+    std::string log_;
+};
+
+// A raw HTTP/1.1 request on a fresh connection; returns the socket.
+int send_raw(int port, const std::string& request) {
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_port = htons(static_cast<uint16_t>(port));
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    EXPECT_EQ(connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a), 0);
+    EXPECT_EQ(::write(fd, request.data(), request.size()), static_cast<ssize_t>(request.size()));
+    return fd;
+}
+
+}  // namespace
+
+TEST(Serve, DecodeStepMatchesTheSequentialForward) {
+    torch::NoGradGuard ng;
+    Llama m(tiny_config(300));
+    m->init_weights(3);
+    m->eval();
+    // three sequences of different lengths, prefilled one by one, then decoded together
+    const std::vector<std::vector<int64_t>> prompts = {{5, 9, 2}, {7, 7, 7, 7, 7, 7, 30}, {11}};
+    std::vector<SlotCache> slots(prompts.size());
+    std::vector<KVCache> refs(prompts.size());
+    for (size_t i = 0; i < prompts.size(); ++i) {
+        KVCache c;
+        m->forward(torch::tensor(prompts[i]).unsqueeze(0), &c);
+        slots[i].adopt(c, 20);
+        m->forward(torch::tensor(prompts[i]).unsqueeze(0), &refs[i]);
+    }
+    std::vector<SlotCache*> ptrs;
+    for (auto& s : slots) ptrs.push_back(&s);
+    for (int step = 0; step < 5; ++step) {
+        std::vector<int64_t> next = {int64_t(40 + step), int64_t(60 + step), int64_t(80 + step)};
+        torch::Tensor batched = m->decode_step(torch::tensor(next), ptrs);  // (3, V)
+        for (size_t i = 0; i < prompts.size(); ++i) {
+            torch::Tensor ref = m->forward(torch::tensor({next[i]}).unsqueeze(0), &refs[i]).select(1, -1).squeeze(0);
+            EXPECT_LT((batched[i] - ref).abs().max().item<double>(), 1e-5) << "slot " << i << " step " << step;
+            EXPECT_EQ(slots[i].length, refs[i].length());
+        }
+    }
+}
+
+TEST(Serve, EngineBatchesConcurrentRequestsAndMatchesGenerate) {
+    torch::NoGradGuard ng;
+    Llama m(tiny_config(300));
+    m->init_weights(5);
+    m->eval();
+    SamplingOptions greedy;
+    greedy.temperature = 0;
+    greedy.max_new_tokens = 12;
+    const std::vector<std::vector<int64_t>> prompts = {{5, 9, 2}, {7, 8, 9, 10, 11}, {12}, {40, 41}, {3, 3, 3, 3}};
+    std::vector<std::vector<int64_t>> want;
+    for (const auto& p : prompts) want.push_back(generate(m, p, greedy));
+
+    Engine engine(m, 3);  // fewer slots than requests: some wait in the queue
+    std::vector<std::vector<int64_t>> got(prompts.size());
+    std::vector<std::promise<FinishReason>> done(prompts.size());
+    for (size_t i = 0; i < prompts.size(); ++i) {
+        auto r = std::make_shared<GenRequest>();
+        r->prompt = prompts[i];
+        r->sampling = greedy;
+        r->on_token = [&got, i](const TokenLogprob& t) {
+            got[i].push_back(t.id);
+            return true;
+        };
+        r->on_done = [&done, i](FinishReason why, const std::string&) { done[i].set_value(why); };
+        engine.submit(r);
+    }
+    for (size_t i = 0; i < prompts.size(); ++i) {
+        EXPECT_EQ(done[i].get_future().get(), FinishReason::Length);
+        EXPECT_EQ(got[i], want[i]) << "request " << i;
+    }
+    EngineStats st = engine.stats();
+    // 60 tokens: 5 from the prefills, 55 from batched steps that carried more than one slot each
+    EXPECT_EQ(st.batched_tokens, 55);
+    EXPECT_LT(st.steps, 40) << "steps " << st.steps << " for " << st.batched_tokens << " tokens";
+}
+
+TEST(Serve, OpenAiClientCallsAndErrorsParse) {
+    const std::string dir = temp_dir("serve-openai");
+    write_file_atomic(dir + "/keys", "# keys\nsk-test-one\nsk-test-two\n");
+    ServerProcess s({"--api-key-file", dir + "/keys", "--parallel", "3", "--max-body-bytes", "1048576"});
+    ASSERT_GT(s.port(), 0);
+    const std::string out = dir + "/out.json";
+    ASSERT_EQ(run("cd " + kNodeDir + " && node openai-client.mjs " + s.base_url() + " sk-test-two tiny " + out), 0);
+    json r = json::parse(read_file(out));
+    auto ok = [&](const char* k) -> const json& {
+        EXPECT_TRUE(r[k]["ok"].get<bool>()) << k << ": " << r[k].dump();
+        return r[k]["value"];
+    };
+    EXPECT_EQ(ok("models")[0]["id"], "tiny");
+    EXPECT_EQ(ok("model")["id"], "tiny");
+
+    const json& c = ok("completion");
+    ASSERT_EQ(c["choices"].size(), 1u);
+    const json& lp = c["choices"][0]["logprobs"];
+    const size_t n = lp["tokens"].size();
+    EXPECT_GE(n, 1u);
+    EXPECT_LE(c["usage"]["completion_tokens"].get<int>(), 8);
+    EXPECT_EQ(lp["token_logprobs"].size(), n);
+    EXPECT_EQ(lp["text_offset"].size(), n);
+    for (size_t i = 0; i < n; ++i) {
+        EXPECT_LE(lp["token_logprobs"][i].get<double>(), 0.0);
+        EXPECT_GE(lp["top_logprobs"][i].size(), 3u);  // the top 3, and the sampled token if not among them
+        // greedy: the chosen token is the most likely one
+        double best = -1e30;
+        for (auto& [k, v] : lp["top_logprobs"][i].items()) best = std::max(best, v.get<double>());
+        EXPECT_NEAR(lp["token_logprobs"][i].get<double>(), best, 1e-9);
+    }
+    EXPECT_EQ(c["usage"]["prompt_tokens"].get<int>() + c["usage"]["completion_tokens"].get<int>(),
+              c["usage"]["total_tokens"].get<int>());
+
+    EXPECT_EQ(ok("completion_ids")["usage"]["prompt_tokens"], 4);
+
+    // echo + max_tokens 0: the prompt scored, every token with a log-prob (BOS is ours, not shown)
+    const json& e = ok("completion_echo")["choices"][0];
+    EXPECT_EQ(e["text"], "she said that the garden");
+    const size_t pn = e["logprobs"]["tokens"].size();
+    EXPECT_EQ(ok("completion_echo")["usage"]["prompt_tokens"].get<size_t>(), pn + 1);
+    std::string joined;
+    for (size_t i = 0; i < pn; ++i) {
+        joined += e["logprobs"]["tokens"][i].get<std::string>();
+        EXPECT_TRUE(e["logprobs"]["token_logprobs"][i].is_number()) << i;
+        EXPECT_EQ(e["logprobs"]["text_offset"][i].get<size_t>(), joined.size() - e["logprobs"]["tokens"][i].get<std::string>().size());
+    }
+    EXPECT_EQ(joined, "she said that the garden");
+
+    // n = 3 with a seed: three choices, reproducible, not all the same
+    const json& n3 = ok("completion_n")["choices"];
+    ASSERT_EQ(n3.size(), 3u);
+    const json& again = ok("completion_seeded_again")["choices"];
+    for (int i = 0; i < 3; ++i) EXPECT_EQ(n3[i]["text"], again[i]["text"]);
+    EXPECT_FALSE(n3[0]["text"] == n3[1]["text"] && n3[1]["text"] == n3[2]["text"]);
+
+    // streaming gives the same text as the plain call, then the usage chunk
+    const json& st = ok("completion_stream");
+    std::string streamed;
+    for (const auto& ch : st)
+        if (!ch["choices"].empty()) streamed += ch["choices"][0]["text"].get<std::string>();
+    EXPECT_EQ(streamed, c["choices"][0]["text"]);
+    EXPECT_TRUE(st.back()["choices"].empty());
+    EXPECT_EQ(st.back()["usage"], c["usage"]);
+
+    // stop: the text ends where the stop string begins, though it spans two tokens (" was was")
+    const std::string full = c["choices"][0]["text"];
+    const json& stop = ok("completion_stop")["choices"][0];
+    ASSERT_NE(full.find("s w"), std::string::npos) << full;
+    EXPECT_EQ(stop["text"], full.substr(0, full.find("s w")));
+    EXPECT_EQ(stop["finish_reason"], "stop");
+
+    const json& chat = ok("chat");
+    const json& clp = chat["choices"][0]["logprobs"]["content"];
+    EXPECT_EQ(chat["object"], "chat.completion");
+    EXPECT_EQ(chat["choices"][0]["message"]["role"], "assistant");
+    std::string from_bytes;
+    for (const auto& t : clp) {
+        EXPECT_EQ(t["top_logprobs"].size(), 3u);
+        EXPECT_NEAR(t["logprob"].get<double>(), t["top_logprobs"][0]["logprob"].get<double>(), 1e-9);
+        for (const auto& b : t["bytes"]) from_bytes.push_back(char(b.get<int>()));
+    }
+    EXPECT_EQ(from_bytes, chat["choices"][0]["message"]["content"]);
+    // the chat stream: role first, then the same content and log-probs, then usage
+    const json& cs = ok("chat_stream");
+    EXPECT_EQ(cs[0]["choices"][0]["delta"]["role"], "assistant");
+    std::string content;
+    size_t lps = 0;
+    for (const auto& ch : cs) {
+        if (ch["choices"].empty()) continue;
+        const json& d = ch["choices"][0]["delta"];
+        if (d.contains("content")) content += d["content"].get<std::string>();
+        if (ch["choices"][0]["logprobs"].is_object()) lps += ch["choices"][0]["logprobs"]["content"].size();
+    }
+    EXPECT_EQ(content, chat["choices"][0]["message"]["content"]);
+    EXPECT_EQ(lps, clp.size());
+    EXPECT_EQ(cs.back()["usage"], chat["usage"]);
+    EXPECT_LE(ok("chat_max_completion_tokens")["usage"]["completion_tokens"].get<int>(), 3);
+
+    // errors, as the client classified them
+    auto err = [&](const char* k, const char* cls, int status) {
+        EXPECT_FALSE(r[k]["ok"].get<bool>()) << k;
+        EXPECT_EQ(r[k]["class"], cls) << k << ": " << r[k].dump();
+        EXPECT_EQ(r[k]["status"], status) << k;
+        EXPECT_TRUE(r[k]["error"].is_object() && r[k]["error"]["message"].is_string()) << k << ": " << r[k].dump();
+        return r[k]["error"];
+    };
+    EXPECT_EQ(err("err_bad_key", "AuthenticationError", 401)["code"], "invalid_api_key");
+    EXPECT_EQ(err("err_unknown_model", "NotFoundError", 404)["code"], "model_not_found");
+    EXPECT_EQ(err("err_top_logprobs_cap", "BadRequestError", 400)["param"], "top_logprobs");
+    EXPECT_EQ(err("err_too_long", "BadRequestError", 400)["code"], "context_length_exceeded");
+    EXPECT_EQ(err("err_wrong_type", "BadRequestError", 400)["param"], "max_tokens");
+    EXPECT_EQ(err("err_malformed", "BadRequestError", 400)["code"], "invalid_json");
+    err("err_too_large", "APIError", 413);
+
+    // the metrics saw it
+    auto m = s.client().Get("/metrics");
+    ASSERT_TRUE(m);
+    EXPECT_NE(m->body.find("distill_requests_total{endpoint=\"/v1/chat/completions\",status=\"401\"} 1"),
+              std::string::npos)
+        << m->body;
+    EXPECT_NE(m->body.find("distill_time_to_first_token_seconds_count"), std::string::npos);
+    EXPECT_EQ(s.stop(), 0) << s.log();
+}
+
+TEST(Serve, EchoLogprobsEqualDistillScore) {
+    Fixture& f = fixture();
+    const std::string dir = temp_dir("serve-score");
+    const std::string text = "the house was said that she was in the garden, and it was the house";
+    write_file_atomic(dir + "/t.txt", text);
+    ASSERT_EQ(run_distill("--threads 1 score --model " + f.model + " --text " + dir + "/t.txt --top-logprobs 3",
+                          dir + "/score.jsonl"),
+              0);
+    std::vector<json> score;
+    {
+        std::ifstream in(dir + "/score.jsonl");
+        std::string line;
+        while (std::getline(in, line))
+            if (!line.empty()) score.push_back(json::parse(line));
+    }
+    ServerProcess s({});
+    json body = {{"model", "tiny"}, {"prompt", text}, {"max_tokens", 0}, {"echo", true}, {"logprobs", 3}};
+    auto res = s.client().Post("/v1/completions", body.dump(), "application/json");
+    ASSERT_TRUE(res);
+    ASSERT_EQ(res->status, 200) << res->body;
+    json lp = json::parse(res->body)["choices"][0]["logprobs"];
+    ASSERT_EQ(lp["token_logprobs"].size(), score.size());
+    for (size_t i = 0; i < score.size(); ++i) {
+        EXPECT_NEAR(lp["token_logprobs"][i].get<double>(), score[i]["logprob"].get<double>(), 1e-5) << i;
+        // the same top-3 alternatives, by log-prob
+        std::vector<double> ours, theirs;
+        for (auto& [k, v] : lp["top_logprobs"][i].items()) ours.push_back(v.get<double>());
+        for (auto& p : score[i]["top"]) theirs.push_back(p[1].get<double>());
+        std::sort(ours.rbegin(), ours.rend());
+        for (size_t k = 0; k < theirs.size(); ++k) EXPECT_NEAR(ours[k], theirs[k], 1e-5) << i;
+    }
+    // the same through token ids (prompt as lm-evaluation-harness sends it): the BOS is then
+    // the first token, shown with a null log-prob
+    std::vector<int64_t> ids = {f.tok.bos_id()};
+    for (int32_t t : f.tok.encode(text)) ids.push_back(t);
+    body["prompt"] = ids;
+    res = s.client().Post("/v1/completions", body.dump(), "application/json");
+    ASSERT_TRUE(res && res->status == 200);
+    json lp2 = json::parse(res->body)["choices"][0]["logprobs"];
+    ASSERT_EQ(lp2["token_logprobs"].size(), score.size() + 1);
+    EXPECT_TRUE(lp2["token_logprobs"][0].is_null());
+    for (size_t i = 0; i < score.size(); ++i)
+        EXPECT_NEAR(lp2["token_logprobs"][i + 1].get<double>(), score[i]["logprob"].get<double>(), 1e-5) << i;
+}
+
+TEST(Serve, HostileRequestsGetAnErrorObjectAndTheServerKeepsServing) {
+    ServerProcess s({"--max-body-bytes", "65536", "--rate-limit-rpm", "1000"});
+    auto cl = s.client();
+    struct Case {
+        std::string path, body;
+        int status;
+    };
+    const std::string deep(60000, '[');  // under the body limit
+    const std::vector<Case> cases = {
+        {"/v1/completions", "", 400},
+        {"/v1/completions", "{not json", 400},
+        {"/v1/completions", "[1,2,3]", 400},
+        {"/v1/completions", deep, 400},
+        {"/v1/completions", R"({"prompt": 5})", 400},
+        {"/v1/completions", R"({"prompt": "x", "max_tokens": -1})", 400},
+        {"/v1/completions", R"({"prompt": "x", "max_tokens": 1e300})", 400},
+        {"/v1/completions", R"({"prompt": "x", "max_tokens": 18446744073709551615})", 400},
+        {"/v1/completions", R"({"prompt": "x", "temperature": "hot"})", 400},
+        {"/v1/completions", R"({"prompt": "x", "n": 100000})", 400},
+        {"/v1/completions", R"({"prompt": [1, -5]})", 400},
+        {"/v1/completions", R"({"prompt": [99999999]})", 400},
+        {"/v1/completions", R"({"prompt": []})", 400},
+        {"/v1/completions", R"({"prompt": "x", "stop": [1]})", 400},
+        {"/v1/completions", "{\"prompt\": \"\xff\xfe\"}", 400},  // broken UTF-8
+        {"/v1/completions", R"({"prompt": "x", "unknown_field": {"a": [1]}, "max_tokens": 1})", 200},
+        {"/v1/chat/completions", R"({"messages": "hi"})", 400},
+        {"/v1/chat/completions", R"({"messages": []})", 400},
+        {"/v1/chat/completions", R"({"messages": [{"role": "wizard", "content": "x"}]})", 400},
+        {"/v1/chat/completions", R"({"messages": [{"role": "user", "content": 7}]})", 400},
+        {"/v1/chat/completions", R"({"messages": [{"role": "user", "content": "x"}], "top_logprobs": 2})", 400},
+        {"/v1/chat/completions", std::string(70000, ' '), 413},
+        {"/v1/nothing", "{}", 404},
+    };
+    for (const auto& c : cases) {
+        auto res = cl.Post(c.path, c.body, "application/json");
+        ASSERT_TRUE(res) << c.body.substr(0, 60);
+        EXPECT_EQ(res->status, c.status) << c.body.substr(0, 60) << " -> " << res->body;
+        if (c.status != 200) {
+            json j = json::parse(res->body, nullptr, false);
+            EXPECT_TRUE(j.is_object() && j["error"]["message"].is_string()) << res->body;
+        }
+    }
+    // a client that sends half a body and leaves, and one that never finishes its headers
+    for (const std::string raw : {std::string("POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 500\r\n\r\n{\"pro"),
+                                  std::string("POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Le")}) {
+        int fd = send_raw(s.port(), raw);
+        shutdown(fd, SHUT_WR);
+        close(fd);
+    }
+    auto h = cl.Get("/health");
+    ASSERT_TRUE(h);
+    EXPECT_EQ(h->status, 200);
+    auto ok = cl.Post("/v1/completions", R"({"prompt": "the house", "max_tokens": 2})", "application/json");
+    ASSERT_TRUE(ok);
+    EXPECT_EQ(ok->status, 200);
+    EXPECT_EQ(s.stop(), 0) << s.log();
+}
+
+TEST(Serve, RateLimitGives429WithRetryAfter) {
+    const std::string dir = temp_dir("serve-rate");
+    write_file_atomic(dir + "/keys", "k1\nk2\n");
+    ServerProcess s({"--api-key-file", dir + "/keys", "--rate-limit-rpm", "2"});
+    auto cl = s.client();
+    httplib::Headers k1 = {{"Authorization", "Bearer k1"}}, k2 = {{"Authorization", "Bearer k2"}};
+    const std::string body = R"({"prompt": "the", "max_tokens": 1})";
+    for (int i = 0; i < 2; ++i) {
+        auto r = cl.Post("/v1/completions", k1, body, "application/json");
+        ASSERT_TRUE(r);
+        EXPECT_EQ(r->status, 200) << r->body;
+    }
+    auto r = cl.Post("/v1/completions", k1, body, "application/json");
+    ASSERT_TRUE(r);
+    EXPECT_EQ(r->status, 429);
+    EXPECT_EQ(json::parse(r->body)["error"]["code"], "rate_limit_exceeded");
+    const int wait = std::stoi(r->get_header_value("Retry-After"));
+    EXPECT_GE(wait, 1);
+    EXPECT_LE(wait, 30);
+    // another key has its own budget
+    auto other = cl.Post("/v1/completions", k2, body, "application/json");
+    ASSERT_TRUE(other);
+    EXPECT_EQ(other->status, 200);
+}
+
+TEST(Serve, SigtermLetsInFlightRequestsFinish) {
+    ServerProcess s({"--parallel", "2"});
+    const std::string body = json({{"prompt", "the house"}, {"max_tokens", 240}, {"stream", true},
+                                   {"temperature", 1.0}, {"seed", 3}})
+                                 .dump();
+    int fd = send_raw(s.port(), "POST /v1/completions HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+                                "Content-Type: application/json\r\nContent-Length: " + std::to_string(body.size()) + "\r\n\r\n" + body);
+    // the first bytes of the stream: the request is now in flight
+    std::string got(4096, '\0');
+    ssize_t n = ::read(fd, got.data(), 64);
+    ASSERT_GT(n, 0);
+    got.resize(n);
+    kill(s.pid(), SIGTERM);
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    // new work is refused while the stream finishes (or the port is already closed)
+    auto late = s.client().Post("/v1/completions", R"({"prompt": "x", "max_tokens": 1})", "application/json");
+    if (late) EXPECT_EQ(late->status, 503) << late->body;
+    char buf[65536];
+    while ((n = ::read(fd, buf, sizeof buf)) > 0) got.append(buf, n);
+    close(fd);
+    EXPECT_NE(got.find("data: [DONE]"), std::string::npos) << got.substr(0, 300);
+    EXPECT_NE(got.find("\"finish_reason\":\""), std::string::npos);
+    EXPECT_EQ(s.wait(), 0) << s.log();
+    EXPECT_NE(s.log().find("finishing 1 requests in flight"), std::string::npos) << s.log();
+}

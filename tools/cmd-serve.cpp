@@ -1,0 +1,40 @@
+// distill serve — an OpenAI-compatible HTTP server for a model (docs/serve.md).
+#include "cli.h"
+#include "serve/server.h"
+
+namespace distill::cli {
+
+Command add_serve(CLI::App& app) {
+    auto o = std::make_shared<ServeOptions>();
+    CLI::App* c = app.add_subcommand("serve", "serve a model through an OpenAI-compatible HTTP API");
+    add_model(c, o->model)->required();
+    c->add_option("--alias", o->alias, "the model's id in the API (default: its file or folder name)");
+    c->add_option("--host", o->host, "address to listen on")->capture_default_str();
+    c->add_option("--port", o->port, "port to listen on (0 = any free port, printed at start)")
+        ->check(in_range(0, 65535))->capture_default_str();
+    c->add_option("--parallel", o->parallel, "requests decoded together in one batch (slots)")
+        ->check(in_range(1, 1024))->capture_default_str();
+    c->add_option("--http-threads", o->http_threads, "connections served at once (0 = 4 x parallel + 16)")
+        ->check(in_range(0, 4096))->capture_default_str();
+    c->add_option("--api-key-file", o->api_key_file, "file of API keys, one per line; requests need one")
+        ->check(CLI::ExistingFile);
+    c->add_option("--rate-limit-rpm", o->rate_rpm, "requests per minute per key (0 = no limit)")
+        ->check(in_range(0, 1e9))->capture_default_str();
+    c->add_option("--rate-limit-tpm", o->rate_tpm, "prompt + completion tokens per minute per key (0 = no limit)")
+        ->check(in_range(0, 1e12))->capture_default_str();
+    c->add_option("--max-body-bytes", o->max_body_bytes, "largest request body accepted (413 beyond)")
+        ->check(in_range(1024, 1 << 30))->capture_default_str();
+    c->add_option("--max-prompt-tokens", o->max_prompt_tokens, "longest prompt accepted (0 = the model's context)")
+        ->check(in_range(0, 1 << 24))->capture_default_str();
+    c->add_option("--max-tokens", o->max_tokens, "largest max_tokens a request may ask for")
+        ->check(in_range(1, 1 << 24))->capture_default_str();
+    c->add_option("--max-top-logprobs", o->max_top_logprobs, "largest top_logprobs / logprobs a request may ask for")
+        ->check(in_range(0, 1 << 16))->capture_default_str();
+    c->add_option("--max-queue", o->max_queue, "requests waiting for a slot beyond this get 503")
+        ->check(in_range(1, 1 << 20))->capture_default_str();
+    c->add_option("--shutdown-timeout", o->shutdown_timeout_s, "seconds in-flight requests get to finish on SIGTERM")
+        ->check(in_range(0, 86400))->capture_default_str();
+    return {c, [o] { return serve(*o); }};
+}
+
+}  // namespace distill::cli
