@@ -57,6 +57,9 @@ std::vector<Case> cases(const std::string& f, const std::string& d) {
         {"eval --model " + f + " --text " + f, {"--seq-len", "--stride", "--batch-size"}, {}},
         {"score --model " + f + " --text " + f, {"--seq-len", "--stride", "--batch-size"}, {"--top-logprobs"}},
         {"generate --model " + f + " --prompt hi", {"--max-new-tokens", "--top-p"}, {"--temperature", "--top-k"}},
+        {"serve --model " + f + " --port 0", {"--parallel", "--max-body-bytes", "--max-tokens", "--max-queue"},
+         {"--http-threads", "--rate-limit-rpm", "--rate-limit-tpm", "--max-prompt-tokens", "--max-top-logprobs",
+          "--shutdown-timeout"}},
     };
 }
 
