@@ -1,11 +1,14 @@
 // distill capture — a teacher's top log-probs per position into a compact, resumable logit cache.
 #include <cstdio>
+#include <cstdlib>
 
 #include "cli.h"
+#include "distill/api-capture.h"
 #include "distill/capture.h"
 #include "io/shards.h"
 #include "model/checkpoint.h"
 #include "pipeline/pipeline.h"
+#include "util/progress.h"
 
 namespace distill::cli {
 
@@ -13,15 +16,38 @@ namespace {
 struct Options {
     std::string teacher, data, out;
     CaptureOptions capture;
+    ApiCaptureOptions api;
+    std::string api_key_env = "OPENAI_API_KEY";
 };
+
+// Through an OpenAI-compatible API: prompts in, completions and top log-probs out.
+int run_api(Options& o, bool top_given) {
+    ApiCaptureOptions& a = o.api;
+    DISTILL_USAGE(o.data.empty() && o.teacher.empty(), "--teacher-url captures from prompts (--prompts), not from --data or --teacher");
+    DISTILL_USAGE(!a.prompts.empty(), "--teacher-url needs --prompts FILE.jsonl");
+    a.out = o.out;
+    a.top_logprobs = top_given ? o.capture.top_k : 20;  // the OpenAI API's cap
+    if (const char* k = std::getenv(o.api_key_env.c_str())) a.api_key = k;
+    a.progress = !Progress::quiet;
+    ApiCaptureResult r = capture_from_api(a);
+    nlohmann::json j = r.to_json();
+    j["dataset"] = o.out;
+    std::printf("%s\n", j.dump().c_str());
+    if (r.failed > 0) {
+        std::fprintf(stderr, "capture: %lld samples failed (listed in %s/failed.jsonl); run the same command again to retry them\n",
+                     static_cast<long long>(r.failed), o.out.c_str());
+        return 1;
+    }
+    return 0;
+}
 }  // namespace
 
 Command add_capture(CLI::App& app) {
     auto o = std::make_shared<Options>();
     CaptureOptions& cap = o->capture;
     CLI::App* c = app.add_subcommand("capture", "store a teacher's top log-probs per position in a logit cache");
-    c->add_option("--teacher", o->teacher, "the teacher: a model directory or a .gguf file")->required();
-    c->add_option("--data", o->data, "token shard prefix (from `distill prepare`)")->required();
+    c->add_option("--teacher", o->teacher, "the teacher: a model directory or a .gguf file");
+    c->add_option("--data", o->data, "token shard prefix (from `distill prepare`)");
     c->add_option("-o,--out", o->out, "cache directory (created, or resumed)")->required();
     c->add_option("--top-logprobs", cap.top_k, "log-probs stored per position (the teacher's top K)")
         ->check(in_range(1, 1024))->capture_default_str();
@@ -29,7 +55,38 @@ Command add_capture(CLI::App& app) {
     add_batch_size(c, cap.batch, "windows per teacher forward");
     c->add_option("--max-windows", cap.max_windows, "capture only the first N windows (0 = all)")
         ->check(in_range(0, 1e12))->capture_default_str();
-    return {c, [o] {
+    // through an API (docs/api-capture.md)
+    ApiCaptureOptions& a = o->api;
+    const std::string api = "Teacher through an API";
+    auto* url = c->add_option("--teacher-url", a.url, "an OpenAI-compatible API, e.g. http://127.0.0.1:8000/v1")
+                    ->group(api);
+    c->add_option("--teacher-model", a.model, "the model id to ask for (default: the first the API lists)")->group(api);
+    c->add_option("--api-key-env", o->api_key_env, "environment variable holding the API key")
+        ->capture_default_str()->group(api);
+    c->add_option("--prompts", a.prompts, "JSONL: a string, {\"prompt\": ...} or {\"messages\": [...]} per line")
+        ->check(CLI::ExistingFile)->group(api);
+    c->add_option("--samples", a.samples, "completions per prompt")->check(in_range(1, 1 << 16))
+        ->capture_default_str()->group(api);
+    c->add_option("--concurrency", a.concurrency, "requests in flight")->check(in_range(1, 1024))
+        ->capture_default_str()->group(api);
+    c->add_option("--max-tokens", a.max_tokens, "tokens per completion")->check(in_range(1, 1 << 20))
+        ->capture_default_str()->group(api);
+    c->add_option("--temperature", a.temperature, "sampling temperature")->check(in_range(0, 2))
+        ->capture_default_str()->group(api);
+    c->add_option("--top-p", a.top_p, "nucleus sampling")->check(above_up_to(0, 1))->capture_default_str()->group(api);
+    add_seed(c, a.seed)->group(api);
+    c->add_option("--max-teacher-tokens", a.max_teacher_tokens, "stop once the API reported this many tokens (0 = no cap)")
+        ->check(in_range(0, 1e15))->capture_default_str()->group(api);
+    c->add_option("--retries", a.retries, "retries per sample (429, 5xx, timeouts, resets, malformed bodies)")
+        ->check(in_range(0, 1000))->capture_default_str()->group(api);
+    c->add_option("--timeout", a.timeout_s, "seconds per request")->check(above_up_to(0, 86400))
+        ->capture_default_str()->group(api);
+    c->add_option("--backoff", a.backoff_s, "first retry's back-off in seconds (doubles each retry, with jitter)")
+        ->check(in_range(0, 3600))->capture_default_str()->group(api);
+    return {c, [o, c, url] {
+                if (*url) return run_api(*o, c->get_option("--top-logprobs")->count() > 0);
+                DISTILL_USAGE(!o->teacher.empty() && !o->data.empty(),
+                              "capture needs --teacher and --data (a local teacher), or --teacher-url and --prompts");
                 LoadedModel t = load_model(o->teacher);
                 DISTILL_CHECK(t.has_tokenizer, o->teacher, " has no tokenizer");
                 TokenShard shard(o->data);

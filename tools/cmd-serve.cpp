@@ -34,6 +34,13 @@ Command add_serve(CLI::App& app) {
         ->check(in_range(1, 1 << 20))->capture_default_str();
     c->add_option("--shutdown-timeout", o->shutdown_timeout_s, "seconds in-flight requests get to finish on SIGTERM")
         ->check(in_range(0, 86400))->capture_default_str();
+    const std::string testing = "Testing";
+    c->add_option("--inject-faults", o->fault_rate,
+                  "answer this fraction of POSTs with a fault: 500, 429, a delay, a reset, a truncated or a malformed body")
+        ->check(in_range(0, 1))->group(testing);
+    c->add_option("--fault-seed", o->fault_seed, "which requests get faults")->group(testing);
+    c->add_option("--fault-delay", o->fault_delay_s, "seconds a 'timeout' fault waits before answering")
+        ->check(in_range(0, 3600))->capture_default_str()->group(testing);
     return {c, [o] { return serve(*o); }};
 }
 

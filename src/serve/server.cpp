@@ -19,6 +19,8 @@
 #include <random>
 #include <unordered_map>
 
+#include <xxhash.h>
+
 #include "eval/eval.h"
 #include "model/checkpoint.h"
 #include "pipeline/pipeline.h"
@@ -98,6 +100,10 @@ public:
         std::lock_guard<std::mutex> lk(mu_);
         ++requests_[{endpoint, status}];
     }
+    void fault(const std::string& kind) {
+        std::lock_guard<std::mutex> lk(mu_);
+        ++faults_[kind];
+    }
     void tokens(int64_t prompt, int64_t completion) {
         std::lock_guard<std::mutex> lk(mu_);
         prompt_tokens_ += prompt;
@@ -119,6 +125,12 @@ public:
         for (const auto& [k, v] : requests_)
             out += "distill_requests_total{endpoint=\"" + k.first + "\",status=\"" + std::to_string(k.second) +
                    "\"} " + std::to_string(v) + "\n";
+        if (!faults_.empty()) {
+            out += "# HELP distill_faults_injected_total Faults injected by --inject-faults, by kind.\n";
+            out += "# TYPE distill_faults_injected_total counter\n";
+            for (const auto& [k, v] : faults_)
+                out += "distill_faults_injected_total{kind=\"" + k + "\"} " + std::to_string(v) + "\n";
+        }
         auto scalar = [&](const char* name, const char* type, const char* help, double v) {
             char buf[64];
             std::snprintf(buf, sizeof buf, "%.17g", v);
@@ -141,6 +153,7 @@ public:
 private:
     mutable std::mutex mu_;
     std::map<std::pair<std::string, int>, uint64_t> requests_;
+    std::map<std::string, uint64_t> faults_;
     int64_t prompt_tokens_ = 0, completion_tokens_ = 0;
     Histogram ttft_{{0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30}};
     Histogram tpot_{{0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1}};
@@ -283,6 +296,9 @@ public:
 private:
     void load();
     void routes();
+    // --inject-faults: true when this request got a fault instead of (or after) its answer
+    bool inject_fault(const httplib::Request& req, httplib::Response& res,
+                      const std::function<void(const httplib::Request&, httplib::Response&)>& f);
     // checks that every /v1 request passes: ready, not draining, key, rate
     std::string admit(const httplib::Request& req);
     void completions(const httplib::Request& req, httplib::Response& res);
@@ -317,6 +333,7 @@ private:
     httplib::Server http_;
     std::atomic<bool> ready_{false}, draining_{false}, failed_{false};
     std::atomic<int64_t> inflight_{0};
+    std::atomic<uint64_t> posts_{0};
     std::string load_error_;
     std::unique_ptr<Engine> engine_;
     Tokenizer tok_;
@@ -861,11 +878,52 @@ void send_error(httplib::Response& res, const ApiError& e) {
     res.set_content(e.body().dump(-1, ' ', false, json::error_handler_t::replace), "application/json");
 }
 
+bool Server::inject_fault(const httplib::Request& req, httplib::Response& res,
+                          const std::function<void(const httplib::Request&, httplib::Response&)>& f) {
+    const uint64_t n = posts_++;
+    const uint64_t h = XXH3_64bits_withSeed(&n, sizeof n, o_.fault_seed);
+    if (double(h >> 11) * 0x1p-53 >= o_.fault_rate) return false;
+    static const char* kinds[] = {"500", "429", "timeout", "reset", "truncated", "malformed"};
+    const std::string kind = kinds[XXH3_64bits_withSeed(&n, sizeof n, o_.fault_seed + 1) % 6];
+    metrics_.fault(kind);
+    if (kind == "500") {
+        send_error(res, ApiError(500, "injected fault: internal error", "server_error"));
+    } else if (kind == "429") {
+        send_error(res, ApiError(429, "injected fault: rate limited", "requests", "", "rate_limit_exceeded"));
+        res.set_header("Retry-After", "1");
+    } else if (kind == "timeout") {
+        std::this_thread::sleep_for(std::chrono::duration<double>(o_.fault_delay_s));
+        return false;  // then answered normally, after the client gave up
+    } else if (kind == "reset") {
+        // headers promise a body, then the connection closes
+        res.set_content_provider(4096, "application/json", [](size_t, size_t, httplib::DataSink&) { return false; });
+    } else {
+        f(req, res);
+        if ((res.status != -1 && res.status != 200) || res.body.empty()) return true;  // an error or a stream: as it is
+        std::string body = res.body.substr(0, res.body.size() / 2);
+        if (kind == "malformed") {
+            res.body = body;  // a whole HTTP response whose JSON is cut off
+        } else {
+            const size_t full = res.body.size();
+            res.body.clear();
+            res.set_content_provider(full, "application/json", [body](size_t off, size_t, httplib::DataSink& sink) {
+                if (off == 0) sink.write(body.data(), body.size());
+                return false;  // the rest never comes
+            });
+        }
+    }
+    return true;
+}
+
 void Server::routes() {
     // Each /v1 handler throws ApiError for what the client got wrong; this wraps them.
     auto wrap = [this](const std::string& endpoint, std::function<void(const httplib::Request&, httplib::Response&)> f) {
         return [this, endpoint, f](const httplib::Request& req, httplib::Response& res) {
             try {
+                if (req.method == "POST" && o_.fault_rate > 0 && inject_fault(req, res, f)) {
+                    metrics_.request(endpoint, res.status == -1 ? 200 : res.status);
+                    return;
+                }
                 f(req, res);
             } catch (const ApiError& e) {
                 send_error(res, e);
@@ -875,7 +933,7 @@ void Server::routes() {
             } catch (const std::exception& e) {
                 send_error(res, ApiError(500, std::string("internal error: ") + e.what(), "server_error"));
             }
-            metrics_.request(endpoint, res.status);
+            metrics_.request(endpoint, res.status == -1 ? 200 : res.status);  // -1: httplib's 200 to come
         };
     };
     http_.Get("/health", [this](const httplib::Request&, httplib::Response& res) {

@@ -23,6 +23,12 @@ struct ServeOptions {
     int64_t max_top_logprobs = 20;
     int64_t max_queue = 1024;       // waiting requests beyond this get 503
     double shutdown_timeout_s = 60; // SIGTERM: how long in-flight requests may take to finish
+    // Testing: answer this fraction of POST requests with a fault — a 500, a 429 with
+    // Retry-After, a delay of fault_delay_s (a client timeout), a reset connection, a truncated
+    // body, a malformed body — chosen by a hash of (fault_seed, request number).
+    double fault_rate = 0;
+    uint64_t fault_seed = 0;
+    double fault_delay_s = 3;
     // Prints "listening on http://HOST:PORT" once the port is bound (with port 0, the one chosen).
     bool announce = true;
 };

@@ -11,6 +11,7 @@
 #include <fstream>
 #include <future>
 #include <nlohmann/json.hpp>
+#include <map>
 #include <regex>
 #include <thread>
 
@@ -487,4 +488,148 @@ TEST(Serve, SigtermLetsInFlightRequestsFinish) {
     EXPECT_NE(got.find("\"finish_reason\":\""), std::string::npos);
     EXPECT_EQ(s.wait(), 0) << s.log();
     EXPECT_NE(s.log().find("finishing 1 requests in flight"), std::string::npos) << s.log();
+}
+
+namespace {
+
+// JSONL samples of an API dataset by (prompt_index, sample).
+std::map<std::pair<int64_t, int64_t>, json> dataset(const std::string& dir) {
+    std::map<std::pair<int64_t, int64_t>, json> out;
+    std::ifstream in(dir + "/samples.jsonl");
+    std::string line;
+    while (std::getline(in, line)) {
+        json j = json::parse(line);
+        auto key = std::make_pair(j["prompt_index"].get<int64_t>(), j["sample"].get<int64_t>());
+        EXPECT_EQ(out.count(key), 0u) << "sample written twice: " << key.first << "/" << key.second;
+        out[key] = j;
+    }
+    return out;
+}
+
+// Equal up to the last bits of the log-probs, which depend on which requests shared a batch.
+void expect_same_dataset(const std::map<std::pair<int64_t, int64_t>, json>& a,
+                         const std::map<std::pair<int64_t, int64_t>, json>& b) {
+    ASSERT_EQ(a.size(), b.size());
+    for (const auto& [k, x] : a) {
+        ASSERT_TRUE(b.count(k)) << k.first << "/" << k.second;
+        const json& y = b.at(k);
+        for (const char* f : {"text", "finish_reason", "seed", "usage", "prompt", "messages", "kind"})
+            EXPECT_EQ(x.value(f, json()), y.value(f, json())) << f << " of " << k.first << "/" << k.second;
+        ASSERT_EQ(x["logprobs"].size(), y["logprobs"].size());
+        for (size_t i = 0; i < x["logprobs"].size(); ++i) {
+            EXPECT_EQ(x["logprobs"][i]["bytes"], y["logprobs"][i]["bytes"]);
+            EXPECT_NEAR(x["logprobs"][i]["logprob"].get<double>(), y["logprobs"][i]["logprob"].get<double>(), 1e-6);
+            EXPECT_EQ(x["logprobs"][i]["top"].size(), y["logprobs"][i]["top"].size());
+        }
+    }
+}
+
+std::string write_prompts(const std::string& dir, int n) {
+    std::string text;
+    const std::vector<std::string> words = {"the", "house", "was", "she", "said", "garden"};
+    for (int i = 0; i < n; ++i) {
+        if (i % 7 == 3)
+            text += json({{"messages", {{{"role", "user"}, {"content", words[i % 6] + " and " + words[(i + 2) % 6]}}}}})
+                        .dump() + "\n";
+        else
+            text += json({{"prompt", words[i % 6] + " " + words[(i * 5 + 1) % 6] + " " + std::to_string(i)}}).dump() + "\n";
+    }
+    write_file_atomic(dir + "/prompts.jsonl", text);
+    return dir + "/prompts.jsonl";
+}
+
+}  // namespace
+
+TEST(ApiCapture, FaultsOnMoreThanAFifthOfRequestsLoseAndDuplicateNothing) {
+    const std::string dir = temp_dir("api-capture");
+    const std::string prompts = write_prompts(dir, 30);
+    const std::string common = " --prompts " + prompts + " --samples 2 --concurrency 4 --max-tokens 16 --seed 11";
+    // the reference: a capture with no faults
+    {
+        ServerProcess s({"--parallel", "4"});
+        ASSERT_EQ(run_distill("capture --teacher-url " + s.base_url() + common + " -o " + dir + "/clean"), 0);
+    }
+    ServerProcess s({"--parallel", "4", "--inject-faults", "0.4", "--fault-seed", "1", "--fault-delay", "2"});
+    ASSERT_EQ(run_distill("capture --teacher-url " + s.base_url() + common + " --timeout 1 --backoff 0.02 -o " + dir +
+                              "/faulty",
+                          dir + "/summary.json"),
+              0);
+    const json summary = json::parse(read_file(dir + "/summary.json"));
+    EXPECT_EQ(summary["written"], 60);
+    EXPECT_EQ(summary["failed"], 0);
+    EXPECT_TRUE(summary["logprobs"].get<bool>());
+    // every kind of fault happened, and each cost one retry
+    auto m = s.client().Get("/metrics");
+    ASSERT_TRUE(m);
+    int64_t faults = 0;
+    for (const char* kind : {"500", "429", "timeout", "reset", "truncated", "malformed"}) {
+        std::smatch mt;
+        const std::regex re(std::string("distill_faults_injected_total\\{kind=\"") + kind + "\"\\} ([0-9]+)");
+        ASSERT_TRUE(std::regex_search(m->body, mt, re)) << kind << "\n" << m->body;
+        EXPECT_GE(std::stoi(mt[1]), 1) << kind;
+        faults += std::stoi(mt[1]);
+    }
+    int64_t errors = 0;
+    for (auto& [k, v] : summary["errors"].items()) errors += v.get<int64_t>();
+    EXPECT_EQ(errors, faults) << summary.dump();
+    EXPECT_GE(double(faults) / summary["requests"].get<double>(), 0.2) << summary.dump();
+    expect_same_dataset(dataset(dir + "/faulty"), dataset(dir + "/clean"));
+    const json meta = json::parse(read_file(dir + "/faulty/meta.json"));
+    EXPECT_EQ(meta["teacher"]["model"], "tiny");
+    EXPECT_EQ(meta["totals"]["samples"], 60);
+    EXPECT_EQ(meta["settings"]["top_logprobs"], 20);
+}
+
+TEST(ApiCapture, KillNineAndRerunContinuesWithoutLossOrDuplicates) {
+    const std::string dir = temp_dir("api-capture-kill");
+    const std::string prompts = write_prompts(dir, 40);
+    ServerProcess s({"--parallel", "2"});
+    const std::string args = "capture --teacher-url " + s.base_url() + " --prompts " + prompts +
+                             " --samples 2 --concurrency 2 --max-tokens 48 --seed 3 -o ";
+    ASSERT_EQ(run_distill(args + dir + "/clean"), 0);
+    // killed part-way, several times, then finished
+    int kills = 0;
+    for (int round = 0; round < 3; ++round) {
+        const std::string cmd = std::string(DISTILL_BINARY) + " --quiet " + args + dir + "/ds > /dev/null 2>&1 & echo $!";
+        FILE* p = popen(cmd.c_str(), "r");
+        int pid = 0;
+        ASSERT_EQ(fscanf(p, "%d", &pid), 1);
+        pclose(p);
+        const size_t before = file_exists(dir + "/ds/samples.jsonl") ? dataset(dir + "/ds").size() : 0;
+        for (int i = 0; i < 2000; ++i) {
+            if (file_exists(dir + "/ds/samples.jsonl") && dataset(dir + "/ds").size() >= before + 15) break;
+            std::this_thread::sleep_for(std::chrono::milliseconds(2));
+        }
+        kills += kill(pid, SIGKILL) == 0;
+        int st = 0;
+        waitpid(pid, &st, 0);
+    }
+    // and a torn last line, as a kill in the middle of a write leaves it
+    {
+        std::ofstream f(dir + "/ds/samples.jsonl", std::ios::app);
+        f << "{\"prompt_index\": 1, \"sam";
+    }
+    ASSERT_EQ(run_distill(args + dir + "/ds", dir + "/summary.json"), 0);
+    EXPECT_GE(json::parse(read_file(dir + "/summary.json"))["done_before"].get<int>(), 1);
+    EXPECT_GE(kills, 1);
+    expect_same_dataset(dataset(dir + "/ds"), dataset(dir + "/clean"));
+}
+
+TEST(ApiCapture, TokenCapAndAnEndpointWithoutLogprobs) {
+    const std::string dir = temp_dir("api-capture-cap");
+    const std::string prompts = write_prompts(dir, 20);
+    ServerProcess s({"--max-top-logprobs", "0"});  // refuses logprobs, as some endpoints do
+    ASSERT_EQ(run_distill("capture --teacher-url " + s.base_url() + " --prompts " + prompts +
+                              " --concurrency 1 --max-tokens 8 --max-teacher-tokens 60 -o " + dir + "/ds",
+                          dir + "/summary.json"),
+              0);
+    const json r = json::parse(read_file(dir + "/summary.json"));
+    EXPECT_FALSE(r["logprobs"].get<bool>());
+    EXPECT_GT(r["remaining"].get<int>(), 0);
+    EXPECT_GE(r["teacher_tokens"].get<int>(), 60);
+    EXPECT_LT(r["teacher_tokens"].get<int>(), 60 + 40);  // one sample beyond the cap at most
+    for (const auto& [k, v] : dataset(dir + "/ds")) EXPECT_TRUE(v["logprobs"].is_null());
+    // a bad URL and a missing server are errors that say what to do
+    EXPECT_EQ(run_distill("capture --teacher-url ftp://x --prompts " + prompts + " -o " + dir + "/x"), 1);
+    EXPECT_EQ(run_distill("capture --teacher-url " + s.base_url() + " -o " + dir + "/x"), 2);  // no --prompts
 }
