@@ -1,7 +1,7 @@
 // distill prepare — text to a token shard (and optionally a held-out tail as text).
 #include "cli.h"
 #include "io/shards.h"
-#include "model/checkpoint.h"
+#include "tokenizer/load.h"
 #include "pipeline/pipeline.h"
 #include "util/file.h"
 #include "util/progress.h"

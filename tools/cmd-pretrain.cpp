@@ -5,6 +5,7 @@
 #include "io/shards.h"
 #include "model/checkpoint.h"
 #include "pipeline/pipeline.h"
+#include "tokenizer/load.h"
 #include "train/batches.h"
 #include "train/trainer.h"
 #include "util/file.h"

@@ -2,7 +2,7 @@
 #include <iostream>
 
 #include "cli.h"
-#include "model/checkpoint.h"
+#include "tokenizer/load.h"
 
 namespace distill::cli {
 

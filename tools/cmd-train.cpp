@@ -6,6 +6,7 @@
 #include "model/checkpoint.h"
 #include "model/gguf-model.h"
 #include "pipeline/pipeline.h"
+#include "tokenizer/load.h"
 #include "util/file.h"
 
 namespace distill::cli {

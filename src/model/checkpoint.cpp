@@ -4,7 +4,6 @@
 #include <unistd.h>
 
 #include <cstdio>
-#include <cstring>
 #include <filesystem>
 #include <nlohmann/json.hpp>
 #include <set>
@@ -68,23 +67,6 @@ std::map<std::string, std::string> weight_files(const std::string& dir) {
 }
 
 }  // namespace
-
-Tokenizer load_tokenizer(const std::string& path) {
-    if (dir_exists(path)) {
-        const std::string tok = path_join(path, "tokenizer.json");
-        DISTILL_CHECK(file_exists(tok), "model directory '", path, "' has no tokenizer.json");
-        return Tokenizer::load(tok);
-    }
-    DISTILL_CHECK(file_exists(path), "tokenizer '", path, "' does not exist");
-    char magic[4] = {};
-    if (std::FILE* f = std::fopen(path.c_str(), "rb")) {
-        const size_t n = std::fread(magic, 1, 4, f);
-        std::fclose(f);
-        if (n == 4 && std::memcmp(magic, "GGUF", 4) == 0)
-            return Tokenizer::from_json(tokenizer_json_from_gguf(GgufFile(path)));
-    }
-    return Tokenizer::load(path);
-}
 
 LoadedModel load_model_dir(const std::string& dir) {
     if (is_gguf_path(dir)) return load_gguf_model(dir);

@@ -24,10 +24,6 @@ struct LoadedModel {
 // tensors give an Error naming them.
 LoadedModel load_model_dir(const std::string& dir);
 
-// A tokenizer from a tokenizer.json file, a model directory (its tokenizer.json) or a GGUF file
-// (its tokenizer.ggml.* metadata).
-Tokenizer load_tokenizer(const std::string& path);
-
 // Writes a model directory. The directory is first written beside the target and then renamed
 // into place, so a killed process leaves either the old directory or the new one.
 void save_model_dir(const std::string& dir, Llama& model, const Tokenizer* tokenizer,

@@ -4,7 +4,6 @@
 
 #include <string>
 
-#include "io/gguf.h"
 #include "model/checkpoint.h"
 
 namespace distill {
@@ -15,9 +14,6 @@ bool is_gguf_path(const std::string& path);
 // Loads a GGUF model of architecture llama or qwen2 with a "gpt2" (byte-level BPE) tokenizer.
 // Unknown architectures, missing or unexpected tensors and wrong shapes give an Error naming them.
 LoadedModel load_gguf_model(const std::string& path);
-
-// The HF tokenizer.json text equivalent to the file's tokenizer.ggml.* metadata.
-std::string tokenizer_json_from_gguf(const GgufFile& f);
 
 struct GgufExportOptions {
     std::string type = "f32";  // for 2-D weight matrices: f32, f16, bf16, q8_0, q4_0, q4_k, q5_k, q6_k

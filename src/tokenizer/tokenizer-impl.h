@@ -1,5 +1,6 @@
-// distill — tokenizer internals shared by tokenizer.cpp (load, save, encode, decode) and
-// bpe-train.cpp (training). Private: include only from src/tokenizer/.
+// distill — tokenizer internals shared by the files of src/tokenizer/: tokenizer.cpp (the public
+// Tokenizer), byte-alphabet.cpp, pretokenize.cpp, added-tokens.cpp, bpe.cpp, tokenizer-json.cpp,
+// tokenizer-pipeline.cpp and bpe-train.cpp. Private: include only from src/tokenizer/.
 #pragma once
 
 #include <cstdint>
@@ -22,7 +23,7 @@ inline constexpr const char* kGpt2SplitRegex =
 
 // UTF-8: util/utf8.h (the project's one decoder).
 
-// ---- GPT-2 byte <-> unicode alphabet -------------------------------------------------------
+// ---- GPT-2 byte <-> unicode alphabet (byte-alphabet.cpp) -----------------------------------
 
 struct ByteAlphabet {
     uint32_t byte_to_cp[256];
@@ -36,7 +37,7 @@ struct ByteAlphabet {
     bool decode(std::string_view token, std::string& out) const;
 };
 
-// ---- Regex (PCRE2, UTF + UCP, JIT) ---------------------------------------------------------
+// ---- Regex (PCRE2, UTF + UCP, JIT; pretokenize.cpp) ----------------------------------------
 
 class Regex {
   public:
@@ -62,7 +63,7 @@ class Regex {
 // explicit classes with Onig's meaning. Exposed for tests.
 std::string regex_onig_to_pcre2(const std::string& pattern);
 
-// ---- Normalizers ---------------------------------------------------------------------------
+// ---- Normalizers (tokenizer-pipeline.cpp) --------------------------------------------------
 
 // One step of the normalizer (HF's NormalizerWrapper, the supported subset).
 struct NormStep {
@@ -81,7 +82,7 @@ bool is_white_space(uint32_t cp);
 // The Rust regex crate's \w (Alphabetic, marks, Nd, Pc, joiners), for added-token single_word.
 bool is_word_char(uint32_t cp);
 
-// ---- Pre-tokenizer pipeline ----------------------------------------------------------------
+// ---- Pre-tokenizer pipeline (pretokenize.cpp) ----------------------------------------------
 
 enum class SplitBehavior { kRemoved, kIsolated, kMergedWithPrevious, kMergedWithNext, kContiguous };
 enum class PrependScheme { kAlways, kFirst, kNever };
@@ -107,7 +108,7 @@ struct PreTokStep {
     bool split = true;
 };
 
-// ---- Decoders ------------------------------------------------------------------------------
+// ---- Decoders (tokenizer-pipeline.cpp) -----------------------------------------------------
 
 // One step of the decoder (HF's DecoderWrapper, the supported subset); each maps the list of
 // token strings to a new list, and decode() joins the last list.
@@ -124,7 +125,7 @@ struct DecStep {
 // Runs the decoder steps (HF's decode_chain, one step after the other).
 void decode_steps(const std::vector<DecStep>& steps, std::vector<std::string>& tokens);
 
-// ---- Added (special) tokens ----------------------------------------------------------------
+// ---- Added (special) tokens (added-tokens.cpp) ---------------------------------------------
 
 struct AddedToken {
     int32_t id = -1;
@@ -184,6 +185,10 @@ struct Tokenizer::Impl {
     // Builds the derived tables (token_ids, id_bytes, merge_map, byte_ids, fingerprint) after
     // id_to_token / vocab / merges / added / pipeline are set. Throws Error naming `source`.
     void finalize(const std::string& source);
+    // Parts of finalize(): merge_map from merges (bpe.cpp; throws Error naming `source`), and the
+    // added-token matching tables below (added-tokens.cpp).
+    void build_merge_map(const std::string& source);
+    void build_added_tables();
 
     // HF's AddedVocabulary::find_matches over `text` (valid UTF-8) with the tokens that are
     // matched before normalization (`normalized` false) or after it (true): leftmost-longest,
@@ -212,6 +217,13 @@ struct Tokenizer::Impl {
     bool any_normalized_added = false;
 };
 
+// ---- tokenizer.json (tokenizer-json.cpp) ---------------------------------------------------
+
+// Parses tokenizer.json text into `m` and finalizes it. Throws Error naming `source` ("tokenizer
+// 'path'" or "tokenizer JSON") and the field at fault.
+void load_into(Tokenizer::Impl& m, const std::string& text, const std::string& source);
+// The tokenizer.json text of `m` (what save() writes; the fingerprint is its hash).
+std::string impl_to_json(const Tokenizer::Impl& m);
 // Sets the pipeline distill trains with (ByteLevel pre-tokenizer, post-processor, decoder).
 void impl_set_default_pipeline(Tokenizer::Impl& m);
 

@@ -17,6 +17,7 @@
 #include "eval/eval.h"
 #include "model/checkpoint.h"
 #include "test-util.h"
+#include "tokenizer/load.h"
 #include "util/error.h"
 #include "util/file.h"
 

@@ -13,6 +13,7 @@
 #include "io/gguf.h"
 #include "io/quant.h"
 #include "model/gguf-model.h"
+#include "tokenizer/gguf-tokenizer.h"
 #include "test-util.h"
 #include "util/error.h"
 #include "util/file.h"
