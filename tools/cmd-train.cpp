@@ -2,6 +2,7 @@
 // alone (--loss ce, the no-teacher baseline).
 #include "cli.h"
 #include "distill/kd.h"
+#include "distill/sequences.h"
 #include "io/logit-cache.h"
 #include "model/checkpoint.h"
 #include "model/gguf-model.h"
@@ -15,7 +16,7 @@ void print_train_result(const std::string& run_dir, const TrainResult& r);  // c
 
 namespace {
 struct Options {
-    std::string config, init, tokenizer, data, run_dir, cache, teacher, loss = "fkl";
+    std::string config, init, tokenizer, data, run_dir, cache, teacher, sequences, loss = "fkl";
     int64_t online_top_logprobs = 0;
     LossOptions lo;
     TrainOptions train;
@@ -30,7 +31,54 @@ Tokenizer student_tokenizer(const Options& o, const LoadedModel& teacher) {
     throw UsageError("no tokenizer: pass --tokenizer (or a teacher / --init model that has one)");
 }
 
+// A student from an API dataset (capture --teacher-url): sequence-level, or KD on its top log-probs.
+int run_sequences(Options& o) {
+    DISTILL_USAGE(o.cache.empty() && o.teacher.empty() && o.data.empty(),
+                  "--sequences trains on an API dataset: no --data, --cache or --teacher with it");
+    DISTILL_USAGE(o.config.empty() != o.init.empty(), "pass exactly one of --config and --init");
+    o.lo.kind = loss_kind_from_string(o.loss);
+    LoadedModel none;
+    Tokenizer tok = student_tokenizer(o, none);
+    Llama student{nullptr};
+    ModelConfig cfg;
+    if (!o.init.empty()) {
+        LoadedModel init = load_model(o.init);
+        cfg = init.config;
+        student = init.model;
+    } else {
+        cfg = config_for(o.config, tok);
+        student = Llama(cfg);
+        student->init_weights(o.train.seed);
+        to_compute_device(student);
+    }
+    TrainOptions& t = o.train;
+    t.model_flops_per_token = cfg.flops_per_token(t.seq_len);
+    SequenceSet set = load_sequences(o.sequences, tok, t.seq_len);
+    std::fprintf(stderr,
+                 "train: %lld sequences, %lld completion tokens; %lld of %lld samples map onto the student's "
+                 "tokens (top-%lld log-probs); the teacher's API reported %lld tokens\n",
+                 static_cast<long long>(set.seqs.size()), static_cast<long long>(set.completion_tokens),
+                 static_cast<long long>(set.mapped), static_cast<long long>(set.samples),
+                 static_cast<long long>(set.top_k), static_cast<long long>(set.teacher_tokens));
+    nlohmann::json settings = {{"stage", "train-sequences"},
+                               {"config", config_to_json(cfg)},
+                               {"init", o.init},
+                               {"train", t.to_json()},
+                               {"loss", loss_kind_name(o.lo.kind)},
+                               {"temperature", o.lo.temperature},
+                               {"ce_weight", o.lo.ce_weight},
+                               {"beta", o.lo.beta},
+                               {"alpha", o.lo.alpha},
+                               {"dataset", set.fingerprint},
+                               {"tokenizer", tok.fingerprint()}};
+    auto result = run_training(student, tok, t, o.run_dir, settings, make_sequence_loss(student, set, t, o.lo), "train");
+    print_train_result(o.run_dir, result);
+    return 0;
+}
+
 int run(Options& o) {
+    if (!o.sequences.empty()) return run_sequences(o);
+    DISTILL_USAGE(!o.data.empty(), "train needs --data (a token shard), or --sequences (an API dataset)");
     DISTILL_USAGE(o.cache.empty() || o.teacher.empty(), "pass --cache or --teacher, not both");
     DISTILL_USAGE(o.config.empty() != o.init.empty(), "pass exactly one of --config and --init");
     DISTILL_USAGE(o.online_top_logprobs == 0 || !o.teacher.empty(), "--online-top-logprobs needs --teacher");
@@ -88,7 +136,11 @@ Command add_train(CLI::App& app) {
     c->add_option("--tokenizer", o->tokenizer, "tokenizer.json, model directory or .gguf (default: --init's, "
                                                "else the teacher's)")
         ->check(CLI::ExistingPath);
-    c->add_option("--data", o->data, "token shard prefix")->required();
+    c->add_option("--data", o->data, "token shard prefix");
+    c->add_option("--sequences", o->sequences,
+                  "an API dataset (capture --teacher-url): learn the teacher's completions (--loss ce) or its "
+                  "returned top log-probs (the KD losses)")
+        ->check(CLI::ExistingDirectory);
     c->add_option("--run-dir", o->run_dir, "run directory (resumed if it exists)")->required();
     c->add_option("--cache", o->cache, "teacher logit cache (offline distillation)");
     c->add_option("--teacher", o->teacher, "teacher model directory or .gguf (online distillation)");

@@ -17,6 +17,7 @@
 
 #include "model/checkpoint.h"
 #include "model/generate.h"
+#include "distill/sequences.h"
 #include "serve/engine.h"
 #include "test-util.h"
 #include "util/file.h"
@@ -632,4 +633,78 @@ TEST(ApiCapture, TokenCapAndAnEndpointWithoutLogprobs) {
     // a bad URL and a missing server are errors that say what to do
     EXPECT_EQ(run_distill("capture --teacher-url ftp://x --prompts " + prompts + " -o " + dir + "/x"), 1);
     EXPECT_EQ(run_distill("capture --teacher-url " + s.base_url() + " -o " + dir + "/x"), 2);  // no --prompts
+}
+
+// train --sequences: the dataset's tokens become student sequences exactly, and the loss is
+// cross-entropy on the completion tokens only (checked against torch's cross_entropy on the
+// rows picked by hand), or the sparse KD loss on the returned top log-probs.
+TEST(ApiStudents, SequencesMapTheTeachersTokensAndMaskThePrompt) {
+    Fixture& f = fixture();
+    const Tokenizer& tok = f.tok;
+    const std::string dir = temp_dir("api-students");
+    make_dirs(dir + "/ds");
+    // one completion sample whose tokens are student tokens (as the same tokenizer gives them),
+    // with two alternatives each; one whose token is not a student token (falls back to text)
+    const std::vector<int32_t> comp = tok.encode(" the garden was");
+    json lps = json::array();
+    std::string text;
+    for (int32_t id : comp) {
+        const std::string b = tok.token_bytes(id);
+        text += b;
+        json bytes = json::array();
+        for (unsigned char ch : b) bytes.push_back(int(ch));
+        const int32_t alt = id == 5 ? 6 : 5;
+        json alt_bytes = json::array();
+        for (unsigned char ch : tok.token_bytes(alt)) alt_bytes.push_back(int(ch));
+        lps.push_back({{"token", b}, {"bytes", bytes}, {"logprob", -0.5},
+                       {"top", {{b, -0.5, bytes}, {tok.token_bytes(alt), -1.5, alt_bytes}}}});
+    }
+    json s0 = {{"prompt_index", 0}, {"sample", 0}, {"kind", "completion"}, {"prompt", "she said"},
+               {"text", text}, {"finish_reason", "stop"}, {"logprobs", lps},
+               {"usage", {{"total_tokens", 9}}}};
+    json s1 = {{"prompt_index", 1}, {"sample", 0}, {"kind", "completion"}, {"prompt", "it"},
+               {"text", " house"}, {"finish_reason", "length"},
+               {"logprobs", {{{"token", "\xe2\x82\xac\xe2\x82\xac"}, {"logprob", -1.0}, {"top", json::array()}}}},
+               {"usage", {{"total_tokens", 3}}}};
+    write_file_atomic(dir + "/ds/samples.jsonl", s0.dump() + "\n" + s1.dump() + "\n");
+    SequenceSet set = load_sequences(dir + "/ds", tok, 64);
+    ASSERT_EQ(set.seqs.size(), 2u);
+    EXPECT_EQ(set.mapped, 1);
+    EXPECT_EQ(set.top_k, 2);
+    EXPECT_EQ(set.teacher_tokens, 12);
+    const auto& q = set.seqs[0];
+    std::vector<int64_t> want = {tok.bos_id()};
+    for (int32_t t : tok.encode("she said")) want.push_back(t);
+    EXPECT_EQ(q.completion_from, static_cast<int64_t>(want.size()));
+    for (int32_t t : comp) want.push_back(t);
+    want.push_back(tok.eos_id());  // the teacher stopped
+    EXPECT_EQ(q.ids, want);
+    ASSERT_EQ(q.top.size(), comp.size() + 1);
+    EXPECT_EQ(q.top[0].size(), 2u);
+    EXPECT_TRUE(set.seqs[1].top.empty());  // not mapped: sequence-level only
+
+    // the CE loss: only completion targets count
+    torch::NoGradGuard ng;
+    Llama m(tiny_config(tok.vocab_size()));
+    m->init_weights(9);
+    TrainOptions t;
+    t.batch_size = 1;
+    t.seed = 4;
+    LossOptions ce;
+    ce.kind = LossKind::kCrossEntropy;
+    SequenceSet only0 = set;
+    only0.seqs.resize(1);
+    StepLoss got = make_sequence_loss(m, only0, t, ce)(1, 0);
+    const int64_t n = static_cast<int64_t>(q.ids.size()) - 1;
+    torch::Tensor logits = m->forward(torch::tensor(q.ids).narrow(0, 0, n).unsqueeze(0)).squeeze(0);
+    torch::Tensor rows = logits.narrow(0, q.completion_from - 1, n - (q.completion_from - 1));
+    torch::Tensor targets = torch::tensor(q.ids).narrow(0, q.completion_from, n - (q.completion_from - 1));
+    EXPECT_EQ(got.tokens, targets.size(0));
+    EXPECT_NEAR(got.loss.item<double>(), torch::nn::functional::cross_entropy(rows, targets).item<double>(), 1e-5);
+    // KD: finite, and it draws only the mapped sample
+    LossOptions kd;
+    kd.kind = LossKind::kForwardKL;
+    StepLoss k = make_sequence_loss(m, set, t, kd)(1, 0);
+    EXPECT_EQ(k.tokens, targets.size(0));
+    EXPECT_TRUE(std::isfinite(k.loss.item<double>()));
 }
