@@ -18,7 +18,7 @@ cmake -S fuzz -B build-fuzz -G Ninja -DCMAKE_CXX_COMPILER=clang++-14 >/dev/null
 cmake --build build-fuzz
 
 if [ "$target" = all ]; then
-  targets=(fuzz-safetensors fuzz-tokenizer fuzz-tokenizer-encode fuzz-shards fuzz-logit-cache fuzz-gguf)
+  targets=(fuzz-safetensors fuzz-tokenizer fuzz-tokenizer-encode fuzz-shards fuzz-logit-cache fuzz-gguf fuzz-openai)
 else
   targets=("$target")
 fi

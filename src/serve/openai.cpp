@@ -3,13 +3,16 @@
 #include <cmath>
 #include <limits>
 
+#include "util/utf8.h"
+
 namespace distill::api {
 
 using json = nlohmann::json;
 using ojson = nlohmann::ordered_json;
 
 json ApiError::body() const {
-    json e = {{"message", what()}, {"type", type}};
+    // messages may quote the client's bytes (a JSON parse error does): always valid UTF-8 out
+    json e = {{"message", utf8_lossy(what())}, {"type", type}};
     e["param"] = param.empty() ? json(nullptr) : json(param);
     e["code"] = code.empty() ? json(nullptr) : json(code);
     return {{"error", e}};
@@ -246,7 +249,8 @@ ChatRequest parse_chat(const std::string& body, const Limits& lim) {
             // content parts: only text parts can go to a text model
             std::string text;
             for (const auto& part : *content) {
-                if (!part.is_object() || part.value("type", "") != "text" || !part.contains("text") ||
+                const auto type = part.is_object() ? part.find("type") : part.end();
+                if (!part.is_object() || type == part.end() || *type != "text" || !part.contains("text") ||
                     !part["text"].is_string())
                     bad(at + ".content", "only text content parts ({type: \"text\", text}) are supported");
                 text += part["text"].get<std::string>();

@@ -406,6 +406,7 @@ TEST(Serve, HostileRequestsGetAnErrorObjectAndTheServerKeepsServing) {
         {"/v1/completions", R"({"prompt": []})", 400},
         {"/v1/completions", R"({"prompt": "x", "stop": [1]})", 400},
         {"/v1/completions", "{\"prompt\": \"\xff\xfe\"}", 400},  // broken UTF-8
+        {"/v1/chat/completions", "{\"messages\": [], \"logp\xf2obs\": 1}", 400},  // in a key, quoted back
         {"/v1/completions", R"({"prompt": "x", "unknown_field": {"a": [1]}, "max_tokens": 1})", 200},
         {"/v1/chat/completions", R"({"messages": "hi"})", 400},
         {"/v1/chat/completions", R"({"messages": []})", 400},
@@ -425,7 +426,7 @@ TEST(Serve, HostileRequestsGetAnErrorObjectAndTheServerKeepsServing) {
         }
     }
     // a client that sends half a body and leaves, and one that never finishes its headers
-    for (const std::string raw : {std::string("POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 500\r\n\r\n{\"pro"),
+    for (const std::string& raw : {std::string("POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 500\r\n\r\n{\"pro"),
                                   std::string("POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Le")}) {
         int fd = send_raw(s.port(), raw);
         shutdown(fd, SHUT_WR);
@@ -481,7 +482,9 @@ TEST(Serve, SigtermLetsInFlightRequestsFinish) {
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
     // new work is refused while the stream finishes (or the port is already closed)
     auto late = s.client().Post("/v1/completions", R"({"prompt": "x", "max_tokens": 1})", "application/json");
-    if (late) EXPECT_EQ(late->status, 503) << late->body;
+    if (late) {
+        EXPECT_EQ(late->status, 503) << late->body;
+    }
     char buf[65536];
     while ((n = ::read(fd, buf, sizeof buf)) > 0) got.append(buf, n);
     close(fd);
