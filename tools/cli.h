@@ -11,6 +11,7 @@
 namespace distill {
 struct TrainOptions;
 struct WindowOptions;
+struct TrainResult;
 }
 
 namespace distill::cli {
@@ -49,6 +50,9 @@ CLI::Option* add_tokenizer(CLI::App* c, std::string& v);
 void add_train_flags(CLI::App* c, TrainOptions& o);
 // --seq-len / --stride / --batch-size of sliding-window scoring (eval, score).
 void add_window_flags(CLI::App* c, WindowOptions& w);
+
+// The JSON line pretrain and train print when they finish.
+void print_train_result(const std::string& run_dir, const TrainResult& r);
 
 // One function per subcommand (cmd-<name>.cpp), in the order `distill --help` lists them.
 Command add_demo(CLI::App& app);

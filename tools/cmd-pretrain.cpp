@@ -19,16 +19,6 @@ struct Options {
 };
 }  // namespace
 
-void print_train_result(const std::string& run_dir, const TrainResult& r) {
-    std::printf("%s\n", nlohmann::json({{"model", path_join(run_dir, "model")},
-                                        {"steps", r.steps},
-                                        {"tokens", r.tokens},
-                                        {"seconds", r.seconds},
-                                        {"final_loss", r.final_loss}})
-                            .dump()
-                            .c_str());
-}
-
 Command add_pretrain(CLI::App& app) {
     auto o = std::make_shared<Options>();
     CLI::App* c = app.add_subcommand("pretrain", "train a model from scratch with cross-entropy");

@@ -12,8 +12,6 @@
 
 namespace distill::cli {
 
-void print_train_result(const std::string& run_dir, const TrainResult& r);  // cmd-pretrain.cpp
-
 namespace {
 struct Options {
     std::string config, init, tokenizer, data, run_dir, cache, teacher, sequences, loss = "fkl";

@@ -5,6 +5,7 @@
 #include "cli.h"
 #include "eval/eval.h"
 #include "train/trainer.h"
+#include "util/file.h"
 
 namespace distill::cli {
 
@@ -89,6 +90,16 @@ void add_window_flags(CLI::App* c, WindowOptions& w) {
     c->add_option("--stride", w.stride, "new tokens scored per window after the first (<= --seq-len)")
         ->check(in_range(1, 1 << 20))->capture_default_str();
     add_batch_size(c, w.batch, "windows evaluated together");
+}
+
+void print_train_result(const std::string& run_dir, const TrainResult& r) {
+    std::printf("%s\n", nlohmann::json({{"model", path_join(run_dir, "model")},
+                                        {"steps", r.steps},
+                                        {"tokens", r.tokens},
+                                        {"seconds", r.seconds},
+                                        {"final_loss", r.final_loss}})
+                            .dump()
+                            .c_str());
 }
 
 }  // namespace distill::cli

@@ -57,17 +57,14 @@ bool py_space(uint32_t c) {
            c == 0x202F || c == 0x205F || c == 0x3000;
 }
 
-// The code point that starts at s[i] and its length; a malformed byte counts as one non-space.
-uint32_t decode_at(std::string_view s, size_t i, size_t* len) { return utf8_decode_at(s, i, len); }
-
 // str.strip() / lstrip() / rstrip() without arguments.
 std::string py_strip(std::string_view s, bool left = true, bool right = true) {
     size_t a = 0, b = s.size(), len = 0;
-    while (left && a < b && py_space(decode_at(s, a, &len))) a += len;
+    while (left && a < b && py_space(utf8_decode_at(s, a, &len))) a += len;
     while (right && b > a) {
         size_t start = b - 1;  // back up to the first byte of the last code point
         while (start > a && (static_cast<unsigned char>(s[start]) & 0xC0) == 0x80 && b - start < 4) --start;
-        uint32_t c = decode_at(s, start, &len);
+        uint32_t c = utf8_decode_at(s, start, &len);
         if (start + len != b || !py_space(c)) break;
         b = start;
     }

@@ -73,10 +73,11 @@ Fixture& fixture() {
 // `distill serve` as a child process on a free port.
 class ServerProcess {
 public:
-    explicit ServerProcess(const std::vector<std::string>& extra) {
+    explicit ServerProcess(const std::vector<std::string>& extra, std::string model = "") {
         Fixture& f = fixture();
+        if (model.empty()) model = f.model;
         log_ = temp_dir("serve-proc") + "/out.txt";
-        std::vector<std::string> args = {DISTILL_BINARY, "--threads", "1", "serve", "--model", f.model,
+        std::vector<std::string> args = {DISTILL_BINARY, "--threads", "1", "serve", "--model", model,
                                          "--port", "0", "--alias", "tiny"};
         args.insert(args.end(), extra.begin(), extra.end());
         std::vector<char*> argv;
@@ -380,6 +381,34 @@ TEST(Serve, EchoLogprobsEqualDistillScore) {
     EXPECT_TRUE(lp2["token_logprobs"][0].is_null());
     for (size_t i = 0; i < score.size(); ++i)
         EXPECT_NEAR(lp2["token_logprobs"][i + 1].get<double>(), score[i]["logprob"].get<double>(), 1e-5) << i;
+}
+
+TEST(Serve, EchoLogprobsOfAGgufEqualLlamaCpp) {
+    Fixture& f = fixture();
+    const std::string dir = temp_dir("serve-llama");
+    const std::string gguf = dir + "/m.gguf";
+    ASSERT_EQ(run_distill("export --model " + f.model + " --format gguf --type f32 --out " + gguf), 0);
+    const std::string text = "she said that the garden was the house";
+    std::vector<int64_t> ids = {f.tok.bos_id()};
+    for (int32_t t : f.tok.encode(text)) ids.push_back(t);
+    write_file_atomic(dir + "/req.json", json({{"text", text}, {"ids", ids}, {"vocab", f.tok.vocab_size()}}).dump());
+    ASSERT_EQ(run("cd " + kNodeDir + " && node llama-logprobs.mjs " + gguf + " " + dir + "/req.json " + dir +
+                  "/llama.json"),
+              0);
+    const json ref = json::parse(read_file(dir + "/llama.json"))["logprobs"];
+    ServerProcess s({});
+    // the served model is the directory; the GGUF is served too, by its own process
+    ServerProcess g({}, gguf);
+    for (ServerProcess* p : {&s, &g}) {
+        auto res = p->client().Post(
+            "/v1/completions",
+            json({{"prompt", ids}, {"max_tokens", 0}, {"echo", true}, {"logprobs", 1}}).dump(), "application/json");
+        ASSERT_TRUE(res && res->status == 200) << (res ? res->body : "no response");
+        const json lp = json::parse(res->body)["choices"][0]["logprobs"]["token_logprobs"];
+        ASSERT_EQ(lp.size(), ids.size());
+        for (size_t i = 1; i < ids.size(); ++i)
+            EXPECT_NEAR(lp[i].get<double>(), ref[i - 1][ids[i]].get<double>(), 1e-4) << i;
+    }
 }
 
 TEST(Serve, HostileRequestsGetAnErrorObjectAndTheServerKeepsServing) {
