@@ -29,6 +29,19 @@ Tokenizer student_tokenizer(const Options& o, const LoadedModel& teacher) {
     throw UsageError("no tokenizer: pass --tokenizer (or a teacher / --init model that has one)");
 }
 
+// The student: --init's weights, or a new model of --config's shape.
+std::pair<Llama, ModelConfig> make_student(const Options& o, const Tokenizer& tok) {
+    if (!o.init.empty()) {
+        LoadedModel init = load_model(o.init);
+        return {init.model, init.config};
+    }
+    ModelConfig cfg = config_for(o.config, tok);
+    Llama student(cfg);
+    student->init_weights(o.train.seed);
+    to_compute_device(student);
+    return {student, cfg};
+}
+
 // A student from an API dataset (capture --teacher-url): sequence-level, or KD on its top log-probs.
 int run_sequences(Options& o) {
     DISTILL_USAGE(o.cache.empty() && o.teacher.empty() && o.data.empty(),
@@ -37,18 +50,7 @@ int run_sequences(Options& o) {
     o.lo.kind = loss_kind_from_string(o.loss);
     LoadedModel none;
     Tokenizer tok = student_tokenizer(o, none);
-    Llama student{nullptr};
-    ModelConfig cfg;
-    if (!o.init.empty()) {
-        LoadedModel init = load_model(o.init);
-        cfg = init.config;
-        student = init.model;
-    } else {
-        cfg = config_for(o.config, tok);
-        student = Llama(cfg);
-        student->init_weights(o.train.seed);
-        to_compute_device(student);
-    }
+    auto [student, cfg] = make_student(o, tok);
     TrainOptions& t = o.train;
     t.model_flops_per_token = cfg.flops_per_token(t.seq_len);
     SequenceSet set = load_sequences(o.sequences, tok, t.seq_len);
@@ -84,18 +86,7 @@ int run(Options& o) {
     LoadedModel teacher;
     if (!o.teacher.empty()) teacher = load_model(o.teacher);
     Tokenizer tok = student_tokenizer(o, teacher);
-    Llama student{nullptr};
-    ModelConfig cfg;
-    if (!o.init.empty()) {
-        LoadedModel init = load_model(o.init);
-        cfg = init.config;
-        student = init.model;
-    } else {
-        cfg = config_for(o.config, tok);
-        student = Llama(cfg);
-        student->init_weights(o.train.seed);
-        to_compute_device(student);
-    }
+    auto [student, cfg] = make_student(o, tok);
     TrainOptions& t = o.train;
     t.model_flops_per_token = cfg.flops_per_token(t.seq_len);
     TokenShard shard(o.data);

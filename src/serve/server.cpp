@@ -324,6 +324,9 @@ private:
         return c.why == FinishReason::Length ? "length" : "stop";
     }
     void usage_and_charge(const std::string& key, int64_t prompt_tokens, const Call& call, json& usage);
+    // A stream's end: the usage chunk (with include_usage, `head` gives its id, object, ...) and [DONE].
+    void end_stream(httplib::DataSink& sink, const std::string& key, int64_t prompt_tokens, Call& call,
+                    bool include_usage, json head);
 
     ServeOptions o_;
     std::string alias_;
@@ -501,6 +504,17 @@ size_t holdback(const std::string& text, const std::vector<std::string>& stops) 
     return keep;
 }
 
+// How much of a choice's text may be streamed now: all of it at the end; before that, not a
+// character whose bytes are still arriving, nor what may be the start of a stop string.
+size_t streamable(const Choice& c, const std::vector<std::string>& stops, bool final) {
+    if (final) return c.text.size();
+    size_t safe = utf8_complete_prefix(c.text);
+    if (c.text.size() >= 3 && c.text.compare(c.text.size() - 3, 3, "\xEF\xBF\xBD") == 0)
+        safe = std::min(safe, c.text.size() - 3);  // a replacement for bytes that may complete
+    if (!c.stopped) safe -= std::min(safe, holdback(c.text.substr(0, safe), stops));
+    return safe;
+}
+
 bool Server::drain(Call& call, const api::Sampling& s, std::unique_lock<std::mutex>& lk) {
     bool all = true;
     for (Choice& c : call.choices) {
@@ -630,6 +644,24 @@ std::string sse(const json& j) {
     return "data: " + j.dump(-1, ' ', false, json::error_handler_t::replace) + "\n\n";
 }
 
+void Server::end_stream(httplib::DataSink& sink, const std::string& key, int64_t prompt_tokens, Call& call,
+                        bool include_usage, json head) {
+    json usage;
+    {
+        std::lock_guard<std::mutex> lk(call.mu);
+        usage_and_charge(key, prompt_tokens, call, usage);
+    }
+    if (include_usage) {
+        head["choices"] = json::array();
+        head["usage"] = usage;
+        std::string data = sse(head);
+        sink.write(data.data(), data.size());
+    }
+    const char* done = "data: [DONE]\n\n";
+    sink.write(done, std::strlen(done));
+    sink.done();
+}
+
 void Server::completions(const httplib::Request& req, httplib::Response& res) {
     auto guard = std::make_shared<InFlight>(inflight_);
     const std::string key = admit(req);
@@ -691,13 +723,7 @@ void Server::completions(const httplib::Request& req, httplib::Response& res) {
                     Choice& c = call->choices[i];
                     if (c.finished) continue;
                     const bool final = c.done && c.pending.empty();
-                    size_t safe = c.text.size();
-                    if (!final) {
-                        safe = utf8_complete_prefix(c.text);
-                        if (c.text.size() >= 3 && c.text.compare(c.text.size() - 3, 3, "\xEF\xBF\xBD") == 0)
-                            safe = std::min(safe, c.text.size() - 3);  // a character still arriving
-                        if (!c.stopped) safe -= std::min(safe, holdback(c.text.substr(0, safe), s.stop));
-                    }
+                    const size_t safe = streamable(c, s.stop, final);
                     if (final && c.why == FinishReason::Error) {
                         lk.unlock();
                         ApiError e(500, "generation failed: " + c.error, "server_error");
@@ -730,18 +756,9 @@ void Server::completions(const httplib::Request& req, httplib::Response& res) {
                 if (all) break;
                 call->cv.wait_for(lk, std::chrono::milliseconds(50));
             }
-            json usage;
-            usage_and_charge(key, prompt_tokens, *call, usage);
             lk.unlock();
-            if (s.include_usage) {
-                json last = {{"id", id}, {"object", "text_completion"}, {"created", created}, {"model", alias_},
-                             {"choices", json::array()}, {"usage", usage}};
-                std::string data = sse(last);
-                sink.write(data.data(), data.size());
-            }
-            const char* done = "data: [DONE]\n\n";
-            sink.write(done, std::strlen(done));
-            sink.done();
+            end_stream(sink, key, prompt_tokens, *call, s.include_usage,
+                       {{"id", id}, {"object", "text_completion"}, {"created", created}, {"model", alias_}});
             return true;
         },
         [guard](bool) {});
@@ -823,13 +840,7 @@ void Server::chat(const httplib::Request& req, httplib::Response& res) {
                             out.push_back(sse(chunk_of(c, {{"role", "assistant"}, {"content", ""}}, nullptr, nullptr)));
                             started[i] = true;
                         }
-                        size_t safe = c.text.size();
-                        if (!final) {
-                            safe = utf8_complete_prefix(c.text);
-                            if (c.text.size() >= 3 && c.text.compare(c.text.size() - 3, 3, "\xEF\xBF\xBD") == 0)
-                                safe = std::min(safe, c.text.size() - 3);
-                            if (!c.stopped) safe -= std::min(safe, holdback(c.text.substr(0, safe), s.stop));
-                        }
+                        const size_t safe = streamable(c, s.stop, final);
                         if (safe > c.sent || c.toks.size() > c.sent_toks) {
                             json delta = json::object();
                             if (safe > c.sent) delta["content"] = c.text.substr(c.sent, safe - c.sent);
@@ -855,19 +866,10 @@ void Server::chat(const httplib::Request& req, httplib::Response& res) {
                 if (all) break;
                 call->cv.wait_for(lk, std::chrono::milliseconds(50));
             }
-            json usage;
-            usage_and_charge(key, prompt_tokens, *call, usage);
             lk.unlock();
-            if (s.include_usage) {
-                json last = {{"id", id}, {"object", "chat.completion.chunk"}, {"created", created},
-                             {"model", alias_}, {"system_fingerprint", nullptr}, {"choices", json::array()},
-                             {"usage", usage}};
-                std::string data = sse(last);
-                sink.write(data.data(), data.size());
-            }
-            const char* done = "data: [DONE]\n\n";
-            sink.write(done, std::strlen(done));
-            sink.done();
+            end_stream(sink, key, prompt_tokens, *call, s.include_usage,
+                       {{"id", id}, {"object", "chat.completion.chunk"}, {"created", created}, {"model", alias_},
+                        {"system_fingerprint", nullptr}});
             return true;
         },
         [guard](bool) {});
