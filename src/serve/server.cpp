@@ -324,6 +324,12 @@ private:
         return c.why == FinishReason::Length ? "length" : "stop";
     }
     void usage_and_charge(const std::string& key, int64_t prompt_tokens, const Call& call, json& usage);
+    // Waits until every choice is done; a failed one is an ApiError (500).
+    void wait_all(Call& call, const api::Sampling& s, std::unique_lock<std::mutex>& lk);
+    // Streams the choices as they grow: `chunks(choice, i, final)` gives the events for what is new
+    // (called under the call's lock, which writing does not hold). False when the client left.
+    bool stream_choices(Call& call, const api::Sampling& s, httplib::DataSink& sink,
+                        const std::function<std::vector<std::string>(Choice&, size_t, bool)>& chunks);
     // A stream's end: the usage chunk (with include_usage, `head` gives its id, object, ...) and [DONE].
     void end_stream(httplib::DataSink& sink, const std::string& key, int64_t prompt_tokens, Call& call,
                     bool include_usage, json head);
@@ -644,6 +650,42 @@ std::string sse(const json& j) {
     return "data: " + j.dump(-1, ' ', false, json::error_handler_t::replace) + "\n\n";
 }
 
+void Server::wait_all(Call& call, const api::Sampling& s, std::unique_lock<std::mutex>& lk) {
+    while (!drain(call, s, lk)) call.cv.wait_for(lk, std::chrono::milliseconds(50));
+    for (const Choice& c : call.choices)
+        if (c.why == FinishReason::Error) throw ApiError(500, "generation failed: " + c.error, "server_error");
+}
+
+bool Server::stream_choices(Call& call, const api::Sampling& s, httplib::DataSink& sink,
+                            const std::function<std::vector<std::string>(Choice&, size_t, bool)>& chunks) {
+    std::unique_lock<std::mutex> lk(call.mu);
+    for (;;) {
+        const bool all = drain(call, s, lk);
+        for (size_t i = 0; i < call.choices.size(); ++i) {
+            Choice& c = call.choices[i];
+            if (c.finished) continue;
+            const bool final = c.done && c.pending.empty();
+            std::vector<std::string> out;
+            if (final && c.why == FinishReason::Error)
+                out.push_back(sse(ApiError(500, "generation failed: " + c.error, "server_error").body()));
+            else
+                out = chunks(c, i, final);
+            if (final) c.finished = true;
+            if (out.empty()) continue;
+            lk.unlock();
+            bool ok = true;
+            for (const auto& d : out) ok = ok && sink.write(d.data(), d.size());
+            lk.lock();
+            if (!ok) {  // the client left: stop its generation
+                for (auto& ch : call.choices) ch.req->cancelled = true;
+                return false;
+            }
+        }
+        if (all) return true;
+        call.cv.wait_for(lk, std::chrono::milliseconds(50));
+    }
+}
+
 void Server::end_stream(httplib::DataSink& sink, const std::string& key, int64_t prompt_tokens, Call& call,
                         bool include_usage, json head) {
     json usage;
@@ -697,10 +739,9 @@ void Server::completions(const httplib::Request& req, httplib::Response& res) {
 
     if (!s.stream) {
         std::unique_lock<std::mutex> lk(call->mu);
-        while (!drain(*call, s, lk)) call->cv.wait_for(lk, std::chrono::milliseconds(50));
+        wait_all(*call, s, lk);
         json choices = json::array();
         for (const Choice& c : call->choices) {
-            if (c.why == FinishReason::Error) throw ApiError(500, "generation failed: " + c.error, "server_error");
             choices.push_back(choice_json(c, c.text, 0, true, finish_name(c)));
         }
         json usage;
@@ -714,49 +755,23 @@ void Server::completions(const httplib::Request& req, httplib::Response& res) {
     res.set_chunked_content_provider(
         "text/event-stream",
         [this, call, s, id, created, key, prompt_tokens, choice_json](size_t, httplib::DataSink& sink) {
-            std::unique_lock<std::mutex> lk(call->mu);
-            bool all = false;
             std::vector<bool> started(call->choices.size(), false);
-            while (true) {
-                all = drain(*call, s, lk);
-                for (size_t i = 0; i < call->choices.size(); ++i) {
-                    Choice& c = call->choices[i];
-                    if (c.finished) continue;
-                    const bool final = c.done && c.pending.empty();
-                    const size_t safe = streamable(c, s.stop, final);
-                    if (final && c.why == FinishReason::Error) {
-                        lk.unlock();
-                        ApiError e(500, "generation failed: " + c.error, "server_error");
-                        sink.write(sse(e.body()).data(), sse(e.body()).size());
-                        lk.lock();
-                        c.finished = true;
-                        continue;
-                    }
-                    if (safe > c.sent || c.toks.size() > c.sent_toks || !started[i] || final) {
-                        json chunk = {{"id", id}, {"object", "text_completion"}, {"created", created},
-                                      {"model", alias_}};
-                        std::string delta = safe > c.sent ? c.text.substr(c.sent, safe - c.sent) : "";
-                        chunk["choices"] =
-                            json::array({choice_json(c, delta, c.sent_toks, !started[i],
-                                                     final ? json(finish_name(c)) : json(nullptr))});
-                        c.sent = std::max(c.sent, safe);
-                        c.sent_toks = c.toks.size();
-                        started[i] = true;
-                        if (final) c.finished = true;
-                        std::string data = sse(chunk);
-                        lk.unlock();
-                        bool ok = sink.write(data.data(), data.size());
-                        lk.lock();
-                        if (!ok) {
-                            for (auto& ch : call->choices) ch.req->cancelled = true;
-                            return false;
-                        }
-                    }
+            auto chunks = [&](Choice& c, size_t i, bool final) {
+                std::vector<std::string> out;
+                const size_t safe = streamable(c, s.stop, final);
+                if (safe > c.sent || c.toks.size() > c.sent_toks || !started[i] || final) {
+                    json chunk = {{"id", id}, {"object", "text_completion"}, {"created", created}, {"model", alias_}};
+                    std::string delta = safe > c.sent ? c.text.substr(c.sent, safe - c.sent) : "";
+                    chunk["choices"] = json::array({choice_json(c, delta, c.sent_toks, !started[i],
+                                                                final ? json(finish_name(c)) : json(nullptr))});
+                    c.sent = std::max(c.sent, safe);
+                    c.sent_toks = c.toks.size();
+                    started[i] = true;
+                    out.push_back(sse(chunk));
                 }
-                if (all) break;
-                call->cv.wait_for(lk, std::chrono::milliseconds(50));
-            }
-            lk.unlock();
+                return out;
+            };
+            if (!stream_choices(*call, s, sink, chunks)) return false;
             end_stream(sink, key, prompt_tokens, *call, s.include_usage,
                        {{"id", id}, {"object", "text_completion"}, {"created", created}, {"model", alias_}});
             return true;
@@ -797,10 +812,9 @@ void Server::chat(const httplib::Request& req, httplib::Response& res) {
 
     if (!s.stream) {
         std::unique_lock<std::mutex> lk(call->mu);
-        while (!drain(*call, s, lk)) call->cv.wait_for(lk, std::chrono::milliseconds(50));
+        wait_all(*call, s, lk);
         json choices = json::array();
         for (const Choice& c : call->choices) {
-            if (c.why == FinishReason::Error) throw ApiError(500, "generation failed: " + c.error, "server_error");
             json ch = {{"index", c.index},
                        {"message", {{"role", "assistant"}, {"content", c.text}, {"refusal", nullptr}}},
                        {"logprobs", want_lp ? chat_logprobs(c, 0, c.toks.size()) : json(nullptr)},
@@ -818,55 +832,31 @@ void Server::chat(const httplib::Request& req, httplib::Response& res) {
     res.set_chunked_content_provider(
         "text/event-stream",
         [this, call, s, id, created, key, prompt_tokens, want_lp](size_t, httplib::DataSink& sink) {
-            std::unique_lock<std::mutex> lk(call->mu);
             std::vector<bool> started(call->choices.size(), false);
             auto chunk_of = [&](const Choice& c, json delta, json lp, json finish) {
                 json ch = {{"index", c.index}, {"delta", delta}, {"logprobs", lp}, {"finish_reason", finish}};
                 return json{{"id", id}, {"object", "chat.completion.chunk"}, {"created", created}, {"model", alias_},
                             {"system_fingerprint", nullptr}, {"choices", json::array({ch})}};
             };
-            while (true) {
-                bool all = drain(*call, s, lk);
-                for (size_t i = 0; i < call->choices.size(); ++i) {
-                    Choice& c = call->choices[i];
-                    if (c.finished) continue;
-                    const bool final = c.done && c.pending.empty();
-                    std::vector<std::string> out;
-                    if (final && c.why == FinishReason::Error) {
-                        out.push_back(sse(ApiError(500, "generation failed: " + c.error, "server_error").body()));
-                        c.finished = true;
-                    } else {
-                        if (!started[i]) {
-                            out.push_back(sse(chunk_of(c, {{"role", "assistant"}, {"content", ""}}, nullptr, nullptr)));
-                            started[i] = true;
-                        }
-                        const size_t safe = streamable(c, s.stop, final);
-                        if (safe > c.sent || c.toks.size() > c.sent_toks) {
-                            json delta = json::object();
-                            if (safe > c.sent) delta["content"] = c.text.substr(c.sent, safe - c.sent);
-                            json lp = want_lp ? chat_logprobs(c, c.sent_toks, c.toks.size()) : json(nullptr);
-                            out.push_back(sse(chunk_of(c, delta, lp, nullptr)));
-                            c.sent = std::max(c.sent, safe);
-                            c.sent_toks = c.toks.size();
-                        }
-                        if (final) {
-                            out.push_back(sse(chunk_of(c, json::object(), nullptr, finish_name(c))));
-                            c.finished = true;
-                        }
-                    }
-                    lk.unlock();
-                    bool ok = true;
-                    for (const auto& d : out) ok = ok && sink.write(d.data(), d.size());
-                    lk.lock();
-                    if (!ok) {
-                        for (auto& ch : call->choices) ch.req->cancelled = true;
-                        return false;
-                    }
+            auto chunks = [&](Choice& c, size_t i, bool final) {
+                std::vector<std::string> out;
+                if (!started[i]) {
+                    out.push_back(sse(chunk_of(c, {{"role", "assistant"}, {"content", ""}}, nullptr, nullptr)));
+                    started[i] = true;
                 }
-                if (all) break;
-                call->cv.wait_for(lk, std::chrono::milliseconds(50));
-            }
-            lk.unlock();
+                const size_t safe = streamable(c, s.stop, final);
+                if (safe > c.sent || c.toks.size() > c.sent_toks) {
+                    json delta = json::object();
+                    if (safe > c.sent) delta["content"] = c.text.substr(c.sent, safe - c.sent);
+                    json lp = want_lp ? chat_logprobs(c, c.sent_toks, c.toks.size()) : json(nullptr);
+                    out.push_back(sse(chunk_of(c, delta, lp, nullptr)));
+                    c.sent = std::max(c.sent, safe);
+                    c.sent_toks = c.toks.size();
+                }
+                if (final) out.push_back(sse(chunk_of(c, json::object(), nullptr, finish_name(c))));
+                return out;
+            };
+            if (!stream_choices(*call, s, sink, chunks)) return false;
             end_stream(sink, key, prompt_tokens, *call, s.include_usage,
                        {{"id", id}, {"object", "chat.completion.chunk"}, {"created", created}, {"model", alias_},
                         {"system_fingerprint", nullptr}});
