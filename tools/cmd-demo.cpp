@@ -25,6 +25,13 @@ Command add_demo(CLI::App& app) {
         ->capture_default_str();
     c->add_option("--ce-weight", o->ce_weight, "weight of cross-entropy on the data")->check(in_range(0, 1))
         ->capture_default_str();
+    c->add_option("--api-prompts", o->api_prompts,
+                  "prompts the served teacher continues for the API students (0: skip that stage)")
+        ->check(in_range(0, 1e7))->capture_default_str();
+    c->add_option("--api-max-tokens", o->api_max_tokens, "tokens per API completion")->check(in_range(1, 4096))
+        ->capture_default_str();
+    c->add_option("--api-fault-rate", o->api_fault_rate, "share of API requests answered with a fault")
+        ->check(in_range(0, 0.9))->capture_default_str();
     c->add_flag("--quick", o->quick, "a much smaller run (a first look, and the tests)");
     return {c, [o] { return run_demo(*o); }};
 }

@@ -3,6 +3,7 @@
 #include <filesystem>
 
 #include "cli.h"
+#include "tokenizer/chat-template.h"
 #include "model/checkpoint.h"
 #include "model/gguf-model.h"
 #include "util/file.h"
@@ -28,7 +29,13 @@ int run(const Options& o) {
     DISTILL_CHECK(m.has_tokenizer, o.model, " has no tokenizer: export needs one");
     nlohmann::json out = {{"out", o.out}, {"format", o.format}};
     if (o.format == "gguf") {
-        out["tensors"] = save_gguf_model(o.out, m.model, m.tokenizer, {o.type, o.name});
+        // the chat template travels as tokenizer.chat_template, where llama.cpp looks for it
+        GgufExportOptions g{o.type, o.name, ""};
+        const std::string tc = path_join(o.model, "tokenizer_config.json");
+        if (std::filesystem::is_directory(o.model) && file_exists(tc))
+            g.chat_template = ChatTemplate::text_in_tokenizer_config(tc);
+        out["tensors"] = save_gguf_model(o.out, m.model, m.tokenizer, g);
+        if (!g.chat_template.empty()) out["chat_template"] = hash_hex(g.chat_template);
     } else {
         save_model_dir(o.out, m.model, &m.tokenizer);
     }

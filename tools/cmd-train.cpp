@@ -60,17 +60,7 @@ int run_sequences(Options& o) {
                  static_cast<long long>(set.seqs.size()), static_cast<long long>(set.completion_tokens),
                  static_cast<long long>(set.mapped), static_cast<long long>(set.samples),
                  static_cast<long long>(set.top_k), static_cast<long long>(set.teacher_tokens));
-    nlohmann::json settings = {{"stage", "train-sequences"},
-                               {"config", config_to_json(cfg)},
-                               {"init", o.init},
-                               {"train", t.to_json()},
-                               {"loss", loss_kind_name(o.lo.kind)},
-                               {"temperature", o.lo.temperature},
-                               {"ce_weight", o.lo.ce_weight},
-                               {"beta", o.lo.beta},
-                               {"alpha", o.lo.alpha},
-                               {"dataset", set.fingerprint},
-                               {"tokenizer", tok.fingerprint()}};
+    const nlohmann::json settings = sequence_settings(cfg, o.init, t, o.lo, set.fingerprint, tok);
     auto result = run_training(student, tok, t, o.run_dir, settings, make_sequence_loss(student, set, t, o.lo), "train");
     print_train_result(o.run_dir, result);
     return 0;

@@ -4,10 +4,14 @@
 
 #include <cstdio>
 #include <filesystem>
+#include <functional>
+#include <random>
 #include <nlohmann/json.hpp>
 
+#include "distill/api-capture.h"
 #include "distill/capture.h"
 #include "distill/kd.h"
+#include "distill/sequences.h"
 #include "eval/eval.h"
 #include "io/logit-cache.h"
 #include "io/shards.h"
@@ -15,6 +19,7 @@
 #include "model/checkpoint.h"
 #include "model/generate.h"
 #include "pipeline/pipeline.h"
+#include "serve/server.h"
 #include "train/trainer.h"
 #include "util/device.h"
 #include "util/error.h"
@@ -88,6 +93,28 @@ TrainOptions train_options(const DemoOptions& o, int64_t steps, const ModelConfi
     return t;
 }
 
+// `n` prompts cut from `text`, seeded: each begins at the start of a non-empty line and runs
+// about `bytes` bytes, ending before a space, so the teacher continues a passage in mid-flow.
+std::vector<std::string> cut_prompts(const std::string& text, int64_t n, size_t bytes, uint64_t seed) {
+    std::vector<size_t> starts;
+    for (size_t i = 0; i + bytes < text.size(); i = text.find('\n', i) + 1) {
+        if (text[i] != '\n' && text[i] != '\r' && text[i] != ' ') starts.push_back(i);
+        if (text.find('\n', i) == std::string::npos) break;
+    }
+    DISTILL_CHECK(!starts.empty(), "the training text is too short to cut prompts from");
+    std::mt19937_64 rng(seed * 0x9E3779B97F4A7C15ull + 17);
+    std::vector<std::string> out;
+    for (int64_t k = 0; k < n; ++k) {
+        const size_t at = starts[rng() % starts.size()];
+        std::string p = text.substr(at, bytes);
+        const size_t space = p.find_last_of(' ');
+        if (space != std::string::npos && space > bytes / 2) p.resize(space);
+        p.resize(utf8_complete_prefix(p));
+        out.push_back(p);
+    }
+    return out;
+}
+
 }  // namespace
 
 DemoSizes demo_sizes(int64_t vocab, bool quick) {
@@ -119,6 +146,8 @@ int run_demo(const DemoOptions& o_in) {
         o.student_steps = std::min<int64_t>(o.student_steps, 30);
         o.seq_len = 64;
         o.batch_size = 8;
+        o.api_prompts = std::min<int64_t>(o.api_prompts, 48);
+        o.api_max_tokens = std::min<int64_t>(o.api_max_tokens, 16);
     }
     const double t_start = now_seconds();
     const std::string run = o.run_dir;
@@ -260,32 +289,21 @@ int run_demo(const DemoOptions& o_in) {
     check_cache_fits(cache, tok.fingerprint(), sizes.student.vocab_size, shard, st.seq_len);
     const auto heldout_ids = encode_for_eval(tok, heldout_text);
 
-    // Trains (or reuses) one student and evaluates it; its run dir is named by its settings, so
+    // Trains (or reuses) one student and evaluates it. Its run dir is named by its settings, so
     // other losses or seeds can be tried in the same demo dir without retraining the rest.
-    auto student_row = [&](const std::string& name, const LossOptions& loss, uint64_t seed) {
+    // `settings` is what the same `distill train` records; `make_loss` builds the step's loss.
+    auto train_student = [&](const std::string& name, const std::string& dir_name, uint64_t seed,
+                             const LossOptions& loss, const std::function<json(const TrainOptions&)>& settings,
+                             const std::function<LossFn(Llama&, const TrainOptions&)>& make_loss) {
         TrainOptions so = st;
         so.seed = seed;
-        char dir_name[128];
-        if (loss.kind == LossKind::kCrossEntropy)
-            std::snprintf(dir_name, sizeof dir_name, "students/ce-seed%llu", (unsigned long long)seed);
-        else
-            std::snprintf(dir_name, sizeof dir_name, "students/%s-t%g-ce%g-k%d-seed%llu",
-                          loss_kind_name(loss.kind).c_str(), loss.temperature, loss.ce_weight, o.top_k,
-                          (unsigned long long)seed);
         const std::string dir = path_join(run, dir_name);
         Llama model(sizes.student);
         model->init_weights(seed);
         to_compute_device(model);
-        // the settings `distill train --cache` records for the same run
-        const json run_cfg = distill_settings(
-            sizes.student, "", so, loss,
-            loss.kind == LossKind::kCrossEntropy ? json(nullptr) : json({{"cache", teacher_fp}, {"top_k", o.top_k}}),
-            shard, tok);
         log_info(str_cat(name, " (seed ", seed, "): ", format_count(double(sizes.student.num_params())),
                          " parameters, loss ", loss_kind_name(loss.kind), ", ", so.steps, " steps"));
-        BatchSpec spec{so.batch_size, so.seq_len, seed, true};
-        TrainResult tr = run_training(model, tok, so, dir, run_cfg,
-                                      make_student_loss(model, shard, spec, loss, &cache, nullptr), name);
+        TrainResult tr = run_training(model, tok, so, dir, settings(so), make_loss(model, so), name);
         const std::string fp = load_model_dir(path_join(dir, "model")).fingerprint;
         json ev = cached_json(path_join(dir, "eval.json"),
                               {fp, teacher_fp, hash_hex(heldout_text), wopts.context, wopts.stride}, [&] {
@@ -305,6 +323,31 @@ int run_demo(const DemoOptions& o_in) {
                     {"loss", loss_kind_name(loss.kind)},
                     {"seed", seed},
                     {"run_dir", dir}};
+    };
+    // a student on the training shard: distilled from the cache, or the baseline (no teacher)
+    auto student_row = [&](const std::string& name, const LossOptions& loss, uint64_t seed) {
+        const bool ce = loss.kind == LossKind::kCrossEntropy;
+        char dir_name[128];
+        if (ce)
+            std::snprintf(dir_name, sizeof dir_name, "students/ce-seed%llu", (unsigned long long)seed);
+        else
+            std::snprintf(dir_name, sizeof dir_name, "students/%s-t%g-ce%g-k%d-seed%llu",
+                          loss_kind_name(loss.kind).c_str(), loss.temperature, loss.ce_weight, o.top_k,
+                          (unsigned long long)seed);
+        json row = train_student(
+            name, dir_name, seed, loss,
+            [&](const TrainOptions& so) {
+                return distill_settings(sizes.student, "", so, loss,
+                                        ce ? json(nullptr) : json({{"cache", teacher_fp}, {"top_k", o.top_k}}),
+                                        shard, tok);
+            },
+            [&](Llama& model, const TrainOptions& so) {
+                BatchSpec spec{so.batch_size, so.seq_len, so.seed, true};
+                return make_student_loss(model, shard, spec, loss, &cache, nullptr);
+            });
+        // the teacher scored every captured position once, whichever windows the student drew
+        row["teacher_tokens"] = ce ? int64_t(0) : cap["positions"].get<int64_t>();
+        return row;
     };
 
     // 8. the students, for each seed; the first seed's pair goes into the models table
@@ -341,7 +384,103 @@ int run_demo(const DemoOptions& o_in) {
         }
     }
 
-    // 9. a short sample from the teacher
+    // 9. the teacher through its API: served on loopback with faults injected into a quarter of
+    // the requests, asked to continue passages cut from the training novels, and two students
+    // trained on what it returned with the same steps and seed as the pair above: one on the
+    // completions alone (sequence-level), one on their top-20 log-probs (mixed with cross-entropy
+    // on the completions as the white-box student is with the data).
+    json api_report = nullptr;
+    if (o.api_prompts > 0) {
+        const std::string api_dir = path_join(run, "api");
+        make_dirs(api_dir);
+        const std::vector<std::string> prompts = cut_prompts(train_text, o.api_prompts, o.quick ? 96 : 200, o.seed);
+        std::string prompts_text;
+        for (const auto& p : prompts) prompts_text += json({{"prompt", p}}).dump() + "\n";
+        const std::string prompts_path = path_join(api_dir, "prompts-" + hash_hex(prompts_text).substr(0, 12) + ".jsonl");
+        if (!file_exists(prompts_path)) write_file_atomic(prompts_path, prompts_text);
+        ApiCaptureOptions ac;
+        ac.model = "teacher";
+        ac.prompts = prompts_path;
+        ac.concurrency = o.quick ? 4 : 16;
+        ac.max_tokens = o.api_max_tokens;
+        ac.temperature = 1.0;
+        ac.seed = o.seed;
+        ac.top_logprobs = 20;
+        ac.timeout_s = o.quick ? 3 : 5;
+        ac.backoff_s = 0.05;
+        ac.backoff_max_s = 2;
+        // the dataset is named by what it is: the teacher, the prompts and the settings
+        ac.out = path_join(api_dir, "dataset-" + hash_hex(str_cat(teacher_fp, prompts_path, ac.max_tokens, ac.seed,
+                                                                   ac.top_logprobs)).substr(0, 12));
+        ApiCaptureResult capres;
+        const bool complete = file_exists(ac.out + "/samples.jsonl") &&
+                              int64_t(read_api_dataset(ac.out).size()) == int64_t(prompts.size());
+        json faults = nullptr;
+        if (!complete) {
+            ServeOptions so;
+            so.model = path_join(run, "teacher/model");
+            so.alias = "teacher";
+            so.port = 0;
+            so.parallel = ac.concurrency;
+            so.fault_rate = o.api_fault_rate;
+            so.fault_seed = o.seed;
+            so.fault_delay_s = ac.timeout_s + 1;
+            so.announce = false;
+            ServerThread server(so);
+            ac.url = server.base_url();
+            log_info(str_cat("teacher served at ", ac.url, " with faults on ", o.api_fault_rate * 100,
+                             "% of requests; capturing ", prompts.size(), " completions of ", ac.max_tokens,
+                             " tokens with their top-", ac.top_logprobs, " log-probs"));
+            capres = capture_from_api(ac);
+            server.stop();
+            DISTILL_CHECK(capres.failed == 0 && capres.written + capres.done_before == capres.total, "the capture through the API ",
+                          "left ", capres.failed, " samples failed; run the demo again to retry them");
+            faults = capres.to_json();
+            write_file_atomic(ac.out + "/demo-capture.json", faults.dump(2) + "\n");
+        } else if (file_exists(ac.out + "/demo-capture.json")) {
+            faults = read_json_file(ac.out + "/demo-capture.json");
+        }
+        const SequenceSet set = load_sequences(ac.out, tok, st.seq_len);
+        log_info(str_cat("API dataset: ", set.samples, " samples, ", set.completion_tokens, " completion tokens, ",
+                         set.mapped, " with top-", set.top_k, " log-probs on the student's tokens; the API reported ",
+                         set.teacher_tokens, " tokens"));
+        const std::string tag = str_cat("-", set.fingerprint.substr(0, 8), "-seed", o.seed);
+        std::vector<json> api_rows;
+        for (const LossOptions& loss : {ce_loss, kd_loss}) {
+            const bool ce = loss.kind == LossKind::kCrossEntropy;
+            const std::string name = ce ? "student_api_sequences" : "student_api_top20";
+            char dir_name[160];
+            if (ce)
+                std::snprintf(dir_name, sizeof dir_name, "students/api-seq%s", tag.c_str());
+            else
+                std::snprintf(dir_name, sizeof dir_name, "students/api-%s-t%g-ce%g-k20%s", loss_kind_name(loss.kind).c_str(),
+                              loss.temperature, loss.ce_weight, tag.c_str());
+            json row = train_student(
+                name, dir_name, o.seed, loss,
+                [&](const TrainOptions& so) { return sequence_settings(sizes.student, "", so, loss, set.fingerprint, tok); },
+                [&](Llama& model, const TrainOptions& so) { return make_sequence_loss(model, set, so, loss); });
+            row["teacher_tokens"] = set.teacher_tokens;
+            api_rows.push_back(row);
+        }
+        // the share of the white-box student's gain over the baseline that each API student kept
+        const double wb_gain = rows[2]["bpb"].get<double>() - rows[1]["bpb"].get<double>();
+        json kept = json::object();
+        for (const auto& r : api_rows)
+            kept[r["name"].get<std::string>()] = (rows[2]["bpb"].get<double>() - r["bpb"].get<double>()) / wb_gain;
+        api_report = {{"prompts", prompts.size()},
+                      {"max_tokens", ac.max_tokens},
+                      {"top_logprobs", ac.top_logprobs},
+                      {"fault_rate", o.api_fault_rate},
+                      {"capture", faults},
+                      {"dataset", ac.out},
+                      {"samples", set.samples},
+                      {"completion_tokens", set.completion_tokens},
+                      {"teacher_tokens", set.teacher_tokens},
+                      {"share_of_whitebox_gain", kept}};
+        for (auto& r : api_rows) rows.push_back(r);
+    }
+
+    // 10. a short sample from the teacher
     SamplingOptions samp;
     samp.temperature = 0.8;
     samp.top_k = 40;
@@ -364,6 +503,7 @@ int run_demo(const DemoOptions& o_in) {
         {"xz_bpb", xz["bpb"]},
         {"models", rows},
         {"cache", {{"top_k", o.top_k},
+                   {"positions", cap["positions"]},
                    {"bytes_per_token", cap["bytes_per_token"]},
                    {"kl_full_to_stored", cap["kl_full_to_stored"]},
                    {"kl_quantization", cap["kl_quantization"]},
@@ -378,6 +518,7 @@ int run_demo(const DemoOptions& o_in) {
                           {"mean_bpb_margin", sum_bpb_margin / double(seeds.size())},
                           {"min_bpb_margin", min_bpb_margin},
                           {"min_agreement_margin", min_agree_margin}}},
+        {"api", api_report},
         {"sample", sample},
         {"quick", o.quick},
         {"seconds", now_seconds() - t_start},
@@ -385,20 +526,23 @@ int run_demo(const DemoOptions& o_in) {
     write_file_atomic(path_join(run, "report.json"), report.dump(2) + "\n");
 
     // the same as a table, printed and in report.md
-    std::string table = "| model | params | held-out bpb | top-1 agreement | KL to teacher | train time | train tokens |\n"
-                        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |\n";
+    std::string table =
+        "| model | params | held-out bpb | top-1 agreement | KL to teacher | train time | train tokens | teacher tokens |\n"
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n";
     for (const auto& r : rows) {
-        char line[256];
-        std::snprintf(line, sizeof line, "| %s | %s | %.4f | %.4f | %.4f | %s | %s |\n",
+        char line[320];
+        const std::string teacher_tokens =
+            r.contains("teacher_tokens") ? format_count(r["teacher_tokens"].get<double>()) : "-";
+        std::snprintf(line, sizeof line, "| %s | %s | %.4f | %.4f | %.4f | %s | %s | %s |\n",
                       r["name"].get<std::string>().c_str(), format_count(r["params"].get<double>()).c_str(),
                       r["bpb"].get<double>(), r["top1_agreement"].get<double>(),
                       r["kl_to_teacher"].get<double>(), format_duration(r["train_seconds"].get<double>()).c_str(),
-                      format_count(r["train_tokens"].get<double>()).c_str());
+                      format_count(r["train_tokens"].get<double>()).c_str(), teacher_tokens.c_str());
         table += line;
     }
     char tail[512];
     std::snprintf(tail, sizeof tail,
-                  "| xz -9e (after the training novels) | - | %.4f | - | - | - | - |\n\n"
+                  "| xz -9e (after the training novels) | - | %.4f | - | - | - | - | - |\n\n"
                   "Teacher cache: top-%d, %.1f bytes/token, KL(full || stored) %.4f nats/token.\n"
                   "Distillation (%s, tau %.2g, ce weight %.2g) vs the baseline: bpb %+.4f, agreement %+.4f.\n",
                   xz["bpb"].get<double>(), o.top_k, cap["bytes_per_token"].get<double>(),
@@ -412,6 +556,26 @@ int run_demo(const DemoOptions& o_in) {
                       "Over %zu student seeds: bpb margin (baseline - KD) mean %.4f, min %.4f; "
                       "agreement margin min %+.4f.\n",
                       seeds.size(), sum_bpb_margin / double(seeds.size()), min_bpb_margin, min_agree_margin);
+        table += line;
+    }
+    if (!api_report.is_null()) {
+        std::string faults;
+        const json& c = api_report["capture"];
+        if (c.is_object()) {
+            for (const auto& [kind, n] : c["errors"].items())
+                faults += str_cat(faults.empty() ? "" : ", ", kind, " ", n.dump());
+            faults = str_cat(c["requests"].dump(), " requests; faults met and retried: ", faults.empty() ? "none" : faults);
+        } else {
+            faults = "captured by an earlier run";
+        }
+        char line[768];
+        std::snprintf(line, sizeof line,
+                      "Through the API (%s): %lld completions of up to %lld tokens. Of the white-box student's bpb "
+                      "gain over the baseline, the top-20 API student kept %.0f%%, the sequence-level one %.0f%%.\n",
+                      faults.c_str(), (long long)api_report["samples"].get<int64_t>(),
+                      (long long)api_report["max_tokens"].get<int64_t>(),
+                      100 * api_report["share_of_whitebox_gain"]["student_api_top20"].get<double>(),
+                      100 * api_report["share_of_whitebox_gain"]["student_api_sequences"].get<double>());
         table += line;
     }
     std::string md = "# distill demo report\n\nHeld-out novel: *Persuasion*; trained on the other five.\n\n" +

@@ -21,6 +21,11 @@ struct DemoOptions {
     std::string loss = "fkl";
     double temperature = 1.0;
     double ce_weight = 0.5;  // see docs/demo.md: with top-32 alone the tail is unconstrained
+    // the teacher through its API (0 prompts: skip): completions of passages cut from the
+    // training text, captured with faults injected, and two students trained on them
+    int64_t api_prompts = 3000;
+    int64_t api_max_tokens = 64;
+    double api_fault_rate = 0.25;
     bool quick = false;      // a much smaller run, for tests and a first look
 };
 

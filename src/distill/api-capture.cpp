@@ -296,9 +296,14 @@ ApiCaptureResult capture_from_api(const ApiCaptureOptions& o) {
         json old = json::parse(read_file(meta_path), nullptr, false);
         DISTILL_CHECK(old.is_object() && old.value("format", "") == kFormat, meta_path,
                       " is not a distill API dataset; choose another --out");
-        for (const char* k : {"version", "teacher", "settings", "prompts"})
-            DISTILL_CHECK(old[k] == identity[k], o.out, " was captured with a different ", k, " (", old[k].dump(),
-                          " there, ", identity[k].dump(), " now); capture into another --out");
+        // the teacher is its model name: the same model may be reached at another address (a
+        // server restarted on another port, another replica); meta.json keeps the last URL
+        for (const char* k : {"version", "teacher", "settings", "prompts"}) {
+            const json was = std::string(k) == "teacher" ? old[k].value("model", json()) : old[k];
+            const json now = std::string(k) == "teacher" ? identity[k]["model"] : identity[k];
+            DISTILL_CHECK(was == now, o.out, " was captured with a different ", k, " (", was.dump(), " there, ",
+                          now.dump(), " now); capture into another --out");
+        }
     } else {
         write_file_atomic(meta_path, identity.dump(2) + "\n");
     }

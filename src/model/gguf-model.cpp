@@ -200,6 +200,7 @@ std::string save_gguf_model(const std::string& path, Llama& model, const Tokeniz
     };
     kv.insert(kv.end(), std::make_move_iterator(tok_kv.begin()),
               std::make_move_iterator(tok_kv.end()));
+    if (!opts.chat_template.empty()) kv.emplace_back("tokenizer.chat_template", GgufValue::str(opts.chat_template));
     if (want->block > 1) kv.emplace_back("general.quantization_version", GgufValue::u32(2));
 
     std::vector<GgufTensorOut> out;

@@ -18,6 +18,7 @@ LoadedModel load_gguf_model(const std::string& path);
 struct GgufExportOptions {
     std::string type = "f32";  // for 2-D weight matrices: f32, f16, bf16, q8_0, q4_0, q4_k, q5_k, q6_k
     std::string name;          // general.name
+    std::string chat_template; // tokenizer.chat_template (the Jinja text), when not empty
 };
 
 // Writes `model` with `tokenizer` as a GGUF file (atomically). Norms and biases stay F32; a

@@ -71,4 +71,19 @@ json distill_settings(const ModelConfig& cfg, const std::string& init, const Tra
             {"tokenizer", tok.fingerprint()}};
 }
 
+json sequence_settings(const ModelConfig& cfg, const std::string& init, const TrainOptions& train,
+                       const LossOptions& loss, const std::string& dataset_fingerprint, const Tokenizer& tok) {
+    return {{"stage", "train-sequences"},
+            {"config", config_to_json(cfg)},
+            {"init", init},
+            {"train", train.to_json()},
+            {"loss", loss_kind_name(loss.kind)},
+            {"temperature", loss.temperature},
+            {"ce_weight", loss.ce_weight},
+            {"beta", loss.beta},
+            {"alpha", loss.alpha},
+            {"dataset", dataset_fingerprint},
+            {"tokenizer", tok.fingerprint()}};
+}
+
 }  // namespace distill

@@ -42,5 +42,9 @@ nlohmann::json pretrain_settings(const ModelConfig& cfg, const TrainOptions& tra
 nlohmann::json distill_settings(const ModelConfig& cfg, const std::string& init, const TrainOptions& train,
                                 const LossOptions& loss, const nlohmann::json& teacher, const TokenShard& shard,
                                 const Tokenizer& tok);
+// `train --sequences`: a student from an API dataset (its fingerprint: SequenceSet::fingerprint).
+nlohmann::json sequence_settings(const ModelConfig& cfg, const std::string& init, const TrainOptions& train,
+                                 const LossOptions& loss, const std::string& dataset_fingerprint,
+                                 const Tokenizer& tok);
 
 }  // namespace distill

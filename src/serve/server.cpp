@@ -22,7 +22,9 @@
 #include <xxhash.h>
 
 #include "eval/eval.h"
+#include "io/gguf.h"
 #include "model/checkpoint.h"
+#include "model/gguf-model.h"
 #include "pipeline/pipeline.h"
 #include "serve/engine.h"
 #include "serve/openai.h"
@@ -291,7 +293,15 @@ public:
         }
     }
 
-    int run();
+    // Sets up the routes and binds the port (o.port 0: a free one); returns the port.
+    int bind();
+    // Loads the model and serves until shutdown(); throws when the model cannot be loaded.
+    void listen();
+    // New requests get 503; waits (up to shutdown_timeout_s) for those in flight, then stops.
+    void shutdown();
+    bool ready() const { return ready_; }
+    int64_t inflight() const { return inflight_; }
+    bool failed() const { return failed_; }
 
 private:
     void load();
@@ -362,10 +372,16 @@ void Server::load() {
         context_ = m.config.max_position_embeddings;
         vocab_ = m.config.vocab_size;
         const std::string tc = (std::filesystem::path(o_.model) / "tokenizer_config.json").string();
-        if (std::filesystem::is_directory(o_.model) && std::filesystem::exists(tc))
+        if (std::filesystem::is_directory(o_.model) && std::filesystem::exists(tc)) {
             chat_ = ChatTemplate::from_tokenizer_config(tc, /*chatml_fallback=*/true);
-        else
+        } else if (is_gguf_path(o_.model) && GgufFile(o_.model).has("tokenizer.chat_template")) {
+            // where llama.cpp reads it; the special tokens are the tokenizer's own
+            auto special = [&](int32_t id) { return id >= 0 ? tok_.token_bytes(id) : std::string(); };
+            const std::string text = GgufFile(o_.model).get_string("tokenizer.chat_template");
+            chat_ = ChatTemplate::from_text(text, special(tok_.bos_id()), special(tok_.eos_id()), /*chatml_fallback=*/true);
+        } else {
             chat_ = ChatTemplate::distill_chatml();
+        }
         engine_ = std::make_unique<Engine>(m.model, o_.parallel);
         ready_ = true;
         std::fprintf(stderr, "serve: %s ready as '%s' (context %lld, %lld slots, chat template %s)\n",
@@ -974,23 +990,13 @@ void Server::routes() {
     });
 }
 
-int Server::run() {
-    // SIGTERM / SIGINT are taken by one thread (sigwait), so every other thread inherits a mask
-    // that blocks them.
-    sigset_t sigs;
-    sigemptyset(&sigs);
-    sigaddset(&sigs, SIGTERM);
-    sigaddset(&sigs, SIGINT);
-    pthread_sigmask(SIG_BLOCK, &sigs, nullptr);
-    signal(SIGPIPE, SIG_IGN);
-
+int Server::bind() {
     const int64_t threads = o_.http_threads > 0 ? o_.http_threads : 4 * o_.parallel + 16;
     http_.new_task_queue = [threads] { return new httplib::ThreadPool(static_cast<size_t>(threads)); };
     http_.set_payload_max_length(static_cast<size_t>(o_.max_body_bytes));
     http_.set_read_timeout(30);
     http_.set_write_timeout(30);
     routes();
-
     int port = o_.port;
     if (port == 0) {
         port = http_.bind_to_any_port(o_.host);
@@ -999,41 +1005,123 @@ int Server::run() {
         DISTILL_CHECK(http_.bind_to_port(o_.host, port), "cannot listen on ", o_.host, ":", port,
                       " (in use, or not an address of this machine); choose another with --port");
     }
-    if (o_.announce) {
-        std::printf("listening on http://%s:%d\n", o_.host.c_str(), port);
-        std::fflush(stdout);
-    }
+    return port;
+}
+
+void Server::listen() {
     std::thread loader([this] { load(); });
-    std::thread signals([this, &sigs] {
-        int sig = 0;
-        sigwait(&sigs, &sig);
-        if (sig == 0) return;
-        std::fprintf(stderr, "serve: signal %d: finishing %lld requests in flight, refusing new ones\n", sig,
-                     static_cast<long long>(inflight_.load()));
-        draining_ = true;
-        auto t0 = Clock::now();
-        while (inflight_ > 0 && seconds_since(t0) < o_.shutdown_timeout_s)
-            std::this_thread::sleep_for(std::chrono::milliseconds(20));
-        http_.stop();
-    });
     http_.listen_after_bind();
     loader.join();
-    if (failed_) {
-        pthread_kill(signals.native_handle(), SIGTERM);
-        signals.join();
-        throw Error(str_cat("cannot serve ", o_.model, ": ", load_error_));
-    }
-    signals.join();
     engine_.reset();
-    std::fprintf(stderr, "serve: stopped\n");
-    return 0;
+    if (failed_) throw Error(str_cat("cannot serve ", o_.model, ": ", load_error_));
+}
+
+void Server::shutdown() {
+    draining_ = true;
+    auto t0 = Clock::now();
+    while (inflight_ > 0 && seconds_since(t0) < o_.shutdown_timeout_s)
+        std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    while (!http_.is_running() && !failed_ && seconds_since(t0) < 5)
+        std::this_thread::sleep_for(std::chrono::milliseconds(5));  // stop() before listen began is lost
+    http_.stop();
 }
 
 }  // namespace
 
 int serve(const ServeOptions& opts) {
+    // SIGTERM / SIGINT are taken by one thread (sigwait), so every other thread inherits a mask
+    // that blocks them.
+    sigset_t sigs;
+    sigemptyset(&sigs);
+    sigaddset(&sigs, SIGTERM);
+    sigaddset(&sigs, SIGINT);
+    pthread_sigmask(SIG_BLOCK, &sigs, nullptr);
+    signal(SIGPIPE, SIG_IGN);
     Server s(opts);
-    return s.run();
+    const int port = s.bind();
+    if (opts.announce) {
+        std::printf("listening on http://%s:%d\n", opts.host.c_str(), port);
+        std::fflush(stdout);
+    }
+    std::atomic<bool> stopping{false};
+    std::thread signals([&] {
+        int sig = 0;
+        sigwait(&sigs, &sig);
+        if (stopping) return;
+        std::fprintf(stderr, "serve: signal %d: finishing %lld requests in flight, refusing new ones\n", sig,
+                     static_cast<long long>(s.inflight()));
+        s.shutdown();
+    });
+    auto end_signals = [&] {
+        stopping = true;
+        pthread_kill(signals.native_handle(), SIGTERM);
+        signals.join();
+    };
+    try {
+        s.listen();
+    } catch (...) {
+        end_signals();
+        throw;
+    }
+    if (!stopping) {
+        // listen() returned because a signal stopped it: the thread is done, or about to be
+        signals.join();
+    }
+    std::fprintf(stderr, "serve: stopped\n");
+    return 0;
+}
+
+struct ServerThread::Impl {
+    explicit Impl(const ServeOptions& o) : server(o) {}
+    Server server;
+    std::string host;
+    int port = 0;
+    std::thread thread;
+    std::exception_ptr error;
+    bool stopped = false;
+};
+
+ServerThread::ServerThread(const ServeOptions& opts) : impl_(std::make_unique<Impl>(opts)) {
+    signal(SIGPIPE, SIG_IGN);
+    impl_->host = opts.host;
+    impl_->port = impl_->server.bind();
+    Impl* im = impl_.get();
+    im->thread = std::thread([im] {
+        try {
+            im->server.listen();
+        } catch (...) {
+            im->error = std::current_exception();
+        }
+    });
+    while (!im->server.ready() && !im->server.failed())
+        std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    if (im->server.failed()) {
+        im->thread.join();
+        im->stopped = true;
+        std::rethrow_exception(im->error);
+    }
+}
+
+ServerThread::~ServerThread() {
+    try {
+        stop();
+    } catch (...) {
+        // a destructor does not throw; stop() only rethrows what listen() threw
+    }
+}
+
+int ServerThread::port() const { return impl_->port; }
+
+std::string ServerThread::base_url() const {
+    return "http://" + impl_->host + ":" + std::to_string(impl_->port) + "/v1";
+}
+
+void ServerThread::stop() {
+    if (impl_->stopped) return;
+    impl_->stopped = true;
+    impl_->server.shutdown();
+    impl_->thread.join();
+    if (impl_->error) std::rethrow_exception(impl_->error);
 }
 
 }  // namespace distill

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <string>
 
 namespace distill {
@@ -35,5 +36,24 @@ struct ServeOptions {
 
 // Runs until SIGTERM or SIGINT; returns the exit status.
 int serve(const ServeOptions& opts);
+
+// A server in this process, on background threads (the demo serves its teacher this way): the
+// model is loaded and answering when the constructor returns (it throws when the model cannot be
+// loaded); stop() or the destructor lets the requests in flight finish, then stops. No signal
+// handling: that stays with the process.
+class ServerThread {
+public:
+    explicit ServerThread(const ServeOptions& opts);  // opts.port 0: a free port
+    ~ServerThread();
+    ServerThread(const ServerThread&) = delete;
+    ServerThread& operator=(const ServerThread&) = delete;
+    int port() const;
+    std::string base_url() const;  // http://HOST:PORT/v1
+    void stop();
+
+private:
+    struct Impl;
+    std::unique_ptr<Impl> impl_;
+};
 
 }  // namespace distill

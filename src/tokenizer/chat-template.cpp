@@ -461,59 +461,79 @@ ChatTemplate ChatTemplate::from_text(const std::string& text, const std::string&
 
 ChatTemplate ChatTemplate::distill_chatml() { return from_text(kDistillChatML, "", "<|im_end|>"); }
 
-ChatTemplate ChatTemplate::from_tokenizer_config(const std::string& path_or_json, bool chatml_fallback) {
+namespace {
+
+struct ConfigTemplate {
+    std::string source, text, bos, eos;
+    bool found = false;  // a template in the config, or chat_template.jinja beside it
+};
+
+ConfigTemplate read_config_template(const std::string& path_or_json) {
+    ConfigTemplate r;
     size_t lead = path_or_json.find_first_not_of(" \t\r\n");
     const bool inline_json = lead != std::string::npos && path_or_json[lead] == '{';
-    const std::string source = inline_json ? std::string("tokenizer_config JSON") : path_or_json;
+    r.source = inline_json ? std::string("tokenizer_config JSON") : path_or_json;
     nlohmann::json cfg;
     if (inline_json) {
         try {
             cfg = nlohmann::json::parse(path_or_json);
         } catch (const nlohmann::json::exception& e) {
-            throw Error(str_cat(source, ": not valid JSON: ", e.what()));
+            throw Error(str_cat(r.source, ": not valid JSON: ", e.what()));
         }
     } else {
         cfg = read_json_file(path_or_json);
     }
-    DISTILL_CHECK(cfg.is_object(), source, ": must be a JSON object");
-    const std::string bos = special_token(cfg, "bos_token", source);
-    const std::string eos = special_token(cfg, "eos_token", source);
+    DISTILL_CHECK(cfg.is_object(), r.source, ": must be a JSON object");
+    r.bos = special_token(cfg, "bos_token", r.source);
+    r.eos = special_token(cfg, "eos_token", r.source);
 
-    std::string text;
     auto it = cfg.find("chat_template");
     if (it != cfg.end() && it->is_string()) {
-        text = it->get<std::string>();
+        r.text = it->get<std::string>();
+        r.found = true;
     } else if (it != cfg.end() && it->is_array()) {
-        bool found = false;
         for (const auto& e : *it) {
             DISTILL_CHECK(e.is_object() && e.contains("name") && e["name"].is_string() && e.contains("template") &&
                               e["template"].is_string(),
-                          source, ": a list \"chat_template\" must hold {\"name\": ..., \"template\": ...} objects");
+                          r.source, ": a list \"chat_template\" must hold {\"name\": ..., \"template\": ...} objects");
             if (e["name"] == "default") {
-                text = e["template"].get<std::string>();
-                found = true;
+                r.text = e["template"].get<std::string>();
+                r.found = true;
             }
         }
-        DISTILL_CHECK(found, source, ": \"chat_template\" is a list without a template named \"default\"");
+        DISTILL_CHECK(r.found, r.source, ": \"chat_template\" is a list without a template named \"default\"");
     } else {
-        DISTILL_CHECK(it == cfg.end() || it->is_null(), source, ": \"chat_template\" must be a string or a list");
+        DISTILL_CHECK(it == cfg.end() || it->is_null(), r.source, ": \"chat_template\" must be a string or a list");
         // Newer models keep the template in chat_template.jinja beside tokenizer_config.json.
         size_t slash = path_or_json.find_last_of('/');
         std::string jinja = path_join(slash == std::string::npos ? "." : path_or_json.substr(0, slash),
                                       "chat_template.jinja");
         if (!inline_json && file_exists(jinja)) {
-            text = read_file(jinja);
-        } else {
-            DISTILL_CHECK(chatml_fallback, source,
-                          " has no chat template (no \"chat_template\", no chat_template.jinja beside it); "
-                          "ask for the generic ChatML fallback (--chatml-fallback) if the model was trained on it");
-            return from_text("", bos, eos, true);
+            r.text = read_file(jinja);
+            r.found = true;
         }
     }
+    return r;
+}
+
+}  // namespace
+
+std::string ChatTemplate::text_in_tokenizer_config(const std::string& path_or_json) {
+    return read_config_template(path_or_json).text;
+}
+
+ChatTemplate ChatTemplate::from_tokenizer_config(const std::string& path_or_json, bool chatml_fallback) {
+    const ConfigTemplate c = read_config_template(path_or_json);
+    if (!c.found) {
+        DISTILL_CHECK(chatml_fallback, c.source,
+                      " has no chat template (no \"chat_template\", no chat_template.jinja beside it); "
+                      "ask for the generic ChatML fallback (--chatml-fallback) if the model was trained on it");
+        return from_text("", c.bos, c.eos, true);
+    }
     try {
-        return from_text(text, bos, eos, chatml_fallback);
+        return from_text(c.text, c.bos, c.eos, chatml_fallback);
     } catch (const Error& e) {
-        throw Error(str_cat(source, ": ", e.what()));
+        throw Error(str_cat(c.source, ": ", e.what()));
     }
 }
 

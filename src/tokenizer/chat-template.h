@@ -33,6 +33,9 @@ public:
     // generic ChatML in that case.
     static ChatTemplate from_tokenizer_config(const std::string& path_or_json,
                                               bool chatml_fallback = false);
+    // The template text in a tokenizer_config.json (as from_tokenizer_config finds it), known to
+    // distill or not; "" when there is none. Export carries it into GGUF's tokenizer.chat_template.
+    static std::string text_in_tokenizer_config(const std::string& path_or_json);
     // A template text with its special tokens.
     static ChatTemplate from_text(const std::string& text, const std::string& bos_token,
                                   const std::string& eos_token, bool chatml_fallback = false);

@@ -111,7 +111,9 @@ void write_file_atomic(const std::string& path, std::string_view data) {
 
 bool file_exists(const std::string& path) {
     struct stat st;
-    return ::stat(path.c_str(), &st) == 0 && S_ISREG(st.st_mode);
+    // A pipe counts: `--config <(...)` hands over /dev/fd/N, and read_file reads it like a file
+    // (MappedFile opens without blocking and refuses it with an error).
+    return ::stat(path.c_str(), &st) == 0 && (S_ISREG(st.st_mode) || S_ISFIFO(st.st_mode));
 }
 
 bool dir_exists(const std::string& path) {
@@ -154,7 +156,7 @@ void replace_dir(const std::string& tmp, const std::string& dir) {
 }
 
 MappedFile::MappedFile(const std::string& path) : path_(path) {
-    int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
     DISTILL_CHECK(fd >= 0, "cannot open '", path, "': ", std::strerror(errno));
     struct stat st;
     if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {

@@ -19,9 +19,9 @@ TEST(Demo, QuickRunWritesReportAndIsReused) {
     ASSERT_EQ(run_distill("--threads 1 demo --quick --run-dir " + arg), 0);
     json r = json::parse(read_file(run + "/report.json"));
     ASSERT_TRUE(r["models"].is_array());
-    ASSERT_EQ(r["models"].size(), 3u);
-    const char* names[] = {"teacher", "student_kd", "student_baseline"};
-    for (size_t i = 0; i < 3; ++i) {
+    ASSERT_EQ(r["models"].size(), 5u);
+    const char* names[] = {"teacher", "student_kd", "student_baseline", "student_api_sequences", "student_api_top20"};
+    for (size_t i = 0; i < 5; ++i) {
         const json& m = r["models"][i];
         EXPECT_EQ(m["name"], names[i]);
         for (const char* key : {"params", "bpb", "top1_agreement", "kl_to_teacher", "train_seconds", "train_tokens"})
@@ -61,10 +61,35 @@ TEST(Demo, QuickRunWritesReportAndIsReused) {
     EXPECT_TRUE(file_exists(r["models"][1]["run_dir"].get<std::string>() + "/model/config.json"));
     EXPECT_TRUE(file_exists(r["models"][2]["run_dir"].get<std::string>() + "/model/config.json"));
 
+    // the teacher through its API: served with faults on a quarter of the requests, every prompt
+    // captured once, the faults retried; both API students trained as long as the white-box one
+    const json& api = r["api"];
+    ASSERT_TRUE(api.is_object()) << r.dump(2);
+    EXPECT_EQ(api["samples"], 48);
+    EXPECT_EQ(api["capture"]["failed"], 0);
+    EXPECT_EQ(api["capture"]["written"], 48);
+    int64_t faults = 0;
+    for (const auto& [kind, n] : api["capture"]["errors"].items()) faults += n.get<int64_t>();
+    EXPECT_GE(faults, 1) << api.dump(2);
+    EXPECT_EQ(api["capture"]["requests"].get<int64_t>(), 48 + faults);
+    EXPECT_TRUE(api["capture"]["logprobs"].get<bool>());
+    EXPECT_GT(api["teacher_tokens"].get<int64_t>(), api["completion_tokens"].get<int64_t>());
+    for (size_t i = 3; i < 5; ++i) {
+        EXPECT_EQ(r["models"][i]["params"], r["models"][1]["params"]);
+        EXPECT_EQ(r["models"][i]["teacher_tokens"], api["teacher_tokens"]);
+        EXPECT_TRUE(file_exists(r["models"][i]["run_dir"].get<std::string>() + "/model/config.json"));
+        EXPECT_TRUE(api["share_of_whitebox_gain"][r["models"][i]["name"].get<std::string>()].is_number());
+    }
+    // the white-box student's teacher tokens: every position the teacher scored into the cache
+    EXPECT_GT(r["cache"]["positions"].get<int64_t>(), 0);
+    EXPECT_EQ(r["models"][1]["teacher_tokens"], r["cache"]["positions"]);
+    EXPECT_EQ(r["models"][2]["teacher_tokens"], 0);
+
     // a second run rebuilds nothing: same numbers, and it is quick
     const std::string before = read_file(run + "/teacher/done.json");
     ASSERT_EQ(run_distill("--threads 1 demo --quick --run-dir " + arg), 0);
     json r2 = json::parse(read_file(run + "/report.json"));
     EXPECT_EQ(read_file(run + "/teacher/done.json"), before);
-    for (size_t i = 0; i < 3; ++i) EXPECT_EQ(r2["models"][i]["bpb"], r["models"][i]["bpb"]);
+    for (size_t i = 0; i < 5; ++i) EXPECT_EQ(r2["models"][i]["bpb"], r["models"][i]["bpb"]);
+    EXPECT_EQ(r2["api"]["capture"], r["api"]["capture"]);  // not captured again
 }

@@ -4,10 +4,13 @@
 #include <httplib.h>
 #include <signal.h>
 #include <spawn.h>
+#include <fcntl.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <torch/torch.h>
 
 #include <chrono>
+#include <filesystem>
 #include <fstream>
 #include <future>
 #include <nlohmann/json.hpp>
@@ -73,7 +76,8 @@ Fixture& fixture() {
 // `distill serve` as a child process on a free port.
 class ServerProcess {
 public:
-    explicit ServerProcess(const std::vector<std::string>& extra, std::string model = "") {
+    // `healthy`: wait until /health says 200 (else only until the port is announced)
+    explicit ServerProcess(const std::vector<std::string>& extra, std::string model = "", bool healthy = true) {
         Fixture& f = fixture();
         if (model.empty()) model = f.model;
         log_ = temp_dir("serve-proc") + "/out.txt";
@@ -98,6 +102,7 @@ public:
             else std::this_thread::sleep_for(std::chrono::milliseconds(50));
         }
         EXPECT_GT(port_, 0) << "no port announced:\n" << read_file(log_);
+        if (!healthy) return;
         for (int i = 0; i < 600; ++i) {
             auto r = client().Get("/health");
             if (r && r->status == 200) return;
@@ -468,6 +473,51 @@ TEST(Serve, HostileRequestsGetAnErrorObjectAndTheServerKeepsServing) {
     ASSERT_TRUE(ok);
     EXPECT_EQ(ok->status, 200);
     EXPECT_EQ(s.stop(), 0) << s.log();
+}
+
+// /health is 503 {"status": "loading"} until the model is loaded, and so is every /v1 request
+// (with the API's error object); then 200. The model's config.json is a FIFO here, so loading
+// waits on the test.
+TEST(Serve, HealthIs503WhileTheModelLoadsThen200) {
+    const std::string dir = temp_dir("serve-loading");
+    const std::string model = dir + "/model";
+    std::filesystem::copy(fixture().model, model);
+    const std::string config = read_file(model + "/config.json");
+    std::filesystem::remove(model + "/config.json");
+    ASSERT_EQ(mkfifo((model + "/config.json").c_str(), 0644), 0);
+    ServerProcess s({}, model, /*healthy=*/false);
+    for (int i = 0; i < 3; ++i) {
+        auto h = s.client().Get("/health");
+        ASSERT_TRUE(h);
+        EXPECT_EQ(h->status, 503);
+        EXPECT_EQ(json::parse(h->body)["status"], "loading");
+        auto r = s.client().Post("/v1/completions", R"({"model": "tiny", "prompt": "a", "max_tokens": 1})",
+                                 "application/json");
+        ASSERT_TRUE(r);
+        EXPECT_EQ(r->status, 503);
+        const json e = json::parse(r->body);
+        EXPECT_EQ(e["error"]["code"], "loading") << r->body;
+        EXPECT_TRUE(e["error"]["message"].is_string());
+        std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    }
+    // now the config, to each reader that opens the FIFO, until the server is up
+    int status = 0;
+    for (int i = 0; i < 3000 && status != 200; ++i) {
+        const int fd = open((model + "/config.json").c_str(), O_WRONLY | O_NONBLOCK);
+        if (fd >= 0) {
+            EXPECT_EQ(::write(fd, config.data(), config.size()), static_cast<ssize_t>(config.size()));
+            close(fd);
+        }
+        std::this_thread::sleep_for(std::chrono::milliseconds(10));
+        auto h = s.client().Get("/health");
+        status = h ? h->status : 0;
+    }
+    ASSERT_EQ(status, 200) << s.log();
+    auto r = s.client().Post("/v1/completions", R"({"model": "tiny", "prompt": "a", "max_tokens": 2})",
+                             "application/json");
+    ASSERT_TRUE(r);
+    EXPECT_EQ(r->status, 200) << r->body;
+    EXPECT_EQ(s.stop(), 0);
 }
 
 TEST(Serve, RateLimitGives429WithRetryAfter) {
