@@ -41,7 +41,12 @@ Command add_serve(CLI::App& app) {
     c->add_option("--fault-seed", o->fault_seed, "which requests get faults")->group(testing);
     c->add_option("--fault-delay", o->fault_delay_s, "seconds a 'timeout' fault waits before answering")
         ->check(in_range(0, 3600))->capture_default_str()->group(testing);
-    return {c, [o] { return serve(*o); }};
+    auto wm = std::make_shared<WatermarkFlags>();
+    add_watermark_flags(c, *wm, /*sampling=*/true);
+    return {c, [o, wm] {
+                o->watermark = wm->resolve();
+                return serve(*o);
+            }};
 }
 
 }  // namespace distill::cli
