@@ -27,7 +27,8 @@ std::string text_of(const std::string& line, int64_t n) {
         throw Error(str_cat("stdin line ", n, ": not valid JSON: ", e.what()));
     }
     if (v.is_object() && v.contains("text")) v = v["text"];
-    DISTILL_CHECK(v.is_string(), "stdin line ", n, R"(: expected a JSON string or an object {"text": "..."})");
+    DISTILL_CHECK(v.is_string(), "stdin line ", n,
+                  R"(: expected a JSON string or an object {"text": "..."})");
     return v.get<std::string>();
 }
 
@@ -43,14 +44,16 @@ int run_detect(const DetectFlags& o) {
         std::cout << detect_result_json(wm, watermark_detect(wm, ids)).dump() << "\n" << std::flush;
     };
     if (!o.jsonl) {
-        detect(std::string((std::istreambuf_iterator<char>(std::cin)), std::istreambuf_iterator<char>()));
+        detect(std::string((std::istreambuf_iterator<char>(std::cin)),
+                           std::istreambuf_iterator<char>()));
         return 0;
     }
     std::string line;
     int64_t n = 0;
     while (std::getline(std::cin, line)) {
         ++n;
-        if (line.find_first_not_of(" \t\r") == std::string::npos) continue;  // blank lines are not texts
+        if (line.find_first_not_of(" \t\r") == std::string::npos)
+            continue;  // blank lines are not texts
         detect(text_of(line, n));
     }
     return 0;
@@ -58,14 +61,18 @@ int run_detect(const DetectFlags& o) {
 }  // namespace
 
 Command add_guard(CLI::App& app) {
-    CLI::App* g = app.add_subcommand("guard", "the model owner's tools: detect the watermark (docs/guard.md)");
+    CLI::App* g = app.add_subcommand(
+        "guard", "the model owner's tools: detect the watermark (docs/guard.md)");
     g->require_subcommand(1);
     auto d = std::make_shared<DetectFlags>();
-    CLI::App* c = g->add_subcommand("detect", "is the text on stdin watermarked with this key? JSON out: z, p");
+    CLI::App* c = g->add_subcommand(
+        "detect", "is the text on stdin watermarked with this key? JSON out: z, p");
     add_watermark_flags(c, d->watermark, /*sampling=*/false);
     add_tokenizer(c, d->tokenizer)->required();
-    c->add_flag("--jsonl", d->jsonl, R"(one text a line: a JSON string or {"text": "..."}; one result a line)");
-    return {g, [d, c] {
+    c->add_flag("--jsonl", d->jsonl,
+                R"(one text a line: a JSON string or {"text": "..."}; one result a line)");
+    return {g,
+            [d, c] {
                 DISTILL_ASSERT(c->parsed(), "guard: no subcommand");
                 return run_detect(*d);
             },

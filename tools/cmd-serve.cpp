@@ -1,4 +1,6 @@
 // distill serve — an OpenAI-compatible HTTP server for a model (docs/serve.md).
+#include <cstdio>
+
 #include "cli.h"
 #include "serve/server.h"
 
@@ -45,6 +47,10 @@ Command add_serve(CLI::App& app) {
     add_watermark_flags(c, *wm, /*sampling=*/true);
     return {c, [o, wm] {
                 o->watermark = wm->resolve();
+                if (const auto& w = o->watermark)
+                    std::fprintf(stderr, "serve: watermarking with key %s (gamma %g, delta %g, context %lld)\n",
+                                 watermark_key_id_hex(w->key).c_str(), w->gamma, w->delta,
+                                 static_cast<long long>(w->context));
                 return serve(*o);
             }};
 }

@@ -13,7 +13,8 @@ DetectResult watermark_detect(const WatermarkOptions& o, const std::vector<int64
     const int64_t h = o.context, n = static_cast<int64_t>(ids.size());
     r.tokens = n;
     if (n < h + 1) {
-        r.reason = str_cat("not enough tokens: the text has ", n, ", and a context of ", h, " needs at least ", h + 1);
+        r.reason = str_cat("not enough tokens: the text has ", n, ", and a context of ", h,
+                           " needs at least ", h + 1);
         return r;
     }
     r.enough = true;
@@ -24,8 +25,10 @@ DetectResult watermark_detect(const WatermarkOptions& o, const std::vector<int64
         std::string key(static_cast<size_t>(4 * (h + 1)), '\0');
         for (int64_t j = 0; j <= h; ++j) {
             const int64_t id = ids[i - h + j];
-            DISTILL_CHECK(id >= 0 && id <= 0xFFFFFFFFll, "token id ", id, " does not fit the watermark's u32 encoding");
-            for (int b = 0; b < 4; ++b) key[4 * j + b] = static_cast<char>((static_cast<uint64_t>(id) >> (8 * b)) & 0xFF);
+            DISTILL_CHECK(id >= 0 && id <= 0xFFFFFFFFll, "token id ", id,
+                          " does not fit the watermark's u32 encoding");
+            for (int b = 0; b < 4; ++b)
+                key[4 * j + b] = static_cast<char>((static_cast<uint64_t>(id) >> (8 * b)) & 0xFF);
         }
         if (!seen.insert(std::move(key)).second) continue;
         ++r.scored;

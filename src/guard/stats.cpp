@@ -38,7 +38,8 @@ double beta_cf(double a, double b, double x) {
         h *= del;
         if (std::fabs(del - 1) <= kEps) return h;
     }
-    DISTILL_ASSERT(false, "the incomplete beta continued fraction did not converge for a=", a, " b=", b, " x=", x);
+    DISTILL_ASSERT(false, "the incomplete beta continued fraction did not converge for a=", a,
+                   " b=", b, " x=", x);
     return h;
 }
 }  // namespace
@@ -48,7 +49,8 @@ double log_beta_inc(double a, double b, double x) {
     if (x == 0) return -std::numeric_limits<double>::infinity();
     if (x == 1) return 0;
     // ln [x^a (1-x)^b / B(a, b)]
-    const double front = std::lgamma(a + b) - std::lgamma(a) - std::lgamma(b) + a * std::log(x) + b * std::log1p(-x);
+    const double front =
+        std::lgamma(a + b) - std::lgamma(a) - std::lgamma(b) + a * std::log(x) + b * std::log1p(-x);
     if (x < (a + 1) / (a + b + 2)) return front + std::log(beta_cf(a, b, x)) - std::log(a);
     // here I_x(a, b) is not small: 1 - I_{1-x}(b, a) loses nothing that matters
     const double q = std::exp(front + std::log(beta_cf(b, a, 1 - x)) - std::log(b));

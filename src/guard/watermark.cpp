@@ -13,7 +13,8 @@ namespace distill {
 
 namespace {
 void put_u32le(uint8_t* p, int64_t id) {
-    DISTILL_CHECK(id >= 0 && id <= 0xFFFFFFFFll, "token id ", id, " does not fit the watermark's u32 encoding");
+    DISTILL_CHECK(id >= 0 && id <= 0xFFFFFFFFll, "token id ", id,
+                  " does not fit the watermark's u32 encoding");
     const uint32_t u = static_cast<uint32_t>(id);
     p[0] = uint8_t(u);
     p[1] = uint8_t(u >> 8);
@@ -32,7 +33,8 @@ WatermarkKey watermark_key(std::string_view bytes) {
 
 WatermarkKey watermark_key_file(const std::string& path) {
     const std::string make = str_cat("make one with `head -c 32 /dev/urandom > ", path,
-                                     "` (any bytes work; keep the file secret: whoever has it can find and remove the watermark)");
+                                     "` (any bytes work; keep the file secret: whoever has it can "
+                                     "find and remove the watermark)");
     DISTILL_CHECK(!path.empty(), "no watermark key file given");
     DISTILL_CHECK(file_exists(path), "watermark key file ", path, " does not exist: ", make);
     const std::string bytes = read_file(path);
@@ -47,34 +49,40 @@ std::string watermark_key_id_hex(const WatermarkKey& key) {
 }
 
 void watermark_check(const WatermarkOptions& o) {
-    DISTILL_CHECK(o.gamma > 0 && o.gamma < 1, "the watermark's green fraction gamma must be in (0, 1), not ", o.gamma);
+    DISTILL_CHECK(o.gamma > 0 && o.gamma < 1,
+                  "the watermark's green fraction gamma must be in (0, 1), not ", o.gamma);
     DISTILL_CHECK(std::isfinite(o.delta), "the watermark's delta must be a finite number");
-    DISTILL_CHECK(o.context >= 1 && o.context <= kWatermarkMaxContext, "the watermark's context must be 1 ..",
-                  kWatermarkMaxContext, " previous tokens, not ", o.context);
+    DISTILL_CHECK(o.context >= 1 && o.context <= kWatermarkMaxContext,
+                  "the watermark's context must be 1 .. ", kWatermarkMaxContext,
+                  " previous tokens, not ", o.context);
 }
 
 uint64_t watermark_threshold(double gamma) {
-    DISTILL_CHECK(gamma > 0 && gamma < 1, "the watermark's green fraction gamma must be in (0, 1), not ", gamma);
+    DISTILL_CHECK(gamma > 0 && gamma < 1,
+                  "the watermark's green fraction gamma must be in (0, 1), not ", gamma);
     // ldexp scales by a power of two: exact, and below 2^64 because gamma < 1
     return static_cast<uint64_t>(std::floor(std::ldexp(gamma, 64)));
 }
 
 uint64_t watermark_hash(uint64_t k, const int64_t* ids, int64_t n) {
     uint8_t buf[4 * (kWatermarkMaxContext + 1)];
-    DISTILL_ASSERT(n >= 1 && n <= kWatermarkMaxContext + 1, "watermark tuples hold 1 .. 5 ids, not ", n);
+    DISTILL_ASSERT(n >= 1 && n <= kWatermarkMaxContext + 1,
+                   "watermark tuples hold 1 .. 5 ids, not ", n);
     for (int64_t i = 0; i < n; ++i) put_u32le(buf + 4 * i, ids[i]);
     return XXH3_64bits_withSeed(buf, static_cast<size_t>(4 * n), k);
 }
 
 bool watermark_green(const WatermarkOptions& o, const int64_t* context, int64_t token) {
     int64_t ids[kWatermarkMaxContext + 1];
-    DISTILL_ASSERT(o.context >= 1 && o.context <= kWatermarkMaxContext, "bad watermark context ", o.context);
+    DISTILL_ASSERT(o.context >= 1 && o.context <= kWatermarkMaxContext, "bad watermark context ",
+                   o.context);
     for (int64_t i = 0; i < o.context; ++i) ids[i] = context[i];
     ids[o.context] = token;
     return watermark_hash(o.key.k, ids, o.context + 1) < watermark_threshold(o.gamma);
 }
 
-std::vector<uint8_t> watermark_green_mask(const WatermarkOptions& o, const int64_t* context, int64_t V) {
+std::vector<uint8_t> watermark_green_mask(const WatermarkOptions& o, const int64_t* context,
+                                          int64_t V) {
     watermark_check(o);
     const uint64_t threshold = watermark_threshold(o.gamma);
     const int64_t h = o.context;
@@ -89,11 +97,13 @@ std::vector<uint8_t> watermark_green_mask(const WatermarkOptions& o, const int64
     return mask;
 }
 
-void watermark_apply(const WatermarkOptions& o, const std::vector<int64_t>& history, at::Tensor& logits) {
+void watermark_apply(const WatermarkOptions& o, const std::vector<int64_t>& history,
+                     at::Tensor& logits) {
     DISTILL_ASSERT(logits.dim() == 1, "watermark_apply: logits must be (V)");
     if (static_cast<int64_t>(history.size()) < o.context) return;
     const int64_t V = logits.size(0);
-    std::vector<uint8_t> mask = watermark_green_mask(o, history.data() + history.size() - o.context, V);
+    std::vector<uint8_t> mask =
+        watermark_green_mask(o, history.data() + history.size() - o.context, V);
     torch::Tensor m = torch::from_blob(mask.data(), {V}, torch::kUInt8);
     logits.add_(m.to(logits.device(), logits.scalar_type()), o.delta);
 }
@@ -109,7 +119,8 @@ void watermark_apply(const WatermarkOptions& o, const std::vector<std::vector<in
     for (int64_t b = 0; b < B; ++b) {
         const auto& hist = histories[b];
         if (static_cast<int64_t>(hist.size()) < o.context) continue;
-        std::vector<uint8_t> row = watermark_green_mask(o, hist.data() + hist.size() - o.context, V);
+        std::vector<uint8_t> row =
+            watermark_green_mask(o, hist.data() + hist.size() - o.context, V);
         std::copy(row.begin(), row.end(), mask.begin() + b * V);
         any = true;
     }

@@ -29,9 +29,9 @@ constexpr int64_t kWatermarkMaxContext = 4;
 
 struct WatermarkOptions {
     WatermarkKey key;
-    double gamma = 0.25;   // the green fraction of the vocabulary, in (0, 1)
-    double delta = 2.0;    // added to green logits when sampling
-    int64_t context = 1;   // h: the previous ids that pick the green list, 1 .. kWatermarkMaxContext
+    double gamma = 0.25;  // the green fraction of the vocabulary, in (0, 1)
+    double delta = 2.0;   // added to green logits when sampling
+    int64_t context = 1;  // h: the previous ids that pick the green list, 1 .. kWatermarkMaxContext
 };
 
 // The key from its bytes (non-empty), or from a file (missing or empty: Error saying how to make
@@ -55,12 +55,14 @@ uint64_t watermark_hash(uint64_t k, const int64_t* ids, int64_t n);
 bool watermark_green(const WatermarkOptions& o, const int64_t* context, int64_t token);
 
 // The green mask of a whole vocabulary after `context` (h ids): mask[v] = 1 for green v.
-std::vector<uint8_t> watermark_green_mask(const WatermarkOptions& o, const int64_t* context, int64_t V);
+std::vector<uint8_t> watermark_green_mask(const WatermarkOptions& o, const int64_t* context,
+                                          int64_t V);
 
 // Adds delta to the green entries of logits (V) after `history` (the ids so far, prompt
 // included; the last h are the context). With fewer than h ids the logits are left as they are.
 // logits may live on any device, in any floating type.
-void watermark_apply(const WatermarkOptions& o, const std::vector<int64_t>& history, at::Tensor& logits);
+void watermark_apply(const WatermarkOptions& o, const std::vector<int64_t>& history,
+                     at::Tensor& logits);
 
 // The same for a batch: row b of logits (B, V) after histories[b].
 void watermark_apply(const WatermarkOptions& o, const std::vector<std::vector<int64_t>>& histories,

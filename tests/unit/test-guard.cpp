@@ -5,7 +5,8 @@
 //                    green mask and watermark_apply, the binomial tail at the vectors,
 //                    de-duplication, the engine against generate() with a watermark, and the
 //                    binary: watermarked `distill generate` and `distill serve` detected by
-//                    `distill guard detect`, a wrong key, key-file errors, too-short texts, --jsonl.
+//                    `distill guard detect`, a wrong key, key-file errors, too-short texts,
+//                    --jsonl.
 //   test-guard-ref  (label ref, DISTILL_GUARD_REF): the green test against Python's xxhash
 //                    (Debian python3-xxhash), the binomial tail against scipy.stats.binom.sf and
 //                    an exact rational sum deep into the tail, and a KS test (scipy) that the
@@ -49,7 +50,8 @@ namespace {
 
 const std::string kTestKey = "distill-guard-test-key";  // the key of docs/guard.md's test vectors
 
-WatermarkOptions options(const std::string& key_bytes, int64_t h = 1, double gamma = 0.25, double delta = 2) {
+WatermarkOptions options(const std::string& key_bytes, int64_t h = 1, double gamma = 0.25,
+                         double delta = 2) {
     WatermarkOptions o;
     o.key = watermark_key(key_bytes);
     o.context = h;
@@ -134,11 +136,12 @@ Fixture& fixture() {
     return f;
 }
 
-json detect_cli(const std::string& dir, const std::string& text, const std::string& key, const std::string& extra = "") {
+json detect_cli(const std::string& dir, const std::string& text, const std::string& key,
+                const std::string& extra = "") {
     const std::string in = dir + "/in.txt", out = dir + "/detect.json", err = dir + "/detect.err";
     write_file_atomic(in, text);
-    const int rc = run_distill("guard detect --key-file " + key + " --tokenizer " + fixture().model + " " + extra +
-                                   " < " + in,
+    const int rc = run_distill("guard detect --key-file " + key + " --tokenizer " +
+                                   fixture().model + " " + extra + " < " + in,
                                out, err);
     EXPECT_EQ(rc, 0) << read_file(err);
     return rc == 0 ? json::parse(read_file(out)) : json();
@@ -146,11 +149,11 @@ json detect_cli(const std::string& dir, const std::string& text, const std::stri
 
 // `distill serve` as a child process on a free port.
 class ServerProcess {
-public:
+  public:
     explicit ServerProcess(const std::vector<std::string>& extra) {
         log_ = temp_dir("guard-serve") + "/out.txt";
-        std::vector<std::string> args = {DISTILL_BINARY, "--threads", "1", "serve", "--model", fixture().model,
-                                         "--port", "0"};
+        std::vector<std::string> args = {DISTILL_BINARY, "--threads",     "1",      "serve",
+                                         "--model",      fixture().model, "--port", "0"};
         args.insert(args.end(), extra.begin(), extra.end());
         std::vector<char*> argv;
         for (auto& a : args) argv.push_back(a.data());
@@ -165,8 +168,10 @@ public:
         for (int i = 0; i < 600 && port_ == 0; ++i) {
             std::smatch m;
             std::string text = file_exists(log_) ? read_file(log_) : "";
-            if (std::regex_search(text, m, re)) port_ = std::stoi(m[1]);
-            else std::this_thread::sleep_for(std::chrono::milliseconds(50));
+            if (std::regex_search(text, m, re))
+                port_ = std::stoi(m[1]);
+            else
+                std::this_thread::sleep_for(std::chrono::milliseconds(50));
         }
         EXPECT_GT(port_, 0) << "no port announced:\n" << read_file(log_);
         for (int i = 0; i < 600 && port_ > 0; ++i) {
@@ -186,7 +191,7 @@ public:
     }
     int port() const { return port_; }
 
-private:
+  private:
     pid_t pid_ = -1;
     int port_ = 0;
     std::string log_;
@@ -206,7 +211,8 @@ TEST(Guard, DocumentedTestVectors) {
     EXPECT_EQ(watermark_key_id_hex(key), "38abe0e7f1e4f2ad");
     EXPECT_EQ(watermark_threshold(0.25), 4611686018427387904ull);
     EXPECT_EQ(watermark_threshold(0.5), 9223372036854775808ull);
-    EXPECT_EQ(watermark_threshold(0.1), 1844674407370955264ull);  // the double nearest 0.1, times 2^64
+    EXPECT_EQ(watermark_threshold(0.1),
+              1844674407370955264ull);  // the double nearest 0.1, times 2^64
     struct Vec {
         std::vector<int64_t> context;
         int64_t token;
@@ -214,17 +220,24 @@ TEST(Guard, DocumentedTestVectors) {
         bool green;
     };
     const std::vector<Vec> vecs = {
-        {{17}, 40, 0x3a938c3a313b37e5ull, true},        {{17}, 41, 0xc5bde2bf37e5dd8bull, false},
-        {{17}, 42, 0x5bd6af6cbcde7724ull, false},       {{17}, 44, 0x3cdc1328729f1898ull, true},
-        {{2}, 1, 0x15934ac4b9c92198ull, true},          {{1}, 2, 0xe7ef0c3180b692adull, false},
-        {{100, 200}, 5, 0x3e04eaba2f8c90b6ull, true},   {{100, 200}, 300, 0x739d3a3d921b7400ull, false},
-        {{5, 6, 7, 8}, 0, 0x09fe2e0085b9d52eull, true}, {{5, 6, 7, 8}, 9, 0xabef1d95752b8a8aull, false},
-        {{4294967295}, 7, 0xedf671c9df903fceull, false}, {{0}, 0, 0xaa1fe41bdccf534cull, false},
+        {{17}, 40, 0x3a938c3a313b37e5ull, true},
+        {{17}, 41, 0xc5bde2bf37e5dd8bull, false},
+        {{17}, 42, 0x5bd6af6cbcde7724ull, false},
+        {{17}, 44, 0x3cdc1328729f1898ull, true},
+        {{2}, 1, 0x15934ac4b9c92198ull, true},
+        {{1}, 2, 0xe7ef0c3180b692adull, false},
+        {{100, 200}, 5, 0x3e04eaba2f8c90b6ull, true},
+        {{100, 200}, 300, 0x739d3a3d921b7400ull, false},
+        {{5, 6, 7, 8}, 0, 0x09fe2e0085b9d52eull, true},
+        {{5, 6, 7, 8}, 9, 0xabef1d95752b8a8aull, false},
+        {{4294967295}, 7, 0xedf671c9df903fceull, false},
+        {{0}, 0, 0xaa1fe41bdccf534cull, false},
     };
     for (const Vec& v : vecs) {
         std::vector<int64_t> ids = v.context;
         ids.push_back(v.token);
-        EXPECT_EQ(watermark_hash(key.k, ids.data(), static_cast<int64_t>(ids.size())), v.hash) << v.token;
+        EXPECT_EQ(watermark_hash(key.k, ids.data(), static_cast<int64_t>(ids.size())), v.hash)
+            << v.token;
         const WatermarkOptions o = options(kTestKey, static_cast<int64_t>(v.context.size()));
         EXPECT_EQ(watermark_green(o, v.context.data(), v.token), v.green) << v.token;
     }
@@ -247,7 +260,8 @@ TEST(Guard, GreenMaskAndApply) {
     torch::Tensor before = logits.clone();
     watermark_apply(o, history, logits);
     torch::Tensor diff = logits - before;
-    for (int64_t v = 0; v < V; ++v) ASSERT_NEAR(diff[v].item<double>(), mask[v] ? 1.5 : 0.0, 1e-12) << v;
+    for (int64_t v = 0; v < V; ++v)
+        ASSERT_NEAR(diff[v].item<double>(), mask[v] ? 1.5 : 0.0, 1e-12) << v;
 
     // fewer than h ids: left as they are
     torch::Tensor short_row = before.clone();
@@ -277,7 +291,8 @@ TEST(Guard, KeysAndOptionsAreChecked) {
         ADD_FAILURE() << "a missing key file was accepted";
     } catch (const Error& e) {
         EXPECT_NE(std::string(e.what()).find("does not exist"), std::string::npos) << e.what();
-        EXPECT_NE(std::string(e.what()).find("head -c 32 /dev/urandom"), std::string::npos) << e.what();
+        EXPECT_NE(std::string(e.what()).find("head -c 32 /dev/urandom"), std::string::npos)
+            << e.what();
     }
     write_file_atomic(dir + "/empty", "");
     try {
@@ -291,7 +306,8 @@ TEST(Guard, KeysAndOptionsAreChecked) {
     EXPECT_EQ(watermark_key_file(dir + "/k").k, 0x465e3d1bb721f33eull);
     write_file_atomic(dir + "/k2", kTestKey + "\n");
     EXPECT_NE(watermark_key_file(dir + "/k2").k, 0x465e3d1bb721f33eull);
-    for (double g : {0.0, 1.0, -0.5, 2.0}) EXPECT_THROW(watermark_check(options(kTestKey, 1, g)), Error) << g;
+    for (double g : {0.0, 1.0, -0.5, 2.0})
+        EXPECT_THROW(watermark_check(options(kTestKey, 1, g)), Error) << g;
     for (int64_t h : {0, 5}) EXPECT_THROW(watermark_check(options(kTestKey, h)), Error) << h;
     EXPECT_THROW(watermark_threshold(1.0), Error);
 }
@@ -351,7 +367,8 @@ TEST(Guard, EngineWatermarksEachSlotLikeGenerate) {
     greedy.temperature = 0;
     greedy.max_new_tokens = 12;
     greedy.watermark = options(kTestKey, 2);
-    const std::vector<std::vector<int64_t>> prompts = {{5, 9, 2}, {7, 8, 9, 10, 11}, {12}, {40, 41}};
+    const std::vector<std::vector<int64_t>> prompts = {
+        {5, 9, 2}, {7, 8, 9, 10, 11}, {12}, {40, 41}};
     std::vector<std::vector<int64_t>> want;
     for (const auto& p : prompts) want.push_back(generate(m, p, greedy));
 
@@ -379,7 +396,8 @@ TEST(Guard, EngineWatermarksEachSlotLikeGenerate) {
         all.insert(all.end(), want[i].begin(), want[i].end());
         // delta = 2 outweighs a random model's logit spread: every watermarked choice is green
         for (size_t t = std::max<size_t>(prompts[i].size(), 2); t < all.size(); ++t)
-            EXPECT_TRUE(watermark_green(*greedy.watermark, all.data() + t - 2, all[t])) << i << " " << t;
+            EXPECT_TRUE(watermark_green(*greedy.watermark, all.data() + t - 2, all[t]))
+                << i << " " << t;
         changed += generate(m, prompts[i], plain) != want[i];
     }
     EXPECT_GT(changed, 0) << "the watermark changed nothing";
@@ -408,7 +426,8 @@ TEST(Guard, EngineScoresPromptsWithTheWatermarkedLogits) {
     const std::vector<TokenLogprob> lps = got.get_future().get();
     EXPECT_EQ(done.get_future().get(), FinishReason::Length);
     ASSERT_EQ(lps.size(), prompt.size() - 1);
-    torch::Tensor logits = m->forward(torch::tensor(prompt).unsqueeze(0)).squeeze(0).to(torch::kFloat64);  // (T, V)
+    torch::Tensor logits =
+        m->forward(torch::tensor(prompt).unsqueeze(0)).squeeze(0).to(torch::kFloat64);  // (T, V)
     int64_t moved = 0;
     for (size_t i = 0; i + 1 < prompt.size(); ++i) {
         torch::Tensor row = logits[i].clone();
@@ -427,12 +446,15 @@ TEST(Guard, EngineScoresPromptsWithTheWatermarkedLogits) {
 TEST(Guard, WatermarkedGenerateIsDetectedAndAWrongKeyIsNot) {
     Fixture& f = fixture();
     const std::string dir = temp_dir("guard-generate");
-    std::cerr << "the model samples among " << f.words << " whole-word tokens of " << f.tok.vocab_size() << "\n";
+    std::cerr << "the model samples among " << f.words << " whole-word tokens of "
+              << f.tok.vocab_size() << "\n";
     ASSERT_GT(f.words, 300);
     for (int64_t h : {1, 3}) {
-        const std::string text = dir + "/text-" + std::to_string(h) + ".txt", err = dir + "/err.txt";
-        ASSERT_EQ(run_distill("generate -m " + f.model + " -p 'kalo mine' -n 250 --seed 4 --watermark-key-file " +
-                                  f.key + " --wm-context " + std::to_string(h),
+        const std::string text = dir + "/text-" + std::to_string(h) + ".txt",
+                          err = dir + "/err.txt";
+        ASSERT_EQ(run_distill("generate -m " + f.model +
+                                  " -p 'kalo mine' -n 250 --seed 4 --watermark-key-file " + f.key +
+                                  " --wm-context " + std::to_string(h),
                               text, err),
                   0)
             << read_file(err);
@@ -448,7 +470,9 @@ TEST(Guard, WatermarkedGenerateIsDetectedAndAWrongKeyIsNot) {
         EXPECT_GT(w["p"].get<double>(), 1e-3) << w.dump();
         EXPECT_LT(std::fabs(w["z"].get<double>()), 3) << w.dump();
         // the same model without the watermark: no detection
-        ASSERT_EQ(run_distill("generate -m " + f.model + " -p 'kalo mine' -n 250 --seed 4", text, err), 0);
+        ASSERT_EQ(
+            run_distill("generate -m " + f.model + " -p 'kalo mine' -n 250 --seed 4", text, err),
+            0);
         json c = detect_cli(dir, read_file(text), f.key, "--wm-context " + std::to_string(h));
         std::cerr << "h=" << h << " no watermark: " << c.dump() << "\n";
         EXPECT_GT(c["p"].get<double>(), 1e-3) << c.dump();
@@ -462,7 +486,11 @@ TEST(Guard, WatermarkedServeIsDetected) {
     ASSERT_GT(s.port(), 0);
     httplib::Client c("127.0.0.1", s.port());
     c.set_read_timeout(120);
-    json req = {{"model", "model"}, {"prompt", "she said that"}, {"max_tokens", 250}, {"temperature", 1}, {"seed", 9}};
+    json req = {{"model", "model"},
+                {"prompt", "she said that"},
+                {"max_tokens", 250},
+                {"temperature", 1},
+                {"seed", 9}};
     auto res = c.Post("/v1/completions", req.dump(), "application/json");
     ASSERT_TRUE(res) << "no answer";
     ASSERT_EQ(res->status, 200) << res->body;
@@ -482,34 +510,43 @@ TEST(Guard, KeyFileErrorsAndShortTexts) {
     write_file_atomic(dir + "/in.txt", "the house");
     const std::string err = dir + "/err.txt";
     for (const std::string& cmd :
-         {"guard detect --tokenizer " + f.model + " --key-file " + dir + "/missing < " + dir + "/in.txt",
-          "guard detect --tokenizer " + f.model + " --key-file " + dir + "/empty < " + dir + "/in.txt",
+         {"guard detect --tokenizer " + f.model + " --key-file " + dir + "/missing < " + dir +
+              "/in.txt",
+          "guard detect --tokenizer " + f.model + " --key-file " + dir + "/empty < " + dir +
+              "/in.txt",
           "generate -m " + f.model + " -p hi --watermark-key-file " + dir + "/missing",
           "generate -m " + f.model + " -p hi --watermark-key-file " + dir + "/empty",
           "serve -m " + f.model + " --port 0 --watermark-key-file " + dir + "/empty"}) {
         EXPECT_EQ(run_distill(cmd, "", err), 1) << cmd;
         const std::string e = read_file(err);
-        EXPECT_TRUE(e.find("does not exist") != std::string::npos || e.find("is empty") != std::string::npos) << e;
+        EXPECT_TRUE(e.find("does not exist") != std::string::npos ||
+                    e.find("is empty") != std::string::npos)
+            << e;
         EXPECT_NE(e.find("head -c 32 /dev/urandom"), std::string::npos) << e;
     }
     // --wm-gamma without a key is a usage error
-    EXPECT_EQ(run_distill("generate -m " + f.model + " -p hi --wm-gamma 0.5", "", err), 2) << read_file(err);
+    EXPECT_EQ(run_distill("generate -m " + f.model + " -p hi --wm-gamma 0.5", "", err), 2)
+        << read_file(err);
 
     // too short for the context: a result without p, and a reason
     json r = detect_cli(dir, "the", f.key, "--wm-context 4");
     EXPECT_TRUE(r["p"].is_null()) << r.dump();
     EXPECT_TRUE(r["log10_p"].is_null()) << r.dump();
     EXPECT_EQ(r["scored"], 0);
-    EXPECT_NE(r["reason"].get<std::string>().find("not enough tokens"), std::string::npos) << r.dump();
+    EXPECT_NE(r["reason"].get<std::string>().find("not enough tokens"), std::string::npos)
+        << r.dump();
     json e = detect_cli(dir, "", f.key);
     EXPECT_EQ(e["tokens"], 0);
     EXPECT_TRUE(e["p"].is_null());
 
     // --jsonl: a string, an object, a blank line (skipped), a short text; one line out per text
-    const std::string lines = "\"she said that the garden was\"\n{\"text\": \"the house\"}\n\n\"a\"\n";
+    const std::string lines =
+        "\"she said that the garden was\"\n{\"text\": \"the house\"}\n\n\"a\"\n";
     const std::string in = dir + "/in.jsonl", out = dir + "/out.jsonl";
     write_file_atomic(in, lines);
-    ASSERT_EQ(run_distill("guard detect --jsonl --key-file " + f.key + " --tokenizer " + f.model + " < " + in, out, err),
+    ASSERT_EQ(run_distill("guard detect --jsonl --key-file " + f.key + " --tokenizer " + f.model +
+                              " < " + in,
+                          out, err),
               0)
         << read_file(err);
     std::vector<json> got;
@@ -522,11 +559,14 @@ TEST(Guard, KeyFileErrorsAndShortTexts) {
     }
     ASSERT_EQ(got.size(), 3u) << all;
     EXPECT_TRUE(got[0]["p"].is_number());
-    EXPECT_EQ(got[1]["tokens"].get<int64_t>(), static_cast<int64_t>(f.tok.encode("the house").size()));
+    EXPECT_EQ(got[1]["tokens"].get<int64_t>(),
+              static_cast<int64_t>(f.tok.encode("the house").size()));
     EXPECT_TRUE(got[2]["p"].is_null());
     // a line that is neither: exit 1, naming the line
     write_file_atomic(in, "\"ok\"\n[1, 2]\n");
-    EXPECT_EQ(run_distill("guard detect --jsonl --key-file " + f.key + " --tokenizer " + f.model + " < " + in, out, err),
+    EXPECT_EQ(run_distill("guard detect --jsonl --key-file " + f.key + " --tokenizer " + f.model +
+                              " < " + in,
+                          out, err),
               1);
     EXPECT_NE(read_file(err).find("stdin line 2"), std::string::npos) << read_file(err);
 }
@@ -537,8 +577,9 @@ namespace {
 
 // Generates `n` texts with the engine (batched): each a one-token prompt and `len` sampled
 // tokens, with or without a watermark. Returns prompt + sampled ids.
-std::vector<std::vector<int64_t>> engine_texts(Llama& m, int64_t n, int64_t len, uint64_t seed,
-                                               const std::optional<WatermarkOptions>& wm = std::nullopt) {
+std::vector<std::vector<int64_t>> engine_texts(
+    Llama& m, int64_t n, int64_t len, uint64_t seed,
+    const std::optional<WatermarkOptions>& wm = std::nullopt) {
     Engine engine(m, 32);
     const int64_t V = m->config().vocab_size;
     std::vector<std::vector<int64_t>> texts(n);
@@ -567,21 +608,26 @@ std::vector<std::vector<int64_t>> engine_texts(Llama& m, int64_t n, int64_t len,
 // python3-xxhash or python3-scipy is missing.
 bool python_ready() {
     if (run("/usr/bin/python3 -c 'import xxhash, scipy.stats' 2>/dev/null") == 0) return true;
-    const std::string why = "Python's xxhash or scipy is missing: apt-get install python3-xxhash python3-scipy "
-                            "(scripts/setup.sh --tests)";
-    if (std::getenv("CI")) ADD_FAILURE() << "CI is set but " << why;
-    else std::cerr << "skipped: " << why << "\n";
+    const std::string why =
+        "Python's xxhash or scipy is missing: apt-get install python3-xxhash python3-scipy "
+        "(scripts/setup.sh --tests)";
+    if (std::getenv("CI"))
+        ADD_FAILURE() << "CI is set but " << why;
+    else
+        std::cerr << "skipped: " << why << "\n";
     return false;
 }
 
 json reference(const std::string& mode, const json& in, const std::string& dir) {
     write_file_atomic(dir + "/" + mode + "-in.json", in.dump());
-    const int rc = run_python("tests/ref/guard_ref.py",
-                              mode + " " + dir + "/" + mode + "-in.json " + dir + "/" + mode + "-out.json");
+    const int rc =
+        run_python("tests/ref/guard_ref.py",
+                   mode + " " + dir + "/" + mode + "-in.json " + dir + "/" + mode + "-out.json");
     EXPECT_EQ(rc, 0) << "guard_ref.py " << mode << " failed";
     if (rc != 0) return json();
     json out = json::parse(read_file(dir + "/" + mode + "-out.json"));
-    std::cerr << "guard_ref.py " << mode << ": xxhash " << out["xxhash"] << ", scipy " << out["scipy"] << "\n";
+    std::cerr << "guard_ref.py " << mode << ": xxhash " << out["xxhash"] << ", scipy "
+              << out["scipy"] << "\n";
     return out["result"];
 }
 
@@ -622,10 +668,10 @@ TEST(GuardRef, GreenTestMatchesPythonXxhash) {
         const int64_t h = 1 + static_cast<int64_t>(rng() % kWatermarkMaxContext);
         for (int64_t j = 0; j <= h; ++j) {
             const uint64_t kind = rng() % 4;  // small ids, vocabulary-sized ids, any u32, the edges
-            int64_t id = kind == 0 ? int64_t(rng() % 300)
-                       : kind == 1 ? int64_t(rng() % 152000)
-                       : kind == 2 ? int64_t(rng() & 0xFFFFFFFFull)
-                                   : (rng() % 2 ? 0 : 0xFFFFFFFFll);
+            int64_t id = kind == 0   ? int64_t(rng() % 300)
+                         : kind == 1 ? int64_t(rng() % 152000)
+                         : kind == 2 ? int64_t(rng() & 0xFFFFFFFFull)
+                                     : (rng() % 2 ? 0 : 0xFFFFFFFFll);
             c.ids.push_back(id);
         }
         c.gamma = gammas[i % gammas.size()];
@@ -642,7 +688,8 @@ TEST(GuardRef, GreenTestMatchesPythonXxhash) {
         ASSERT_EQ(o.key.k, ref[i]["k"].get<uint64_t>()) << i;
         ASSERT_EQ(o.key.id, ref[i]["key_id"].get<uint64_t>()) << i;
         ASSERT_EQ(watermark_hash(o.key.k, c.ids.data(), n), ref[i]["hash"].get<uint64_t>()) << i;
-        ASSERT_EQ(watermark_threshold(c.gamma), ref[i]["threshold"].get<uint64_t>()) << "gamma " << c.gamma;
+        ASSERT_EQ(watermark_threshold(c.gamma), ref[i]["threshold"].get<uint64_t>())
+            << "gamma " << c.gamma;
         const bool g = watermark_green(o, c.ids.data(), c.ids.back());
         ASSERT_EQ(g, ref[i]["green"].get<bool>()) << i;
         // the mask over a small vocabulary agrees at the case's token when it is in range
@@ -664,26 +711,33 @@ TEST(GuardRef, BinomialTailMatchesScipyAndAnExactSum) {
         double gamma;
         bool exact;
     };
-    std::vector<Case> cases = {{200, 59, 0.25, true}, {200, 70, 0.25, true}, {200, 100, 0.25, true}};
+    std::vector<Case> cases = {
+        {200, 59, 0.25, true}, {200, 70, 0.25, true}, {200, 100, 0.25, true}};
     for (double g : {0.25, 0.1, 0.5, 0.75, 0.9, 0.01}) {
         for (int64_t T : {1, 2, 3, 5, 10, 31, 100, 200, 512, 1000, 2000, 10000, 100000, 1000000}) {
-            // every S for small T; otherwise a grid from the bottom through the mean into the far tail
+            // every S for small T; otherwise a grid from the bottom through the mean into the far
+            // tail
             std::set<int64_t> ss;
             if (T <= 31) {
                 for (int64_t S = 0; S <= T; ++S) ss.insert(S);
             } else {
                 const double mean = g * T, sd = std::sqrt(T * g * (1 - g));
-                for (double k : {-10.0, -3.0, -1.0, -0.3, 0.0, 0.3, 1.0, 2.0, 3.0, 5.0, 8.0, 12.0, 20.0, 30.0, 50.0})
-                    ss.insert(std::clamp<int64_t>(static_cast<int64_t>(std::llround(mean + k * sd)), 0, T));
-                for (double frac : {0.0, 0.02, 0.5, 0.6, 0.75, 0.9, 0.99, 1.0}) ss.insert(static_cast<int64_t>(frac * T));
+                for (double k : {-10.0, -3.0, -1.0, -0.3, 0.0, 0.3, 1.0, 2.0, 3.0, 5.0, 8.0, 12.0,
+                                 20.0, 30.0, 50.0})
+                    ss.insert(std::clamp<int64_t>(static_cast<int64_t>(std::llround(mean + k * sd)),
+                                                  0, T));
+                for (double frac : {0.0, 0.02, 0.5, 0.6, 0.75, 0.9, 0.99, 1.0})
+                    ss.insert(static_cast<int64_t>(frac * T));
                 ss.insert(T - 1);
                 ss.insert(1);
             }
-            for (int64_t S : ss) cases.push_back({T, S, g, T <= 1000 || (T <= 2000 && S >= 0.6 * T)});
+            for (int64_t S : ss)
+                cases.push_back({T, S, g, T <= 1000 || (T <= 2000 && S >= 0.6 * T)});
         }
     }
     json in = json::array();
-    for (const Case& c : cases) in.push_back({{"T", c.T}, {"S", c.S}, {"gamma", c.gamma}, {"exact", c.exact}});
+    for (const Case& c : cases)
+        in.push_back({{"T", c.T}, {"S", c.S}, {"gamma", c.gamma}, {"exact", c.exact}});
     json ref = reference("binom", in, dir);
     ASSERT_EQ(ref.size(), cases.size());
     double worst_rel = 0, worst_log = 0;
@@ -692,8 +746,8 @@ TEST(GuardRef, BinomialTailMatchesScipyAndAnExactSum) {
         const Case& c = cases[i];
         const BinomialTail t = binomial_tail(c.T, c.S, c.gamma);
         const double sf = ref[i]["sf"].get<double>();
-        const std::string what = str_cat("T=", c.T, " S=", c.S, " gamma=", c.gamma, ": p=", t.p, " log10_p=",
-                                         t.log10_p, " scipy=", sf);
+        const std::string what = str_cat("T=", c.T, " S=", c.S, " gamma=", c.gamma, ": p=", t.p,
+                                         " log10_p=", t.log10_p, " scipy=", sf);
         if (sf >= 1e-300) {
             ASSERT_GT(t.p, 0.0) << what;
             const double rel = std::fabs(t.p / sf - 1);
@@ -710,8 +764,8 @@ TEST(GuardRef, BinomialTailMatchesScipyAndAnExactSum) {
         }
     }
     std::cerr << cases.size() << " cases; worst relative error against scipy " << worst_rel
-              << "; worst |log10 p - exact| " << worst_log << "; " << deep << " cases with 1e-300 <= p < 1e-100, "
-              << below << " below 1e-300\n";
+              << "; worst |log10 p - exact| " << worst_log << "; " << deep
+              << " cases with 1e-300 <= p < 1e-100, " << below << " below 1e-300\n";
     EXPECT_GT(deep, 20);
     EXPECT_GT(below, 20);
 }
@@ -722,7 +776,8 @@ namespace {
 struct PValues {
     std::vector<double> p, randomized;
 };
-PValues p_values(const WatermarkOptions& o, const std::vector<std::vector<int64_t>>& texts, uint64_t seed) {
+PValues p_values(const WatermarkOptions& o, const std::vector<std::vector<int64_t>>& texts,
+                 uint64_t seed) {
     PValues out;
     std::mt19937_64 rng(seed);
     std::uniform_real_distribution<double> u(0, 1);
