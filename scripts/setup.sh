@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Installs what distill needs on Debian 12 (run as root, or with sudo available).
 #   scripts/setup.sh          build and run dependencies
-#   scripts/setup.sh --tests  also the test references: GoogleTest, PyTorch in Python, Node.js and
-#                             the pinned npm packages in tests/node (HF tokenizers, ...)
+#   scripts/setup.sh --tests  also the test references: GoogleTest, PyTorch, xxhash and scipy in
+#                             Python, Node.js and the pinned npm packages in tests/node (HF
+#                             tokenizers, ...)
 #   scripts/setup.sh --fuzz   also clang-14 and its libFuzzer/sanitizer runtimes (scripts/fuzz.sh)
 # Packages already installed are not touched, so a second run takes a second.
 set -euo pipefail
@@ -22,7 +23,7 @@ pkgs=(build-essential cmake ninja-build pkg-config ccache
       libcpp-httplib-dev
       r-base-core r-cran-janeaustenr)
 if [ "$with_tests" = 1 ]; then
-  pkgs+=(libgtest-dev python3-torch python3-numpy python3-jinja2 xz-utils)
+  pkgs+=(libgtest-dev python3-torch python3-numpy python3-jinja2 python3-xxhash python3-scipy xz-utils)
   command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1 || pkgs+=(nodejs npm)
 fi
 # libclang-rt-14-dev holds the libFuzzer runtime that -fsanitize=fuzzer links.

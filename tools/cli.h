@@ -4,8 +4,10 @@
 
 #include <CLI/CLI.hpp>
 #include <functional>
+#include <optional>
 #include <string>
 
+#include "guard/watermark.h"
 #include "util/error.h"
 
 namespace distill {
@@ -38,6 +40,7 @@ public:
 // numeric flag has an upper bound too: a count too large to mean anything is a usage error.
 CLI::Validator in_range(double lo, double hi);     // lo <= x <= hi
 CLI::Validator above_up_to(double lo, double hi);  // lo < x <= hi
+CLI::Validator above_below(double lo, double hi);  // lo < x < hi
 
 // The shared vocabulary: one name per concept, the same in every command.
 CLI::Option* add_model(CLI::App* c, std::string& v, const std::string& what = "the model");
@@ -50,6 +53,19 @@ CLI::Option* add_tokenizer(CLI::App* c, std::string& v);
 void add_train_flags(CLI::App* c, TrainOptions& o);
 // --seq-len / --stride / --batch-size of sliding-window scoring (eval, score).
 void add_window_flags(CLI::App* c, WindowOptions& w);
+
+// The watermark (docs/guard.md): the key file and the settings, read when the command runs.
+struct WatermarkFlags {
+    std::string key_file;
+    WatermarkOptions options;
+    // The options with the key read from key_file (an Error if it is missing or empty); none
+    // when no key file was given.
+    std::optional<WatermarkOptions> resolve() const;
+};
+// Sampling (generate, serve): --watermark-key-file, --wm-gamma, --wm-delta, --wm-context, the
+// last three only with the first. Detection (guard): --key-file (required), --wm-gamma,
+// --wm-context.
+void add_watermark_flags(CLI::App* c, WatermarkFlags& w, bool sampling);
 
 // The JSON line pretrain and train print when they finish.
 void print_train_result(const std::string& run_dir, const TrainResult& r);
@@ -68,5 +84,6 @@ Command add_tokenize(CLI::App& app);
 Command add_chat_template(CLI::App& app);
 Command add_export(CLI::App& app);
 Command add_serve(CLI::App& app);
+Command add_guard(CLI::App& app);
 
 }  // namespace distill::cli

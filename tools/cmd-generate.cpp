@@ -1,4 +1,5 @@
 // distill generate — sample from a model, printing as it goes; stops on the model's EOS ids.
+// With --watermark-key-file the sampled tokens carry the watermark of docs/guard.md.
 #include <iostream>
 
 #include "cli.h"
@@ -13,9 +14,11 @@ namespace {
 struct Options {
     std::string model, prompt;
     SamplingOptions sampling;
+    WatermarkFlags watermark;
 };
 
 int run(Options& o) {
+    o.sampling.watermark = o.watermark.resolve();
     LoadedModel m = load_model(o.model);
     DISTILL_CHECK(m.has_tokenizer, o.model, " has no tokenizer");
     std::vector<int64_t> prompt = encode_for_eval(m.tokenizer, o.prompt);
@@ -56,6 +59,7 @@ Command add_generate(CLI::App& app) {
     c->add_option("--top-p", s.top_p, "nucleus sampling: the smallest set with this mass (1 = off)")
         ->check(above_up_to(0, 1))->capture_default_str();
     add_seed(c, s.seed);
+    add_watermark_flags(c, o->watermark, /*sampling=*/true);
     return {c, [o] { return run(*o); }};
 }
 

@@ -1,4 +1,6 @@
 // distill serve — an OpenAI-compatible HTTP server for a model (docs/serve.md).
+#include <cstdio>
+
 #include "cli.h"
 #include "serve/server.h"
 
@@ -41,7 +43,16 @@ Command add_serve(CLI::App& app) {
     c->add_option("--fault-seed", o->fault_seed, "which requests get faults")->group(testing);
     c->add_option("--fault-delay", o->fault_delay_s, "seconds a 'timeout' fault waits before answering")
         ->check(in_range(0, 3600))->capture_default_str()->group(testing);
-    return {c, [o] { return serve(*o); }};
+    auto wm = std::make_shared<WatermarkFlags>();
+    add_watermark_flags(c, *wm, /*sampling=*/true);
+    return {c, [o, wm] {
+                o->watermark = wm->resolve();
+                if (const auto& w = o->watermark)
+                    std::fprintf(stderr, "serve: watermarking with key %s (gamma %g, delta %g, context %lld)\n",
+                                 watermark_key_id_hex(w->key).c_str(), w->gamma, w->delta,
+                                 static_cast<long long>(w->context));
+                return serve(*o);
+            }};
 }
 
 }  // namespace distill::cli

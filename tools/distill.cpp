@@ -32,7 +32,7 @@ int main(int argc, char** argv) {
         cli::add_pretrain(app), cli::add_capture(app),         cli::add_train(app),
         cli::add_eval(app),     cli::add_score(app),           cli::add_generate(app),
         cli::add_tokenize(app), cli::add_chat_template(app),   cli::add_export(app),
-        cli::add_serve(app),
+        cli::add_serve(app),    cli::add_guard(app),
     };
 
     try {

@@ -44,6 +44,10 @@ CLI::Validator above_up_to(double lo, double hi) {
     return number_check("in (" + num(lo) + ", " + num(hi) + "]", [lo, hi](double v) { return v > lo && v <= hi; });
 }
 
+CLI::Validator above_below(double lo, double hi) {
+    return number_check("in (" + num(lo) + ", " + num(hi) + ")", [lo, hi](double v) { return v > lo && v < hi; });
+}
+
 CLI::Option* add_model(CLI::App* c, std::string& v, const std::string& what) {
     return c->add_option("-m,--model", v, what + ": a model directory (HF layout) or a .gguf file");
 }
@@ -90,6 +94,35 @@ void add_window_flags(CLI::App* c, WindowOptions& w) {
     c->add_option("--stride", w.stride, "new tokens scored per window after the first (<= --seq-len)")
         ->check(in_range(1, 1 << 20))->capture_default_str();
     add_batch_size(c, w.batch, "windows evaluated together");
+}
+
+std::optional<WatermarkOptions> WatermarkFlags::resolve() const {
+    if (key_file.empty()) return std::nullopt;
+    WatermarkOptions o = options;
+    o.key = watermark_key_file(key_file);
+    watermark_check(o);
+    return o;
+}
+
+void add_watermark_flags(CLI::App* c, WatermarkFlags& w, bool sampling) {
+    WatermarkOptions& o = w.options;
+    const std::string group = "Watermark (docs/guard.md)";
+    CLI::Option* key = sampling
+        ? c->add_option("--watermark-key-file", w.key_file,
+                        "watermark what is sampled with the secret key in this file (any bytes; e.g. 32 from /dev/urandom)")
+        : c->add_option("--key-file", w.key_file, "the watermark's secret key file")->required();
+    key->group(group);
+    std::vector<CLI::Option*> opts = {
+        c->add_option("--wm-gamma", o.gamma, "the green fraction of the vocabulary")->check(above_below(0, 1)),
+        c->add_option("--wm-context", o.context, "previous tokens that pick the green list (h)")
+            ->check(in_range(1, kWatermarkMaxContext)),
+    };
+    if (sampling)
+        opts.push_back(c->add_option("--wm-delta", o.delta, "added to the logits of green tokens")->check(in_range(0, 100)));
+    for (CLI::Option* opt : opts) {
+        opt->capture_default_str()->group(group);
+        if (sampling) opt->needs(key);
+    }
 }
 
 void print_train_result(const std::string& run_dir, const TrainResult& r) {

@@ -59,8 +59,10 @@ std::vector<int64_t> generate(Llama& model, const std::vector<int64_t>& prompt,
     auto logits = model->forward(ids, &cache).select(1, -1).squeeze(0);  // (V)
     std::vector<int64_t> out;
     for (int64_t i = 0; i < opts.max_new_tokens; ++i) {
+        if (opts.watermark) watermark_apply(*opts.watermark, ctx, logits);
         int64_t next = sample_token(logits, opts, rng);
         out.push_back(next);
+        if (opts.watermark) ctx.push_back(next);
         if (on_token) on_token(next);
         if (std::find(opts.stop_ids.begin(), opts.stop_ids.end(), next) != opts.stop_ids.end()) break;
         if (cache.length() + 1 > max_len) break;

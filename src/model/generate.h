@@ -3,9 +3,11 @@
 
 #include <cstdint>
 #include <functional>
+#include <optional>
 #include <random>
 #include <vector>
 
+#include "guard/watermark.h"
 #include "model/llama.h"
 
 namespace distill {
@@ -17,9 +19,13 @@ struct SamplingOptions {
     uint64_t seed = 0;
     int64_t max_new_tokens = 64;
     std::vector<int64_t> stop_ids;  // stop when one of these is sampled (ModelConfig::stop_ids)
+    // Adds delta to the green logits (from the key and the last h ids, prompt included) before
+    // temperature / top-k / top-p; positions with fewer than h ids before them are left as they are.
+    std::optional<WatermarkOptions> watermark;
 };
 
-// Draws one id from logits (V) with the options' temperature / top-k / top-p.
+// Draws one id from logits (V) with the options' temperature / top-k / top-p (the watermark, if
+// any, is the caller's: watermark_apply before this).
 int64_t sample_token(const torch::Tensor& logits, const SamplingOptions& opts, std::mt19937_64& rng);
 
 // Generates up to max_new_tokens after `prompt` (non-empty). `on_token` (optional) sees each new

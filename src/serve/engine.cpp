@@ -122,7 +122,17 @@ void Engine::prefill(std::shared_ptr<GenRequest> r) {
     auto ids = torch::tensor(r->prompt, torch::kInt64).unsqueeze(0).to(dev);
     torch::Tensor logits = model_->forward(ids, &cache).squeeze(0);  // (T, V)
     if (r->prompt_logprobs && r->on_prompt) {
-        torch::Tensor lp = host_logprobs(logits.narrow(0, 0, T - 1));
+        torch::Tensor rows = logits.narrow(0, 0, T - 1).to(torch::kCPU, torch::kFloat64).contiguous();  // (T-1, V)
+        if (r->sampling.watermark) {
+            // a watermarked server scores with the logits it samples from: otherwise comparing an
+            // echo with a completion in the same context would give the green list away
+            const int64_t h = r->sampling.watermark->context;
+            std::vector<std::vector<int64_t>> recent(T - 1);
+            for (int64_t i = 0; i + 1 < T; ++i)
+                recent[i].assign(r->prompt.begin() + std::max<int64_t>(0, i + 1 - h), r->prompt.begin() + i + 1);
+            watermark_apply(*r->sampling.watermark, recent, rows);
+        }
+        torch::Tensor lp = host_logprobs(rows);
         std::vector<TokenLogprob> out;
         out.reserve(T - 1);
         for (int64_t i = 0; i + 1 < T; ++i) out.push_back(token_logprob(lp[i], r->prompt[i + 1], r->top_logprobs));
@@ -135,6 +145,7 @@ void Engine::prefill(std::shared_ptr<GenRequest> r) {
     auto slot = std::make_unique<Slot>();
     slot->req = r;
     slot->rng.seed(r->sampling.seed);
+    if (r->sampling.watermark) slot->history = r->prompt;
     const int64_t cap = std::min(T + r->sampling.max_new_tokens - 1, max_len_);
     slot->cache.adopt(cache, std::max(cap, T));
     if (!emit(*slot, logits[T - 1])) return;
@@ -145,7 +156,10 @@ void Engine::prefill(std::shared_ptr<GenRequest> r) {
 bool Engine::emit(Slot& s, const torch::Tensor& logits) {
     GenRequest& r = *s.req;
     torch::Tensor row = logits.to(torch::kCPU, torch::kFloat64).contiguous();
+    // the watermark's context is this slot's own last h ids; log-probs below are of what was sampled from
+    if (r.sampling.watermark) watermark_apply(*r.sampling.watermark, s.history, row);
     const int64_t id = sample_token(row, r.sampling, s.rng);
+    if (r.sampling.watermark) s.history.push_back(id);
     TokenLogprob t;
     if (r.logprobs) {
         t = token_logprob(host_logprobs(row), id, r.top_logprobs);

@@ -72,11 +72,13 @@ private:
         SlotCache cache;
         std::mt19937_64 rng;
         int64_t generated = 0, next = 0;
+        std::vector<int64_t> history;  // prompt + generated ids, kept when the request is watermarked
     };
     void loop();
     void prefill(std::shared_ptr<GenRequest> r);
     void step();
-    // Samples from logits (V) on the host, reports the token; false when the slot is done.
+    // Samples from logits (V) on the host (watermarked first if the request says so), reports the
+    // token; false when the slot is done.
     bool emit(Slot& s, const torch::Tensor& logits);
     void finish(Slot& s, FinishReason why, const std::string& error = "");
 

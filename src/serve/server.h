@@ -4,7 +4,10 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
+
+#include "guard/watermark.h"
 
 namespace distill {
 
@@ -30,6 +33,8 @@ struct ServeOptions {
     double fault_rate = 0;
     uint64_t fault_seed = 0;
     double fault_delay_s = 3;
+    // Watermark every sampled token (guard/watermark.h, docs/guard.md); none when unset.
+    std::optional<WatermarkOptions> watermark;
     // Prints "listening on http://HOST:PORT" once the port is bound (with port 0, the one chosen).
     bool announce = true;
 };

@@ -60,6 +60,11 @@ std::vector<Case> cases(const std::string& f, const std::string& d) {
         {"serve --model " + f + " --port 0", {"--parallel", "--max-body-bytes", "--max-tokens", "--max-queue"},
          {"--http-threads", "--rate-limit-rpm", "--rate-limit-tpm", "--max-prompt-tokens", "--max-top-logprobs",
           "--shutdown-timeout"}},
+        // the watermark's flags (docs/guard.md) need a key file
+        {"generate --model " + f + " --prompt hi --watermark-key-file " + f, {"--wm-gamma", "--wm-context"},
+         {"--wm-delta"}},
+        {"serve --model " + f + " --port 0 --watermark-key-file " + f, {"--wm-gamma", "--wm-context"}, {"--wm-delta"}},
+        {"guard detect --key-file " + f + " --tokenizer " + f, {"--wm-gamma", "--wm-context"}, {}},
     };
 }
 
@@ -134,7 +139,10 @@ TEST(Flags, UsageErrorsExit2) {
                                         "/s --heldout-fraction 0.1",  // without --heldout-out
                                     "eval --model " + f + " --text " + f + " --seq-len 8 --stride 9",
                                     "export --model " + f + " --out " + d + "/o --format hf --type q8_0",
-                                    "eval --model " + f + " --text " + f + " --device tpu"}) {
+                                    "eval --model " + f + " --text " + f + " --device tpu",
+                                    "generate --model " + f + " --prompt hi --wm-gamma 0.5",  // without a key
+                                    std::string("guard"),                                    // no subcommand
+                                    "guard detect --tokenizer " + f}) {                      // no --key-file
         Result r = run_raw(d, args);
         ASSERT_TRUE(WIFEXITED(r.status)) << args;
         EXPECT_EQ(WEXITSTATUS(r.status), args.find("--device tpu") != std::string::npos ? 1 : 2)

@@ -1,0 +1,102 @@
+#!/usr/bin/python3
+"""Independent references for src/guard (the watermark's green test and its statistics).
+
+Written from the definitions in docs/guard.md, with nothing taken from the C++ code:
+
+    guard_ref.py green IN.json OUT.json
+        IN: [{"key": hex bytes, "ids": [c_1, ..., c_h, v], "gamma": g}, ...]
+        OUT: [{"k", "key_id", "hash", "threshold", "green"}, ...] from Python's xxhash module
+        (Debian python3-xxhash): k = XXH3_64(key, 0), key_id = XXH3_64(key, 1),
+        hash = XXH3_64(u32-LE ids, k), threshold = floor(g * 2^64) in exact rational arithmetic.
+
+    guard_ref.py binom IN.json OUT.json
+        IN: [{"T", "S", "gamma", "exact": bool}, ...]
+        OUT: [{"sf": scipy.stats.binom.sf(S - 1, T, gamma) = P(Bin(T, gamma) >= S),
+               "log10_exact": log10 of the same tail summed exactly in rational arithmetic
+               (gamma taken as the exact value of its double), or null}, ...]
+
+    guard_ref.py ks IN.json OUT.json
+        IN: {"name": [p-values], ...}
+        OUT: {"name": {"n", "two_sided": {"statistic", "pvalue"}, "greater": {...}}, ...}
+        scipy.stats.kstest against Uniform(0, 1); "greater" tests whether the empirical CDF lies
+        above the uniform one (p-values too small: false alarms).
+"""
+
+import json
+import math
+import struct
+import sys
+from fractions import Fraction
+
+import scipy
+import scipy.stats
+import xxhash
+
+
+def green(cases):
+    out = []
+    for c in cases:
+        key = bytes.fromhex(c["key"])
+        k = xxhash.xxh3_64_intdigest(key, seed=0)
+        key_id = xxhash.xxh3_64_intdigest(key, seed=1)
+        data = struct.pack("<%dI" % len(c["ids"]), *c["ids"])
+        h = xxhash.xxh3_64_intdigest(data, seed=k)
+        threshold = math.floor(Fraction(c["gamma"]) * 2**64)
+        out.append({"k": k, "key_id": key_id, "hash": h, "threshold": threshold, "green": h < threshold})
+    return out
+
+
+def log10_int(n):
+    """log10 of a positive integer of any size."""
+    shift = max(0, n.bit_length() - 60)
+    return math.log10(n >> shift) + shift * math.log10(2)
+
+
+def exact_log10_tail(T, S, gamma):
+    """log10 P(Bin(T, g) >= S), g the exact rational value of the double gamma."""
+    g = Fraction(gamma)
+    a, d = g.numerator, g.denominator
+    b = d - a
+    total = 0
+    term = math.comb(T, S) * a**S * b ** (T - S)
+    for k in range(S, T + 1):
+        total += term
+        if k < T:
+            term = term * (T - k) * a // ((k + 1) * b)  # exact: C(T, k+1) a^(k+1) b^(T-k-1)
+    return log10_int(total) - T * log10_int(d)
+
+
+def binom(cases):
+    out = []
+    for c in cases:
+        T, S, g = c["T"], c["S"], c["gamma"]
+        sf = float(scipy.stats.binom.sf(S - 1, T, g))
+        ex = exact_log10_tail(T, S, g) if c.get("exact") else None
+        out.append({"sf": sf, "log10_exact": ex})
+    return out
+
+
+def ks(samples):
+    out = {}
+    for name, ps in samples.items():
+        r2 = scipy.stats.kstest(ps, "uniform", alternative="two-sided")
+        rg = scipy.stats.kstest(ps, "uniform", alternative="greater")
+        out[name] = {
+            "n": len(ps),
+            "two_sided": {"statistic": float(r2.statistic), "pvalue": float(r2.pvalue)},
+            "greater": {"statistic": float(rg.statistic), "pvalue": float(rg.pvalue)},
+        }
+    return out
+
+
+def main():
+    mode, src, dst = sys.argv[1:4]
+    with open(src) as f:
+        data = json.load(f)
+    result = {"green": green, "binom": binom, "ks": ks}[mode](data)
+    with open(dst, "w") as f:
+        json.dump({"xxhash": xxhash.VERSION, "scipy": scipy.__version__, "result": result}, f)
+
+
+if __name__ == "__main__":
+    main()
