@@ -18,13 +18,11 @@ std::vector<int64_t> encode_for_eval(const Tokenizer& tokenizer, const std::stri
 
 namespace {
 
-// Windows [begin, end) over N ids: the scored targets are ids[score_from .. end-1]; every target
-// from 1 to N-1 is scored exactly once, with a full context window whenever N allows.
-struct Window {
-    int64_t begin, end, score_from;
-};
+using Window = EvalWindow;
 
-std::vector<Window> plan_windows(int64_t N, const WindowOptions& opts) {
+}  // namespace
+
+std::vector<EvalWindow> plan_eval_windows(int64_t N, const WindowOptions& opts) {
     std::vector<Window> wins;
     int64_t scored_to = 1;
     for (int64_t begin = 0; scored_to < N; begin += opts.stride) {
@@ -38,6 +36,10 @@ std::vector<Window> plan_windows(int64_t N, const WindowOptions& opts) {
     }
     return wins;
 }
+
+namespace {
+
+std::vector<Window> plan_windows(int64_t N, const WindowOptions& opts) { return plan_eval_windows(N, opts); }
 
 void check_window_options(Llama& model, const WindowOptions& opts) {
     DISTILL_CHECK(opts.context >= 2 && opts.stride >= 1 && opts.stride <= opts.context,

@@ -20,6 +20,15 @@ struct WindowOptions {
     int64_t batch = 8;      // windows evaluated together
 };
 
+// One window of the sliding-window plan over N ids: tokens [begin, end) are fed to the model and
+// targets score_from .. end-1 are scored. Every target from 1 to N-1 is scored exactly once, with
+// a full context window whenever N allows (the plan for_each_window runs, and the remote scorer
+// asks an API for).
+struct EvalWindow {
+    int64_t begin, end, score_from;
+};
+std::vector<EvalWindow> plan_eval_windows(int64_t N, const WindowOptions& opts);
+
 // Runs `model` over `ids` (a BOS, if any, already in front) in sliding windows and calls
 // `visit(first, log_probs, targets)` for each window: positions first .. first+n-1 of `ids` are
 // the scored targets (each scored exactly once, with as much context as the window allows),
