@@ -566,7 +566,9 @@ int run_demo(const DemoOptions& o_in) {
         const json& c = api_report["capture"];
         if (c.is_object()) {
             int64_t total = 0;
-            for (const auto& [kind, n] : c["faults_injected"].items()) {
+            // as the server counted them (a dataset captured by an older distill has the client's count)
+            const json& by_kind = c.contains("faults_injected") ? c["faults_injected"] : c["errors"];
+            for (const auto& [kind, n] : by_kind.items()) {
                 faults += str_cat(faults.empty() ? "" : ", ", kind, " ", n.dump());
                 total += n.get<int64_t>();
             }
