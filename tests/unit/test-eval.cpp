@@ -17,6 +17,7 @@
 #include "eval/agreement.h"
 #include "eval/tasks.h"
 #include "model/checkpoint.h"
+#include "test-server.h"
 #include "test-util.h"
 #include "util/file.h"
 
@@ -91,42 +92,6 @@ std::string rstrip(const std::string& s) {
     return k == std::string::npos ? "" : s.substr(0, k + 1);
 }
 
-// `distill serve` as a child process on a free port (as in test-serve.cpp)
-class ServerProcess {
-public:
-    explicit ServerProcess(const std::string& model) {
-        log_ = temp_dir("eval-serve") + "/out.txt";
-        std::vector<std::string> args = {DISTILL_BINARY, "--threads", "1", "serve", "--model", model, "--port", "0"};
-        std::vector<char*> argv;
-        for (auto& a : args) argv.push_back(a.data());
-        argv.push_back(nullptr);
-        posix_spawn_file_actions_t fa;
-        posix_spawn_file_actions_init(&fa);
-        posix_spawn_file_actions_addopen(&fa, 1, log_.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-        posix_spawn_file_actions_adddup2(&fa, 1, 2);
-        EXPECT_EQ(posix_spawn(&pid_, DISTILL_BINARY, &fa, nullptr, argv.data(), environ), 0);
-        posix_spawn_file_actions_destroy(&fa);
-        const std::regex re("listening on http://127\\.0\\.0\\.1:([0-9]+)");
-        for (int i = 0; i < 600 && port_ == 0; ++i) {
-            std::smatch m;
-            std::string text = file_exists(log_) ? read_file(log_) : "";
-            if (std::regex_search(text, m, re)) port_ = std::stoi(m[1]);
-            else std::this_thread::sleep_for(std::chrono::milliseconds(50));
-        }
-        EXPECT_GT(port_, 0) << read_file(log_);
-    }
-    ~ServerProcess() {
-        kill(pid_, SIGTERM);
-        int st = 0;
-        waitpid(pid_, &st, 0);
-    }
-    std::string url() const { return "http://127.0.0.1:" + std::to_string(port_) + "/v1"; }
-
-private:
-    pid_t pid_ = -1;
-    int port_ = 0;
-    std::string log_;
-};
 
 }  // namespace
 
@@ -192,8 +157,8 @@ TEST(Eval, LmEvalResultsJsonHasLmEvalsShape) {
 TEST(Eval, RemoteScorerMatchesLocal) {
     Fixture& f = fixture();
     const std::string d = temp_dir("eval-remote");
-    ServerProcess server(f.model);
-    json out = eval_json("-m " + f.model + " --model-url " + server.url() + " --url-tokenizer " + f.model +
+    ServerProcess server(f.model, {});
+    json out = eval_json("-m " + f.model + " --model-url " + server.base_url() + " --url-tokenizer " + f.model +
                              " --text " + f.text + " --tasks " + f.task + " --seq-len 64 --stride 32 --samples 0",
                          d);
     ASSERT_EQ(out["models"].size(), 2u);

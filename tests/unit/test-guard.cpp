@@ -35,6 +35,7 @@
 #include "model/checkpoint.h"
 #include "model/generate.h"
 #include "serve/engine.h"
+#include "test-server.h"
 #include "test-util.h"
 #include "tokenizer/tokenizer.h"
 #include "util/error.h"
@@ -147,55 +148,6 @@ json detect_cli(const std::string& dir, const std::string& text, const std::stri
     return rc == 0 ? json::parse(read_file(out)) : json();
 }
 
-// `distill serve` as a child process on a free port.
-class ServerProcess {
-  public:
-    explicit ServerProcess(const std::vector<std::string>& extra) {
-        log_ = temp_dir("guard-serve") + "/out.txt";
-        std::vector<std::string> args = {DISTILL_BINARY, "--threads",     "1",      "serve",
-                                         "--model",      fixture().model, "--port", "0"};
-        args.insert(args.end(), extra.begin(), extra.end());
-        std::vector<char*> argv;
-        for (auto& a : args) argv.push_back(a.data());
-        argv.push_back(nullptr);
-        posix_spawn_file_actions_t fa;
-        posix_spawn_file_actions_init(&fa);
-        posix_spawn_file_actions_addopen(&fa, 1, log_.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-        posix_spawn_file_actions_adddup2(&fa, 1, 2);
-        EXPECT_EQ(posix_spawn(&pid_, DISTILL_BINARY, &fa, nullptr, argv.data(), environ), 0);
-        posix_spawn_file_actions_destroy(&fa);
-        const std::regex re("listening on http://127\\.0\\.0\\.1:([0-9]+)");
-        for (int i = 0; i < 600 && port_ == 0; ++i) {
-            std::smatch m;
-            std::string text = file_exists(log_) ? read_file(log_) : "";
-            if (std::regex_search(text, m, re))
-                port_ = std::stoi(m[1]);
-            else
-                std::this_thread::sleep_for(std::chrono::milliseconds(50));
-        }
-        EXPECT_GT(port_, 0) << "no port announced:\n" << read_file(log_);
-        for (int i = 0; i < 600 && port_ > 0; ++i) {
-            httplib::Client c("127.0.0.1", port_);
-            auto r = c.Get("/health");
-            if (r && r->status == 200) return;
-            std::this_thread::sleep_for(std::chrono::milliseconds(50));
-        }
-        ADD_FAILURE() << "server never became healthy:\n" << read_file(log_);
-    }
-    ~ServerProcess() {
-        if (pid_ > 0) {
-            kill(pid_, SIGTERM);
-            int st = 0;
-            waitpid(pid_, &st, 0);
-        }
-    }
-    int port() const { return port_; }
-
-  private:
-    pid_t pid_ = -1;
-    int port_ = 0;
-    std::string log_;
-};
 
 #endif  // !DISTILL_GUARD_REF
 
@@ -482,7 +434,7 @@ TEST(Guard, WatermarkedGenerateIsDetectedAndAWrongKeyIsNot) {
 TEST(Guard, WatermarkedServeIsDetected) {
     Fixture& f = fixture();
     const std::string dir = temp_dir("guard-serve");
-    ServerProcess s({"--watermark-key-file", f.key, "--wm-context", "2", "--wm-delta", "2"});
+    ServerProcess s(fixture().model, {"--watermark-key-file", f.key, "--wm-context", "2", "--wm-delta", "2"});
     ASSERT_GT(s.port(), 0);
     httplib::Client c("127.0.0.1", s.port());
     c.set_read_timeout(120);

@@ -22,6 +22,7 @@
 #include "model/generate.h"
 #include "distill/sequences.h"
 #include "serve/engine.h"
+#include "test-server.h"
 #include "test-util.h"
 #include "util/file.h"
 
@@ -73,71 +74,17 @@ Fixture& fixture() {
     return f;
 }
 
-// `distill serve` as a child process on a free port.
-class ServerProcess {
+// `distill serve` of the fixture's model (or `model`), served as "tiny"
+class TinyServer : public testing_util::ServerProcess {
 public:
-    // `healthy`: wait until /health says 200 (else only until the port is announced)
-    explicit ServerProcess(const std::vector<std::string>& extra, std::string model = "", bool healthy = true) {
-        Fixture& f = fixture();
-        if (model.empty()) model = f.model;
-        log_ = temp_dir("serve-proc") + "/out.txt";
-        std::vector<std::string> args = {DISTILL_BINARY, "--threads", "1", "serve", "--model", model,
-                                         "--port", "0", "--alias", "tiny"};
-        args.insert(args.end(), extra.begin(), extra.end());
-        std::vector<char*> argv;
-        for (auto& a : args) argv.push_back(a.data());
-        argv.push_back(nullptr);
-        posix_spawn_file_actions_t fa;
-        posix_spawn_file_actions_init(&fa);
-        posix_spawn_file_actions_addopen(&fa, 1, log_.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-        posix_spawn_file_actions_adddup2(&fa, 1, 2);
-        EXPECT_EQ(posix_spawn(&pid_, DISTILL_BINARY, &fa, nullptr, argv.data(), environ), 0);
-        posix_spawn_file_actions_destroy(&fa);
-        // the port it chose, then /health until the model is loaded
-        const std::regex re("listening on http://127\\.0\\.0\\.1:([0-9]+)");
-        for (int i = 0; i < 600 && port_ == 0; ++i) {
-            std::smatch m;
-            std::string text = file_exists(log_) ? read_file(log_) : "";
-            if (std::regex_search(text, m, re)) port_ = std::stoi(m[1]);
-            else std::this_thread::sleep_for(std::chrono::milliseconds(50));
-        }
-        EXPECT_GT(port_, 0) << "no port announced:\n" << read_file(log_);
-        if (!healthy) return;
-        for (int i = 0; i < 600; ++i) {
-            auto r = client().Get("/health");
-            if (r && r->status == 200) return;
-            std::this_thread::sleep_for(std::chrono::milliseconds(50));
-        }
-        ADD_FAILURE() << "server never became healthy:\n" << read_file(log_);
-    }
-    ~ServerProcess() {
-        if (pid_ > 0) stop();
-    }
-    httplib::Client client() const {
-        httplib::Client c("127.0.0.1", port_);
-        c.set_read_timeout(120);
-        return c;
-    }
-    std::string base_url() const { return "http://127.0.0.1:" + std::to_string(port_) + "/v1"; }
-    int port() const { return port_; }
-    pid_t pid() const { return pid_; }
-    // SIGTERM, then the exit status (128 + N for a signal).
-    int stop() {
-        kill(pid_, SIGTERM);
-        return wait();
-    }
-    int wait() {
-        int st = 0;
-        waitpid(pid_, &st, 0);
-        pid_ = -1;
-        return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
-    }
-    std::string log() const { return read_file(log_); }
+    explicit TinyServer(const std::vector<std::string>& extra, const std::string& model = "", bool healthy = true)
+        : testing_util::ServerProcess(model.empty() ? fixture().model : model, with_alias(extra), healthy) {}
 
 private:
-    pid_t pid_ = -1;
-    int port_ = 0;
-    std::string log_;
+    static std::vector<std::string> with_alias(std::vector<std::string> extra) {
+        extra.insert(extra.begin(), {"--alias", "tiny"});
+        return extra;
+    }
 };
 
 // A raw HTTP/1.1 request on a fresh connection; returns the socket.
@@ -221,7 +168,7 @@ TEST(Serve, EngineBatchesConcurrentRequestsAndMatchesGenerate) {
 TEST(Serve, OpenAiClientCallsAndErrorsParse) {
     const std::string dir = temp_dir("serve-openai");
     write_file_atomic(dir + "/keys", "# keys\nsk-test-one\nsk-test-two\n");
-    ServerProcess s({"--api-key-file", dir + "/keys", "--parallel", "3", "--max-body-bytes", "1048576"});
+    TinyServer s({"--api-key-file", dir + "/keys", "--parallel", "3", "--max-body-bytes", "1048576"});
     ASSERT_GT(s.port(), 0);
     const std::string out = dir + "/out.json";
     ASSERT_EQ(run("cd " + kNodeDir + " && node openai-client.mjs " + s.base_url() + " sk-test-two tiny " + out), 0);
@@ -358,7 +305,7 @@ TEST(Serve, EchoLogprobsEqualDistillScore) {
         while (std::getline(in, line))
             if (!line.empty()) score.push_back(json::parse(line));
     }
-    ServerProcess s({});
+    TinyServer s({});
     json body = {{"model", "tiny"}, {"prompt", text}, {"max_tokens", 0}, {"echo", true}, {"logprobs", 3}};
     auto res = s.client().Post("/v1/completions", body.dump(), "application/json");
     ASSERT_TRUE(res);
@@ -401,10 +348,10 @@ TEST(Serve, EchoLogprobsOfAGgufEqualLlamaCpp) {
                   "/llama.json"),
               0);
     const json ref = json::parse(read_file(dir + "/llama.json"))["logprobs"];
-    ServerProcess s({});
+    TinyServer s({});
     // the served model is the directory; the GGUF is served too, by its own process
-    ServerProcess g({}, gguf);
-    for (ServerProcess* p : {&s, &g}) {
+    TinyServer g({}, gguf);
+    for (TinyServer* p : {&s, &g}) {
         auto res = p->client().Post(
             "/v1/completions",
             json({{"prompt", ids}, {"max_tokens", 0}, {"echo", true}, {"logprobs", 1}}).dump(), "application/json");
@@ -445,7 +392,7 @@ TEST(Serve, GgufCarriesTheChatTemplate) {
                                  .dump();
     std::vector<int64_t> prompt_tokens;
     for (const std::string& m : {model, gguf, fixture().model}) {
-        ServerProcess s({}, m);
+        TinyServer s({}, m);
         auto r = s.client().Post("/v1/chat/completions", body, "application/json");
         ASSERT_TRUE(r && r->status == 200) << (r ? r->body : "no response");
         prompt_tokens.push_back(json::parse(r->body)["usage"]["prompt_tokens"].get<int64_t>());
@@ -458,7 +405,7 @@ TEST(Serve, GgufCarriesTheChatTemplate) {
 }
 
 TEST(Serve, HostileRequestsGetAnErrorObjectAndTheServerKeepsServing) {
-    ServerProcess s({"--max-body-bytes", "65536", "--rate-limit-rpm", "1000"});
+    TinyServer s({"--max-body-bytes", "65536", "--rate-limit-rpm", "1000"});
     auto cl = s.client();
     struct Case {
         std::string path, body;
@@ -526,7 +473,7 @@ TEST(Serve, HealthIs503WhileTheModelLoadsThen200) {
     const std::string config = read_file(model + "/config.json");
     std::filesystem::remove(model + "/config.json");
     ASSERT_EQ(mkfifo((model + "/config.json").c_str(), 0644), 0);
-    ServerProcess s({}, model, /*healthy=*/false);
+    TinyServer s({}, model, /*healthy=*/false);
     for (int i = 0; i < 3; ++i) {
         auto h = s.client().Get("/health");
         ASSERT_TRUE(h);
@@ -564,7 +511,7 @@ TEST(Serve, HealthIs503WhileTheModelLoadsThen200) {
 TEST(Serve, RateLimitGives429WithRetryAfter) {
     const std::string dir = temp_dir("serve-rate");
     write_file_atomic(dir + "/keys", "k1\nk2\n");
-    ServerProcess s({"--api-key-file", dir + "/keys", "--rate-limit-rpm", "2"});
+    TinyServer s({"--api-key-file", dir + "/keys", "--rate-limit-rpm", "2"});
     auto cl = s.client();
     httplib::Headers k1 = {{"Authorization", "Bearer k1"}}, k2 = {{"Authorization", "Bearer k2"}};
     const std::string body = R"({"prompt": "the", "max_tokens": 1})";
@@ -587,7 +534,7 @@ TEST(Serve, RateLimitGives429WithRetryAfter) {
 }
 
 TEST(Serve, SigtermLetsInFlightRequestsFinish) {
-    ServerProcess s({"--parallel", "2"});
+    TinyServer s({"--parallel", "2"});
     const std::string body = json({{"prompt", "the house"}, {"max_tokens", 240}, {"stream", true},
                                    {"temperature", 1.0}, {"seed", 3}})
                                  .dump();
@@ -670,10 +617,10 @@ TEST(ApiCapture, FaultsOnMoreThanAFifthOfRequestsLoseAndDuplicateNothing) {
     const std::string common = " --prompts " + prompts + " --samples 2 --concurrency 4 --max-tokens 16 --seed 11";
     // the reference: a capture with no faults
     {
-        ServerProcess s({"--parallel", "4"});
+        TinyServer s({"--parallel", "4"});
         ASSERT_EQ(run_distill("capture --teacher-url " + s.base_url() + common + " -o " + dir + "/clean"), 0);
     }
-    ServerProcess s({"--parallel", "4", "--inject-faults", "0.4", "--fault-seed", "1", "--fault-delay", "2"});
+    TinyServer s({"--parallel", "4", "--inject-faults", "0.4", "--fault-seed", "1", "--fault-delay", "2"});
     ASSERT_EQ(run_distill("capture --teacher-url " + s.base_url() + common + " --timeout 1 --backoff 0.02 -o " + dir +
                               "/faulty",
                           dir + "/summary.json"),
@@ -707,7 +654,7 @@ TEST(ApiCapture, FaultsOnMoreThanAFifthOfRequestsLoseAndDuplicateNothing) {
 TEST(ApiCapture, KillNineAndRerunContinuesWithoutLossOrDuplicates) {
     const std::string dir = temp_dir("api-capture-kill");
     const std::string prompts = write_prompts(dir, 40);
-    ServerProcess s({"--parallel", "2"});
+    TinyServer s({"--parallel", "2"});
     const std::string args = "capture --teacher-url " + s.base_url() + " --prompts " + prompts +
                              " --samples 2 --concurrency 2 --max-tokens 48 --seed 3 -o ";
     ASSERT_EQ(run_distill(args + dir + "/clean"), 0);
@@ -742,7 +689,7 @@ TEST(ApiCapture, KillNineAndRerunContinuesWithoutLossOrDuplicates) {
 TEST(ApiCapture, TokenCapAndAnEndpointWithoutLogprobs) {
     const std::string dir = temp_dir("api-capture-cap");
     const std::string prompts = write_prompts(dir, 20);
-    ServerProcess s({"--max-top-logprobs", "0"});  // refuses logprobs, as some endpoints do
+    TinyServer s({"--max-top-logprobs", "0"});  // refuses logprobs, as some endpoints do
     ASSERT_EQ(run_distill("capture --teacher-url " + s.base_url() + " --prompts " + prompts +
                               " --concurrency 1 --max-tokens 8 --max-teacher-tokens 60 -o " + dir + "/ds",
                           dir + "/summary.json"),
