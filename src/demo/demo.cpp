@@ -410,8 +410,9 @@ int run_demo(const DemoOptions& o_in) {
         ac.backoff_s = 0.05;
         ac.backoff_max_s = 2;
         // the dataset is named by what it is: the teacher, the prompts and the settings
-        ac.out = path_join(api_dir, "dataset-" + hash_hex(str_cat(teacher_fp, prompts_path, ac.max_tokens, ac.seed,
-                                                                   ac.top_logprobs)).substr(0, 12));
+        // (by content, not path: a moved run dir keeps its dataset)
+        ac.out = path_join(api_dir, "dataset-" + hash_hex(str_cat(teacher_fp, hash_hex(prompts_text), ac.max_tokens,
+                                                                   ac.seed, ac.top_logprobs)).substr(0, 12));
         ApiCaptureResult capres;
         std::map<std::string, int64_t> injected;  // as the server counted them
         const bool complete = file_exists(ac.out + "/samples.jsonl") &&
