@@ -13,12 +13,12 @@
 #include <filesystem>
 #include <mutex>
 #include <random>
-#include <regex>
 #include <set>
 #include <sstream>
 #include <thread>
 
 #include "util/error.h"
+#include "util/url.h"
 #include "util/file.h"
 #include "util/utf8.h"
 
@@ -83,17 +83,6 @@ std::string hex64(uint64_t h) {
     char b[17];
     std::snprintf(b, sizeof b, "%016llx", static_cast<unsigned long long>(h));
     return b;
-}
-
-// "http://host:port/v1" -> ("http://host:port", "/v1")
-std::pair<std::string, std::string> split_url(const std::string& url) {
-    static const std::regex re(R"(^(https?://[^/]+)(/.*)?$)");
-    std::smatch m;
-    if (!std::regex_match(url, m, re))
-        throw Error(str_cat("--teacher-url '", url, "' is not an http:// or https:// URL (e.g. http://127.0.0.1:8000/v1)"));
-    std::string path = m[2].matched ? m[2].str() : "";
-    while (!path.empty() && path.back() == '/') path.pop_back();
-    return {m[1].str(), path};
 }
 
 // The dataset's samples.jsonl: what is in it, and an appender that fsyncs each line.
@@ -250,7 +239,7 @@ ApiCaptureResult capture_from_api(const ApiCaptureOptions& o) {
     const auto t0 = Clock::now();
     DISTILL_CHECK(o.concurrency >= 1 && o.samples >= 1, "--concurrency and --samples must be at least 1");
     const std::vector<PromptLine> prompts = read_prompts(o.prompts);
-    const auto [base, prefix] = split_url(o.url);
+    const auto [base, prefix] = split_api_url(o.url, "--teacher-url");
     auto make_client = [&, base = base] {
         auto c = std::make_unique<httplib::Client>(base);
         const time_t s = static_cast<time_t>(o.timeout_s);

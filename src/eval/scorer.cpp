@@ -9,10 +9,10 @@
 #include <nlohmann/json.hpp>
 #include <numeric>
 #include <random>
-#include <regex>
 #include <thread>
 
 #include "util/error.h"
+#include "util/url.h"
 #include "util/progress.h"
 
 namespace distill {
@@ -115,21 +115,10 @@ private:
     LoadedModel& m_;
 };
 
-// "http://host:port/v1" -> ("http://host:port", "/v1")
-std::pair<std::string, std::string> split_url(const std::string& url) {
-    static const std::regex re(R"(^(https?://[^/]+)(/.*)?$)");
-    std::smatch m;
-    if (!std::regex_match(url, m, re))
-        throw Error(str_cat("--model-url '", url, "' is not an http:// or https:// URL (e.g. http://127.0.0.1:8000/v1)"));
-    std::string path = m[2].matched ? m[2].str() : "";
-    while (!path.empty() && path.back() == '/') path.pop_back();
-    return {m[1].str(), path};
-}
-
 // One JSON request with retries: 429, 5xx, timeouts and connection errors are retried with
 // exponential back-off and jitter (Retry-After honoured); anything else fails at once.
 json request_json(const RemoteOptions& o, const std::string& method, const std::string& path, const json& body) {
-    const auto [base, prefix] = split_url(o.url);
+    const auto [base, prefix] = split_api_url(o.url, "--model-url");
     httplib::Client c(base);
     const time_t s = static_cast<time_t>(o.timeout_s);
     const time_t us = static_cast<time_t>((o.timeout_s - double(s)) * 1e6);
