@@ -9,6 +9,7 @@
 #include <sys/wait.h>
 #include <torch/torch.h>
 
+#include <algorithm>
 #include <chrono>
 #include <filesystem>
 #include <fstream>
@@ -595,6 +596,14 @@ void expect_same_dataset(const std::map<std::pair<int64_t, int64_t>, json>& a,
     }
 }
 
+// Complete (newline-terminated) lines of samples.jsonl: what a reader may count while a capture
+// is still appending to it; the last line can be half-written at any moment.
+size_t complete_samples(const std::string& dir) {
+    if (!file_exists(dir + "/samples.jsonl")) return 0;
+    const std::string text = read_file(dir + "/samples.jsonl");
+    return static_cast<size_t>(std::count(text.begin(), text.end(), '\n'));
+}
+
 std::string write_prompts(const std::string& dir, int n) {
     std::string text;
     const std::vector<std::string> words = {"the", "house", "was", "she", "said", "garden"};
@@ -666,9 +675,9 @@ TEST(ApiCapture, KillNineAndRerunContinuesWithoutLossOrDuplicates) {
         int pid = 0;
         ASSERT_EQ(fscanf(p, "%d", &pid), 1);
         pclose(p);
-        const size_t before = file_exists(dir + "/ds/samples.jsonl") ? dataset(dir + "/ds").size() : 0;
+        const size_t before = complete_samples(dir + "/ds");
         for (int i = 0; i < 2000; ++i) {
-            if (file_exists(dir + "/ds/samples.jsonl") && dataset(dir + "/ds").size() >= before + 15) break;
+            if (complete_samples(dir + "/ds") >= before + 15) break;
             std::this_thread::sleep_for(std::chrono::milliseconds(2));
         }
         kills += kill(pid, SIGKILL) == 0;
