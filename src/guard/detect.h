@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <nlohmann/json_fwd.hpp>
 #include <string>
+#include <unordered_set>
 #include <vector>
 
 #include "guard/stats.h"
@@ -23,6 +24,25 @@ struct DetectResult {
     std::string reason;
     double z = 0;
     BinomialTail tail;
+};
+
+// Counts green tuples, each distinct (context, token) once: what detection and radioactivity share.
+class GreenTally {
+public:
+    explicit GreenTally(const WatermarkOptions& o);
+    // Scores token after the h = o.context ids at context (context[0] the oldest) unless that
+    // tuple was scored before; returns whether it was new.
+    bool add(const int64_t* context, int64_t token);
+    int64_t scored() const { return scored_; }
+    int64_t green() const { return green_; }
+    // T, S, z and the binomial tail; `tokens` is reported as it is. No tuple scored: not enough
+    // (reason `why_none`).
+    DetectResult result(int64_t tokens, const std::string& why_none) const;
+
+private:
+    WatermarkOptions o_;
+    std::unordered_set<std::string> seen_;  // a tuple's ids as u32-LE bytes, as the test hashes them
+    int64_t scored_ = 0, green_ = 0;
 };
 
 DetectResult watermark_detect(const WatermarkOptions& o, const std::vector<int64_t>& ids);
