@@ -2,8 +2,8 @@
 # Installs what distill needs on Debian 12 (run as root, or with sudo available).
 #   scripts/setup.sh          build and run dependencies
 #   scripts/setup.sh --tests  also the test references: GoogleTest, PyTorch, xxhash and scipy in
-#                             Python, Node.js and the pinned npm packages in tests/node (HF
-#                             tokenizers, ...)
+#                             Python, Chromium (report.html in a real browser), Node.js and the
+#                             pinned npm packages in tests/node (HF tokenizers, puppeteer-core, ...)
 #   scripts/setup.sh --fuzz   also clang-14 and its libFuzzer/sanitizer runtimes (scripts/fuzz.sh)
 # Packages already installed are not touched, so a second run takes a second.
 set -euo pipefail
@@ -20,10 +20,10 @@ sudo=""
 pkgs=(build-essential cmake ninja-build pkg-config ccache
       libtorch-dev libopenblas0-openmp nlohmann-json3-dev libcli11-dev
       libpcre2-dev libxxhash-dev libzstd-dev libutf8proc-dev liblzma-dev
-      libcpp-httplib-dev
+      libcpp-httplib-dev libjs-chart.js
       r-base-core r-cran-janeaustenr)
 if [ "$with_tests" = 1 ]; then
-  pkgs+=(libgtest-dev python3-torch python3-numpy python3-jinja2 python3-xxhash python3-scipy xz-utils)
+  pkgs+=(libgtest-dev python3-torch python3-numpy python3-jinja2 python3-xxhash python3-scipy xz-utils chromium)
   command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1 || pkgs+=(nodejs npm)
 fi
 # libclang-rt-14-dev holds the libFuzzer runtime that -fsanitize=fuzzer links.

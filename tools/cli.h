@@ -78,6 +78,7 @@ Command add_pretrain(CLI::App& app);
 Command add_capture(CLI::App& app);
 Command add_train(CLI::App& app);
 Command add_eval(CLI::App& app);
+Command add_report(CLI::App& app);
 Command add_score(CLI::App& app);
 Command add_generate(CLI::App& app);
 Command add_tokenize(CLI::App& app);

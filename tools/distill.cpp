@@ -30,7 +30,7 @@ int main(int argc, char** argv) {
     const std::vector<cli::Command> commands = {
         cli::add_demo(app),     cli::add_train_tokenizer(app), cli::add_prepare(app),
         cli::add_pretrain(app), cli::add_capture(app),         cli::add_train(app),
-        cli::add_eval(app),     cli::add_score(app),           cli::add_generate(app),
+        cli::add_eval(app),     cli::add_report(app),          cli::add_score(app),           cli::add_generate(app),
         cli::add_tokenize(app), cli::add_chat_template(app),   cli::add_export(app),
         cli::add_serve(app),    cli::add_guard(app),
     };

@@ -20,6 +20,7 @@
 #include "model/checkpoint.h"
 #include "model/generate.h"
 #include "pipeline/pipeline.h"
+#include "report/report.h"
 #include "serve/server.h"
 #include "train/trainer.h"
 #include "util/device.h"
@@ -662,6 +663,7 @@ int run_demo(const DemoOptions& o_in) {
                      table + "\nTeacher sample:\n\n> " + sample + "\n\nTotal wall time: " +
                      format_duration(now_seconds() - t_start) + "\n";
     write_file_atomic(path_join(run, "report.md"), md);
+    write_report({run}, path_join(run, "report"));  // report.html with the curves: docs/report.md
     std::printf("\n%s\nsample: %s\n\nreport: %s (and report.md)\n", table.c_str(), sample.c_str(),
                 path_join(run, "report.json").c_str());
     return 0;
