@@ -20,6 +20,11 @@ Written from the definitions in docs/guard.md, with nothing taken from the C++ c
         OUT: {"name": {"n", "two_sided": {"statistic", "pvalue"}, "greater": {...}}, ...}
         scipy.stats.kstest against Uniform(0, 1); "greater" tests whether the empirical CDF lies
         above the uniform one (p-values too small: false alarms).
+
+    guard_ref.py radio IN.json OUT.json
+        IN: {"key": hex, "gamma", "h", "offset", "texts": [[distill score lines], ...]}
+        OUT: {"T", "S", "p"}: open-mode radioactivity counted from the suspect's top-1 at each
+        position (see radio()), p = scipy.stats.binom.sf(S - 1, T, gamma).
 """
 
 import json
@@ -89,11 +94,37 @@ def ks(samples):
     return out
 
 
+def radio(c):
+    """Open-mode radioactivity from a suspect's per-position output (distill score lines): the
+    tuple at position pos is (ids[pos-h .. pos-1], the suspect's top-1 at pos), its context from
+    the text's own tokens (pos - h >= offset, offset 1 when a BOS leads), each distinct tuple once."""
+    key = bytes.fromhex(c["key"])
+    k = xxhash.xxh3_64_intdigest(key, seed=0)
+    threshold = math.floor(Fraction(c["gamma"]) * 2**64)
+    h, offset = c["h"], c["offset"]
+    seen, S = set(), 0
+    for lines in c["texts"]:
+        ids = {}
+        for l in lines:
+            ids[l["pos"]] = l["id"]
+        for l in lines:
+            pos = l["pos"]
+            if pos - h < offset:
+                continue
+            t = tuple(ids[j] for j in range(pos - h, pos)) + (l["top"][0][0],)
+            if t in seen:
+                continue
+            seen.add(t)
+            S += xxhash.xxh3_64_intdigest(struct.pack("<%dI" % len(t), *t), seed=k) < threshold
+    T = len(seen)
+    return {"T": T, "S": S, "p": float(scipy.stats.binom.sf(S - 1, T, c["gamma"]))}
+
+
 def main():
     mode, src, dst = sys.argv[1:4]
     with open(src) as f:
         data = json.load(f)
-    result = {"green": green, "binom": binom, "ks": ks}[mode](data)
+    result = {"green": green, "binom": binom, "ks": ks, "radio": radio}[mode](data)
     with open(dst, "w") as f:
         json.dump({"xxhash": xxhash.VERSION, "scipy": scipy.__version__, "result": result}, f)
 

@@ -27,8 +27,10 @@
 #include <random>
 #include <regex>
 #include <set>
+#include <sstream>
 #include <thread>
 
+#include "distill/api-capture.h"
 #include "guard/detect.h"
 #include "guard/stats.h"
 #include "guard/watermark.h"
@@ -523,6 +525,140 @@ TEST(Guard, KeyFileErrorsAndShortTexts) {
     EXPECT_NE(read_file(err).find("stdin line 2"), std::string::npos) << read_file(err);
 }
 
+namespace {
+
+// What the guard issue's story needs, small: the fixture's model served as the teacher (with or
+// without the watermark), 40 completions of 200 tokens captured through its API, and a student of
+// the same tiny shape trained sequence-level on them. Returns the student's run dir.
+struct Suspect {
+    std::string dataset, run;
+};
+Suspect distilled_suspect(const std::string& dir, const std::string& name, bool watermarked) {
+    Fixture& f = fixture();
+    std::string prompts;
+    const std::vector<std::string> starts = {"kalo", "mine ru", "sati vo", "beda", "fegu ho"};
+    for (int i = 0; i < 40; ++i) prompts += json({{"prompt", starts[i % 5]}}).dump() + "\n";
+    write_file_atomic(dir + "/prompts.jsonl", prompts);
+    std::vector<std::string> wm;
+    if (watermarked) wm = {"--watermark-key-file", f.key, "--wm-delta", "4"};
+    Suspect s{dir + "/" + name + "-data", dir + "/" + name};
+    {
+        ServerProcess teacher(f.model, wm);
+        EXPECT_EQ(run_distill("capture --teacher-url " + teacher.base_url() + " --prompts " + dir + "/prompts.jsonl --max-tokens 200 --concurrency 4 --seed 2 -o " +
+                              s.dataset),
+                  0);
+    }
+    write_file_atomic(dir + "/student.json",
+                      R"({"model_type":"llama","hidden_size":64,"num_hidden_layers":1,"num_attention_heads":4,
+                          "num_key_value_heads":2,"intermediate_size":128,"max_position_embeddings":512})");
+    EXPECT_EQ(run_distill("--threads 1 train --sequences " + s.dataset + " --config " + dir + "/student.json" +
+                          " --tokenizer " + f.model + " --loss ce --steps 300 --batch-size 8 --seq-len 128 --run-dir " +
+                          s.run),
+              0);
+    return s;
+}
+
+json radioactivity_cli(const std::string& dir, const std::string& args) {
+    const std::string out = dir + "/radio.json", err = dir + "/radio.err";
+    const int rc = run_distill("guard radioactivity " + args, out, err);
+    EXPECT_EQ(rc, 0) << args << "\n" << read_file(err);
+    return rc == 0 ? json::parse(read_file(out)) : json();
+}
+
+}  // namespace
+
+// Radioactivity, open and closed, on students distilled through the teacher's API: the one
+// trained on watermarked completions is found (p < 1e-6), the one trained on the same teacher
+// without the watermark is not, and neither is found with a wrong key.
+TEST(Guard, RadioactivityFindsTheStudentOfTheWatermarkedApi) {
+    Fixture& f = fixture();
+    const std::string dir = temp_dir("guard-radio");
+    const Suspect marked = distilled_suspect(dir, "marked", true);
+    const Suspect clean = distilled_suspect(dir, "clean", false);
+    const std::string ours = " --texts " + marked.dataset + "/samples.jsonl --seq-len 128 --stride 64";
+    // the completions themselves carry the watermark; the clean teacher's do not
+    std::string marked_text, clean_text;
+    for (const ApiSample& x : read_api_dataset(marked.dataset)) marked_text += x.record["text"].get<std::string>();
+    for (const ApiSample& x : read_api_dataset(clean.dataset)) clean_text += x.record["text"].get<std::string>();
+    EXPECT_LT(detect_cli(dir, marked_text, f.key)["p"].get<double>(), 1e-30);
+    EXPECT_GT(detect_cli(dir, clean_text, f.key)["p"].get<double>(), 1e-3);
+
+    json m = radioactivity_cli(dir, "--key-file " + f.key + " --suspect " + marked.run + "/model" + ours);
+    json c = radioactivity_cli(dir, "--key-file " + f.key + " --suspect " + clean.run + "/model" + ours);
+    json w = radioactivity_cli(dir, "--key-file " + f.other_key + " --suspect " + marked.run + "/model" + ours);
+    std::cerr << "open: marked " << m.dump() << "\nopen: clean " << c.dump() << "\nopen: wrong key " << w.dump() << "\n";
+    EXPECT_EQ(m["mode"], "open");
+    EXPECT_EQ(m["texts"], 40);
+    EXPECT_GE(m["scored"].get<int64_t>(), 200) << m.dump();
+    EXPECT_LT(m["p"].get<double>(), 1e-6) << m.dump();
+    EXPECT_GT(c["p"].get<double>(), 1e-3) << c.dump();
+    EXPECT_GT(w["p"].get<double>(), 1e-3) << w.dump();
+
+    // closed: only the students' APIs, asked for completions of new prompts
+    std::string prompts;
+    for (int i = 0; i < 30; ++i) prompts += json({{"prompt", std::vector<std::string>{"zo", "pati", "hoji ne"}[i % 3]}}).dump() + "\n";
+    write_file_atomic(dir + "/suspect-prompts.jsonl", prompts);
+    for (const auto* s : {&marked, &clean}) {
+        ServerProcess api(s->run + "/model", {});
+        const std::string args = "--key-file " + f.key + " --tokenizer " + f.model + " --suspect-url " + api.base_url() +
+                                 " --prompts " + dir +
+                                 "/suspect-prompts.jsonl --max-tokens 100 --seed 7 --dataset " + s->run + "-answers";
+        json r = radioactivity_cli(dir, args);
+        std::cerr << "closed: " << s->run << " " << r.dump() << "\n";
+        EXPECT_EQ(r["mode"], "closed");
+        EXPECT_EQ(r["capture"]["written"], 30);
+        EXPECT_GE(r["scored"].get<int64_t>(), 200) << r.dump();
+        if (s == &marked)
+            EXPECT_LT(r["p"].get<double>(), 1e-6) << r.dump();
+        else
+            EXPECT_GT(r["p"].get<double>(), 1e-3) << r.dump();
+        // the same answers again (no new requests), filtered to the contexts of our texts
+        json again = radioactivity_cli(dir, "--key-file " + f.key + " --tokenizer " + f.model + " --dataset " + s->run +
+                                                "-answers --filter-texts " + marked.dataset + "/samples.jsonl");
+        std::cerr << "closed, filtered: " << again.dump() << "\n";
+        EXPECT_TRUE(again.find("capture") == again.end());  // nothing asked again
+        EXPECT_EQ(again["positions"], r["positions"]);
+        EXPECT_GT(again["filter"]["contexts"].get<int64_t>(), 100);
+        EXPECT_LE(again["scored"].get<int64_t>() + again["filtered_out"].get<int64_t>(),
+                  again["positions"].get<int64_t>() - again["in_prompt"].get<int64_t>());
+        if (s == &marked) EXPECT_LT(again["p"].get<double>(), 1e-3) << again.dump();
+    }
+}
+
+// Bad radioactivity input: a clear error, never a crash.
+TEST(Guard, RadioactivityInputErrors) {
+    Fixture& f = fixture();
+    const std::string dir = temp_dir("guard-radio-cli");
+    write_file_atomic(dir + "/texts.jsonl", "\"kalo mine ru\"\n[1]\n");
+    write_file_atomic(dir + "/none.jsonl", "\n\n");
+    const std::string err = dir + "/err.txt";
+    const std::string base = "guard radioactivity --key-file " + f.key;
+    struct Case {
+        std::string args, needle;
+        int rc;
+    };
+    for (const Case& c : std::vector<Case>{
+             {base + " --suspect " + f.model + " --texts " + dir + "/texts.jsonl", "line 2", 1},
+             {base + " --suspect " + f.model + " --texts " + dir + "/none.jsonl", "holds no texts", 1},
+             {base + " --suspect " + f.model, "--texts", 2},
+             {base + " --tokenizer " + f.model, "--suspect MODEL", 2},
+             {base + " --suspect " + f.model + " --dataset " + dir, "not both", 2},
+             {base + " --tokenizer " + f.model + " --dataset " + dir + "/missing", "missing", 1},
+             {base + " --suspect " + dir + "/texts.jsonl --texts " + dir + "/texts.jsonl", "texts.jsonl", 1},
+             {base + " --suspect " + f.model + " --texts " + dir + "/texts.jsonl --seq-len 8 --stride 9", "--stride", 2},
+         }) {
+        EXPECT_EQ(run_distill(c.args, "", err), c.rc) << c.args << "\n" << read_file(err);
+        EXPECT_NE(read_file(err).find(c.needle), std::string::npos) << c.args << "\n" << read_file(err);
+    }
+    // texts too short for the context: a result without p, and why
+    write_file_atomic(dir + "/short.jsonl", "\"kalo\"\n");
+    json r = radioactivity_cli(dir, "--key-file " + f.key + " --suspect " + f.model + " --texts " + dir +
+                                        "/short.jsonl --wm-context 4");
+    EXPECT_TRUE(r["p"].is_null()) << r.dump();
+    EXPECT_EQ(r["scored"], 0);
+    EXPECT_NE(r["reason"].get<std::string>().find("nothing to score"), std::string::npos) << r.dump();
+}
+
 #else  // DISTILL_GUARD_REF
 
 namespace {
@@ -594,6 +730,65 @@ std::string hex(const std::string& bytes) {
 }
 
 }  // namespace
+
+// Open-mode radioactivity counted again in Python from the suspect's top-1 predictions as
+// `distill score` prints them: the same T, S and p (scipy), at h = 1 and 3.
+TEST(GuardRef, RadioactivityOpenModeMatchesPython) {
+    if (!python_ready()) GTEST_SKIP();
+    const std::string dir = temp_dir("guard-ref-radio");
+    // a random-weight suspect over a tokenizer with a BOS, so the offset rule is exercised
+    TokenizerTrainOptions to;
+    to.vocab_size = 400;
+    // 64 two-syllable words in a seeded order
+    const std::vector<std::string> syl = {"ka", "lo", "mi", "ne", "ru", "sa", "ti", "vo"};
+    uint64_t lcg = 7;
+    auto word = [&] {
+        lcg = lcg * 6364136223846793005ull + 1442695040888963407ull;
+        return syl[(lcg >> 40) % 8] + syl[(lcg >> 50) % 8] + " ";
+    };
+    std::string corpus;
+    for (int i = 0; i < 5000; ++i) corpus += word();
+    Tokenizer tok = Tokenizer::train(corpus, to);
+    ASSERT_GE(tok.bos_id(), 0);
+    Llama m(tiny_config(tok.vocab_size(), 256));
+    m->init_weights(5);
+    save_model_dir(dir + "/suspect", m, &tok);
+    write_file_atomic(dir + "/key", "radioactive key");
+    std::string texts_jsonl;
+    json texts = json::array();
+    for (int t = 0; t < 4; ++t) {
+        std::string text;
+        for (int i = 0; i < 60 + 20 * t; ++i) text += word();
+        write_file_atomic(dir + "/t" + std::to_string(t) + ".txt", text);
+        texts_jsonl += json(text).dump() + "\n";
+        const std::string sc = dir + "/score" + std::to_string(t) + ".jsonl";
+        ASSERT_EQ(run_distill("--threads 1 score --model " + dir + "/suspect --text " + dir + "/t" + std::to_string(t) +
+                                  ".txt --top-logprobs 1 --seq-len 64 --stride 32",
+                              sc),
+                  0);
+        json lines = json::array();
+        std::istringstream in(read_file(sc));
+        std::string line;
+        while (std::getline(in, line)) lines.push_back(json::parse(line));
+        texts.push_back(lines);
+    }
+    write_file_atomic(dir + "/texts.jsonl", texts_jsonl);
+    for (int64_t h : {1, 3}) {
+        const std::string out = dir + "/radio.json";
+        ASSERT_EQ(run_distill("--threads 1 guard radioactivity --key-file " + dir + "/key --suspect " + dir +
+                                  "/suspect --texts " + dir + "/texts.jsonl --seq-len 64 --stride 32 --wm-context " +
+                                  std::to_string(h),
+                              out),
+                  0);
+        const json got = json::parse(read_file(out));
+        const json want = reference("radio", {{"key", hex("radioactive key")}, {"gamma", 0.25}, {"h", h}, {"offset", 1}, {"texts", texts}}, dir);
+        std::cerr << "h=" << h << " distill " << got.dump() << "\n  python " << want.dump() << "\n";
+        EXPECT_EQ(got["scored"], want["T"]);
+        EXPECT_EQ(got["green"], want["S"]);
+        EXPECT_NEAR(std::log(got["p"].get<double>()), std::log(want["p"].get<double>()), 1e-9);
+        EXPECT_GT(want["T"].get<int64_t>(), 20);
+    }
+}
 
 TEST(GuardRef, GreenTestMatchesPythonXxhash) {
     if (!python_ready()) GTEST_SKIP();
