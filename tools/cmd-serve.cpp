@@ -32,6 +32,12 @@ Command add_serve(CLI::App& app) {
         ->check(in_range(1, 1 << 24))->capture_default_str();
     c->add_option("--max-top-logprobs", o->max_top_logprobs, "largest top_logprobs / logprobs a request may ask for")
         ->check(in_range(0, 1 << 16))->capture_default_str();
+    c->add_option("--key-token-quota", o->key_token_quota,
+                  "prompt + completion tokens each key may use while the server runs (0 = no quota; 429 beyond)")
+        ->check(in_range(0, 1e15))->capture_default_str();
+    c->add_option("--logprob-decimals", o->logprob_decimals,
+                  "round returned log-probs to this many decimals (-1 = as computed)")
+        ->check(in_range(-1, 15))->capture_default_str();
     c->add_option("--max-queue", o->max_queue, "requests waiting for a slot beyond this get 503")
         ->check(in_range(1, 1 << 20))->capture_default_str();
     c->add_option("--shutdown-timeout", o->shutdown_timeout_s, "seconds in-flight requests get to finish on SIGTERM")

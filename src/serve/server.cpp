@@ -115,6 +115,13 @@ public:
         prompt_tokens_ += prompt;
         completion_tokens_ += completion;
     }
+    // Volume per key (its label, never the key itself), to spot bulk extraction.
+    void key_usage(const std::string& label, int64_t requests, int64_t tokens) {
+        std::lock_guard<std::mutex> lk(mu_);
+        auto& u = keys_[label];
+        u.first += requests;
+        u.second += tokens;
+    }
     void first_token(double s) {
         std::lock_guard<std::mutex> lk(mu_);
         ttft_.observe(s);
@@ -151,6 +158,16 @@ public:
         scalar("distill_requests_in_flight", "gauge", "HTTP requests being served.", double(inflight));
         scalar("distill_decode_steps_total", "counter", "Batched decoding steps.", double(e.steps));
         scalar("distill_decode_tokens_total", "counter", "Tokens produced by batched steps.", double(e.batched_tokens));
+        if (!keys_.empty()) {
+            out += "# HELP distill_key_requests_total Completed requests by API key (key-N: the N-th key of "
+                   "--api-key-file) or, without keys, by client address.\n# TYPE distill_key_requests_total counter\n";
+            for (const auto& [k, v] : keys_)
+                out += "distill_key_requests_total{key=\"" + k + "\"} " + std::to_string(v.first) + "\n";
+            out += "# HELP distill_key_tokens_total Prompt + completion tokens by API key or client address.\n"
+                   "# TYPE distill_key_tokens_total counter\n";
+            for (const auto& [k, v] : keys_)
+                out += "distill_key_tokens_total{key=\"" + k + "\"} " + std::to_string(v.second) + "\n";
+        }
         ttft_.write(out, "distill_time_to_first_token_seconds", "From request to its first generated token.");
         tpot_.write(out, "distill_time_per_output_token_seconds", "Between consecutive generated tokens of a choice.");
         return out;
@@ -161,6 +178,7 @@ private:
     std::map<std::pair<std::string, int>, uint64_t> requests_;
     std::map<std::string, uint64_t> faults_;
     int64_t prompt_tokens_ = 0, completion_tokens_ = 0;
+    std::map<std::string, std::pair<int64_t, int64_t>> keys_;  // label -> (requests, tokens)
     Histogram ttft_{{0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30}};
     Histogram tpot_{{0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1}};
 };
@@ -289,6 +307,7 @@ class Server {
 public:
     explicit Server(const ServeOptions& o) : o_(o), limiter_(o.rate_rpm, o.rate_tpm) {
         if (!o.api_key_file.empty()) keys_ = read_keys(o.api_key_file);
+        for (size_t i = 0; i < keys_.size(); ++i) key_labels_.emplace(keys_[i], "key-" + std::to_string(i + 1));
         alias_ = o.alias;
         if (alias_.empty()) {
             std::filesystem::path p(o.model);
@@ -339,6 +358,12 @@ private:
         return c.why == FinishReason::Length ? "length" : "stop";
     }
     void usage_and_charge(const std::string& key, int64_t prompt_tokens, const Call& call, json& usage);
+    // A log-prob as the API returns it: rounded to --logprob-decimals when set.
+    double shown(double lp) const {
+        if (o_.logprob_decimals < 0) return lp;
+        const double scale = std::pow(10.0, o_.logprob_decimals);
+        return std::round(lp * scale) / scale;
+    }
     // Waits until every choice is done; a failed one is an ApiError (500).
     void wait_all(Call& call, const api::Sampling& s, std::unique_lock<std::mutex>& lk);
     // Streams the choices as they grow: `chunks(choice, i, final)` gives the events for what is new
@@ -352,6 +377,9 @@ private:
     ServeOptions o_;
     std::string alias_;
     std::vector<std::string> keys_;
+    std::map<std::string, std::string> key_labels_;  // a key -> "key-N", what /metrics shows
+    std::mutex quota_mu_;
+    std::unordered_map<std::string, int64_t> key_tokens_;  // tokens charged per key (the quota)
     RateLimiter limiter_;
     Metrics metrics_;
     httplib::Server http_;
@@ -416,6 +444,13 @@ std::string Server::admit(const httplib::Request& req) {
                                               : "incorrect API key provided",
                            "invalid_request_error", "", "invalid_api_key");
         key = given;
+    }
+    if (o_.key_token_quota > 0) {
+        std::lock_guard<std::mutex> lk(quota_mu_);
+        if (key_tokens_[key] >= o_.key_token_quota)
+            throw ApiError(429, str_cat("this key's token quota (", o_.key_token_quota,
+                                        " prompt + completion tokens) is used up"),
+                           "insufficient_quota", "", "insufficient_quota");
     }
     if (double wait = limiter_.admit(key); wait > 0) {
         ApiError e(429, "rate limit reached for this key; retry after the time in Retry-After", "requests", "",
@@ -595,10 +630,10 @@ json Server::legacy_logprobs(const Choice& c, const PromptInfo* echo, size_t fro
         json d = json::object();
         for (const auto& [id, lp] : t.top) {
             std::string s = token_text(id);
-            if (!d.contains(s)) d[s] = lp;
+            if (!d.contains(s)) d[s] = shown(lp);
         }
         std::string s = token_text(t.id);  // the sampled token is always there, as the API does
-        if (!d.contains(s)) d[s] = t.logprob;
+        if (!d.contains(s)) d[s] = shown(t.logprob);
         return d;
     };
     if (echo && with_prompt) {
@@ -616,7 +651,7 @@ json Server::legacy_logprobs(const Choice& c, const PromptInfo* echo, size_t fro
                 tops.push_back(nullptr);
             } else {
                 const TokenLogprob& t = c.prompt_lps[i - 1];
-                lps.push_back(t.logprob);
+                lps.push_back(shown(t.logprob));
                 tops.push_back(top > 0 ? top_dict(t) : json(nullptr));
             }
         }
@@ -625,7 +660,7 @@ json Server::legacy_logprobs(const Choice& c, const PromptInfo* echo, size_t fro
     for (size_t k = from_tok; k < c.toks.size(); ++k) {
         const auto& tk = c.toks[k];
         tokens.push_back(token_text(tk.t.id));
-        lps.push_back(tk.t.logprob);
+        lps.push_back(shown(tk.t.logprob));
         tops.push_back(top_dict(tk.t));
         std::string_view before(c.text.data(), std::min<size_t>(tk.offset, c.text.size()));
         offsets.push_back(base_chars + char_count(before));
@@ -639,7 +674,7 @@ json Server::chat_logprobs(const Choice& c, size_t from, size_t to) const {
         std::string b = tok_.token_bytes(static_cast<int32_t>(id));
         json bytes = json::array();
         for (unsigned char ch : b) bytes.push_back(int(ch));
-        return json{{"token", utf8_lossy(b)}, {"logprob", lp}, {"bytes", bytes}};
+        return json{{"token", utf8_lossy(b)}, {"logprob", shown(lp)}, {"bytes", bytes}};
     };
     for (size_t k = from; k < to && k < c.toks.size(); ++k) {
         const auto& t = c.toks[k].t;
@@ -659,6 +694,12 @@ void Server::usage_and_charge(const std::string& key, int64_t prompt_tokens, con
              {"total_tokens", prompt_tokens + completion}};
     metrics_.tokens(prompt_tokens, completion);
     limiter_.charge(key, prompt_tokens + completion);
+    const auto label = key_labels_.find(key);
+    metrics_.key_usage(label != key_labels_.end() ? label->second : key, 1, prompt_tokens + completion);
+    if (o_.key_token_quota > 0) {
+        std::lock_guard<std::mutex> lk(quota_mu_);
+        key_tokens_[key] += prompt_tokens + completion;
+    }
 }
 
 // Counts a request in flight until its response is done (streams finish after the handler).

@@ -26,6 +26,11 @@ struct ServeOptions {
     int64_t max_prompt_tokens = 0;  // 0 = the model's context
     int64_t max_tokens = 4096;      // cap on max_tokens
     int64_t max_top_logprobs = 20;
+    // What the API gives away (docs/guard.md): a lifetime budget of prompt + completion tokens per
+    // key (0 = none; beyond it 429 insufficient_quota, until the server restarts), and returned
+    // log-probs rounded to this many decimals (-1 = as computed).
+    int64_t key_token_quota = 0;
+    int logprob_decimals = -1;
     int64_t max_queue = 1024;       // waiting requests beyond this get 503
     double shutdown_timeout_s = 60; // SIGTERM: how long in-flight requests may take to finish
     // Testing: answer this fraction of POST requests with a fault — a 500, a 429 with

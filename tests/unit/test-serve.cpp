@@ -11,6 +11,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <future>
@@ -532,6 +533,66 @@ TEST(Serve, RateLimitGives429WithRetryAfter) {
     auto other = cl.Post("/v1/completions", k2, body, "application/json");
     ASSERT_TRUE(other);
     EXPECT_EQ(other->status, 200);
+}
+
+// What the API gives away: a token quota per key (429 insufficient_quota once used up, other keys
+// unaffected), log-probs rounded to --logprob-decimals (the same values, rounded, as a server
+// without it returns), and each key's volume in /metrics under its label, never the key.
+TEST(Serve, ApiDefensesQuotaRoundingAndPerKeyVolume) {
+    const std::string dir = temp_dir("serve-defenses");
+    write_file_atomic(dir + "/keys", "secret-one\nsecret-two\n");
+    TinyServer plain({});
+    TinyServer s({"--api-key-file", dir + "/keys", "--key-token-quota", "30", "--logprob-decimals", "2"});
+    httplib::Headers k1 = {{"Authorization", "Bearer secret-one"}}, k2 = {{"Authorization", "Bearer secret-two"}};
+    const json req = {{"prompt", "the house was"}, {"max_tokens", 8}, {"temperature", 0}, {"logprobs", 3}};
+    auto cl = s.client();
+    auto a = cl.Post("/v1/completions", k1, req.dump(), "application/json");
+    auto b = plain.client().Post("/v1/completions", req.dump(), "application/json");
+    ASSERT_TRUE(a && b);
+    ASSERT_EQ(a->status, 200) << a->body;
+    ASSERT_EQ(b->status, 200) << b->body;
+    const json la = json::parse(a->body)["choices"][0]["logprobs"], lb = json::parse(b->body)["choices"][0]["logprobs"];
+    ASSERT_EQ(la["token_logprobs"].size(), lb["token_logprobs"].size());
+    for (size_t i = 0; i < la["token_logprobs"].size(); ++i) {
+        const double x = la["token_logprobs"][i].get<double>(), y = lb["token_logprobs"][i].get<double>();
+        EXPECT_NEAR(x, std::round(y * 100) / 100, 1e-12) << i;
+        for (const auto& [tok, lp] : la["top_logprobs"][i].items())
+            EXPECT_NEAR(lp.get<double>() * 100, std::round(lp.get<double>() * 100), 1e-9) << tok;
+    }
+    const int64_t used = json::parse(a->body)["usage"]["total_tokens"].get<int64_t>();
+    // key 1 goes on until its 30 tokens are spent, then gets 429 insufficient_quota
+    int64_t spent = used, ok = 1;
+    int status = 200;
+    json last;
+    while (status == 200 && ok < 20) {
+        auto r = cl.Post("/v1/completions", k1, req.dump(), "application/json");
+        ASSERT_TRUE(r);
+        status = r->status;
+        last = json::parse(r->body);
+        if (status == 200) {
+            spent += last["usage"]["total_tokens"].get<int64_t>();
+            ++ok;
+        }
+    }
+    EXPECT_EQ(status, 429) << last.dump();
+    EXPECT_EQ(last["error"]["code"], "insufficient_quota");
+    EXPECT_GE(spent, 30);
+    EXPECT_LT(spent - used, 30);  // refused as soon as the budget was reached, not later
+    auto other = cl.Post("/v1/completions", k2, req.dump(), "application/json");
+    ASSERT_TRUE(other);
+    EXPECT_EQ(other->status, 200) << other->body;
+    // each key's volume, under its label
+    auto m = cl.Get("/metrics");
+    ASSERT_TRUE(m);
+    EXPECT_EQ(m->body.find("secret-"), std::string::npos) << "a key leaked into /metrics";
+    std::smatch mt;
+    ASSERT_TRUE(std::regex_search(m->body, mt, std::regex("distill_key_tokens_total\\{key=\"key-1\"\\} ([0-9]+)")))
+        << m->body;
+    EXPECT_EQ(std::stoll(mt[1]), spent);
+    ASSERT_TRUE(std::regex_search(m->body, mt, std::regex("distill_key_requests_total\\{key=\"key-1\"\\} ([0-9]+)")));
+    EXPECT_EQ(std::stoll(mt[1]), ok);
+    ASSERT_TRUE(std::regex_search(m->body, mt, std::regex("distill_key_requests_total\\{key=\"key-2\"\\} ([0-9]+)")));
+    EXPECT_EQ(std::stoll(mt[1]), 1);
 }
 
 TEST(Serve, SigtermLetsInFlightRequestsFinish) {
