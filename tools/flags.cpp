@@ -87,6 +87,14 @@ void add_train_flags(CLI::App* c, TrainOptions& o) {
         ->check(in_range(1, 1e12))->capture_default_str();
     c->add_option("--log-every", o.log_every, "steps between metrics.jsonl lines")->check(in_range(1, 1e12))
         ->capture_default_str();
+    CLI::Option* text = c->add_option("--eval-text", o.eval_text,
+                                      "held-out UTF-8 text: its bits per byte go into metrics.jsonl (heldout_bpb) "
+                                      "every --eval-every steps and at the last")
+                            ->check(CLI::ExistingFile);
+    c->add_option("--eval-every", o.eval_every,
+                  "steps between held-out evaluations (default: --checkpoint-every)")
+        ->check(in_range(1, 1e12))
+        ->needs(text);
 }
 
 void add_window_flags(CLI::App* c, WindowOptions& w) {

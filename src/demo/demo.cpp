@@ -6,6 +6,7 @@
 #include <filesystem>
 #include <functional>
 #include <random>
+#include <sstream>
 #include <nlohmann/json.hpp>
 
 #include "distill/api-capture.h"
@@ -77,6 +78,24 @@ json cached_json(const std::string& path, const json& key, Fn&& compute) {
     json value = compute();
     write_file_atomic(path, json({{"key", key}, {"value", value}}).dump(2) + "\n");
     return value;
+}
+
+// Bytes of the held-out novel the training curves are measured on (the final numbers use all of it).
+constexpr size_t kCurveBytes = 64 * 1024;
+
+// (step, heldout_bpb) of a run's metrics.jsonl lines that have one; empty when there are none.
+std::vector<std::pair<int64_t, double>> heldout_curve(const std::string& run_dir) {
+    std::vector<std::pair<int64_t, double>> out;
+    const std::string path = path_join(run_dir, "metrics.jsonl");
+    if (!file_exists(path)) return out;
+    std::istringstream in(read_file(path));
+    std::string line;
+    while (std::getline(in, line)) {
+        const json j = json::parse(line, nullptr, false);
+        if (j.is_object() && j.contains("heldout_bpb") && j["heldout_bpb"].is_number())
+            out.emplace_back(j.value("step", int64_t{0}), j["heldout_bpb"].get<double>());
+    }
+    return out;
 }
 
 // The demo's training settings for a model of config `c`, teacher and students alike.
@@ -176,6 +195,16 @@ int run_demo(const DemoOptions& o_in) {
     }
     log_info(str_cat("corpus: ", train_text.size(), " bytes to train on, ", heldout_text.size(),
                      " bytes held out (Persuasion)"));
+    // the held-out curves during training: bpb on the opening of Persuasion, 20 points a run
+    std::string curve_text = heldout_text.substr(0, kCurveBytes);
+    curve_text.resize(utf8_complete_prefix(curve_text));
+    const std::string curve_txt = path_join(run, "heldout-curve.txt");
+    if (!file_exists(curve_txt) || read_file(curve_txt) != curve_text) write_file_atomic(curve_txt, curve_text);
+    auto with_curve = [&](TrainOptions t) {
+        t.eval_text = curve_txt;
+        t.eval_every = std::max<int64_t>(1, t.steps / 20);
+        return t;
+    };
 
     // 2. tokenizer
     const std::string tok_path = path_join(run, "tokenizer.json");
@@ -218,7 +247,7 @@ int run_demo(const DemoOptions& o_in) {
     DemoSizes sizes = demo_sizes(tok.vocab_size(), o.quick);
     sizes.teacher.bos_token_id = sizes.student.bos_token_id = tok.bos_id();
     sizes.teacher.eos_token_id = sizes.student.eos_token_id = tok.eos_id();
-    TrainOptions tt = train_options(o, o.teacher_steps, sizes.teacher);
+    TrainOptions tt = with_curve(train_options(o, o.teacher_steps, sizes.teacher));
     Llama teacher(sizes.teacher);
     teacher->init_weights(tt.seed);
     BatchSpec tspec{tt.batch_size, tt.seq_len, tt.seed, false};
@@ -279,7 +308,7 @@ int run_demo(const DemoOptions& o_in) {
 
     // 7. two students of the same architecture, same windows, steps and seed: one distilled from
     // the cache, one trained on the data alone
-    TrainOptions st = train_options(o, o.student_steps, sizes.student);
+    TrainOptions st = with_curve(train_options(o, o.student_steps, sizes.student));
     LossOptions kd_loss;
     kd_loss.kind = loss_kind_from_string(o.loss);
     kd_loss.temperature = o.temperature;
@@ -381,6 +410,28 @@ int run_demo(const DemoOptions& o_in) {
         if (i == 0) {
             rows.push_back(kd);
             rows.push_back(base);
+        }
+    }
+    // steps to the baseline: the first point of the KD student's held-out curve at or below the
+    // baseline's last point (both on heldout-curve.txt); null when it never gets there, or when
+    // the runs were trained before the curves existed
+    json steps_to_baseline = nullptr;
+    {
+        const auto kd_curve = heldout_curve(rows[1]["run_dir"].get<std::string>());
+        const auto base_curve = heldout_curve(rows[2]["run_dir"].get<std::string>());
+        if (!kd_curve.empty() && !base_curve.empty() && base_curve.back().first == st.steps) {
+            const double target = base_curve.back().second;
+            json at = nullptr;
+            for (const auto& [step, bpb] : kd_curve)
+                if (bpb <= target) {
+                    at = step;
+                    break;
+                }
+            steps_to_baseline = {{"student_kd_step", at},
+                                 {"baseline_steps", st.steps},
+                                 {"baseline_final_curve_bpb", target},
+                                 {"curve_bytes", curve_text.size()},
+                                 {"curve_every", st.eval_every}};
         }
     }
 
@@ -521,7 +572,8 @@ int run_demo(const DemoOptions& o_in) {
                           {"seeds", per_seed},
                           {"mean_bpb_margin", sum_bpb_margin / double(seeds.size())},
                           {"min_bpb_margin", min_bpb_margin},
-                          {"min_agreement_margin", min_agree_margin}}},
+                          {"min_agreement_margin", min_agree_margin},
+                          {"steps_to_baseline", steps_to_baseline}}},
         {"api", api_report},
         {"sample", sample},
         {"quick", o.quick},
@@ -560,6 +612,24 @@ int run_demo(const DemoOptions& o_in) {
                       "Over %zu student seeds: bpb margin (baseline - KD) mean %.4f, min %.4f; "
                       "agreement margin min %+.4f.\n",
                       seeds.size(), sum_bpb_margin / double(seeds.size()), min_bpb_margin, min_agree_margin);
+        table += line;
+    }
+    if (steps_to_baseline.is_object()) {
+        const json& sb = steps_to_baseline;
+        char line[320];
+        if (sb["student_kd_step"].is_null())
+            std::snprintf(line, sizeof line,
+                          "Held-out curves (first %lld bytes of Persuasion): the KD student never reached the "
+                          "baseline's final %.4f bpb in %lld steps.\n",
+                          (long long)sb["curve_bytes"].get<int64_t>(), sb["baseline_final_curve_bpb"].get<double>(),
+                          (long long)sb["baseline_steps"].get<int64_t>());
+        else
+            std::snprintf(line, sizeof line,
+                          "Held-out curves (first %lld bytes of Persuasion, every %lld steps): the KD student "
+                          "reached the baseline's final %.4f bpb at step %lld of %lld.\n",
+                          (long long)sb["curve_bytes"].get<int64_t>(), (long long)sb["curve_every"].get<int64_t>(),
+                          sb["baseline_final_curve_bpb"].get<double>(), (long long)sb["student_kd_step"].get<int64_t>(),
+                          (long long)sb["baseline_steps"].get<int64_t>());
         table += line;
     }
     if (!api_report.is_null()) {

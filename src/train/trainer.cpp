@@ -9,6 +9,7 @@
 #include <fstream>
 #include <sstream>
 
+#include "eval/eval.h"
 #include "io/safetensors.h"
 #include "model/checkpoint.h"
 #include "train/optimizer.h"
@@ -25,7 +26,8 @@ nlohmann::json TrainOptions::to_json() const {
             {"warmup", warmup},         {"weight_decay", weight_decay},
             {"beta1", beta1},           {"beta2", beta2},
             {"grad_clip", grad_clip},   {"seed", seed},
-            {"checkpoint_every", checkpoint_every}, {"log_every", log_every}};
+            {"checkpoint_every", checkpoint_every}, {"log_every", log_every},
+            {"eval_every", eval_every}, {"eval_text", eval_text}};
 }
 
 TrainOptions TrainOptions::from_json(const nlohmann::json& j) {
@@ -44,6 +46,8 @@ TrainOptions TrainOptions::from_json(const nlohmann::json& j) {
     o.seed = j.value("seed", o.seed);
     o.checkpoint_every = j.value("checkpoint_every", o.checkpoint_every);
     o.log_every = j.value("log_every", o.log_every);
+    o.eval_every = j.value("eval_every", o.eval_every);
+    o.eval_text = j.value("eval_text", o.eval_text);
     return o;
 }
 
@@ -60,11 +64,11 @@ torch::Tensor next_token_loss(Llama& model, const torch::Tensor& tokens) {
 namespace {
 
 // What identifies a run: everything in run_config except the settings that cannot change its
-// result (how often it checkpoints and logs).
+// result (how often it checkpoints, logs and measures the held-out curve).
 std::string run_fingerprint(nlohmann::json run_config) {
     if (run_config.contains("train") && run_config["train"].is_object()) {
-        run_config["train"].erase("checkpoint_every");
-        run_config["train"].erase("log_every");
+        for (const char* k : {"checkpoint_every", "log_every", "eval_every", "eval_text"})
+            run_config["train"].erase(k);
     }
     return hash_hex(run_config.dump());
 }
@@ -103,6 +107,17 @@ TrainResult run_training(Llama& model, const Tokenizer& tokenizer, const TrainOp
     DISTILL_CHECK(opts.steps > 0 && opts.batch_size > 0 && opts.seq_len > 0 && opts.grad_accum > 0,
                   "steps, batch size, sequence length and grad accumulation must be positive");
     DISTILL_CHECK(opts.lr > 0 && std::isfinite(opts.lr), "learning rate must be positive");
+    DISTILL_CHECK(opts.eval_every >= 0, "the held-out evaluation interval must not be negative");
+    DISTILL_CHECK(opts.eval_every == 0 || !opts.eval_text.empty(), "a held-out curve (every ",
+                  opts.eval_every, " steps) needs a text file: pass --eval-text");
+    // the held-out curve's text, read (and checked) before any training is spent
+    std::string eval_text;
+    int64_t eval_every = 0;
+    if (!opts.eval_text.empty()) {
+        eval_text = read_file(opts.eval_text);
+        DISTILL_CHECK(!eval_text.empty(), "--eval-text file '", opts.eval_text, "' is empty");
+        eval_every = opts.eval_every > 0 ? opts.eval_every : opts.checkpoint_every;
+    }
     make_dirs(run_dir);
     const std::string fp = run_fingerprint(run_config);
     const std::string ckpt_dir = path_join(run_dir, "checkpoint");
@@ -169,6 +184,19 @@ TrainResult run_training(Llama& model, const Tokenizer& tokenizer, const TrainOp
         replace_dir(tmp, ckpt_dir);
     };
 
+    // Bits per byte of the held-out text, in windows of the training length overlapping by half.
+    // Its time is not training time: the clock restarts after it.
+    WindowOptions eval_window;
+    eval_window.context = opts.seq_len;
+    eval_window.stride = std::max<int64_t>(1, opts.seq_len / 2);
+    eval_window.batch = opts.batch_size;
+    auto heldout_bpb = [&] {
+        model->eval();
+        const BpbResult b = eval_bpb(model, tokenizer, eval_text, eval_window, "");
+        model->train();
+        return b;
+    };
+
     std::ofstream metrics(metrics_path, std::ios::app);
     model->train();
     Progress progress(label);
@@ -207,7 +235,8 @@ TrainResult run_training(Llama& model, const Tokenizer& tokenizer, const TrainOp
         std::snprintf(detail, sizeof detail, "loss %.4f  lr %.2e  %s tok/s", step_loss, lr,
                       format_count(tok_s).c_str());
         progress.update(done, opts.steps, detail);
-        if (done % opts.log_every == 0 || done == opts.steps) {
+        const bool eval_now = eval_every > 0 && (done % eval_every == 0 || done == opts.steps);
+        if (done % opts.log_every == 0 || done == opts.steps || eval_now) {
             nlohmann::json line = {{"step", done},
                                    {"loss", window_loss / window_n},
                                    {"lr", lr},
@@ -218,6 +247,13 @@ TrainResult run_training(Llama& model, const Tokenizer& tokenizer, const TrainOp
             if (opts.model_flops_per_token > 0)
                 line["model_gflops_per_second"] = 3.0 * opts.model_flops_per_token * tok_s / 1e9;
             for (const auto& [k, v] : extras) line[k] = v;
+            if (eval_now) {
+                const BpbResult b = heldout_bpb();
+                line["heldout_bpb"] = b.bits_per_byte;
+                line["heldout_seconds"] = b.seconds;
+                t_last = now_seconds();
+                t_start += b.seconds;
+            }
             metrics << line.dump() << "\n";
             metrics.flush();
             result.final_loss = window_loss / window_n;

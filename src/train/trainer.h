@@ -28,6 +28,11 @@ struct TrainOptions {
     uint64_t seed = 1;
     int64_t checkpoint_every = 100;
     int64_t log_every = 10;   // metrics.jsonl line every N steps
+    // Held-out curve: with a text file eval_text, its bits per byte every eval_every steps (0:
+    // every checkpoint_every) and at the last, logged to metrics.jsonl as heldout_bpb. Like
+    // log_every these are not part of what identifies a run.
+    int64_t eval_every = 0;
+    std::string eval_text;
     // Forward FLOPs per token of the model being trained (ModelConfig::flops_per_token). Not a
     // setting: when known, metrics report the achieved training FLOP rate (3x forward).
     double model_flops_per_token = 0;

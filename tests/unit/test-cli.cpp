@@ -134,6 +134,47 @@ TEST(Cli, PretrainKilledAndResumedEqualsUninterrupted) {
     expect_cli_error(f.pretrain_args(a) + " --lr 0.01", "different settings");
 }
 
+// --eval-text: held-out bpb in metrics.jsonl every --eval-every steps and at the last; the last
+// point is what `distill eval` gives the final model with the same windows, and measuring it
+// changes nothing in the training (the same weights as a run without it).
+TEST(Cli, HeldoutCurveIsLoggedAndLeavesTrainingAlone) {
+    Fixture& f = fixture();
+    const std::string plain = f.dir + "/run-plain", curve = f.dir + "/run-curve";
+    const std::string heldout = f.dir + "/heldout.txt";
+    ASSERT_EQ(run_distill(f.pretrain_args(plain)), 0);
+    ASSERT_EQ(run_distill(f.pretrain_args(curve) + " --eval-text " + heldout + " --eval-every 25"), 0);
+    std::vector<int64_t> logged, evaluated;
+    std::vector<double> bpb;
+    for (const auto& l : read_jsonl(curve + "/metrics.jsonl")) {
+        logged.push_back(l["step"].get<int64_t>());
+        if (l.contains("heldout_bpb")) {
+            evaluated.push_back(l["step"].get<int64_t>());
+            bpb.push_back(l["heldout_bpb"].get<double>());
+            EXPECT_GE(l["heldout_seconds"].get<double>(), 0.0);
+        }
+    }
+    EXPECT_EQ(logged, (std::vector<int64_t>{10, 20, 25, 30, 40, 50, 60}));
+    EXPECT_EQ(evaluated, (std::vector<int64_t>{25, 50, 60}));
+    ASSERT_EQ(bpb.size(), 3u);
+    EXPECT_LT(bpb.back(), bpb.front());
+    SafetensorsFile wa(plain + "/model/model.safetensors"), wb(curve + "/model/model.safetensors");
+    for (const auto& [name, e] : wa.entries())
+        EXPECT_TRUE(torch::equal(wa.get(name), wb.get(name))) << name << " differs with the curve on";
+    // the curve's windows are the training length, overlapping by half, batched as training
+    const std::string out = f.dir + "/curve-eval.json";
+    ASSERT_EQ(run_distill("--threads 1 eval --model " + curve + "/model --text " + heldout +
+                          " --seq-len 32 --stride 16 --batch-size 4 --out " + out),
+              0);
+    EXPECT_NEAR(json::parse(read_file(out))["bits_per_byte"].get<double>(), bpb.back(), 1e-6);
+    // turning the curve on does not make a finished run a different one: it is reused
+    ASSERT_EQ(run_distill(f.pretrain_args(plain) + " --eval-text " + heldout), 0);
+    // --eval-every without a text is a usage error; an empty text is refused before training
+    EXPECT_EQ(run_distill(f.pretrain_args(f.dir + "/run-x") + " --eval-every 5", "/dev/null", "/dev/null"), 2);
+    write_file_atomic(f.dir + "/empty.txt", "");
+    expect_cli_error(f.pretrain_args(f.dir + "/run-y") + " --eval-text " + f.dir + "/empty.txt", "is empty");
+    EXPECT_FALSE(dir_exists(f.dir + "/run-y/checkpoint"));
+}
+
 TEST(Cli, EvalAndScoreAgree) {
     Fixture& f = fixture();
     const std::string run = f.dir + "/run-a";

@@ -2,6 +2,8 @@
 // and a second run reuses what the first built.
 #include <gtest/gtest.h>
 
+#include <sstream>
+
 #include <cmath>
 #include <nlohmann/json.hpp>
 
@@ -60,6 +62,30 @@ TEST(Demo, QuickRunWritesReportAndIsReused) {
     EXPECT_TRUE(file_exists(run + "/teacher/model/model.safetensors"));
     EXPECT_TRUE(file_exists(r["models"][1]["run_dir"].get<std::string>() + "/model/config.json"));
     EXPECT_TRUE(file_exists(r["models"][2]["run_dir"].get<std::string>() + "/model/config.json"));
+
+    // held-out curves: every run logs heldout_bpb on heldout-curve.txt, which in quick mode is the
+    // whole held-out text, so each curve ends where the final evaluation (other batches) lands
+    for (size_t i = 0; i < 5; ++i) {
+        const std::string dir = i == 0 ? run + "/teacher" : r["models"][i]["run_dir"].get<std::string>();
+        std::istringstream in(read_file(dir + "/metrics.jsonl"));
+        std::string line;
+        std::vector<std::pair<int64_t, double>> curve;
+        while (std::getline(in, line)) {
+            const json j = json::parse(line);
+            if (j.contains("heldout_bpb")) curve.emplace_back(j["step"].get<int64_t>(), j["heldout_bpb"].get<double>());
+        }
+        ASSERT_EQ(curve.size(), 30u) << names[i];
+        EXPECT_EQ(curve.back().first, 30) << names[i];
+        EXPECT_NEAR(curve.back().second, r["models"][i]["bpb"].get<double>(), 1e-4) << names[i];
+        EXPECT_LT(curve.back().second, curve.front().second) << names[i];
+    }
+    const json& sb = r["distillation"]["steps_to_baseline"];
+    ASSERT_TRUE(sb.is_object()) << r["distillation"].dump(2);
+    EXPECT_EQ(sb["baseline_steps"], 30);
+    if (!sb["student_kd_step"].is_null()) {
+        EXPECT_GE(sb["student_kd_step"].get<int64_t>(), 1);
+        EXPECT_LE(sb["student_kd_step"].get<int64_t>(), 30);
+    }
 
     // the teacher through its API: served with faults on a quarter of the requests, every prompt
     // captured once, the faults retried; both API students trained as long as the white-box one
