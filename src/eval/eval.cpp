@@ -1,5 +1,6 @@
 #include "eval/eval.h"
 
+#include <c10/core/InferenceMode.h>
 #include <torch/torch.h>
 
 #include <cmath>
@@ -71,12 +72,49 @@ void for_each_batch(const std::vector<Window>& wins, const torch::Tensor& ids_t,
     }
 }
 
-// The rows of logp (len, V) of window `win` that predict its scored targets.
-torch::Tensor scored_rows(const torch::Tensor& logp, const Window& win) {
-    return logp.narrow(0, win.score_from - 1 - win.begin, win.end - win.score_from);
+// The rows of a batch of windows [i, j) (b, len) that predict their scored targets, as flat
+// indices into b * len, and the targets' positions in ids; window w's rows start at
+// offset[w - i] (offset[j - i] = n, the number of scored targets).
+struct ScoredRows {
+    torch::Tensor rows, targets;  // (n) int64 on the model's device
+    std::vector<int64_t> offset;
+};
+
+ScoredRows scored_rows(const std::vector<Window>& wins, size_t i, size_t j, const torch::Tensor& ids_t) {
+    const int64_t len = wins[i].end - wins[i].begin;
+    std::vector<int64_t> rows, pos;
+    ScoredRows s;
+    for (size_t w = i; w < j; ++w) {
+        s.offset.push_back(static_cast<int64_t>(rows.size()));
+        for (int64_t t = wins[w].score_from; t < wins[w].end; ++t) {
+            rows.push_back(static_cast<int64_t>(w - i) * len + (t - 1 - wins[w].begin));
+            pos.push_back(t);
+        }
+    }
+    s.offset.push_back(static_cast<int64_t>(rows.size()));
+    s.rows = torch::tensor(rows, torch::kInt64).to(ids_t.device());
+    s.targets = ids_t.index_select(0, torch::tensor(pos, torch::kInt64).to(ids_t.device()));
+    return s;
 }
 
 }  // namespace
+
+torch::Tensor logits_at(Llama& model, const torch::Tensor& ids, const torch::Tensor& rows, torch::Tensor* buf) {
+    auto h = model->hidden(ids);                                // (B, T, C)
+    auto hs = h.reshape({-1, h.size(-1)}).index_select(0, rows);  // (n, C)
+    if (!buf) return model->head(hs).to(torch::kFloat32);
+    // the head of LlamaImpl::head (no bias), written into the reused buffer
+    const torch::Tensor& w = model->lm_head ? model->lm_head->weight : model->model->embed_tokens->weight;  // (V, C)
+    if (!buf->defined() || buf->scalar_type() != hs.scalar_type() || buf->device() != hs.device())
+        *buf = torch::empty({0}, hs.options());
+    buf->resize_({hs.size(0), w.size(0)});  // keeps the storage when it is large enough
+    torch::mm_out(*buf, hs, w.t());
+    return buf->to(torch::kFloat32);
+}
+
+torch::Tensor target_logprobs(const torch::Tensor& logits, const torch::Tensor& targets) {
+    return logits.gather(1, targets.unsqueeze(1)).squeeze(1) - logits.logsumexp(-1);
+}
 
 void for_each_window(Llama& model, const std::vector<int64_t>& ids, const WindowOptions& opts,
                      const WindowVisitor& visit, const std::string& progress_label) {
@@ -84,14 +122,15 @@ void for_each_window(Llama& model, const std::vector<int64_t>& ids, const Window
     const int64_t N = static_cast<int64_t>(ids.size());
     if (N < 2) return;
     const auto wins = plan_windows(N, opts);
-    torch::NoGradGuard ng;
+    c10::InferenceMode im;
     auto ids_t = torch::tensor(ids, torch::kInt64).to(model->parameters().front().device());
+    torch::Tensor buf;
     for_each_batch(wins, ids_t, opts, progress_label, [&](size_t i, size_t j, const torch::Tensor& batch) {
-        auto logp = torch::log_softmax(model->forward(batch), -1);  // (b, len, V)
+        const ScoredRows s = scored_rows(wins, i, j, ids_t);
+        auto logp = torch::log_softmax(logits_at(model, batch, s.rows, &buf), -1);  // (n, V)
         for (size_t w = i; w < j; ++w) {
-            const Window& win = wins[w];
-            visit(win.score_from, scored_rows(logp[w - i], win),
-                  ids_t.narrow(0, win.score_from, win.end - win.score_from));
+            const int64_t a = s.offset[w - i], n = s.offset[w - i + 1] - a;
+            visit(wins[w].score_from, logp.narrow(0, a, n), s.targets.narrow(0, a, n));
         }
     });
 }
@@ -101,17 +140,25 @@ BpbResult eval_bpb(Llama& model, const Tokenizer& tokenizer, const std::string& 
     DISTILL_CHECK(!text.empty(), "cannot evaluate bits per byte on empty text");
     const double t0 = now_seconds();
     auto ids = encode_for_eval(tokenizer, text);
-    torch::Tensor nats_t;  // summed on the model's device: one host copy at the end
+    check_window_options(model, opts);
+    const int64_t N = static_cast<int64_t>(ids.size());
+    double nats = 0;
     int64_t tokens = 0;
-    for_each_window(
-        model, ids, opts,
-        [&](int64_t, const torch::Tensor& lp, const torch::Tensor& targets) {
-            auto s = lp.gather(1, targets.unsqueeze(1)).sum().to(torch::kFloat64);
-            nats_t = nats_t.defined() ? nats_t - s : -s;
-            tokens += targets.size(0);
-        },
-        progress_label);
-    double nats = nats_t.defined() ? nats_t.item<double>() : 0.0;
+    if (N >= 2) {
+        // Only the targets' log-probs are needed: log q(t) = logit_t - logsumexp(logits) on the
+        // rows that predict a scored target, summed on the model's device (one host copy at the end).
+        const auto wins = plan_windows(N, opts);
+        c10::InferenceMode im;
+        auto ids_t = torch::tensor(ids, torch::kInt64).to(model->parameters().front().device());
+        auto nats_t = torch::zeros({}, ids_t.options().dtype(torch::kFloat64));
+        torch::Tensor buf;
+        for_each_batch(wins, ids_t, opts, progress_label, [&](size_t i, size_t j, const torch::Tensor& batch) {
+            const ScoredRows s = scored_rows(wins, i, j, ids_t);
+            nats_t -= target_logprobs(logits_at(model, batch, s.rows, &buf), s.targets).sum(torch::kFloat64);
+            tokens += s.offset.back();
+        });
+        nats = nats_t.item<double>();
+    }
     // Without BOS the first token has no context: it is charged log(V) (a uniform guess), so
     // that every byte of the text is paid for.
     if (tokenizer.bos_id() < 0 && !ids.empty()) {
@@ -138,21 +185,18 @@ CompareResult eval_compare(Llama& teacher, Llama& student, const std::vector<int
     const int64_t N = static_cast<int64_t>(ids.size());
     if (N < 2) return r;
     const auto wins = plan_windows(N, opts);
-    torch::NoGradGuard ng;
+    c10::InferenceMode im;
     const torch::Device dev = teacher->parameters().front().device();
     DISTILL_CHECK(student->parameters().front().device() == dev, "teacher and student are on different devices");
     auto ids_t = torch::tensor(ids, torch::kInt64).to(dev);
     auto acc = torch::zeros({2}, torch::TensorOptions().dtype(torch::kFloat64).device(dev));  // agree, kl
     for_each_batch(wins, ids_t, opts, "", [&](size_t i, size_t j, const torch::Tensor& batch) {
-        auto lp = torch::log_softmax(teacher->forward(batch), -1);  // (b, len, V)
-        auto lq = torch::log_softmax(student->forward(batch), -1);
-        for (size_t w = i; w < j; ++w) {
-            auto p = scored_rows(lp[w - i], wins[w]);
-            auto q = scored_rows(lq[w - i], wins[w]);
-            acc[0] += (p.argmax(-1) == q.argmax(-1)).sum().to(torch::kFloat64);
-            acc[1] += (p.exp() * (p - q)).sum().to(torch::kFloat64);
-            r.positions += p.size(0);
-        }
+        const ScoredRows s = scored_rows(wins, i, j, ids_t);
+        auto p = torch::log_softmax(logits_at(teacher, batch, s.rows), -1);  // (n, V)
+        auto q = torch::log_softmax(logits_at(student, batch, s.rows), -1);
+        acc[0] += (p.argmax(-1) == q.argmax(-1)).sum().to(torch::kFloat64);
+        acc[1] += (p.exp() * (p - q)).sum().to(torch::kFloat64);
+        r.positions += p.size(0);
     });
     auto host = acc.to(torch::kCPU);
     const double agree = host[0].item<double>(), kl = host[1].item<double>();

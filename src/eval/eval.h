@@ -29,6 +29,16 @@ struct EvalWindow {
 };
 std::vector<EvalWindow> plan_eval_windows(int64_t N, const WindowOptions& opts);
 
+// Scoring runs in c10::InferenceMode (no autograd state at all) and the head only on the rows
+// that are scored:
+// logits (n, V) float32 of a (B, T) batch of ids at `rows` (flat indices into B * T). With `buf`,
+// the head writes into *buf, whose storage is kept for the next call of the same size or smaller.
+torch::Tensor logits_at(Llama& model, const torch::Tensor& ids, const torch::Tensor& rows,
+                        torch::Tensor* buf = nullptr);
+// log q(target) (n) of logits (n, V) and targets (n): logit_target - logsumexp(logits), without
+// the full log_softmax.
+torch::Tensor target_logprobs(const torch::Tensor& logits, const torch::Tensor& targets);
+
 // Runs `model` over `ids` (a BOS, if any, already in front) in sliding windows and calls
 // `visit(first, log_probs, targets)` for each window: positions first .. first+n-1 of `ids` are
 // the scored targets (each scored exactly once, with as much context as the window allows),

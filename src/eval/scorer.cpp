@@ -1,5 +1,6 @@
 #include "eval/scorer.h"
 
+#include <c10/core/InferenceMode.h>
 #include <httplib.h>
 #include <torch/torch.h>
 
@@ -76,28 +77,41 @@ public:
         std::iota(order.begin(), order.end(), size_t{0});
         std::stable_sort(order.begin(), order.end(),
                          [&](size_t a, size_t b) { return seqs[a].first.size() > seqs[b].first.size(); });
-        torch::NoGradGuard ng;
+        c10::InferenceMode im;
         const torch::Device dev = m_.model->parameters().front().device();
+        torch::Tensor buf;
         for (size_t i = 0; i < order.size(); i += static_cast<size_t>(window_.batch)) {
             const size_t j = std::min(order.size(), i + static_cast<size_t>(window_.batch));
             const int64_t L = static_cast<int64_t>(seqs[order[i]].first.size());
             auto ids = torch::zeros({static_cast<int64_t>(j - i), L}, torch::kInt64);
             auto acc = ids.accessor<int64_t, 2>();
-            for (size_t k = i; k < j; ++k) {
-                const auto& s = seqs[order[k]].first;
-                for (size_t t = 0; t < s.size(); ++t) acc[k - i][t] = s[t];
-            }
-            auto logp = torch::log_softmax(m_.model->forward(ids.to(dev)).to(torch::kFloat32), -1).cpu();  // (b, L, V)
+            // the rows (flat into (b, L)) that predict a continuation token, and those tokens
+            std::vector<int64_t> rows, tgt, offset;
             for (size_t k = i; k < j; ++k) {
                 const auto& [s, ctx] = seqs[order[k]];
-                const int64_t n = static_cast<int64_t>(s.size() - ctx);
-                auto rows = logp[k - i].narrow(0, static_cast<int64_t>(ctx) - 1, n);  // (n, V)
-                auto tgt = torch::tensor(std::vector<int64_t>(s.begin() + static_cast<std::ptrdiff_t>(ctx), s.end()),
-                                         torch::kInt64);
-                LoglikResult& r = out[order[k]];
-                r.logprob = rows.gather(1, tgt.unsqueeze(1)).sum().to(torch::kFloat64).item<double>();
-                r.greedy = (rows.argmax(-1) == tgt).all().item<bool>();
+                for (size_t t = 0; t < s.size(); ++t) acc[k - i][t] = s[t];
+                offset.push_back(static_cast<int64_t>(rows.size()));
+                for (size_t t = ctx; t < s.size(); ++t) {
+                    rows.push_back(static_cast<int64_t>(k - i) * L + static_cast<int64_t>(t) - 1);
+                    tgt.push_back(s[t]);
+                }
                 scored_tokens += static_cast<int64_t>(s.size());
+            }
+            offset.push_back(static_cast<int64_t>(rows.size()));
+            auto tgt_t = torch::tensor(tgt, torch::kInt64).to(dev);
+            auto logits = logits_at(m_.model, ids.to(dev), torch::tensor(rows, torch::kInt64).to(dev), &buf);  // (n, V)
+            // one host copy a batch: each row's log q(target) and whether the target is the argmax
+            auto lp = target_logprobs(logits, tgt_t).to(torch::kCPU, torch::kFloat64).contiguous();
+            auto hit = (logits.argmax(-1) == tgt_t).to(torch::kCPU).contiguous();
+            const double* lpa = lp.data_ptr<double>();
+            const bool* hita = hit.data_ptr<bool>();
+            for (size_t k = i; k < j; ++k) {
+                LoglikResult& r = out[order[k]];
+                r.greedy = true;
+                for (int64_t t = offset[k - i]; t < offset[k - i + 1]; ++t) {
+                    r.logprob += lpa[t];
+                    r.greedy = r.greedy && hita[t];
+                }
             }
         }
         scoring_seconds += now_seconds() - t0;

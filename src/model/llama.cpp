@@ -1,5 +1,6 @@
 #include "model/llama.h"
 
+#include <c10/core/InferenceMode.h>
 #include <torch/torch.h>
 
 #include <cmath>
@@ -218,6 +219,9 @@ std::pair<torch::Tensor, torch::Tensor> LlamaImpl::rope(int64_t offset, int64_t 
     const int64_t need = offset + T;
     auto device = model->embed_tokens->weight.device();
     if (!cos_cache_.defined() || cos_cache_.size(0) < need || cos_cache_.device() != device) {
+        // Normal tensors even when first built under c10::InferenceMode (eval): an inference
+        // tensor kept here would break a later training step, which saves cos/sin for backward.
+        c10::InferenceMode normal(false);
         int64_t n = std::max<int64_t>(need, std::min<int64_t>(config_.max_position_embeddings, 4096));
         n = std::max(n, need);
         // Angles in float64, as float32 loses precision at large positions; stored as float32.

@@ -405,6 +405,27 @@ TEST(EvalWindows, EdgeCases) {
     check_windows(m, 40, 2, 1, 4);   // the smallest context allowed
 }
 
+// Scoring runs in c10::InferenceMode. A fresh model scored before it is ever trained (a
+// held-out curve's step-0 point) builds its rotary tables there; they must stay normal tensors,
+// else the next training step fails ("Inference tensors cannot be saved for backward").
+TEST(EvalWindows, ScoringAFreshModelLeavesItTrainable) {
+    Llama m = window_model();
+    std::vector<int64_t> ids(30);
+    for (size_t i = 0; i < ids.size(); ++i) ids[i] = int64_t(i * 5 % 40);
+    WindowOptions o;
+    o.context = 16;
+    o.stride = 8;
+    for_each_window(m, ids, o, [](int64_t, const torch::Tensor&, const torch::Tensor&) {});
+    m->train();
+    auto x = torch::tensor(std::vector<int64_t>(ids.begin(), ids.begin() + 16)).unsqueeze(0);
+    torch::Tensor loss;
+    ASSERT_NO_THROW(loss = torch::log_softmax(m->forward(x), -1).mean(); loss.backward());
+    for (const auto& p : m->parameters()) {
+        ASSERT_TRUE(p.grad().defined());
+        EXPECT_TRUE(torch::isfinite(p.grad()).all().item<bool>());
+    }
+}
+
 TEST(EvalWindows, BadOptionsAreErrors) {
     Llama m = window_model();
     std::vector<int64_t> ids(20, 1);
