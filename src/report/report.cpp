@@ -12,6 +12,7 @@
 
 #include "util/error.h"
 #include "util/file.h"
+#include "util/progress.h"
 
 namespace distill {
 
@@ -478,19 +479,9 @@ std::string fmt(const json& v, const std::string& kind) {
         std::snprintf(buf, sizeof buf, "%.1f", x);
     else if (kind == "ratio")
         std::snprintf(buf, sizeof buf, "%.3g", x);
-    else if (kind == "count") {
-        const double a = std::fabs(x);
-        if (a >= 1e12)
-            std::snprintf(buf, sizeof buf, "%.2fT", x / 1e12);
-        else if (a >= 1e9)
-            std::snprintf(buf, sizeof buf, "%.2fG", x / 1e9);
-        else if (a >= 1e6)
-            std::snprintf(buf, sizeof buf, "%.2fM", x / 1e6);
-        else if (a >= 1e3)
-            std::snprintf(buf, sizeof buf, "%.1fk", x / 1e3);
-        else
-            std::snprintf(buf, sizeof buf, "%.0f", x);
-    } else
+    else if (kind == "count")
+        return format_count(x);
+    else
         std::snprintf(buf, sizeof buf, "%.0f", x);  // int, steps
     return buf;
 }

@@ -2,6 +2,7 @@
 
 #include <unistd.h>
 
+#include <cmath>
 #include <cstdio>
 
 namespace distill {
@@ -32,11 +33,14 @@ std::string format_duration(double s) {
 
 std::string format_count(double n) {
     char buf[32];
-    if (n >= 1e9)
+    const double a = std::fabs(n);
+    if (a >= 1e12)
+        std::snprintf(buf, sizeof buf, "%.2fT", n / 1e12);
+    else if (a >= 1e9)
         std::snprintf(buf, sizeof buf, "%.2fG", n / 1e9);
-    else if (n >= 1e6)
+    else if (a >= 1e6)
         std::snprintf(buf, sizeof buf, "%.2fM", n / 1e6);
-    else if (n >= 1e3)
+    else if (a >= 1e3)
         std::snprintf(buf, sizeof buf, "%.1fk", n / 1e3);
     else
         std::snprintf(buf, sizeof buf, "%.0f", n);
