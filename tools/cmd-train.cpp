@@ -1,6 +1,7 @@
 // distill train — a student from a teacher cache (offline), a live teacher (online), or the data
 // alone (--loss ce, the no-teacher baseline).
 #include "cli.h"
+#include "distill/cross-tokenizer.h"
 #include "distill/kd.h"
 #include "distill/sequences.h"
 #include "io/logit-cache.h"
@@ -15,6 +16,7 @@ namespace distill::cli {
 namespace {
 struct Options {
     std::string config, init, tokenizer, data, run_dir, cache, teacher, sequences, loss = "fkl";
+    std::string teacher_data, teacher_tokenizer, xtok_map = "first";
     int64_t online_top_logprobs = 0;
     LossOptions lo;
     TrainOptions train;
@@ -66,8 +68,46 @@ int run_sequences(Options& o) {
     return 0;
 }
 
+// A student whose tokenizer differs from the teacher cache's: aligned on byte offsets with the
+// shard the cache was captured on (docs/losses.md, "Across tokenizers").
+int run_cross_tokenizer(Options& o) {
+    DISTILL_USAGE(!o.cache.empty(), "--teacher-data goes with --cache (a cache of the teacher's tokens)");
+    DISTILL_USAGE(!o.teacher_tokenizer.empty(), "--teacher-data needs --teacher-tokenizer (the cache's tokenizer)");
+    DISTILL_USAGE(o.config.empty() != o.init.empty(), "pass exactly one of --config and --init");
+    DISTILL_USAGE(!o.tokenizer.empty() || !o.init.empty(), "pass the student's --tokenizer (or --init a model that has one)");
+    o.lo.kind = loss_kind_from_string(o.loss);
+    DISTILL_USAGE(o.lo.kind != LossKind::kCrossEntropy, "--loss ce takes no teacher: drop --cache and --teacher-data");
+    LoadedModel none;
+    Tokenizer tok = student_tokenizer(o, none);
+    Tokenizer teacher_tok = load_tokenizer(o.teacher_tokenizer);
+    auto [student, cfg] = make_student(o, tok);
+    TrainOptions& t = o.train;
+    t.model_flops_per_token = cfg.flops_per_token(t.seq_len);
+    TokenShard shard(o.data), teacher_shard(o.teacher_data);
+    LogitCacheReader cache(o.cache);
+    const CrossTokenizerMap map = build_cross_tokenizer_map(shard, tok, teacher_shard, teacher_tok, cache,
+                                                            cross_tokenizer_mapping_from_string(o.xtok_map));
+    std::fprintf(stderr,
+                 "train: across tokenizers (%s): %lld of %lld student positions align with a cached teacher "
+                 "position; %lld of %d teacher ids map onto student tokens (%lld exactly)\n",
+                 o.xtok_map.c_str(), static_cast<long long>(map.aligned), static_cast<long long>(shard.size()),
+                 static_cast<long long>(map.mapped_ids), cache.info().vocab_size,
+                 static_cast<long long>(map.exact_ids));
+    const nlohmann::json teacher_id = {{"cache", cache.info().teacher_fingerprint},
+                                       {"top_k", cache.info().top_k},
+                                       {"cross_tokenizer", {{"mapping", o.xtok_map}, {"alignment", map.fingerprint}}}};
+    BatchSpec spec{t.batch_size, t.seq_len, t.seed, false};
+    auto result = run_training(student, tok, t, o.run_dir, distill_settings(cfg, o.init, t, o.lo, teacher_id, shard, tok),
+                               make_cross_tokenizer_loss(student, shard, spec, o.lo, cache, map), "train");
+    print_train_result(o.run_dir, result);
+    return 0;
+}
+
 int run(Options& o) {
     if (!o.sequences.empty()) return run_sequences(o);
+    DISTILL_USAGE(o.teacher_tokenizer.empty() || !o.teacher_data.empty(),
+                  "--teacher-tokenizer goes with --teacher-data (a student across tokenizers)");
+    if (!o.teacher_data.empty()) return run_cross_tokenizer(o);
     DISTILL_USAGE(!o.data.empty(), "train needs --data (a token shard), or --sequences (an API dataset)");
     DISTILL_USAGE(o.cache.empty() || o.teacher.empty(), "pass --cache or --teacher, not both");
     DISTILL_USAGE(o.config.empty() != o.init.empty(), "pass exactly one of --config and --init");
@@ -123,6 +163,15 @@ Command add_train(CLI::App& app) {
     c->add_option("--run-dir", o->run_dir, "run directory (resumed if it exists)")->required();
     c->add_option("--cache", o->cache, "teacher logit cache (offline distillation)");
     c->add_option("--teacher", o->teacher, "teacher model directory or .gguf (online distillation)");
+    c->add_option("--teacher-data", o->teacher_data,
+                  "with --cache of another tokenizer: the shard the cache was captured on (the same text as "
+                  "--data in the teacher's tokens); the student learns across tokenizers");
+    c->add_option("--teacher-tokenizer", o->teacher_tokenizer, "the tokenizer the --cache was captured with")
+        ->check(CLI::ExistingPath);
+    c->add_option("--xtok-map", o->xtok_map,
+                  "across tokenizers, a teacher token's probability goes to: first (the student token its "
+                  "spelling starts with) or exact (only a student token of the same bytes)")
+        ->check(CLI::IsMember({"first", "exact"}))->capture_default_str();
     c->add_option("--online-top-logprobs", o->online_top_logprobs,
                   "with --teacher: use its exact top K + rest (sparse loss) instead of the dense form")
         ->check(in_range(0, 1024))->capture_default_str();

@@ -14,7 +14,8 @@ void check_cache_fits(const LogitCacheReader& cache, const std::string& student_
                   ") differs from the one the teacher cache was captured with (",
                   info.tokenizer_fingerprint,
                   "): token ids would mean different things. Use the teacher's tokenizer.json for "
-                  "the student, or distill on text (sequence-level) instead");
+                  "the student, or learn across tokenizers (--teacher-data SHARD --teacher-tokenizer T: "
+                  "the shard the cache was captured on)");
     DISTILL_CHECK(info.data_fingerprint == shard.info().fingerprint,
                   "the teacher cache was captured on other data (fingerprint ", info.data_fingerprint,
                   ") than --data (", shard.info().fingerprint,

@@ -29,6 +29,7 @@ Batch sample_batch(const TokenShard& shard, const BatchSpec& spec, int64_t step,
         } else {
             start = std::uniform_int_distribution<int64_t>(0, N - T - 1)(rng);
         }
+        b.starts.push_back(start);
         b.tokens[i].copy_(shard.slice(start, T + 1));
     }
     if (spec.device != b.tokens.device()) b.tokens = b.tokens.to(spec.device);

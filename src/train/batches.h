@@ -21,10 +21,11 @@ struct BatchSpec {
     torch::Device device = torch::kCPU;  // where the batch's tokens are put
 };
 
-// For step `step` and micro-batch `micro`: tokens (B, T+1) int64 and, when aligned, the window
-// indices (B) into the cache.
+// For step `step` and micro-batch `micro`: tokens (B, T+1) int64, where each row starts in the
+// shard (B) and, when aligned, the window indices (B) into the cache.
 struct Batch {
     torch::Tensor tokens;
+    std::vector<int64_t> starts;
     std::vector<int64_t> windows;
 };
 Batch sample_batch(const TokenShard& shard, const BatchSpec& spec, int64_t step, int64_t micro);
