@@ -3,6 +3,7 @@
 #include "cli.h"
 #include "distill/cross-tokenizer.h"
 #include "distill/kd.h"
+#include "distill/on-policy.h"
 #include "distill/sequences.h"
 #include "io/logit-cache.h"
 #include "model/checkpoint.h"
@@ -18,6 +19,8 @@ struct Options {
     std::string config, init, tokenizer, data, run_dir, cache, teacher, sequences, loss = "fkl";
     std::string teacher_data, teacher_tokenizer, xtok_map = "first";
     int64_t online_top_logprobs = 0;
+    OnPolicyOptions on_policy;
+    bool on_policy_set = false, sampling_flag_set = false;
     LossOptions lo;
     TrainOptions train;
 };
@@ -109,7 +112,14 @@ int run(Options& o) {
                   "--teacher-tokenizer goes with --teacher-data (a student across tokenizers)");
     if (!o.teacher_data.empty()) return run_cross_tokenizer(o);
     DISTILL_USAGE(!o.data.empty(), "train needs --data (a token shard), or --sequences (an API dataset)");
-    DISTILL_USAGE(o.cache.empty() || o.teacher.empty(), "pass --cache or --teacher, not both");
+    o.on_policy_set = o.on_policy_set || o.on_policy.lambda > 0;
+    DISTILL_USAGE(o.on_policy_set || !o.sampling_flag_set,
+                  "--max-new-tokens goes with --on-policy (as do --sample-temperature, --sample-top-k, --sample-top-p)");
+    DISTILL_USAGE(!o.on_policy_set || !o.teacher.empty(),
+                  "--on-policy needs --teacher: a live teacher scores the student's samples");
+    DISTILL_USAGE(o.cache.empty() || o.teacher.empty() || o.on_policy_set,
+                  "pass --cache or --teacher, not both (both only with --on-policy: the cache for the data "
+                  "batches, the teacher for the sampled ones)");
     DISTILL_USAGE(o.config.empty() != o.init.empty(), "pass exactly one of --config and --init");
     DISTILL_USAGE(o.online_top_logprobs == 0 || !o.teacher.empty(), "--online-top-logprobs needs --teacher");
     o.lo.kind = loss_kind_from_string(o.loss);
@@ -128,20 +138,30 @@ int run(Options& o) {
         cache = std::make_unique<LogitCacheReader>(o.cache);
         check_cache_fits(*cache, tok.fingerprint(), cfg.vocab_size, shard, t.seq_len);
         teacher_id = {{"cache", cache->info().teacher_fingerprint}, {"top_k", cache->info().top_k}};
-    } else if (teacher.model) {
+    }
+    if (teacher.model) {
         DISTILL_CHECK(teacher.has_tokenizer && teacher.tokenizer.fingerprint() == tok.fingerprint(),
                       "the teacher's tokenizer differs from the student's: logit distillation needs the "
                       "same token ids");
-        teacher_id = {{"teacher", teacher.fingerprint}};
+        teacher_id["teacher"] = teacher.fingerprint;
     }
     if (o.online_top_logprobs > 0) teacher_id["online_top_k"] = o.online_top_logprobs;
     BatchSpec spec{t.batch_size, t.seq_len, t.seed, cache != nullptr};
     Llama* teacher_ptr = teacher.model ? &teacher.model : nullptr;
-    auto result = run_training(student, tok, t, o.run_dir,
-                               distill_settings(cfg, o.init, t, o.lo, teacher_id, shard, tok),
-                               make_student_loss(student, shard, spec, o.lo, cache.get(), teacher_ptr,
-                                                 o.online_top_logprobs),
-                               "train");
+    // with a cache the data batches come from it; the live teacher then scores only the samples
+    LossFn loss_fn = make_student_loss(student, shard, spec, o.lo, cache.get(), cache ? nullptr : teacher_ptr,
+                                       o.online_top_logprobs);
+    if (o.on_policy_set) {
+        OnPolicyOptions& op = o.on_policy;
+        teacher_id["on_policy"] = {{"lambda", op.lambda},
+                                   {"max_new_tokens", op.max_new_tokens},
+                                   {"temperature", op.sampling.temperature},
+                                   {"top_k", op.sampling.top_k},
+                                   {"top_p", op.sampling.top_p}};
+        loss_fn = make_on_policy_loss(student, teacher.model, shard, spec, o.lo, op, o.online_top_logprobs, loss_fn);
+    }
+    auto result = run_training(student, tok, t, o.run_dir, distill_settings(cfg, o.init, t, o.lo, teacher_id, shard, tok),
+                               loss_fn, "train");
     print_train_result(o.run_dir, result);
     return 0;
 }
@@ -175,6 +195,25 @@ Command add_train(CLI::App& app) {
     c->add_option("--online-top-logprobs", o->online_top_logprobs,
                   "with --teacher: use its exact top K + rest (sparse loss) instead of the dense form")
         ->check(in_range(0, 1024))->capture_default_str();
+    c->add_option("--on-policy", o->on_policy.lambda,
+                  "GKD's lambda: the probability that a batch is the student's own continuations of prompts "
+                  "cut from the data, scored by --teacher (0 = never, 1 = always)")
+        ->check(in_range(0, 1))->capture_default_str()
+        ->each([o](const std::string&) { o->on_policy_set = true; });
+    c->add_option("--max-new-tokens", o->on_policy.max_new_tokens,
+                  "with --on-policy: tokens sampled per row; the prompt is the window's first --seq-len minus these")
+        ->check(in_range(1, 1 << 20))->capture_default_str()
+        ->each([o](const std::string&) { o->sampling_flag_set = true; });
+    c->add_option("--sample-temperature", o->on_policy.sampling.temperature,
+                  "with --on-policy: the student's sampling temperature (0 = greedy)")
+        ->check(in_range(0, 100))->capture_default_str()
+        ->each([o](const std::string&) { o->sampling_flag_set = true; });
+    c->add_option("--sample-top-k", o->on_policy.sampling.top_k, "with --on-policy: sample from the top K (0 = off)")
+        ->check(in_range(0, 1 << 30))->capture_default_str()
+        ->each([o](const std::string&) { o->sampling_flag_set = true; });
+    c->add_option("--sample-top-p", o->on_policy.sampling.top_p, "with --on-policy: nucleus sampling (1 = off)")
+        ->check(in_range(0.0, 1.0))->capture_default_str()
+        ->each([o](const std::string&) { o->sampling_flag_set = true; });
     c->add_option("--loss", o->loss, "fkl, rkl, jsd, sfkl, srkl, tv or ce")
         ->check(CLI::IsMember({"fkl", "rkl", "jsd", "sfkl", "srkl", "tv", "ce"}))->capture_default_str();
     c->add_option("--temperature", o->lo.temperature, "distillation temperature")->check(in_range(0.05, 100))
