@@ -74,11 +74,12 @@ int run_sequences(Options& o) {
 int run(Options& o) {
     if (!o.sequences.empty()) return run_sequences(o);
     // data parallel (torchrun / distill launch): joins the other ranks before any work is spent
+    const int world = Distributed::world_from_env();
+    DISTILL_USAGE(o.train.batch_size % world == 0, "--batch-size ", o.train.batch_size,
+                  " is the global batch: it must divide into WORLD_SIZE=", world, " equal shares (use a multiple of ",
+                  world, ")");
     std::unique_ptr<Distributed> dist = Distributed::from_env(o.dist);
     if (dist) {
-        DISTILL_USAGE(o.train.batch_size % dist->world() == 0, "--batch-size ", o.train.batch_size,
-                      " is the global batch: it must divide into WORLD_SIZE=", dist->world(),
-                      " equal shares (use a multiple of ", dist->world(), ")");
         log_info(str_cat("train: rank ", dist->rank(), " of ", dist->world(), ", rows ",
                          rank_rows(o.train.batch_size, dist->rank(), dist->world()).first, "..",
                          rank_rows(o.train.batch_size, dist->rank(), dist->world()).second - 1,

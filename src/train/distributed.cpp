@@ -41,6 +41,12 @@ int64_t env_int(const char* name, int64_t dflt, int64_t lo, int64_t hi) {
     return x;
 }
 
+// c10::Error's message without its C++ backtrace.
+std::string message(const std::exception& e) {
+    if (auto* c = dynamic_cast<const c10::Error*>(&e)) return c->what_without_backtrace();
+    return e.what();
+}
+
 std::vector<uint8_t> to_bytes(const std::string& s) { return {s.begin(), s.end()}; }
 std::string from_bytes(const std::vector<uint8_t>& b) { return {b.begin(), b.end()}; }
 
@@ -90,8 +96,10 @@ struct Distributed::Impl {
 
 Distributed::~Distributed() = default;
 
+int Distributed::world_from_env() { return static_cast<int>(env_int("WORLD_SIZE", 1, 1, 1 << 16)); }
+
 std::unique_ptr<Distributed> Distributed::from_env(const DistOptions& opts) {
-    const int64_t world = env_int("WORLD_SIZE", 1, 1, 1 << 16);
+    const int64_t world = world_from_env();
     if (world <= 1) return nullptr;
     DISTILL_CHECK(opts.timeout_s > 0, "--dist-timeout must be positive");
     DISTILL_CHECK(std::getenv("RANK"), "WORLD_SIZE=", world, " but RANK is not set: start the ranks with "
@@ -133,9 +141,26 @@ std::unique_ptr<Distributed> Distributed::from_env(const DistOptions& opts) {
                             " MASTER_PORT=", port, " failed within --dist-timeout ", opts.timeout_s,
                             " s (", rank == 0 && !agent_store ? "is the port in use? " : "is rank 0 running "
                             "and the address reachable? ", "do all ranks have WORLD_SIZE=", world, "?): ",
-                            e.what()));
+                            message(e)));
     }
     m.store->setTimeout(m.timeout);
+    // every rank must agree on WORLD_SIZE before the process group (whose own failure on a
+    // mismatch is an opaque address-size check in gloo)
+    try {
+        m.store->set("distill/world/" + std::to_string(rank), to_bytes(std::to_string(world)));
+        for (int64_t r = 0; r < world; ++r) {
+            if (r == rank || (rank != 0 && r != 0)) continue;
+            const std::string w = from_bytes(m.store->get("distill/world/" + std::to_string(r)));
+            DISTILL_CHECK(w == std::to_string(world), "rank ", rank, " has WORLD_SIZE=", world, " but rank ", r,
+                          " has WORLD_SIZE=", w, ": start every rank with the same WORLD_SIZE");
+        }
+    } catch (const Error&) {
+        throw;
+    } catch (const std::exception& e) {
+        throw Error(str_cat("rank ", rank, " of ", world, ": not every rank joined within --dist-timeout ",
+                            opts.timeout_s, " s (is WORLD_SIZE=", world, " right on every rank, and did they all "
+                            "start?): ", message(e)));
+    }
     try {
 #ifdef DISTILL_WITH_NCCL
         if (torch::cuda::is_available() && env_or("DISTILL_DIST_BACKEND", "nccl") == "nccl") {
@@ -155,7 +180,7 @@ std::unique_ptr<Distributed> Distributed::from_env(const DistOptions& opts) {
         }
     } catch (const std::exception& e) {
         throw Error(str_cat("rank ", rank, " of ", world, ": the process group did not form within --dist-timeout ",
-                            opts.timeout_s, " s: ", e.what()));
+                            opts.timeout_s, " s: ", message(e)));
     }
     return d;
 }
@@ -172,7 +197,7 @@ void Distributed::check_same_settings(const nlohmann::json& settings) {
             other = nlohmann::json::parse(from_bytes(m.store->get("distill/settings/" + std::to_string(r))));
         } catch (const std::exception& e) {
             throw Error(str_cat("rank ", rank_, ": rank ", r, " did not publish its settings within --dist-timeout ",
-                                opts_.timeout_s, " s (did it die, or is WORLD_SIZE wrong?): ", e.what()));
+                                opts_.timeout_s, " s (did it die, or is WORLD_SIZE wrong?): ", message(e)));
         }
         std::vector<std::string> keys;
         diff_keys(mine, other, "", keys);

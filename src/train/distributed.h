@@ -25,6 +25,8 @@ public:
     // within the timeout.
     static std::unique_ptr<Distributed> from_env(const DistOptions& opts);
     ~Distributed();
+    // WORLD_SIZE (1 when unset), without joining anything.
+    static int world_from_env();
 
     int rank() const { return rank_; }
     int world() const { return world_; }
