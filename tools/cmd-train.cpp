@@ -10,6 +10,8 @@
 #include "model/gguf-model.h"
 #include "pipeline/pipeline.h"
 #include "tokenizer/load.h"
+#include "train/distributed.h"
+#include "util/progress.h"
 #include "util/file.h"
 
 namespace distill::cli {
@@ -23,6 +25,7 @@ struct Options {
     bool on_policy_set = false, sampling_flag_set = false;
     LossOptions lo;
     TrainOptions train;
+    DistOptions dist;
 };
 
 // The student's tokenizer: --tokenizer, else --init's, else the teacher's.
@@ -49,6 +52,8 @@ std::pair<Llama, ModelConfig> make_student(const Options& o, const Tokenizer& to
 
 // A student from an API dataset (capture --teacher-url): sequence-level, or KD on its top log-probs.
 int run_sequences(Options& o) {
+    DISTILL_USAGE(Distributed::from_env(o.dist) == nullptr,
+                  "--sequences trains in one process: unset WORLD_SIZE (data parallel covers --data runs)");
     DISTILL_USAGE(o.cache.empty() && o.teacher.empty() && o.data.empty(),
                   "--sequences trains on an API dataset: no --data, --cache or --teacher with it");
     DISTILL_USAGE(o.config.empty() != o.init.empty(), "pass exactly one of --config and --init");
@@ -110,9 +115,23 @@ int run(Options& o) {
     if (!o.sequences.empty()) return run_sequences(o);
     DISTILL_USAGE(o.teacher_tokenizer.empty() || !o.teacher_data.empty(),
                   "--teacher-tokenizer goes with --teacher-data (a student across tokenizers)");
-    if (!o.teacher_data.empty()) return run_cross_tokenizer(o);
-    DISTILL_USAGE(!o.data.empty(), "train needs --data (a token shard), or --sequences (an API dataset)");
     o.on_policy_set = o.on_policy_set || o.on_policy.lambda > 0;
+    DISTILL_USAGE(Distributed::world_from_env() == 1 || (o.teacher_data.empty() && !o.on_policy_set),
+                  "--teacher-data and --on-policy run in one process for now: unset WORLD_SIZE");
+    if (!o.teacher_data.empty()) return run_cross_tokenizer(o);
+    // data parallel (torchrun / distill launch): joins the other ranks before any work is spent
+    const int world = Distributed::world_from_env();
+    DISTILL_USAGE(o.train.batch_size % world == 0, "--batch-size ", o.train.batch_size,
+                  " is the global batch: it must divide into WORLD_SIZE=", world, " equal shares (use a multiple of ",
+                  world, ")");
+    std::unique_ptr<Distributed> dist = Distributed::from_env(o.dist);
+    if (dist) {
+        log_info(str_cat("train: rank ", dist->rank(), " of ", dist->world(), ", rows ",
+                         rank_rows(o.train.batch_size, dist->rank(), dist->world()).first, "..",
+                         rank_rows(o.train.batch_size, dist->rank(), dist->world()).second - 1,
+                         " of each global batch of ", o.train.batch_size));
+    }
+    DISTILL_USAGE(!o.data.empty(), "train needs --data (a token shard), or --sequences (an API dataset)");
     DISTILL_USAGE(o.on_policy_set || !o.sampling_flag_set,
                   "--max-new-tokens goes with --on-policy (as do --sample-temperature, --sample-top-k, --sample-top-p)");
     DISTILL_USAGE(!o.on_policy_set || !o.teacher.empty(),
@@ -147,6 +166,7 @@ int run(Options& o) {
     }
     if (o.online_top_logprobs > 0) teacher_id["online_top_k"] = o.online_top_logprobs;
     BatchSpec spec{t.batch_size, t.seq_len, t.seed, cache != nullptr};
+    if (dist) std::tie(spec.row_begin, spec.row_end) = rank_rows(t.batch_size, dist->rank(), dist->world());
     Llama* teacher_ptr = teacher.model ? &teacher.model : nullptr;
     // with a cache the data batches come from it; the live teacher then scores only the samples
     LossFn loss_fn = make_student_loss(student, shard, spec, o.lo, cache.get(), cache ? nullptr : teacher_ptr,
@@ -161,8 +181,8 @@ int run(Options& o) {
         loss_fn = make_on_policy_loss(student, teacher.model, shard, spec, o.lo, op, o.online_top_logprobs, loss_fn);
     }
     auto result = run_training(student, tok, t, o.run_dir, distill_settings(cfg, o.init, t, o.lo, teacher_id, shard, tok),
-                               loss_fn, "train");
-    print_train_result(o.run_dir, result);
+                               loss_fn, "train", dist.get());
+    if (!dist || dist->rank() == 0) print_train_result(o.run_dir, result);
     return 0;
 }
 }  // namespace
@@ -223,6 +243,12 @@ Command add_train(CLI::App& app) {
     c->add_option("--beta", o->lo.beta, "JSD beta")->check(in_range(0, 1))->capture_default_str();
     c->add_option("--alpha", o->lo.alpha, "skew KL alpha")->check(in_range(0, 1))->capture_default_str();
     add_train_flags(c, o->train);
+    const std::string dgroup = "Data parallel (WORLD_SIZE > 1; docs/distributed.md)";
+    c->add_option("--dist-timeout", o->dist.timeout_s,
+                  "seconds that the rendezvous and each collective may take before every rank stops with an error")
+        ->check(in_range(1, 86400))->capture_default_str()->group(dgroup);
+    c->add_option("--dist-bucket-mb", o->dist.bucket_mb, "MiB of gradients per all-reduce bucket")
+        ->check(in_range(1, 4096))->capture_default_str()->group(dgroup);
     return {c, [o] { return run(*o); }};
 }
 

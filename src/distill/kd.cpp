@@ -41,7 +41,7 @@ LossFn make_student_loss(Llama& student, const TokenShard& shard, const BatchSpe
     return [&student, &shard, spec, loss, cache, teacher, teacher_loss, online_top_k](int64_t step,
                                                                                      int64_t micro) {
         Batch b = sample_batch(shard, spec, step, micro);
-        const int64_t B = spec.batch_size, T = spec.seq_len;
+        const int64_t B = b.tokens.size(0), T = spec.seq_len;  // B: this rank's rows
         auto inputs = b.tokens.narrow(1, 0, T);
         auto targets = b.tokens.narrow(1, 1, T).reshape({-1});  // (B*T)
         auto logits = student->forward(inputs);                  // (B, T, V)

@@ -17,20 +17,23 @@ Batch sample_batch(const TokenShard& shard, const BatchSpec& spec, int64_t step,
                       static_cast<uint32_t>(step), static_cast<uint32_t>(step >> 32),
                       static_cast<uint32_t>(micro)};
     std::mt19937_64 rng(seq);
+    const int64_t r0 = spec.row_begin, r1 = spec.row_end > 0 ? spec.row_end : B;
+    DISTILL_ASSERT(0 <= r0 && r0 < r1 && r1 <= B, "batch rows out of range");
     Batch b;
-    b.tokens = torch::empty({B, T + 1}, torch::kInt64);
+    b.tokens = torch::empty({r1 - r0, T + 1}, torch::kInt64);
     const int64_t W = num_aligned_windows(N, T);
     for (int64_t i = 0; i < B; ++i) {
-        int64_t start;
+        int64_t start, w = -1;
         if (spec.aligned) {
-            int64_t w = std::uniform_int_distribution<int64_t>(0, W - 1)(rng);
-            b.windows.push_back(w);
+            w = std::uniform_int_distribution<int64_t>(0, W - 1)(rng);
             start = w * T;
         } else {
             start = std::uniform_int_distribution<int64_t>(0, N - T - 1)(rng);
         }
+        if (i < r0 || i >= r1) continue;
+        if (spec.aligned) b.windows.push_back(w);
         b.starts.push_back(start);
-        b.tokens[i].copy_(shard.slice(start, T + 1));
+        b.tokens[i - r0].copy_(shard.slice(start, T + 1));
     }
     if (spec.device != b.tokens.device()) b.tokens = b.tokens.to(spec.device);
     return b;

@@ -19,10 +19,14 @@ struct BatchSpec {
     // captured teacher cache indexes the same windows. Otherwise any offset.
     bool aligned = false;
     torch::Device device = torch::kCPU;  // where the batch's tokens are put
+    // Data parallel: this process keeps rows [row_begin, row_end) of the global batch of B (all
+    // B windows are drawn, so every rank's rows are the ones one process would compute there).
+    // row_end 0 = all rows.
+    int64_t row_begin = 0, row_end = 0;
 };
 
-// For step `step` and micro-batch `micro`: tokens (B, T+1) int64, where each row starts in the
-// shard (B) and, when aligned, the window indices (B) into the cache.
+// For step `step` and micro-batch `micro`: tokens (B, T+1) int64 (B = the kept rows), where each
+// row starts in the shard (B) and, when aligned, the window indices (B) into the cache.
 struct Batch {
     torch::Tensor tokens;
     std::vector<int64_t> starts;

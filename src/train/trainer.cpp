@@ -12,6 +12,7 @@
 #include "eval/eval.h"
 #include "io/safetensors.h"
 #include "model/checkpoint.h"
+#include "train/distributed.h"
 #include "train/optimizer.h"
 #include "util/error.h"
 #include "util/file.h"
@@ -103,7 +104,7 @@ void load_weights_from(Llama& model, const std::string& dir) {
 
 TrainResult run_training(Llama& model, const Tokenizer& tokenizer, const TrainOptions& opts,
                          const std::string& run_dir, const nlohmann::json& run_config,
-                         const LossFn& loss_fn, const std::string& label) {
+                         const LossFn& loss_fn, const std::string& label, Distributed* dist) {
     DISTILL_CHECK(opts.steps > 0 && opts.batch_size > 0 && opts.seq_len > 0 && opts.grad_accum > 0,
                   "steps, batch size, sequence length and grad accumulation must be positive");
     DISTILL_CHECK(opts.lr > 0 && std::isfinite(opts.lr), "learning rate must be positive");
@@ -118,7 +119,10 @@ TrainResult run_training(Llama& model, const Tokenizer& tokenizer, const TrainOp
         DISTILL_CHECK(!eval_text.empty(), "--eval-text file '", opts.eval_text, "' is empty");
         eval_every = opts.eval_every > 0 ? opts.eval_every : opts.checkpoint_every;
     }
-    make_dirs(run_dir);
+    // data parallel: only rank 0 writes the run directory
+    const bool writer = !dist || dist->rank() == 0;
+    if (dist) dist->check_same_settings(run_config);
+    if (writer) make_dirs(run_dir);
     const std::string fp = run_fingerprint(run_config);
     const std::string ckpt_dir = path_join(run_dir, "checkpoint");
     const std::string final_dir = path_join(run_dir, "model");
@@ -164,13 +168,27 @@ TrainResult run_training(Llama& model, const Tokenizer& tokenizer, const TrainOp
         result.tokens = state.value("tokens", int64_t{0});
         result.seconds = state.value("seconds", 0.0);
         result.resumed = true;
-        trim_metrics(metrics_path, start_step);
+        if (writer) trim_metrics(metrics_path, start_step);
         log_info(str_cat(label, ": resuming from the checkpoint at step ", start_step, " in ",
                          ckpt_dir));
-    } else {
+    } else if (writer) {
         write_file_atomic(metrics_path, "");
     }
-    write_file_atomic(path_join(run_dir, "run.json"), run_config.dump(2) + "\n");
+    if (writer) write_file_atomic(path_join(run_dir, "run.json"), run_config.dump(2) + "\n");
+    std::vector<torch::Tensor> param_list;
+    for (auto& p : params) param_list.push_back(p.second);
+    if (dist) {
+        // every rank starts from rank 0's weights and optimizer state (a guard: they were made
+        // from the same seed or read from the same checkpoint)
+        std::vector<torch::Tensor> state = param_list;
+        for (auto& [name, t] : opt.state()) state.push_back(t);
+        dist->broadcast(state);
+        std::vector<double> starts{double(start_step)};
+        dist->all_reduce_sum(starts);
+        DISTILL_CHECK(starts[0] == double(start_step) * dist->world(), "rank ", dist->rank(),
+                      " resumes at step ", start_step, " but other ranks do not: every rank must see "
+                      "rank 0's run directory '", run_dir, "' (a shared file system on several machines)");
+    }
 
     auto save_checkpoint = [&](int64_t step) {
         nlohmann::json state = {{"step", step},
@@ -197,9 +215,13 @@ TrainResult run_training(Llama& model, const Tokenizer& tokenizer, const TrainOp
         return b;
     };
 
-    std::ofstream metrics(metrics_path, std::ios::app);
+    std::ofstream metrics;
+    if (writer) metrics.open(metrics_path, std::ios::app);
     model->train();
+    const bool quiet_before = Progress::quiet;
+    if (!writer) Progress::quiet = true;
     Progress progress(label);
+    double allreduce_ms = 0;
     double window_loss = 0;
     int64_t window_n = 0;
     double t_last = now_seconds();
@@ -208,6 +230,7 @@ TrainResult run_training(Llama& model, const Tokenizer& tokenizer, const TrainOp
     for (int64_t step = start_step; step < opts.steps; ++step) {
         const double lr = lr_at(step, opts.steps, opts.warmup, opts.lr, opts.min_lr_ratio);
         opt.zero_grad();
+        const int64_t tokens_before_step = result.tokens;
         double step_loss = 0;
         std::map<std::string, double> extras;
         for (int64_t micro = 0; micro < opts.grad_accum; ++micro) {
@@ -217,6 +240,14 @@ TrainResult run_training(Llama& model, const Tokenizer& tokenizer, const TrainOp
             step_loss += sl.loss.item<double>() / double(opts.grad_accum);
             result.tokens += sl.tokens;
             for (const auto& [k, v] : sl.extras) extras[k] += v / double(opts.grad_accum);
+        }
+        if (dist) {
+            allreduce_ms = dist->all_reduce_gradients(param_list);
+            // the step's loss is the mean over the ranks' equal shares; tokens add up
+            std::vector<double> v{step_loss, double(result.tokens)};
+            dist->all_reduce_sum(v);
+            step_loss = v[0] / dist->world();
+            result.tokens = static_cast<int64_t>(v[1]) - (dist->world() - 1) * tokens_before_step;
         }
         DISTILL_CHECK(std::isfinite(step_loss), label, ": the loss became ", step_loss, " at step ",
                       step + 1, "; lower --lr or check the data (the last checkpoint is kept)");
@@ -247,23 +278,37 @@ TrainResult run_training(Llama& model, const Tokenizer& tokenizer, const TrainOp
             if (opts.model_flops_per_token > 0)
                 line["model_gflops_per_second"] = 3.0 * opts.model_flops_per_token * tok_s / 1e9;
             for (const auto& [k, v] : extras) line[k] = v;
-            if (eval_now) {
+            if (dist) {
+                line["world_size"] = dist->world();
+                line["allreduce_ms"] = allreduce_ms;
+            }
+            if (eval_now && writer) {
                 const BpbResult b = heldout_bpb();
                 line["heldout_bpb"] = b.bits_per_byte;
                 line["heldout_seconds"] = b.seconds;
                 t_last = now_seconds();
                 t_start += b.seconds;
             }
-            metrics << line.dump() << "\n";
-            metrics.flush();
+            if (writer) {
+                metrics << line.dump() << "\n";
+                metrics.flush();
+            }
             result.final_loss = window_loss / window_n;
             window_loss = 0;
             window_n = 0;
         }
-        if (done % opts.checkpoint_every == 0 && done < opts.steps) save_checkpoint(done);
+        if (done % opts.checkpoint_every == 0 && done < opts.steps && writer) save_checkpoint(done);
     }
     result.steps = opts.steps;
     model->eval();
+    // every rank holds the same weights; rank 0 writes them, the others wait until it has
+    if (dist) {
+        Progress::quiet = quiet_before;
+        if (!writer) {
+            dist->barrier();
+            return result;
+        }
+    }
     save_model_dir(final_dir, model, &tokenizer);
     nlohmann::json done = {{"fingerprint", fp},       {"steps", result.steps},
                            {"tokens", result.tokens}, {"seconds", result.seconds},
@@ -272,6 +317,7 @@ TrainResult run_training(Llama& model, const Tokenizer& tokenizer, const TrainOp
     std::error_code ec;
     std::filesystem::remove_all(ckpt_dir, ec);
     progress.finish(str_cat("loss ", result.final_loss));
+    if (dist) dist->barrier();
     return result;
 }
 

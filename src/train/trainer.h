@@ -13,6 +13,8 @@
 
 namespace distill {
 
+class Distributed;
+
 struct TrainOptions {
     int64_t steps = 1000;
     int64_t batch_size = 16;  // sequences per micro-batch
@@ -64,9 +66,13 @@ struct TrainResult {
 // full description of the run (options, data and teacher fingerprints...): a run dir holding a
 // checkpoint of a different run_config is refused, one holding a finished run of the same
 // run_config is reused as it is.
+// With `dist` (data parallel, docs/distributed.md): loss_fn computes this rank's rows of the
+// global batch; the ranks check that they share run_config, start from rank 0's weights, average
+// their gradients each step; only rank 0 writes to run_dir (every rank resumes from it).
 TrainResult run_training(Llama& model, const Tokenizer& tokenizer, const TrainOptions& opts,
                          const std::string& run_dir, const nlohmann::json& run_config,
-                         const LossFn& loss_fn, const std::string& label = "train");
+                         const LossFn& loss_fn, const std::string& label = "train",
+                         Distributed* dist = nullptr);
 
 // Cross-entropy of next-token prediction on tokens (B, T+1): mean over B*T positions.
 torch::Tensor next_token_loss(Llama& model, const torch::Tensor& tokens);
