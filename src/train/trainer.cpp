@@ -243,11 +243,11 @@ TrainResult run_training(Llama& model, const Tokenizer& tokenizer, const TrainOp
         }
         if (dist) {
             allreduce_ms = dist->all_reduce_gradients(param_list);
-            // the step's loss is the mean over the ranks' equal shares; tokens add up
-            std::vector<double> v{step_loss, double(result.tokens)};
+            // the step's loss is the mean over the ranks' equal shares; the step's tokens add up
+            std::vector<double> v{step_loss, double(result.tokens - tokens_before_step)};
             dist->all_reduce_sum(v);
             step_loss = v[0] / dist->world();
-            result.tokens = static_cast<int64_t>(v[1]) - (dist->world() - 1) * tokens_before_step;
+            result.tokens = tokens_before_step + static_cast<int64_t>(v[1]);
         }
         DISTILL_CHECK(std::isfinite(step_loss), label, ": the loss became ", step_loss, " at step ",
                       step + 1, "; lower --lr or check the data (the last checkpoint is kept)");
