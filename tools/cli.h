@@ -77,6 +77,10 @@ Command add_prepare(CLI::App& app);
 Command add_pretrain(CLI::App& app);
 Command add_capture(CLI::App& app);
 Command add_train(CLI::App& app);
+Command add_launch(CLI::App& app);
+// When argv is `distill [global flags] launch [launch flags] COMMAND ...`: keeps COMMAND ... for
+// launch and returns the argc of what comes before it; otherwise returns argc.
+int split_launch_command(int argc, char** argv);
 Command add_eval(CLI::App& app);
 Command add_report(CLI::App& app);
 Command add_score(CLI::App& app);

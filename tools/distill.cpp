@@ -29,14 +29,16 @@ int main(int argc, char** argv) {
 
     const std::vector<cli::Command> commands = {
         cli::add_demo(app),     cli::add_train_tokenizer(app), cli::add_prepare(app),
-        cli::add_pretrain(app), cli::add_capture(app),         cli::add_train(app),
+        cli::add_pretrain(app), cli::add_capture(app),         cli::add_train(app),           cli::add_launch(app),
         cli::add_eval(app),     cli::add_report(app),          cli::add_score(app),           cli::add_generate(app),
         cli::add_tokenize(app), cli::add_chat_template(app),   cli::add_export(app),
         cli::add_serve(app),    cli::add_guard(app),
     };
 
     try {
-        app.parse(argc, argv);
+        // `distill launch ... train ...`: what follows the launcher's own flags is the ranks' command,
+        // global flags included, so CLI11 sees only what comes before it
+        app.parse(cli::split_launch_command(argc, argv), argv);
     } catch (const CLI::ParseError& e) {
         // --help and --version exit 0; every usage error exits 2, as getopt-style tools do.
         if (e.get_exit_code() == 0) return app.exit(e);

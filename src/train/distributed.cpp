@@ -87,9 +87,9 @@ struct Distributed::Impl {
             }
 #endif
             f(*gloo)->wait(timeout);
-        } catch (const c10::Error& e) {
+        } catch (const std::exception& e) {  // c10::Error, or gloo's own exceptions
             throw Error(str_cat("distributed ", what, " failed (another rank died, or did not get there within "
-                                "--dist-timeout ", timeout.count() / 1000, " s): ", e.what_without_backtrace()));
+                                "--dist-timeout ", timeout.count() / 1000, " s): ", message(e)));
         }
     }
 };

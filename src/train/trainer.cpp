@@ -136,59 +136,91 @@ TrainResult run_training(Llama& model, const Tokenizer& tokenizer, const TrainOp
                        "to start over");
     };
 
-    if (file_exists(done_path) && dir_exists(final_dir)) {
-        const auto done = read_json_file(done_path);
-        DISTILL_CHECK(done.value("fingerprint", "") == fp, describe_mismatch("a finished model"));
-        load_weights_from(model, final_dir);
-        result.steps = done.value("steps", int64_t{0});
-        result.tokens = done.value("tokens", int64_t{0});
-        result.seconds = done.value("seconds", 0.0);
-        result.final_loss = done.value("final_loss", 0.0);
+    std::vector<std::pair<std::string, torch::Tensor>> params;
+    for (auto& p : model->named_parameters()) params.emplace_back(p.key(), p.value());
+    AdamW opt(params, {opts.lr, opts.beta1, opts.beta2, 1e-8, opts.weight_decay});
+    std::vector<torch::Tensor> param_list;
+    for (auto& p : params) param_list.push_back(p.second);
+
+    // Only rank 0 reads the run directory (a finished model, or the last checkpoint); the other
+    // ranks get what it found through the process group, so the run directory need not be shared
+    // between machines. 0: a fresh run, 1: resumed, 2: already finished, -1: rank 0 failed.
+    enum : int { kFresh = 0, kResumed = 1, kDone = 2, kFailed = -1 };
+    int found = kFresh;
+    int64_t start_step = 0;
+    std::string failure;
+    if (writer) {
+        try {
+            if (file_exists(done_path) && dir_exists(final_dir)) {
+                const auto done = read_json_file(done_path);
+                DISTILL_CHECK(done.value("fingerprint", "") == fp, describe_mismatch("a finished model"));
+                load_weights_from(model, final_dir);
+                result.steps = done.value("steps", int64_t{0});
+                result.tokens = done.value("tokens", int64_t{0});
+                result.seconds = done.value("seconds", 0.0);
+                result.final_loss = done.value("final_loss", 0.0);
+                found = kDone;
+            } else {
+                recover_dir(ckpt_dir);
+                if (dir_exists(ckpt_dir) && file_exists(path_join(ckpt_dir, "state.json"))) {
+                    const auto state = read_json_file(path_join(ckpt_dir, "state.json"));
+                    DISTILL_CHECK(state.value("fingerprint", "") == fp, describe_mismatch("a checkpoint"));
+                    load_weights_from(model, ckpt_dir);
+                    SafetensorsFile st(path_join(ckpt_dir, "optimizer.safetensors"));
+                    std::map<std::string, torch::Tensor> s;
+                    for (const auto& [name, e] : st.entries())
+                        s[name] = st.get(name, name == "t" ? torch::kInt64 : torch::kFloat32);
+                    opt.load_state(s);
+                    start_step = state.at("step").get<int64_t>();
+                    result.tokens = state.value("tokens", int64_t{0});
+                    result.seconds = state.value("seconds", 0.0);
+                    found = kResumed;
+                }
+            }
+        } catch (const Error& e) {
+            if (!dist) throw;
+            failure = e.what();
+            found = kFailed;
+        }
+    }
+    if (dist) {
+        std::vector<torch::Tensor> head{torch::tensor(
+            {double(found), double(start_step), double(result.tokens), result.seconds, result.final_loss,
+             double(result.steps)},
+            torch::kFloat64)};
+        dist->broadcast(head);
+        if (!failure.empty()) throw Error(failure);
+        const auto h = head[0];
+        found = static_cast<int>(h[0].item<double>());
+        DISTILL_CHECK(found != kFailed, "rank ", dist->rank(), ": rank 0 could not use the run directory '", run_dir,
+                      "' (its message says why)");
+        start_step = static_cast<int64_t>(h[1].item<double>());
+        result.tokens = static_cast<int64_t>(h[2].item<double>());
+        result.seconds = h[3].item<double>();
+        result.final_loss = h[4].item<double>();
+        result.steps = static_cast<int64_t>(h[5].item<double>());
+        // every rank takes rank 0's weights and optimizer state (made from the same seed, or read
+        // from its checkpoint); the step count is a fresh tensor in state(), so it is put back
+        std::vector<torch::Tensor> state = param_list;
+        auto opt_state = opt.state();
+        if (found != kDone)
+            for (auto& [name, t] : opt_state) state.push_back(t);
+        dist->broadcast(state);
+        if (found != kDone) opt.load_state(opt_state);
+    }
+    if (found == kDone) {
         result.already_done = true;
         log_info(str_cat(label, ": reusing the finished run in ", run_dir));
         return result;
     }
-
-    std::vector<std::pair<std::string, torch::Tensor>> params;
-    for (auto& p : model->named_parameters()) params.emplace_back(p.key(), p.value());
-    AdamW opt(params, {opts.lr, opts.beta1, opts.beta2, 1e-8, opts.weight_decay});
-
-    int64_t start_step = 0;
-    recover_dir(ckpt_dir);
-    if (dir_exists(ckpt_dir) && file_exists(path_join(ckpt_dir, "state.json"))) {
-        const auto state = read_json_file(path_join(ckpt_dir, "state.json"));
-        DISTILL_CHECK(state.value("fingerprint", "") == fp, describe_mismatch("a checkpoint"));
-        load_weights_from(model, ckpt_dir);
-        SafetensorsFile st(path_join(ckpt_dir, "optimizer.safetensors"));
-        std::map<std::string, torch::Tensor> s;
-        for (const auto& [name, e] : st.entries())
-            s[name] = st.get(name, name == "t" ? torch::kInt64 : torch::kFloat32);
-        opt.load_state(s);
-        start_step = state.at("step").get<int64_t>();
-        result.tokens = state.value("tokens", int64_t{0});
-        result.seconds = state.value("seconds", 0.0);
+    if (found == kResumed) {
         result.resumed = true;
         if (writer) trim_metrics(metrics_path, start_step);
-        log_info(str_cat(label, ": resuming from the checkpoint at step ", start_step, " in ",
-                         ckpt_dir));
+        log_info(str_cat(label, ": resuming from the checkpoint at step ", start_step, " in ", ckpt_dir));
     } else if (writer) {
         write_file_atomic(metrics_path, "");
     }
     if (writer) write_file_atomic(path_join(run_dir, "run.json"), run_config.dump(2) + "\n");
-    std::vector<torch::Tensor> param_list;
-    for (auto& p : params) param_list.push_back(p.second);
-    if (dist) {
-        // every rank starts from rank 0's weights and optimizer state (a guard: they were made
-        // from the same seed or read from the same checkpoint)
-        std::vector<torch::Tensor> state = param_list;
-        for (auto& [name, t] : opt.state()) state.push_back(t);
-        dist->broadcast(state);
-        std::vector<double> starts{double(start_step)};
-        dist->all_reduce_sum(starts);
-        DISTILL_CHECK(starts[0] == double(start_step) * dist->world(), "rank ", dist->rank(),
-                      " resumes at step ", start_step, " but other ranks do not: every rank must see "
-                      "rank 0's run directory '", run_dir, "' (a shared file system on several machines)");
-    }
 
     auto save_checkpoint = [&](int64_t step) {
         nlohmann::json state = {{"step", step},

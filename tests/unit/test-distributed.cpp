@@ -148,3 +148,130 @@ TEST(Distributed, RanksThatDoNotFitFailClearly) {
         EXPECT_LT(secs, 30);
     }
 }
+
+namespace {
+
+bool contains(const std::string& s, const std::string& what) { return s.find(what) != std::string::npos; }
+
+// the last line of a run's metrics.jsonl
+nlohmann::json last_metrics(const std::string& run_dir) {
+    std::ifstream m(run_dir + "/metrics.jsonl");
+    std::string line, last;
+    while (std::getline(m, line)) last = line;
+    return last.empty() ? nlohmann::json() : nlohmann::json::parse(last);
+}
+
+}  // namespace
+
+// The same job started three more ways: `distill launch -n 2`, torchrun (the PyTorch launcher,
+// Debian's python3-torch), and two launchers as two "machines" (--nnodes 2) on loopback. Each
+// ends with the weights of one process (bound and reason as above).
+TEST(Distributed, LaunchAndTorchrunStartTheSameJob) {
+    Fixture f = make_fixture("ddp-launch");
+    ASSERT_EQ(run_distill("--threads 1 " + f.args + " --run-dir " + f.dir + "/r1", "", f.dir + "/err1"), 0)
+        << read_file(f.dir + "/err1");
+    const std::string one = f.dir + "/r1/model/model.safetensors";
+    const std::string bin = DISTILL_BINARY;
+    {
+        const std::string rd = f.dir + "/launch";
+        ASSERT_EQ(run(bin + " launch -n 2 " + f.args + " --threads 1 --run-dir " + rd + " > " + rd + ".out 2> " + rd +
+                      ".err"),
+                  0)
+            << read_file(rd + ".err");
+        EXPECT_LT(max_weight_diff(one, rd + "/model/model.safetensors"), 1e-5);
+        EXPECT_EQ(last_metrics(rd)["world_size"], 2);
+        // rank 1's lines come through the launcher, prefixed; the result line is rank 0's alone
+        EXPECT_TRUE(contains(read_file(rd + ".err"), "[rank 1] distill: train: rank 1 of 2")) << read_file(rd + ".err");
+        EXPECT_TRUE(contains(read_file(rd + ".out"), "\"steps\":12")) << read_file(rd + ".out");
+    }
+    {
+        const std::string rd = f.dir + "/torchrun";
+        ASSERT_EQ(run("command -v torchrun > /dev/null"), 0) << "torchrun is missing: apt-get install python3-torch";
+        // Debian's torchrun 1.13 on Python 3.11 fails in its log setup without --redirects/--tee
+        const int rc = run("OMP_NUM_THREADS=1 torchrun --nproc_per_node 2 --master_port " + std::to_string(free_port()) +
+                           " --redirects 1 --tee 1 --log_dir " + f.dir + "/torchrun-logs --no_python " + bin +
+                           " --threads 1 --quiet " + f.args + " --run-dir " + rd + " > " + rd + ".log 2>&1");
+        ASSERT_EQ(rc, 0) << read_file(rd + ".log");
+        EXPECT_LT(max_weight_diff(one, rd + "/model/model.safetensors"), 1e-5);
+        EXPECT_EQ(last_metrics(rd)["world_size"], 2);
+    }
+    {
+        const std::string rd = f.dir + "/nodes";
+        const std::string port = std::to_string(free_port());
+        const std::string common = bin + " launch -n 1 --nnodes 2 --master-addr 127.0.0.1 --master-port " + port;
+        const int rc = run("bash -c '" + common + " --node-rank 1 --log-dir " + rd + "-logs " + f.args +
+                           " --threads 1 --dist-timeout 30 --run-dir " + rd + " > " + rd + ".1 2>&1 & p=$!; " + common +
+                           " --node-rank 0 " + f.args + " --threads 1 --dist-timeout 30 --run-dir " + rd + " > " + rd +
+                           ".0 2>&1; a=$?; wait $p; b=$?; exit $((a + b))'");
+        ASSERT_EQ(rc, 0) << read_file(rd + ".0") << read_file(rd + ".1");
+        EXPECT_LT(max_weight_diff(one, rd + "/model/model.safetensors"), 1e-5);
+        // the second machine's rank 0 is the job's rank 1, and its output went to its log
+        EXPECT_TRUE(contains(read_file(rd + "-logs/rank-1.log"), "rank 1 of 2")) << read_file(rd + "-logs/rank-1.log");
+    }
+}
+
+// kill -9 of a rank mid-run: the launcher stops the other rank promptly and fails; the same
+// command again resumes from rank 0's last checkpoint and ends with the weights the uninterrupted
+// job has, to the bit (the same rows, reduced in the same order). With --max-restarts 1 the
+// launcher restarts the job itself after rank 0 is killed, to the same weights.
+TEST(Distributed, AKilledRankResumesToTheSameWeights) {
+    Fixture f = make_fixture("ddp-kill");
+    const std::string args = "train --loss ce --config " + f.dir + "/student.json --tokenizer " + f.dir +
+                             "/tok.json --data " + f.dir + "/data --steps 400 --batch-size 8 --seq-len 32 --warmup 2 "
+                             "--checkpoint-every 10 --threads 1 --dist-timeout 30";
+    const std::string bin = DISTILL_BINARY;
+    ASSERT_EQ(run(bin + " --quiet launch -n 2 " + args + " --run-dir " + f.dir + "/whole > /dev/null 2> " + f.dir +
+                  "/whole.err"),
+              0)
+        << read_file(f.dir + "/whole.err");
+    ASSERT_EQ(run_distill(args + " --run-dir " + f.dir + "/one", "", f.dir + "/one.err"), 0) << read_file(f.dir + "/one.err");
+    const std::string whole = f.dir + "/whole/model/model.safetensors";
+
+    // starts the launcher, waits for the first checkpoint, kill -9 the rank with RANK=<victim>
+    // (found through /proc, not through the launcher's output); returns the launcher's status
+    auto run_and_kill = [&](const std::string& launch_flags, const std::string& rd, int victim) {
+        const std::string script = f.dir + "/kill.sh";
+        write_file_atomic(script,
+                          bin + " launch -n 2 " + launch_flags + " " + args + " --run-dir " + rd + " > " + rd + ".out 2> " +
+                              rd + ".err & L=$!\n"
+                              "for i in $(seq 2000); do [ -f " + rd + "/checkpoint/state.json ] && break; sleep 0.01; done\n"
+                              "for c in $(cat /proc/$L/task/$L/children); do\n"
+                              "  if tr '\\0' '\\n' < /proc/$c/environ | grep -qx RANK=" + std::to_string(victim) +
+                              "; then kill -9 $c; echo killed > " + rd + ".killed; fi\n"
+                              "done\n"
+                              "wait $L\n");
+        return run("bash " + script);
+    };
+
+    {
+        const std::string rd = f.dir + "/killed";
+        const auto t0 = std::chrono::steady_clock::now();
+        const int rc = run_and_kill("", rd, 1);
+        const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+        ASSERT_TRUE(file_exists(rd + ".killed")) << "rank 1 was not found to kill: " << read_file(rd + ".err");
+        EXPECT_NE(rc, 0) << read_file(rd + ".err");
+        const std::string err = read_file(rd + ".err");
+        EXPECT_TRUE(contains(err, "rank 1") && contains(err, "killed by signal 9")) << err;
+        EXPECT_TRUE(contains(err, "resumes from the last checkpoint")) << err;
+        EXPECT_LT(secs, 60) << "the surviving rank did not stop promptly";
+        EXPECT_FALSE(file_exists(rd + "/done.json")) << "the job finished before the kill: make it longer";
+        // the same command again
+        ASSERT_EQ(run(bin + " launch -n 2 " + args + " --run-dir " + rd + " > " + rd + ".out2 2> " + rd + ".err2"), 0)
+            << read_file(rd + ".err2");
+        EXPECT_TRUE(contains(read_file(rd + ".err2"), "resuming from the checkpoint at step")) << read_file(rd + ".err2");
+        EXPECT_EQ(max_weight_diff(whole, rd + "/model/model.safetensors"), 0.0);
+        EXPECT_LT(max_weight_diff(f.dir + "/one/model/model.safetensors", rd + "/model/model.safetensors"), 1e-5);
+        EXPECT_EQ(last_metrics(rd)["step"], 400);
+    }
+    {
+        const std::string rd = f.dir + "/restarted";
+        const int rc = run_and_kill("--max-restarts 1", rd, 0);
+        ASSERT_TRUE(file_exists(rd + ".killed")) << "rank 0 was not found to kill: " << read_file(rd + ".err");
+        const std::string err = read_file(rd + ".err");
+        ASSERT_EQ(rc, 0) << err;
+        EXPECT_TRUE(contains(err, "rank 0") && contains(err, "killed by signal 9")) << err;
+        EXPECT_TRUE(contains(err, "restarting the job (restart 1 of 1)")) << err;
+        EXPECT_TRUE(contains(err, "resuming from the checkpoint at step")) << err;
+        EXPECT_EQ(max_weight_diff(whole, rd + "/model/model.safetensors"), 0.0);
+    }
+}
