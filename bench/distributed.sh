@@ -7,7 +7,8 @@
 # not data parallel's: one process on 1 thread against one on all cores (the order of float sums
 # differs, and Adam at this learning rate amplifies it in weights whose gradients are near zero).
 #   bash bench/distributed.sh [RUN]    RUN: a finished `distill demo` run (default runs/demo)
-# STEPS (default 60), WORLDS (default "1 2 4"), MODES (default "ce kd").
+# Each N > 1 twice: the all-reduce bucket by bucket during backward (the default), and after it
+# (--dist-no-overlap). STEPS (default 60), WORLDS (default "1 2 4"), MODES (default "ce kd").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 distill=${DISTILL:-build/distill}
@@ -30,10 +31,17 @@ for mode in $modes; do
     kd) loss=(--cache "$run/cache" --loss fkl --ce-weight 0.5) ;;
     *) echo "unknown mode $mode (ce or kd)" >&2; exit 2 ;;
   esac
-  for n in $worlds floor; do
-    if [ "$n" = floor ]; then ranks=1 threads=1; else ranks=$n threads=$(( cores / n )); fi
+  runs="floor"
+  for n in $worlds; do runs="$runs $n"; [ "$n" -gt 1 ] && runs="$runs $n-after"; done
+  for n in $runs; do
+    extra=()
+    case $n in
+      floor) ranks=1 threads=1 ;;
+      *-after) ranks=${n%-after} threads=$(( cores / ranks )); extra=(--dist-no-overlap) ;;
+      *) ranks=$n threads=$(( cores / n )) ;;
+    esac
     [ "$threads" -ge 1 ] || threads=1
-    "$distill" --quiet launch -n "$ranks" train --threads "$threads" --config "$work/student.json" \
+    "$distill" --quiet launch -n "$ranks" train "${extra[@]}" --threads "$threads" --config "$work/student.json" \
       --tokenizer "$run/tokenizer.json" --data "$run/data/train" "${loss[@]}" --steps "$steps" \
       --batch-size 16 --seq-len 128 --lr 0.003 --warmup 5 -s 1 --log-every 1 \
       --run-dir "$work/$mode-$n" > "$work/$mode-$n.log" 2>&1 || { cat "$work/$mode-$n.log"; exit 1; }
@@ -51,10 +59,14 @@ def weights(path):
     return out
 for mode in modes:
     print(f"\n{mode}: global batch 16 x 128")
-    print(f"{'ranks':>5} {'threads':>7} {'steps/s':>8} {'tokens/s':>9} {'speed-up':>8} {'allreduce ms':>12} {'max |dw|':>9}")
+    print(f"{'ranks':>5} {'threads':>7} {'all-reduce':>11} {'steps/s':>8} {'tokens/s':>9} {'speed-up':>8} {'allreduce ms':>12} {'max |dw|':>9}")
     base_rate, base_w = None, None
+    runs = []
     for n in worlds:
-        rows = [json.loads(x) for x in open(f"{work}/{mode}-{n}/metrics.jsonl")]
+        runs.append((n, f"{n}", "during bwd" if n > 1 else "-"))
+        if n > 1: runs.append((n, f"{n}-after", "after bwd"))
+    for n, name, how in runs:
+        rows = [json.loads(x) for x in open(f"{work}/{mode}-{name}/metrics.jsonl")]
         last = rows[-1]
         # steady state: the second half of the steps
         half = rows[len(rows) // 2:]
@@ -62,12 +74,13 @@ for mode in modes:
         rate = len(half) / secs
         tok = (half[-1]["tokens"] - rows[len(rows) // 2 - 1]["tokens"]) / secs
         ar = np.mean([r.get("allreduce_ms", 0.0) for r in half])
-        w = weights(f"{work}/{mode}-{n}/model/model.safetensors")
+        w = weights(f"{work}/{mode}-{name}/model/model.safetensors")
         if base_rate is None: base_rate, base_w = rate, w
         dw = max(float(np.abs(w[k].astype(np.float64) - base_w[k]).max()) for k in w)
-        print(f"{n:>5} {max(1, cores // n):>7} {rate:>8.2f} {tok:>9.0f} {rate / base_rate:>7.2f}x {ar:>12.2f} {dw:>9.1e}")
+        print(f"{n:>5} {max(1, cores // n):>7} {how:>11} {rate:>8.2f} {tok:>9.0f} {rate / base_rate:>7.2f}x {ar:>12.2f} {dw:>9.1e}")
     w = weights(f"{work}/{mode}-floor/model/model.safetensors")
     floor = max(float(np.abs(w[k].astype(np.float64) - base_w[k]).max()) for k in w)
     print(f"max |dw| of one process on 1 thread against one on {cores}: {floor:.1e} (the rounding floor)")
-print("allreduce ms: the time in the gradient all-reduce per step, waiting for the slowest rank included")
+print("allreduce ms: the gradient all-reduce's time per step that backward did not hide (all of it with the")
+print("all-reduce after backward), waiting for the slowest rank included")
 PY

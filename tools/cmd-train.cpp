@@ -247,8 +247,11 @@ Command add_train(CLI::App& app) {
     c->add_option("--dist-timeout", o->dist.timeout_s,
                   "seconds that the rendezvous and each collective may take before every rank stops with an error")
         ->check(in_range(1, 86400))->capture_default_str()->group(dgroup);
-    c->add_option("--dist-bucket-mb", o->dist.bucket_mb, "MiB of gradients per all-reduce bucket")
-        ->check(in_range(1, 4096))->capture_default_str()->group(dgroup);
+    c->add_option("--dist-bucket-mb", o->dist.bucket_mb,
+                  "MiB of gradients per all-reduce bucket (the first to be reduced: at most 1 MiB)")
+        ->check(in_range(0.01, 4096))->capture_default_str()->group(dgroup);
+    c->add_flag("!--dist-no-overlap", o->dist.overlap,
+                "all-reduce the gradients after backward, not bucket by bucket during it")->group(dgroup);
     return {c, [o] { return run(*o); }};
 }
 

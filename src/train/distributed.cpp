@@ -69,6 +69,22 @@ void diff_keys(const nlohmann::json& a, const nlohmann::json& b, const std::stri
 }  // namespace
 
 struct Distributed::Impl {
+    // Overlapped gradient reduction (attach_gradient_hooks): flat buckets in launch order.
+    struct Bucket {
+        std::vector<size_t> members;        // indices into params
+        torch::Tensor flat;                 // their gradients, concatenated
+        size_t pending = 0;                 // members whose gradient has not come yet
+        c10::intrusive_ptr<c10d::Work> work;  // the all-reduce, once started
+    };
+    std::vector<torch::Tensor> params;
+    std::vector<Bucket> buckets;
+    std::vector<size_t> bucket_of;
+    std::vector<int64_t> offset_of;
+    std::vector<char> arrived;
+    std::vector<unsigned> hook_ids;
+    size_t next_launch = 0;
+    bool armed = false, grads_zero = false;
+
     c10::intrusive_ptr<c10d::Store> store;
     c10::intrusive_ptr<c10d::ProcessGroupGloo> gloo;
 #ifdef DISTILL_WITH_NCCL
@@ -92,9 +108,51 @@ struct Distributed::Impl {
                                 "--dist-timeout ", timeout.count() / 1000, " s): ", message(e)));
         }
     }
+
+    // Starts the all-reduce of every full bucket from next_launch on, in order, stopping at the
+    // first that is not full: every rank starts them in the same order.
+    void launch_ready() {
+        while (next_launch < buckets.size() && buckets[next_launch].pending == 0) {
+            Bucket& b = buckets[next_launch++];
+            std::vector<torch::Tensor> v{b.flat};
+            try {
+#ifdef DISTILL_WITH_NCCL
+                if (nccl) {
+                    b.work = nccl->allreduce(v);
+                    continue;
+                }
+#endif
+                b.work = gloo->allreduce(v);
+            } catch (const std::exception& e) {
+                throw Error(str_cat("distributed gradient all-reduce failed to start: ", message(e)));
+            }
+        }
+    }
+
+    // A parameter's gradient is ready (from its hook, or after backward for one that got none).
+    void arrive(size_t i, const torch::Tensor& g) {
+        if (arrived[i]) return;
+        arrived[i] = 1;
+        Bucket& b = buckets[bucket_of[i]];
+        torch::Tensor dst = b.flat.narrow(0, offset_of[i], params[i].numel());
+        torch::Tensor prior = params[i].grad();
+        if (!g.defined()) {
+            if (prior.defined() && !grads_zero) dst.copy_(prior.reshape({-1}));
+            else dst.zero_();
+        } else if (prior.defined() && !grads_zero) {
+            torch::add_out(dst, prior.reshape({-1}), g.reshape({-1}));
+        } else {
+            dst.copy_(g.reshape({-1}));
+        }
+        if (--b.pending == 0) launch_ready();
+    }
 };
 
-Distributed::~Distributed() = default;
+Distributed::~Distributed() {
+    // the parameters outlive this: their hooks go with it
+    if (impl_)
+        for (size_t i = 0; i < impl_->hook_ids.size(); ++i) impl_->params[i].remove_hook(impl_->hook_ids[i]);
+}
 
 int Distributed::world_from_env() { return static_cast<int>(env_int("WORLD_SIZE", 1, 1, 1 << 16)); }
 
@@ -213,10 +271,89 @@ void Distributed::check_same_settings(const nlohmann::json& settings) {
     barrier();
 }
 
+void Distributed::attach_gradient_hooks(const std::vector<torch::Tensor>& params) {
+    Impl& m = *impl_;
+    if (!opts_.overlap || !m.params.empty()) return;
+    m.params = params;
+    const size_t n = params.size();
+    m.bucket_of.assign(n, 0);
+    m.offset_of.assign(n, 0);
+    m.arrived.assign(n, 0);
+    // reverse order, as backward makes them; the first bucket small so that communication
+    // starts early (as PyTorch DDP does), the others up to bucket_mb
+    const int64_t cap = std::max<int64_t>(1024, static_cast<int64_t>(opts_.bucket_mb * 1048576.0));
+    int64_t bytes = 0;
+    for (size_t k = n; k-- > 0;) {
+        const int64_t limit = m.buckets.size() <= 1 ? std::min<int64_t>(cap, 1 << 20) : cap;
+        if (m.buckets.empty() || (bytes >= limit && !m.buckets.back().members.empty())) {
+            m.buckets.emplace_back();
+            bytes = 0;
+        }
+        m.buckets.back().members.push_back(k);
+        bytes += params[k].numel() * params[k].element_size();
+    }
+    for (size_t b = 0; b < m.buckets.size(); ++b) {
+        auto& bk = m.buckets[b];
+        int64_t off = 0;
+        for (size_t i : bk.members) {
+            m.bucket_of[i] = b;
+            m.offset_of[i] = off;
+            off += params[i].numel();
+        }
+        bk.flat = torch::zeros({off}, params[bk.members[0]].options().requires_grad(false));
+        bk.pending = bk.members.size();
+    }
+    for (size_t i = 0; i < n; ++i) {
+        torch::Tensor p = params[i];
+        m.hook_ids.push_back(p.register_hook([this, i](torch::Tensor g) {
+            Impl& mm = *impl_;
+            if (!mm.armed) return;
+            torch::NoGradGuard ng;
+            mm.arrive(i, g);
+        }));
+    }
+}
+
+void Distributed::expect_last_backward(bool grads_are_zero) {
+    Impl& m = *impl_;
+    if (m.params.empty()) return;
+    m.armed = true;
+    m.grads_zero = grads_are_zero;
+}
+
 double Distributed::all_reduce_gradients(const std::vector<torch::Tensor>& params) {
     const double t0 = now_seconds();
     torch::NoGradGuard ng;
-    const int64_t bucket_bytes = std::max<int64_t>(1, opts_.bucket_mb) << 20;
+    Impl& m = *impl_;
+    if (m.armed) {
+        // the parameters whose hook did not fire (no gradient this step) join with what they have
+        for (size_t i = 0; i < m.params.size(); ++i)
+            if (!m.arrived[i]) m.arrive(i, torch::Tensor());
+        DISTILL_ASSERT(m.next_launch == m.buckets.size(), "every gradient bucket has started");
+        for (auto& b : m.buckets) {
+            try {
+                b.work->wait(m.timeout);
+            } catch (const std::exception& e) {
+                m.armed = false;
+                throw Error(str_cat("distributed gradient all-reduce failed (another rank died, or did not get there "
+                                    "within --dist-timeout ", m.timeout.count() / 1000, " s): ", message(e)));
+            }
+            b.work.reset();
+            b.flat.div_(double(world_));
+            for (size_t i : b.members) {
+                torch::Tensor p = m.params[i];
+                torch::Tensor src = b.flat.narrow(0, m.offset_of[i], p.numel()).view_as(p);
+                if (!p.grad().defined()) p.mutable_grad() = torch::zeros_like(p);
+                p.mutable_grad().copy_(src);
+            }
+            b.pending = b.members.size();
+        }
+        std::fill(m.arrived.begin(), m.arrived.end(), 0);
+        m.next_launch = 0;
+        m.armed = false;
+        return (now_seconds() - t0) * 1000.0;
+    }
+    const int64_t bucket_bytes = std::max<int64_t>(1024, static_cast<int64_t>(opts_.bucket_mb * 1048576.0));
     int64_t bytes = 0;
     // flat buckets: concatenate, reduce, copy back
     std::vector<torch::Tensor> members;

@@ -15,7 +15,8 @@ namespace distill {
 
 struct DistOptions {
     int64_t timeout_s = 300;     // bounds the rendezvous and every collective
-    int64_t bucket_mb = 25;      // gradient all-reduce bucket size
+    double bucket_mb = 25;       // gradient all-reduce bucket size (the first bucket: at most 1 MiB)
+    bool overlap = true;         // start each bucket's all-reduce during backward, once its gradients are in
 };
 
 class Distributed {
@@ -37,8 +38,19 @@ public:
     // throws an Error naming the rank and the keys that differ.
     void check_same_settings(const nlohmann::json& settings);
     // Averages the gradients of `params` over the ranks, in flat buckets of opts.bucket_mb.
-    // Returns the milliseconds spent.
+    // Returns the milliseconds spent. With overlap, after attach_gradient_hooks(params) and
+    // expect_last_backward() before the step's last backward, the buckets' all-reduces have
+    // started during that backward and this waits for them: it returns the milliseconds that
+    // were not hidden behind backward.
     double all_reduce_gradients(const std::vector<torch::Tensor>& params);
+    // Hooks on `params` (leaf tensors) that copy each gradient into its bucket as backward makes
+    // it and start the bucket's all-reduce once the bucket is full, in the same bucket order on
+    // every rank (reverse parameter order, roughly backward's). Nothing happens until
+    // expect_last_backward(). A no-op without opts.overlap.
+    void attach_gradient_hooks(const std::vector<torch::Tensor>& params);
+    // The next backward is the step's last micro-batch; `grads_are_zero`: nothing has been
+    // accumulated into .grad before it in this step (no gradient accumulation).
+    void expect_last_backward(bool grads_are_zero);
     // Sums `values` over the ranks, in place.
     void all_reduce_sum(std::vector<double>& values);
     // Copies rank 0's values of `tensors` to every rank.

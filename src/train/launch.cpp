@@ -262,6 +262,9 @@ int launch(const LaunchOptions& o) {
         argv.push_back("--threads");
         argv.push_back(std::to_string(std::max(1, cores / o.nproc)));
     }
+    // `distill --quiet launch ...` quiets the ranks too
+    if (Progress::quiet && std::find(o.command.begin(), o.command.end(), "--quiet") == o.command.end())
+        argv.push_back("--quiet");
     argv.insert(argv.end(), o.command.begin(), o.command.end());
 
     struct sigaction sa {};

@@ -184,6 +184,7 @@ TrainResult run_training(Llama& model, const Tokenizer& tokenizer, const TrainOp
         }
     }
     if (dist) {
+        dist->attach_gradient_hooks(param_list);
         std::vector<torch::Tensor> head{torch::tensor(
             {double(found), double(start_step), double(result.tokens), result.seconds, result.final_loss,
              double(result.steps)},
@@ -268,6 +269,8 @@ TrainResult run_training(Llama& model, const Tokenizer& tokenizer, const TrainOp
         for (int64_t micro = 0; micro < opts.grad_accum; ++micro) {
             StepLoss sl = loss_fn(step, micro);
             DISTILL_ASSERT(sl.loss.defined() && sl.loss.numel() == 1, "loss must be a scalar");
+            // data parallel: the last micro-batch's backward starts the gradient all-reduce
+            if (dist && micro == opts.grad_accum - 1) dist->expect_last_backward(opts.grad_accum == 1);
             (sl.loss / double(opts.grad_accum)).backward();
             step_loss += sl.loss.item<double>() / double(opts.grad_accum);
             result.tokens += sl.tokens;

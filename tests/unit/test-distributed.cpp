@@ -113,6 +113,16 @@ TEST(Distributed, TwoAndFourRanksGiveTheWeightsOfOne) {
         EXPECT_EQ(j["step"], 12) << last;
         EXPECT_EQ(j["world_size"], world) << last;
     }
+    // with gradient accumulation (the all-reduce starts during the second micro-batch's
+    // backward), and with the all-reduce after backward: the same weights again
+    ASSERT_EQ(run_distill("--threads 1 " + f.args + " --grad-accum 2 --run-dir " + f.dir + "/a1", "", f.dir + "/erra"), 0)
+        << read_file(f.dir + "/erra");
+    for (const std::string flags : {"--grad-accum 2", "--grad-accum 2 --dist-no-overlap"}) {
+        const std::string rd = f.dir + "/a2" + std::to_string(flags.size());
+        const auto rcs = run_ranks(2, f.args + " " + flags + " --run-dir " + rd, rd + "-rank");
+        for (int r = 0; r < 2; ++r) ASSERT_EQ(rcs[r], 0) << flags << ": " << read_file(rd + "-rank" + std::to_string(r) + ".log");
+        EXPECT_LT(max_weight_diff(f.dir + "/a1/model/model.safetensors", rd + "/model/model.safetensors"), 1e-5) << flags;
+    }
 }
 
 // Ranks started with different settings, a batch that does not split, and a rank 0 that never
