@@ -8,6 +8,7 @@
 #include "io/shards.h"
 #include "model/checkpoint.h"
 #include "pipeline/pipeline.h"
+#include "train/distributed.h"
 #include "util/progress.h"
 
 namespace distill::cli {
@@ -18,6 +19,7 @@ struct Options {
     CaptureOptions capture;
     ApiCaptureOptions api;
     std::string api_key_env = "OPENAI_API_KEY";
+    DistOptions dist;
 };
 
 // Through an OpenAI-compatible API: prompts in, completions and top log-probs out.
@@ -55,6 +57,10 @@ Command add_capture(CLI::App& app) {
     add_batch_size(c, cap.batch, "windows per teacher forward");
     c->add_option("--max-windows", cap.max_windows, "capture only the first N windows (0 = all)")
         ->check(in_range(0, 1e12))->capture_default_str();
+    const std::string dgroup = "Data parallel (WORLD_SIZE > 1; docs/distributed.md)";
+    c->add_option("--dist-timeout", o->dist.timeout_s,
+                  "seconds that the rendezvous and each collective may take before every rank stops with an error")
+        ->check(in_range(1, 86400))->capture_default_str()->group(dgroup);
     // through an API (docs/api-capture.md)
     ApiCaptureOptions& a = o->api;
     const std::string api = "Teacher through an API";
@@ -84,14 +90,25 @@ Command add_capture(CLI::App& app) {
     c->add_option("--backoff", a.backoff_s, "first retry's back-off in seconds (doubles each retry, with jitter)")
         ->check(in_range(0, 3600))->capture_default_str()->group(api);
     return {c, [o, c, url] {
-                if (*url) return run_api(*o, c->get_option("--top-logprobs")->count() > 0);
+                if (*url) {
+                    DISTILL_USAGE(Distributed::world_from_env() == 1,
+                                  "--teacher-url runs in one process (its --concurrency spreads the requests); "
+                                  "start it without launch/torchrun");
+                    return run_api(*o, c->get_option("--top-logprobs")->count() > 0);
+                }
                 DISTILL_USAGE(!o->teacher.empty() && !o->data.empty(),
                               "capture needs --teacher and --data (a local teacher), or --teacher-url and --prompts");
                 LoadedModel t = load_model(o->teacher);
                 DISTILL_CHECK(t.has_tokenizer, o->teacher, " has no tokenizer");
                 TokenShard shard(o->data);
                 const CaptureOptions& cap = o->capture;
-                auto r = capture_teacher(t.model, t.fingerprint, t.tokenizer, shard, o->out, cap);
+                // data parallel (torchrun / distill launch): the ranks split the windows
+                std::unique_ptr<Distributed> dist = Distributed::from_env(o->dist);
+                if (dist)
+                    log_info(str_cat("capture: rank ", dist->rank(), " of ", dist->world(), ", ", cap.batch,
+                                     " windows per forward"));
+                auto r = capture_teacher(t.model, t.fingerprint, t.tokenizer, shard, o->out, cap, dist.get());
+                if (dist && dist->rank() != 0) return 0;
                 std::printf("%s\n", nlohmann::json({{"cache", o->out},
                                                     {"windows", r.windows},
                                                     {"positions", r.positions},

@@ -6,6 +6,7 @@
 
 #include "io/logit-cache.h"
 #include "util/error.h"
+#include "train/distributed.h"
 #include "util/progress.h"
 
 namespace distill {
@@ -25,7 +26,7 @@ torch::Tensor teacher_logprobs(Llama& teacher, const TokenShard& shard, int64_t 
 
 CaptureResult capture_teacher(Llama& teacher, const std::string& teacher_fingerprint,
                               const Tokenizer& tokenizer, const TokenShard& shard,
-                              const std::string& cache_dir, const CaptureOptions& opts) {
+                              const std::string& cache_dir, const CaptureOptions& opts, Distributed* dist) {
     const int64_t T = opts.window, K = opts.top_k, V = teacher->config().vocab_size;
     DISTILL_CHECK(K >= 1 && K <= 256 && K < V, "--top-logprobs must be in 1 .. min(256, vocab size - 1)");
     DISTILL_CHECK(T >= 1 && T <= teacher->config().max_position_embeddings, "--seq-len ", T,
@@ -52,28 +53,85 @@ CaptureResult capture_teacher(Llama& teacher, const std::string& teacher_fingerp
     CaptureResult r;
     torch::NoGradGuard ng;
     teacher->eval();
+    const bool writer_rank = !dist || dist->rank() == 0;
+    const int world = dist ? dist->world() : 1;
+    const int rank = dist ? dist->rank() : 0;
+    if (dist) {
+        dist->check_same_settings({{"capture", {{"top_k", K}, {"window", T}, {"batch", opts.batch}, {"windows", W}}},
+                                   {"teacher", teacher_fingerprint},
+                                   {"data", shard.info().fingerprint}});
+    }
     {
-        LogitCacheWriter writer(cache_dir, info);
-        const int64_t start = writer.windows_done();
-        if (start > 0 && start < W)
-            log_info(str_cat("capture: resuming at window ", start, " of ", W));
-        Progress progress("capture");
-        for (int64_t w = start; w < W;) {
-            const int64_t b = std::min(opts.batch, W - w);
-            auto lp = teacher_logprobs(teacher, shard, w, b, T);  // (b, T, V)
-            auto [vals, idx] = lp.topk(K, -1);                     // (b, T, K)
-            // to the host (a no-op on the CPU) before the raw pointers are read
-            auto ids32 = idx.to(torch::kCPU, torch::kInt32).contiguous();
-            auto vals32 = vals.to(torch::kCPU, torch::kFloat32).contiguous();
-            for (int64_t i = 0; i < b; ++i)
-                writer.append_window(ids32[i].data_ptr<int32_t>(), vals32[i].data_ptr<float>());
-            w += b;
-            r.new_windows += b;
-            progress.update(w, W, str_cat(format_count(double(r.new_windows * T) /
-                                                       std::max(1e-9, now_seconds() - t0)),
-                                          " tok/s"));
+        // rank 0 alone opens (or resumes) the cache and says where to start
+        std::unique_ptr<LogitCacheWriter> writer;
+        int64_t start = 0;
+        std::string failure;
+        if (writer_rank) {
+            try {
+                writer = std::make_unique<LogitCacheWriter>(cache_dir, info);
+                start = writer->windows_done();
+            } catch (const Error& e) {
+                if (!dist) throw;
+                failure = e.what();
+                start = -1;
+            }
         }
-        writer.finish();
+        if (dist) {
+            std::vector<torch::Tensor> head{torch::tensor({start}, torch::kInt64)};
+            dist->broadcast(head);
+            if (!failure.empty()) throw Error(failure);
+            start = head[0].item<int64_t>();
+            DISTILL_CHECK(start >= 0, "rank ", rank, ": rank 0 could not open the cache '", cache_dir,
+                          "' (its message says why)");
+        }
+        if (writer_rank && start > 0 && start < W)
+            log_info(str_cat("capture: resuming at window ", start, " of ", W));
+        const bool quiet_before = Progress::quiet;
+        if (!writer_rank) Progress::quiet = true;
+        Progress progress("capture");
+        const int64_t B = opts.batch;
+        std::vector<int32_t> ids_buf;
+        std::vector<float> vals_buf;
+        for (int64_t w = start; w < W; w += B * world) {
+            // this rank's windows of the round: [w + rank*B, ... + b)
+            const int64_t w0 = std::min(W, w + rank * B);
+            const int64_t b = std::min(B, W - w0);
+            torch::Tensor ids32 = torch::zeros({B, T, K}, torch::kInt32), vals32 = torch::zeros({B, T, K});
+            if (b > 0) {
+                auto lp = teacher_logprobs(teacher, shard, w0, b, T);  // (b, T, V)
+                auto [vals, idx] = lp.topk(K, -1);                      // (b, T, K)
+                // to the host (a no-op on the CPU) before the raw pointers are read
+                ids32.narrow(0, 0, b).copy_(idx.to(torch::kCPU, torch::kInt32));
+                vals32.narrow(0, 0, b).copy_(vals.to(torch::kCPU, torch::kFloat32));
+            }
+            std::vector<torch::Tensor> all_ids{ids32}, all_vals{vals32};
+            if (dist) {
+                all_ids = dist->all_gather(ids32);
+                all_vals = dist->all_gather(vals32);
+            }
+            int64_t round = 0;
+            for (int q = 0; q < world; ++q) {
+                const int64_t rw0 = std::min(W, w + q * B), rb = std::min(B, W - rw0);
+                if (writer_rank)
+                    for (int64_t i = 0; i < rb; ++i)
+                        writer->append_window(all_ids[q][i].data_ptr<int32_t>(), all_vals[q][i].data_ptr<float>());
+                round += rb;
+            }
+            r.new_windows += round;
+            progress.update(w + round, W, str_cat(format_count(double(r.new_windows * T) /
+                                                               std::max(1e-9, now_seconds() - t0)),
+                                                  " tok/s"));
+        }
+        Progress::quiet = quiet_before;
+        if (writer_rank) writer->finish();
+        // the cache is whole before any rank reports success
+        if (dist) dist->barrier();
+    }
+    if (!writer_rank) {
+        r.windows = W;
+        r.positions = W * T;
+        r.seconds = now_seconds() - t0;
+        return r;
     }
 
     // Read back what was stored and measure its error against the full teacher distribution.

@@ -11,6 +11,8 @@
 
 namespace distill {
 
+class Distributed;
+
 struct CaptureOptions {
     int top_k = 32;
     int64_t window = 128;      // T: positions per window (= the students' sequence length)
@@ -31,8 +33,12 @@ struct CaptureResult {
     double seconds = 0;
 };
 
+// With `dist` (a data-parallel job), every rank runs the teacher on its share of the windows
+// (opts.batch windows per rank and forward) and rank 0 writes them, in order, to the cache; the
+// read-back check runs on rank 0 alone. The cache is the one a single process writes.
 CaptureResult capture_teacher(Llama& teacher, const std::string& teacher_fingerprint,
                               const Tokenizer& tokenizer, const TokenShard& shard,
-                              const std::string& cache_dir, const CaptureOptions& opts);
+                              const std::string& cache_dir, const CaptureOptions& opts,
+                              Distributed* dist = nullptr);
 
 }  // namespace distill

@@ -397,6 +397,15 @@ void Distributed::all_reduce_sum(std::vector<double>& values) {
     for (size_t i = 0; i < values.size(); ++i) values[i] = t[0][static_cast<int64_t>(i)].item<double>();
 }
 
+std::vector<torch::Tensor> Distributed::all_gather(const torch::Tensor& t) {
+    torch::NoGradGuard ng;
+    std::vector<torch::Tensor> in{t.contiguous()};
+    std::vector<std::vector<torch::Tensor>> out(1);
+    for (int r = 0; r < world_; ++r) out[0].push_back(torch::empty_like(in[0]));
+    impl_->run("all-gather", [&](auto& pg) { return pg.allgather(out, in); });
+    return out[0];
+}
+
 void Distributed::broadcast(const std::vector<torch::Tensor>& tensors) {
     torch::NoGradGuard ng;
     for (const auto& x : tensors) {

@@ -53,6 +53,8 @@ public:
     void expect_last_backward(bool grads_are_zero);
     // Sums `values` over the ranks, in place.
     void all_reduce_sum(std::vector<double>& values);
+    // Every rank's `t` (the same shape and type on every rank), in rank order.
+    std::vector<torch::Tensor> all_gather(const torch::Tensor& t);
     // Copies rank 0's values of `tensors` to every rank.
     void broadcast(const std::vector<torch::Tensor>& tensors);
     void barrier();
