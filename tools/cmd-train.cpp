@@ -116,8 +116,8 @@ int run(Options& o) {
     DISTILL_USAGE(o.teacher_tokenizer.empty() || !o.teacher_data.empty(),
                   "--teacher-tokenizer goes with --teacher-data (a student across tokenizers)");
     o.on_policy_set = o.on_policy_set || o.on_policy.lambda > 0;
-    DISTILL_USAGE(Distributed::world_from_env() == 1 || (o.teacher_data.empty() && !o.on_policy_set),
-                  "--teacher-data and --on-policy run in one process for now: unset WORLD_SIZE");
+    DISTILL_USAGE(Distributed::world_from_env() == 1 || o.teacher_data.empty(),
+                  "--teacher-data runs in one process for now: unset WORLD_SIZE (start it without launch/torchrun)");
     if (!o.teacher_data.empty()) return run_cross_tokenizer(o);
     // data parallel (torchrun / distill launch): joins the other ranks before any work is spent
     const int world = Distributed::world_from_env();

@@ -27,7 +27,7 @@ bool on_policy_batch(uint64_t seed, int64_t step, int64_t micro, double lambda) 
 }
 
 torch::Tensor sample_continuations(Llama& model, const torch::Tensor& prompts, int64_t n,
-                                   const SamplingOptions& sampling, uint64_t seed) {
+                                   const SamplingOptions& sampling, uint64_t seed, int64_t first_row) {
     DISTILL_CHECK(prompts.dim() == 2 && prompts.size(1) > 0, "sample_continuations needs prompts (B, P), P > 0");
     DISTILL_CHECK(n >= 0, "sample_continuations: n must be >= 0");
     const int64_t B = prompts.size(0), P = prompts.size(1);
@@ -37,7 +37,8 @@ torch::Tensor sample_continuations(Llama& model, const torch::Tensor& prompts, i
     torch::NoGradGuard ng;
     const torch::Device dev = model->parameters().front().device();
     std::vector<std::mt19937_64> rngs;
-    for (int64_t b = 0; b < B; ++b) rngs.push_back(stream(seed, static_cast<uint64_t>(b), 0, kSampleTag));
+    for (int64_t b = 0; b < B; ++b)
+        rngs.push_back(stream(seed, static_cast<uint64_t>(first_row + b), 0, kSampleTag));
     std::vector<int64_t> out(static_cast<size_t>(B * n));
     KVCache cache;
     torch::Tensor logits = model->forward(prompts.to(dev), &cache).select(1, P - 1);  // (B, V)
@@ -103,7 +104,8 @@ LossFn make_on_policy_loss(Llama& student, Llama& teacher, const TokenShard& sha
         Batch b = sample_batch(shard, spec, step, micro);
         const uint64_t sample_seed =
             stream(spec.seed, static_cast<uint64_t>(step), static_cast<uint64_t>(micro), kSampleTag)();
-        torch::Tensor seqs = sample_continuations(student, b.tokens.narrow(1, 0, P), N, opts.sampling, sample_seed);
+        torch::Tensor seqs =
+            sample_continuations(student, b.tokens.narrow(1, 0, P), N, opts.sampling, sample_seed, spec.row_begin);
         auto inputs = seqs.narrow(1, 0, T - 1).to(spec.device);
         auto s_logits = student->forward(inputs);
         torch::Tensor t_logits;
@@ -113,7 +115,7 @@ LossFn make_on_policy_loss(Llama& student, Llama& teacher, const TokenShard& sha
         }
         StepLoss out;
         out.loss = on_policy_loss(s_logits, t_logits, seqs, P, loss, teacher_top_k);
-        out.tokens = spec.batch_size * (T - 1);  // through the student's training forward
+        out.tokens = seqs.size(0) * (T - 1);  // this rank's rows, through the student's training forward
         out.extras["on_policy"] = 1;
         return out;
     };

@@ -27,9 +27,10 @@ bool on_policy_batch(uint64_t seed, int64_t step, int64_t micro, double lambda);
 
 // prompts (B, P) int64 -> (B, P + n): each row continued by n ids sampled from `model`, all rows
 // in one batched forward per position with a KV cache, without gradients. Row b draws from its
-// own generator seeded by (seed, b), so the result does not depend on the batch's size.
+// own generator seeded by (seed, first_row + b), so the result does not depend on the batch's
+// size (and a data-parallel rank holding rows first_row.. of a batch draws as one process would).
 torch::Tensor sample_continuations(Llama& model, const torch::Tensor& prompts, int64_t n,
-                                   const SamplingOptions& sampling, uint64_t seed);
+                                   const SamplingOptions& sampling, uint64_t seed, int64_t first_row = 0);
 
 // The GKD loss on fixed sequences seqs (B, L): the student's and the teacher's next-token
 // distributions at the positions that predict seqs[:, prompt_len:], compared with `loss`'s

@@ -289,7 +289,8 @@ TEST(Distributed, AKilledRankResumesToTheSameWeights) {
 // Capture split across ranks: 2 and 3 ranks (windows that do not divide evenly) write the cache
 // one process writes, byte for byte (each window's forward has the same shape). Then students
 // distilled from that cache on 1 and 2 ranks end with the same weights (each rank reads its
-// rows of the cache).
+// rows of the cache), and so do on-policy students (each rank samples its rows with the row's
+// own generator, as one process does).
 TEST(Distributed, CaptureSplitAcrossRanksWritesTheSameCache) {
     Fixture f = make_fixture("ddp-capture");
     write_file_atomic(f.dir + "/teacher.json",
@@ -325,4 +326,16 @@ TEST(Distributed, CaptureSplitAcrossRanksWritesTheSameCache) {
     ASSERT_EQ(run(bin + " --quiet launch -n 2 " + kd + " --run-dir " + f.dir + "/kd2 > /dev/null 2> " + f.dir + "/kd2.err"), 0)
         << read_file(f.dir + "/kd2.err");
     EXPECT_LT(max_weight_diff(f.dir + "/kd1/model/model.safetensors", f.dir + "/kd2/model/model.safetensors"), 1e-5);
+
+    const std::string op = "train --loss fkl --teacher " + f.dir + "/teacher/model --on-policy 0.5 --max-new-tokens 8 "
+                           "--config " + f.dir + "/student.json --data " + f.dir +
+                           "/data --steps 10 --batch-size 8 --seq-len 32 --warmup 2 --threads 1";
+    ASSERT_EQ(run_distill(op + " --run-dir " + f.dir + "/op1", "", f.dir + "/op1.err"), 0) << read_file(f.dir + "/op1.err");
+    ASSERT_EQ(run(bin + " --quiet launch -n 2 " + op + " --run-dir " + f.dir + "/op2 > /dev/null 2> " + f.dir + "/op2.err"), 0)
+        << read_file(f.dir + "/op2.err");
+    EXPECT_LT(max_weight_diff(f.dir + "/op1/model/model.safetensors", f.dir + "/op2/model/model.safetensors"), 1e-5);
+    // both ran on-policy batches, and counted the same tokens
+    const auto m1 = last_metrics(f.dir + "/op1"), m2 = last_metrics(f.dir + "/op2");
+    EXPECT_EQ(m1["tokens"], m2["tokens"]);
+    EXPECT_EQ(m1.value("on_policy", -1.0), m2.value("on_policy", -2.0));
 }
