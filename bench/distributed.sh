@@ -84,3 +84,17 @@ for mode in modes:
 print("allreduce ms: the gradient all-reduce's time per step that backward did not hide (all of it with the")
 print("all-reduce after backward), waiting for the slowest rank included")
 PY
+
+echo
+echo "capture: the demo teacher over ${CAPTURE_WINDOWS:-256} windows of 128, 8 windows per forward per rank;"
+echo "seconds of the forwards and writes (capture_seconds), without model loading and the read-back check"
+printf "%5s %7s %10s %12s %8s\n" ranks threads seconds positions/s speed-up
+base=""
+for n in $worlds; do
+  threads=$(( cores / n )); [ "$threads" -ge 1 ] || threads=1
+  "$distill" --quiet launch -n "$n" capture --threads "$threads" --teacher "$run/teacher/model" --data "$run/data/train" \
+    --max-windows "${CAPTURE_WINDOWS:-256}" --seq-len 128 --batch-size 8 -o "$work/capture-$n" > "$work/capture-$n.json"
+  secs=$("${PYTHON:-/usr/bin/python3}" -c "import json,sys; print(json.load(open(sys.argv[1]))['capture_seconds'])" "$work/capture-$n.json")
+  [ -n "$base" ] || base=$secs
+  printf "%5s %7s %10.2f %12.0f %7.2fx\n" "$n" "$threads" "$secs" "$(echo "${CAPTURE_WINDOWS:-256} * 128 / $secs" | bc -l)" "$(echo "$base / $secs" | bc -l)"
+done

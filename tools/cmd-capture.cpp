@@ -117,7 +117,8 @@ Command add_capture(CLI::App& app) {
                                                     {"kl_full_to_stored", r.kl_full_to_stored},
                                                     {"kl_quantization", r.kl_quantization},
                                                     {"max_abs_logprob_error", r.max_abs_logprob_error},
-                                                    {"seconds", r.seconds}})
+                                                    {"seconds", r.seconds},
+                                                    {"capture_seconds", r.capture_seconds}})
                                         .dump()
                                         .c_str());
                 return 0;

@@ -78,7 +78,7 @@ int run_sequences(Options& o) {
 
 // A student whose tokenizer differs from the teacher cache's: aligned on byte offsets with the
 // shard the cache was captured on (docs/losses.md, "Across tokenizers").
-int run_cross_tokenizer(Options& o) {
+int run_cross_tokenizer(Options& o, Distributed* dist) {
     DISTILL_USAGE(!o.cache.empty(), "--teacher-data goes with --cache (a cache of the teacher's tokens)");
     DISTILL_USAGE(!o.teacher_tokenizer.empty(), "--teacher-data needs --teacher-tokenizer (the cache's tokenizer)");
     DISTILL_USAGE(o.config.empty() != o.init.empty(), "pass exactly one of --config and --init");
@@ -105,9 +105,10 @@ int run_cross_tokenizer(Options& o) {
                                        {"top_k", cache.info().top_k},
                                        {"cross_tokenizer", {{"mapping", o.xtok_map}, {"alignment", map.fingerprint}}}};
     BatchSpec spec{t.batch_size, t.seq_len, t.seed, false};
+    if (dist) std::tie(spec.row_begin, spec.row_end) = rank_rows(t.batch_size, dist->rank(), dist->world());
     auto result = run_training(student, tok, t, o.run_dir, distill_settings(cfg, o.init, t, o.lo, teacher_id, shard, tok),
-                               make_cross_tokenizer_loss(student, shard, spec, o.lo, cache, map), "train");
-    print_train_result(o.run_dir, result);
+                               make_cross_tokenizer_loss(student, shard, spec, o.lo, cache, map, dist), "train", dist);
+    if (!dist || dist->rank() == 0) print_train_result(o.run_dir, result);
     return 0;
 }
 
@@ -116,9 +117,6 @@ int run(Options& o) {
     DISTILL_USAGE(o.teacher_tokenizer.empty() || !o.teacher_data.empty(),
                   "--teacher-tokenizer goes with --teacher-data (a student across tokenizers)");
     o.on_policy_set = o.on_policy_set || o.on_policy.lambda > 0;
-    DISTILL_USAGE(Distributed::world_from_env() == 1 || o.teacher_data.empty(),
-                  "--teacher-data runs in one process for now: unset WORLD_SIZE (start it without launch/torchrun)");
-    if (!o.teacher_data.empty()) return run_cross_tokenizer(o);
     // data parallel (torchrun / distill launch): joins the other ranks before any work is spent
     const int world = Distributed::world_from_env();
     DISTILL_USAGE(o.train.batch_size % world == 0, "--batch-size ", o.train.batch_size,
@@ -131,6 +129,7 @@ int run(Options& o) {
                          rank_rows(o.train.batch_size, dist->rank(), dist->world()).second - 1,
                          " of each global batch of ", o.train.batch_size));
     }
+    if (!o.teacher_data.empty()) return run_cross_tokenizer(o, dist.get());
     DISTILL_USAGE(!o.data.empty(), "train needs --data (a token shard), or --sequences (an API dataset)");
     DISTILL_USAGE(o.on_policy_set || !o.sampling_flag_set,
                   "--max-new-tokens goes with --on-policy (as do --sample-temperature, --sample-top-k, --sample-top-p)");

@@ -126,6 +126,7 @@ CaptureResult capture_teacher(Llama& teacher, const std::string& teacher_fingerp
         if (writer_rank) writer->finish();
         // the cache is whole before any rank reports success
         if (dist) dist->barrier();
+        r.capture_seconds = now_seconds() - t0;
     }
     if (!writer_rank) {
         r.windows = W;

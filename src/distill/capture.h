@@ -30,7 +30,8 @@ struct CaptureResult {
     double kl_full_to_stored = 0;  // KL(teacher || stored top-K + rest spread evenly), nats/pos
     double kl_quantization = 0;    // KL((K+1)-bucket exact || (K+1)-bucket stored), nats/pos
     double max_abs_logprob_error = 0;
-    double seconds = 0;
+    double seconds = 0;            // all of it, the read-back check included
+    double capture_seconds = 0;    // the teacher's forwards and the writes alone
 };
 
 // With `dist` (a data-parallel job), every rank runs the teacher on its share of the windows

@@ -9,6 +9,7 @@
 #include <map>
 #include <unordered_map>
 
+#include "train/distributed.h"
 #include "util/error.h"
 #include "util/file.h"
 
@@ -194,7 +195,7 @@ CrossTokenizerTargets cross_tokenizer_targets(const LogitCacheReader& cache, con
 
 LossFn make_cross_tokenizer_loss(Llama& student, const TokenShard& shard, const BatchSpec& spec_in,
                                  const LossOptions& loss, const LogitCacheReader& cache,
-                                 const CrossTokenizerMap& map) {
+                                 const CrossTokenizerMap& map, Distributed* dist) {
     DISTILL_CHECK(loss.kind != LossKind::kCrossEntropy, "a cross-tokenizer student needs a KD loss, not ce");
     DISTILL_CHECK(static_cast<int64_t>(map.teacher_pos.size()) == shard.size(),
                   "the cross-tokenizer alignment was built for another shard");
@@ -203,9 +204,9 @@ LossFn make_cross_tokenizer_loss(Llama& student, const TokenShard& shard, const 
     spec.device = student->parameters().front().device();
     LossOptions kd = loss;
     kd.ce_weight = 0;
-    return [&student, &shard, &cache, &map, spec, loss, kd](int64_t step, int64_t micro) {
+    return [&student, &shard, &cache, &map, spec, loss, kd, dist](int64_t step, int64_t micro) {
         Batch b = sample_batch(shard, spec, step, micro);
-        const int64_t B = spec.batch_size, T = spec.seq_len;
+        const int64_t B = b.tokens.size(0), T = spec.seq_len;  // B: this rank's rows
         auto inputs = b.tokens.narrow(1, 0, T);
         auto targets = b.tokens.narrow(1, 1, T).reshape({-1});
         auto logits = student->forward(inputs);
@@ -213,6 +214,13 @@ LossFn make_cross_tokenizer_loss(Llama& student, const TokenShard& shard, const 
         auto flat = logits.reshape({-1, V});
         const CrossTokenizerTargets tg = cross_tokenizer_targets(cache, map, b.starts, T, V);
         const int64_t n = static_cast<int64_t>(tg.rows.size());
+        // the KD term's denominator: the aligned positions of the whole batch, over every rank
+        double denom = double(n);
+        if (dist) {
+            std::vector<double> count{double(n)};
+            dist->all_reduce_sum(count);
+            denom = count[0] / double(dist->world());
+        }
         StepLoss out;
         out.tokens = B * T;
         out.extras["aligned_fraction"] = double(tg.aligned) / double(B * T);
@@ -248,7 +256,7 @@ LossFn make_cross_tokenizer_loss(Llama& student, const TokenShard& shard, const 
                          double(m);
                 kd_sum = kd_sum.defined() ? kd_sum + g : g;
             }
-            total = total + (1.0 - loss.ce_weight) / double(n) * kd_sum;
+            total = total + (1.0 - loss.ce_weight) / denom * kd_sum;
         }
         out.loss = total;
         return out;

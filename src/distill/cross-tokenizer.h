@@ -19,6 +19,8 @@
 
 namespace distill {
 
+class Distributed;
+
 // How a teacher token's probability is given to the student's tokens:
 //   kFirst  to the student token that starts the teacher token's bytes (the student's first
 //           token of that text): the probability that the student's next token is u is the sum
@@ -54,10 +56,12 @@ CrossTokenizerMap build_cross_tokenizer_map(const TokenShard& student_shard, con
 
 // The loss of a micro-batch of student windows (any offset, drawn as BatchSpec says):
 // (1 - ce_weight) x the sparse KD loss over the aligned positions + ce_weight x cross-entropy over
-// all positions. Extras: the fraction of positions aligned.
+// all positions. Extras: the fraction of positions aligned. With `dist` (spec holding this rank's
+// rows), the KD term is this rank's sum over the global number of aligned positions (times the
+// world size, as the ranks' losses are averaged): the loss of one process over the whole batch.
 LossFn make_cross_tokenizer_loss(Llama& student, const TokenShard& shard, const BatchSpec& spec,
                                  const LossOptions& loss, const LogitCacheReader& cache,
-                                 const CrossTokenizerMap& map);
+                                 const CrossTokenizerMap& map, Distributed* dist = nullptr);
 
 // The teacher's targets for one batch, as the loss takes them: the aligned positions (rows of the
 // flattened (B*T) batch, ascending) where at least one of the teacher's top K maps onto a student

@@ -243,6 +243,25 @@ TEST(CrossTokenizer, TrainFromTheCommandLineAndItsErrors) {
     // the last five steps below the first five
     EXPECT_LT(std::accumulate(losses.end() - 5, losses.end(), 0.0), std::accumulate(losses.begin(), losses.begin() + 5, 0.0));
 
+    // on 2 data-parallel ranks (distill launch): the KD term's denominator is the whole batch's
+    // aligned positions, so the job ends with one process's weights (float rounding: the order of
+    // the sums differs)
+    {
+        const std::string dp = "train --config " + dir + "/student-config.json --tokenizer " + dir + "/student-tok.json --data " +
+                               t.student_shard + " --cache " + dir + "/cache --steps 10 --batch-size 4 --seq-len 24 " +
+                               "--lr 0.003 --warmup 2 --threads 1" + xt;
+        ASSERT_EQ(run_distill(dp + " --run-dir " + dir + "/dp1", "", dir + "/dp1.err"), 0) << read_file(dir + "/dp1.err");
+        ASSERT_EQ(testing_util::run(std::string(DISTILL_BINARY) + " --quiet launch -n 2 " + dp + " --run-dir " + dir + "/dp2 > /dev/null 2> " +
+                      dir + "/dp2.err"),
+                  0)
+            << read_file(dir + "/dp2.err");
+        SafetensorsFile a(dir + "/dp1/model/model.safetensors"), b(dir + "/dp2/model/model.safetensors");
+        double d = 0;
+        for (const auto& [name, e] : a.entries())
+            d = std::max(d, (a.get(name, torch::kFloat64) - b.get(name, torch::kFloat64)).abs().max().item<double>());
+        EXPECT_LT(d, 1e-5);
+    }
+
     auto fails_with = [&](const std::string& args, int rc, const std::string& says) {
         const int got = run_distill(args, "", dir + "/err");
         const std::string err = read_file(dir + "/err");
