@@ -1,5 +1,7 @@
 // distill train — a student from a teacher cache (offline), a live teacher (online), or the data
 // alone (--loss ce, the no-teacher baseline).
+#include <cstdlib>
+
 #include "cli.h"
 #include "distill/cross-tokenizer.h"
 #include "distill/kd.h"
@@ -23,6 +25,8 @@ struct Options {
     int64_t online_top_logprobs = 0;
     OnPolicyOptions on_policy;
     bool on_policy_set = false, sampling_flag_set = false;
+    RemoteOptions teacher_api;                     // --teacher-url: an API teacher for --on-policy
+    std::string api_key_env = "OPENAI_API_KEY";
     LossOptions lo;
     TrainOptions train;
     DistOptions dist;
@@ -133,13 +137,21 @@ int run(Options& o) {
     DISTILL_USAGE(!o.data.empty(), "train needs --data (a token shard), or --sequences (an API dataset)");
     DISTILL_USAGE(o.on_policy_set || !o.sampling_flag_set,
                   "--max-new-tokens goes with --on-policy (as do --sample-temperature, --sample-top-k, --sample-top-p)");
-    DISTILL_USAGE(!o.on_policy_set || !o.teacher.empty(),
-                  "--on-policy needs --teacher: a live teacher scores the student's samples");
+    const bool api_teacher = !o.teacher_api.url.empty();
+    DISTILL_USAGE(!api_teacher || o.on_policy_set,
+                  "--teacher-url goes with --on-policy (the API scores the student's samples); to learn from an "
+                  "API's completions, capture them (capture --teacher-url) and train with --sequences");
+    DISTILL_USAGE(!api_teacher || o.teacher.empty(), "pass --teacher or --teacher-url, not both");
+    DISTILL_USAGE(!o.on_policy_set || !o.teacher.empty() || api_teacher,
+                  "--on-policy needs --teacher or --teacher-url: a live teacher scores the student's samples");
+    DISTILL_USAGE(!api_teacher || !o.tokenizer.empty() || !o.init.empty(),
+                  "with --teacher-url, pass the student's --tokenizer (the endpoint model's tokenizer)");
     DISTILL_USAGE(o.cache.empty() || o.teacher.empty() || o.on_policy_set,
                   "pass --cache or --teacher, not both (both only with --on-policy: the cache for the data "
                   "batches, the teacher for the sampled ones)");
     DISTILL_USAGE(o.config.empty() != o.init.empty(), "pass exactly one of --config and --init");
-    DISTILL_USAGE(o.online_top_logprobs == 0 || !o.teacher.empty(), "--online-top-logprobs needs --teacher");
+    DISTILL_USAGE(o.online_top_logprobs == 0 || !o.teacher.empty() || api_teacher,
+                  "--online-top-logprobs needs --teacher (or --teacher-url: the top log-probs asked for)");
     o.lo.kind = loss_kind_from_string(o.loss);
     LoadedModel teacher;
     if (!o.teacher.empty()) teacher = load_model(o.teacher);
@@ -167,9 +179,12 @@ int run(Options& o) {
     BatchSpec spec{t.batch_size, t.seq_len, t.seed, cache != nullptr};
     if (dist) std::tie(spec.row_begin, spec.row_end) = rank_rows(t.batch_size, dist->rank(), dist->world());
     Llama* teacher_ptr = teacher.model ? &teacher.model : nullptr;
-    // with a cache the data batches come from it; the live teacher then scores only the samples
-    LossFn loss_fn = make_student_loss(student, shard, spec, o.lo, cache.get(), cache ? nullptr : teacher_ptr,
-                                       o.online_top_logprobs);
+    // with a cache the data batches come from it; the live teacher then scores only the samples.
+    // An API teacher scores only the samples: without a cache the data batches are cross-entropy.
+    LossOptions data_loss = o.lo;
+    if (api_teacher && !cache) data_loss.kind = LossKind::kCrossEntropy;
+    LossFn loss_fn = make_student_loss(student, shard, spec, data_loss, cache.get(), cache ? nullptr : teacher_ptr,
+                                       api_teacher ? 0 : o.online_top_logprobs);
     if (o.on_policy_set) {
         OnPolicyOptions& op = o.on_policy;
         teacher_id["on_policy"] = {{"lambda", op.lambda},
@@ -177,7 +192,14 @@ int run(Options& o) {
                                    {"temperature", op.sampling.temperature},
                                    {"top_k", op.sampling.top_k},
                                    {"top_p", op.sampling.top_p}};
-        loss_fn = make_on_policy_loss(student, teacher.model, shard, spec, o.lo, op, o.online_top_logprobs, loss_fn);
+        if (api_teacher) {
+            if (const char* k = std::getenv(o.api_key_env.c_str())) o.teacher_api.api_key = k;
+            const int64_t k = o.online_top_logprobs > 0 ? o.online_top_logprobs : 20;
+            teacher_id["teacher_url"] = {{"model", remote_model_name(o.teacher_api)}, {"top_logprobs", k}};
+            loss_fn = make_on_policy_loss_remote(student, tok, shard, spec, o.lo, op, o.teacher_api, k, loss_fn);
+        } else {
+            loss_fn = make_on_policy_loss(student, teacher.model, shard, spec, o.lo, op, o.online_top_logprobs, loss_fn);
+        }
     }
     auto result = run_training(student, tok, t, o.run_dir, distill_settings(cfg, o.init, t, o.lo, teacher_id, shard, tok),
                                loss_fn, "train", dist.get());
@@ -219,6 +241,15 @@ Command add_train(CLI::App& app) {
                   "cut from the data, scored by --teacher (0 = never, 1 = always)")
         ->check(in_range(0, 1))->capture_default_str()
         ->each([o](const std::string&) { o->on_policy_set = true; });
+    const std::string api = "On-policy teacher through an API";
+    c->add_option("--teacher-url", o->teacher_api.url,
+                  "with --on-policy: an OpenAI-compatible API (e.g. http://127.0.0.1:8000/v1) that scores the "
+                  "student's samples through /completions with echo and logprobs (--online-top-logprobs, default 20)")
+        ->group(api);
+    c->add_option("--teacher-model", o->teacher_api.model, "the model id to ask for (default: the first the API lists)")
+        ->group(api);
+    c->add_option("--api-key-env", o->api_key_env, "environment variable holding the API key")
+        ->capture_default_str()->group(api);
     c->add_option("--max-new-tokens", o->on_policy.max_new_tokens,
                   "with --on-policy: tokens sampled per row; the prompt is the window's first --seq-len minus these")
         ->check(in_range(1, 1 << 20))->capture_default_str()

@@ -193,6 +193,36 @@ CrossTokenizerTargets cross_tokenizer_targets(const LogitCacheReader& cache, con
     return out;
 }
 
+torch::Tensor loss_sparse_rows(const torch::Tensor& flat, const std::vector<int64_t>& rows_in,
+                               const std::vector<std::vector<std::pair<int64_t, float>>>& tops,
+                               const torch::Tensor& targets, const LossOptions& kd) {
+    DISTILL_CHECK(rows_in.size() == tops.size() && !rows_in.empty(), "loss_sparse_rows: one target list per row");
+    std::map<size_t, std::vector<size_t>> by_k;
+    for (size_t r = 0; r < tops.size(); ++r) by_k[tops[r].size()].push_back(r);
+    const torch::Device dev = flat.device();
+    torch::Tensor sum;
+    for (const auto& [k, members] : by_k) {
+        DISTILL_CHECK(k > 0, "loss_sparse_rows: a row without targets");
+        const int64_t m = static_cast<int64_t>(members.size()), kk = static_cast<int64_t>(k);
+        std::vector<int64_t> rows, ids;
+        std::vector<float> lps;
+        for (size_t r : members) {
+            rows.push_back(rows_in[r]);
+            for (const auto& [u, lp] : tops[r]) {
+                ids.push_back(u);
+                lps.push_back(lp);
+            }
+        }
+        auto rt = torch::tensor(rows, torch::kInt64).to(dev);
+        auto g = loss_sparse(flat.index_select(0, rt), torch::tensor(ids, torch::kInt64).reshape({m, kk}).to(dev),
+                             torch::tensor(lps, torch::kFloat32).reshape({m, kk}).to(dev), targets.index_select(0, rt),
+                             kd) *
+                 double(m);
+        sum = sum.defined() ? sum + g : g;
+    }
+    return sum;
+}
+
 LossFn make_cross_tokenizer_loss(Llama& student, const TokenShard& shard, const BatchSpec& spec_in,
                                  const LossOptions& loss, const LogitCacheReader& cache,
                                  const CrossTokenizerMap& map, Distributed* dist) {
@@ -227,35 +257,11 @@ LossFn make_cross_tokenizer_loss(Llama& student, const TokenShard& shard, const 
         torch::Tensor total = loss.ce_weight > 0 ? loss.ce_weight * torch::nn::functional::cross_entropy(flat, targets)
                                                  : flat.sum() * 0.0;
         if (n > 0) {
-            // Rows are grouped by how many ids they have: padding a row with ids of probability 0
-            // would split the student's rest bucket and push those ids down.
-            std::map<size_t, std::vector<int64_t>> by_k;
             double mass = 0;
-            for (int64_t r = 0; r < n; ++r) {
-                by_k[tg.top[static_cast<size_t>(r)].size()].push_back(r);
-                for (const auto& e : tg.top[static_cast<size_t>(r)]) mass += std::exp(double(e.second));
-            }
+            for (const auto& row : tg.top)
+                for (const auto& e : row) mass += std::exp(double(e.second));
             out.extras["mapped_mass"] = mass / double(n);
-            torch::Tensor kd_sum;
-            for (const auto& [k, members] : by_k) {
-                const int64_t m = static_cast<int64_t>(members.size()), kk = static_cast<int64_t>(k);
-                std::vector<int64_t> rows, ids;
-                std::vector<float> lps;
-                for (int64_t r : members) {
-                    rows.push_back(tg.rows[static_cast<size_t>(r)]);
-                    for (const auto& [u, lp] : tg.top[static_cast<size_t>(r)]) {
-                        ids.push_back(u);
-                        lps.push_back(lp);
-                    }
-                }
-                auto rt = torch::tensor(rows, torch::kInt64).to(spec.device);
-                auto g = loss_sparse(flat.index_select(0, rt),
-                                     torch::tensor(ids, torch::kInt64).reshape({m, kk}).to(spec.device),
-                                     torch::tensor(lps, torch::kFloat32).reshape({m, kk}).to(spec.device),
-                                     targets.index_select(0, rt), kd) *
-                         double(m);
-                kd_sum = kd_sum.defined() ? kd_sum + g : g;
-            }
+            const torch::Tensor kd_sum = loss_sparse_rows(flat, tg.rows, tg.top, targets, kd);
             total = total + (1.0 - loss.ce_weight) / denom * kd_sum;
         }
         out.loss = total;

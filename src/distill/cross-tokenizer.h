@@ -63,6 +63,14 @@ LossFn make_cross_tokenizer_loss(Llama& student, const TokenShard& shard, const 
                                  const LossOptions& loss, const LogitCacheReader& cache,
                                  const CrossTokenizerMap& map, Distributed* dist = nullptr);
 
+// The sparse KD loss over rows of `flat` (N, V) whose teacher targets have different lengths:
+// tops[i] the (student id, log p) of row rows[i] (ids distinct), the rest of the teacher's mass
+// its rest bucket. Rows are grouped by length (padding with ids of probability 0 would split the
+// student's rest bucket). Returns the sum over the rows of their loss (divide by the count).
+torch::Tensor loss_sparse_rows(const torch::Tensor& flat, const std::vector<int64_t>& rows,
+                               const std::vector<std::vector<std::pair<int64_t, float>>>& tops,
+                               const torch::Tensor& targets, const LossOptions& kd);
+
 // The teacher's targets for one batch, as the loss takes them: the aligned positions (rows of the
 // flattened (B*T) batch, ascending) where at least one of the teacher's top K maps onto a student
 // token, and there the student ids with the log of the teacher mass they get (distinct ids, most

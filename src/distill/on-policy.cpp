@@ -2,7 +2,9 @@
 
 #include <torch/torch.h>
 
+#include "distill/cross-tokenizer.h"
 #include "util/error.h"
+#include "util/utf8.h"
 
 namespace distill {
 
@@ -117,6 +119,106 @@ LossFn make_on_policy_loss(Llama& student, Llama& teacher, const TokenShard& sha
         out.loss = on_policy_loss(s_logits, t_logits, seqs, P, loss, teacher_top_k);
         out.tokens = seqs.size(0) * (T - 1);  // this rank's rows, through the student's training forward
         out.extras["on_policy"] = 1;
+        return out;
+    };
+}
+
+std::vector<std::vector<std::pair<int64_t, float>>> remote_top_targets(
+    const nlohmann::json& lp, const std::unordered_map<std::string, int64_t>& by_text, size_t from, size_t len) {
+    DISTILL_CHECK(lp.is_object() && lp.contains("top_logprobs") && lp["top_logprobs"].is_array() &&
+                      lp["top_logprobs"].size() >= len,
+                  "the teacher API gave no top log-probs for the prompt (it needs echo with logprobs; ",
+                  "llama.cpp's server refuses max_tokens 0: use distill serve or vLLM)");
+    const nlohmann::json& tops = lp["top_logprobs"];
+    std::vector<std::vector<std::pair<int64_t, float>>> out;
+    for (size_t t = from; t < len; ++t) {
+        std::vector<std::pair<int64_t, float>> row;
+        const nlohmann::json& d = tops[t];
+        DISTILL_CHECK(d.is_object(), "the teacher API gave no top log-probs at prompt position ", t);
+        for (auto it = d.begin(); it != d.end(); ++it) {
+            DISTILL_CHECK(it.value().is_number(), "the teacher API's top log-prob for '", it.key(), "' is not a number");
+            const auto f = by_text.find(it.key());
+            if (f == by_text.end() || f->second < 0) continue;  // not one student token: the rest bucket
+            const double v = it.value().get<double>();
+            if (!std::isfinite(v)) continue;
+            row.emplace_back(f->second, static_cast<float>(std::min(0.0, v)));
+        }
+        out.push_back(std::move(row));
+    }
+    return out;
+}
+
+LossFn make_on_policy_loss_remote(Llama& student, const Tokenizer& tokenizer, const TokenShard& shard,
+                                  const BatchSpec& spec_in, const LossOptions& loss, const OnPolicyOptions& opts,
+                                  const RemoteOptions& remote_in, int64_t top_k, LossFn off_policy) {
+    DISTILL_CHECK(loss.kind != LossKind::kCrossEntropy, "on-policy distillation needs a divergence, not --loss ce");
+    DISTILL_CHECK(opts.lambda >= 0 && opts.lambda <= 1, "--on-policy must lie in [0, 1]");
+    DISTILL_CHECK(opts.max_new_tokens >= 1 && opts.max_new_tokens < spec_in.seq_len,
+                  "--max-new-tokens (", opts.max_new_tokens, ") must lie in [1, --seq-len - 1 = ",
+                  spec_in.seq_len - 1, "]: the prompt is the rest of the window");
+    DISTILL_CHECK(top_k >= 1, "the API teacher needs --online-top-logprobs >= 1");
+    BatchSpec spec = spec_in;
+    spec.device = student->parameters().front().device();
+    RemoteOptions remote = remote_in;
+    remote.model = remote_model_name(remote);
+    // the API names tokens by their text (invalid UTF-8 replaced): one student id per text
+    auto by_text = std::make_shared<std::unordered_map<std::string, int64_t>>();
+    for (int32_t id = 0; id < tokenizer.vocab_size(); ++id) {
+        if (tokenizer.is_special(id)) continue;
+        auto [it, fresh] = by_text->emplace(utf8_lossy(tokenizer.token_bytes(id)), id);
+        if (!fresh) it->second = -1;
+    }
+    LossOptions kd = loss;
+    kd.ce_weight = 0;  // the targets are the student's own samples
+    return [&student, &shard, spec, kd, opts, remote, top_k, off_policy, by_text](int64_t step, int64_t micro) {
+        if (!on_policy_batch(spec.seed, step, micro, opts.lambda)) {
+            StepLoss out = off_policy(step, micro);
+            out.extras["on_policy"] = 0;
+            return out;
+        }
+        const int64_t T = spec.seq_len, N = opts.max_new_tokens, P = T - N;
+        Batch b = sample_batch(shard, spec, step, micro);
+        const uint64_t sample_seed =
+            stream(spec.seed, static_cast<uint64_t>(step), static_cast<uint64_t>(micro), kSampleTag)();
+        torch::Tensor seqs =
+            sample_continuations(student, b.tokens.narrow(1, 0, P), N, opts.sampling, sample_seed, spec.row_begin);
+        const int64_t B = seqs.size(0);
+        // the teacher scores every sequence in one request
+        nlohmann::json prompts = nlohmann::json::array();
+        const auto host = seqs.contiguous();
+        for (int64_t r = 0; r < B; ++r)
+            prompts.push_back(std::vector<int64_t>(host[r].data_ptr<int64_t>(), host[r].data_ptr<int64_t>() + T));
+        const nlohmann::json body = {{"model", remote.model}, {"prompt", prompts}, {"echo", true},
+                                     {"max_tokens", 0},       {"logprobs", top_k}, {"temperature", 0}};
+        const nlohmann::json answer = remote_request(remote, "POST", "/completions", body);
+        DISTILL_CHECK(answer.contains("choices") && answer["choices"].is_array() &&
+                          answer["choices"].size() == static_cast<size_t>(B),
+                      remote.url, "/completions returned ",
+                      answer.contains("choices") && answer["choices"].is_array() ? answer["choices"].size() : 0,
+                      " choices for ", B, " prompts");
+        std::vector<int64_t> rows;
+        std::vector<std::vector<std::pair<int64_t, float>>> tops;
+        for (const auto& ch : answer["choices"]) {
+            const int64_t r = ch.value("index", int64_t{-1});
+            DISTILL_CHECK(r >= 0 && r < B, remote.url, "/completions returned choice index ", r);
+            auto got = remote_top_targets(ch.value("logprobs", nlohmann::json(nullptr)), *by_text,
+                                          static_cast<size_t>(P), static_cast<size_t>(T));
+            for (int64_t t = 0; t < N; ++t) {
+                if (got[static_cast<size_t>(t)].empty()) continue;  // no entry maps: nothing to learn there
+                rows.push_back(r * N + t);
+                tops.push_back(std::move(got[static_cast<size_t>(t)]));
+            }
+        }
+        auto inputs = seqs.narrow(1, 0, T - 1).to(spec.device);
+        auto s_logits = student->forward(inputs);
+        const int64_t V = s_logits.size(-1);
+        auto s = s_logits.narrow(1, P - 1, N).reshape({B * N, V});
+        auto targets = seqs.narrow(1, P, N).reshape({-1}).to(spec.device);
+        StepLoss out;
+        out.tokens = B * (T - 1);
+        out.extras["on_policy"] = 1;
+        out.extras["mapped_fraction"] = double(rows.size()) / double(B * N);
+        out.loss = rows.empty() ? s.sum() * 0.0 : loss_sparse_rows(s, rows, tops, targets, kd) / double(rows.size());
         return out;
     };
 }

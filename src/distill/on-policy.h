@@ -5,8 +5,10 @@
 
 #include <cstdint>
 #include <random>
+#include <unordered_map>
 
 #include "distill/losses.h"
+#include "eval/scorer.h"
 #include "io/shards.h"
 #include "model/generate.h"
 #include "model/llama.h"
@@ -47,5 +49,20 @@ torch::Tensor on_policy_loss(const torch::Tensor& student_logits, const torch::T
 LossFn make_on_policy_loss(Llama& student, Llama& teacher, const TokenShard& shard, const BatchSpec& spec,
                            const LossOptions& loss, const OnPolicyOptions& opts, int64_t teacher_top_k,
                            LossFn off_policy);
+
+// The same with the teacher behind an OpenAI-compatible API: each sampled sequence goes to
+// POST /completions as token ids with echo, max_tokens 0 and logprobs `top_k`; the teacher's
+// top-k at each sampled position, mapped back onto the student's tokens by their text (the
+// legacy logprobs keys; texts that are not one student token, or stand for several, go to the
+// rest bucket), is the sparse target. The student's tokenizer must be the endpoint model's.
+LossFn make_on_policy_loss_remote(Llama& student, const Tokenizer& tokenizer, const TokenShard& shard,
+                                  const BatchSpec& spec, const LossOptions& loss, const OnPolicyOptions& opts,
+                                  const RemoteOptions& remote, int64_t top_k, LossFn off_policy);
+
+// For tests: the API's answer for one sequence -> per position t >= from, the (student id, log p)
+// of its top_logprobs entries that name exactly one student token. `by_text`: token text ->
+// student id, -1 where several ids share the text.
+std::vector<std::vector<std::pair<int64_t, float>>> remote_top_targets(
+    const nlohmann::json& logprobs, const std::unordered_map<std::string, int64_t>& by_text, size_t from, size_t len);
 
 }  // namespace distill

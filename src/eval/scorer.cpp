@@ -262,6 +262,10 @@ private:
 
 }  // namespace
 
+json remote_request(const RemoteOptions& o, const std::string& method, const std::string& path, const json& body) {
+    return request_json(o, method, path, body);
+}
+
 std::string remote_model_name(const RemoteOptions& o) {
     if (!o.model.empty()) return o.model;
     json j = request_json(o, "GET", "/models", nullptr);

@@ -10,6 +10,8 @@
 #include <string>
 #include <vector>
 
+#include <nlohmann/json.hpp>
+
 #include "eval/eval.h"
 #include "model/checkpoint.h"
 #include "tokenizer/tokenizer.h"
@@ -71,5 +73,10 @@ struct RemoteOptions {
 std::unique_ptr<Scorer> make_remote_scorer(const RemoteOptions& o, Tokenizer tok, const WindowOptions& window);
 // The model id the endpoint serves (o.model if set, else the first of GET /models).
 std::string remote_model_name(const RemoteOptions& o);
+// One JSON request to the endpoint (path relative to o.url, e.g. "/completions"), with o's retries:
+// 429, 5xx, timeouts and connection errors are retried with back-off and jitter, Retry-After
+// honoured; anything else is an Error.
+nlohmann::json remote_request(const RemoteOptions& o, const std::string& method, const std::string& path,
+                              const nlohmann::json& body);
 
 }  // namespace distill

@@ -5,11 +5,16 @@
 #include <torch/torch.h>
 
 #include <fstream>
+#include <set>
+#include <unordered_map>
 
 #include "distill/on-policy.h"
 #include "io/safetensors.h"
 #include "model/checkpoint.h"
+#include "test-server.h"
 #include "test-util.h"
+#include "util/utf8.h"
+#include "util/error.h"
 #include "util/file.h"
 
 using namespace distill;
@@ -185,4 +190,103 @@ TEST(OnPolicy, TrainFromTheCommandLineAndItsErrors) {
     fails_with(base + " --on-policy 1 --max-new-tokens 24 --steps 2 --run-dir " + dir + "/e3", 1, "--max-new-tokens");
     fails_with(base + " --on-policy 1 --loss ce --steps 2 --run-dir " + dir + "/e4", 1, "--loss ce");
     fails_with(no_teacher + " --max-new-tokens 4 --run-dir " + dir + "/e5", 2, "--max-new-tokens goes with --on-policy");
+}
+
+// An API teacher (--teacher-url): `distill serve` scores the student's samples through
+// /completions with echo and logprobs. What the API answers, mapped back onto token ids, is the
+// teacher's own log-probs (its local forward, within float rounding): its top K at every
+// position plus the token there, without the texts that several tokens share (byte tokens that are
+// not UTF-8 all read U+FFFD). Then `train --teacher-url` end to end, and its usage errors.
+TEST(OnPolicy, ApiTeacherThroughServe) {
+    const std::string dir = temp_dir("gkd-api");
+    const std::string text = word_text(40000, 7, {"the", "house", "was", "quiet", "and", "Anne", "walked", "to",
+                                                  "Bath", "with", "her", "sister"});
+    TokenizerTrainOptions to;
+    to.vocab_size = 300;
+    Tokenizer tok = Tokenizer::train(text, to);
+    tok.save(dir + "/tok.json");
+    write_shard(dir + "/data", tok.encode(text), tok.vocab_size(), tok.fingerprint(), "text.txt",
+                static_cast<int64_t>(text.size()));
+    Llama teacher(tiny(tok.vocab_size(), 48, 2));
+    teacher->init_weights(11);
+    save_model_dir(dir + "/teacher", teacher, &tok);
+    ServerProcess server(dir + "/teacher", {});
+
+    // the API's answer for one sequence against the teacher's local log-probs
+    const std::vector<int32_t> ids32 = tok.encode("Anne walked to Bath with her sister and the house was quiet");
+    const std::vector<int64_t> seq(ids32.begin(), ids32.end());
+    ASSERT_GE(seq.size(), 8u);
+    const int K = 5;
+    auto r = server.client().Post("/v1/completions",
+                                  nlohmann::json{{"prompt", seq}, {"echo", true}, {"max_tokens", 0}, {"logprobs", K}}.dump(),
+                                  "application/json");
+    ASSERT_TRUE(r && r->status == 200) << (r ? r->body : "no answer");
+    const auto answer = nlohmann::json::parse(r->body);
+    std::unordered_map<std::string, int64_t> by_text;
+    for (int32_t id = 0; id < tok.vocab_size(); ++id) {
+        if (tok.is_special(id)) continue;
+        auto [it, fresh] = by_text.emplace(utf8_lossy(tok.token_bytes(id)), id);
+        if (!fresh) it->second = -1;
+    }
+    const auto got = remote_top_targets(answer["choices"][0]["logprobs"], by_text, 1, seq.size());
+    torch::NoGradGuard ng;
+    teacher->eval();
+    const auto lp = torch::log_softmax(teacher->forward(torch::tensor(seq).view({1, -1}))[0].to(torch::kFloat64), -1);
+    for (size_t t = 1; t < seq.size(); ++t) {
+        const auto top = std::get<1>(lp[int64_t(t) - 1].topk(K));
+        std::set<int64_t> want;
+        for (int64_t k = 0; k < K; ++k) want.insert(top[k].item<int64_t>());
+        want.insert(seq[t]);
+        std::set<int64_t> mapped;
+        for (int64_t id : want)
+            if (by_text.at(utf8_lossy(tok.token_bytes(static_cast<int32_t>(id)))) >= 0) mapped.insert(id);
+        std::set<int64_t> have;
+        for (const auto& [id, v] : got[t - 1]) {
+            have.insert(id);
+            EXPECT_NEAR(v, lp[int64_t(t) - 1][id].item<double>(), 2e-5) << "position " << t << " id " << id;
+        }
+        EXPECT_EQ(have, mapped) << "position " << t;
+    }
+    // malformed answers are errors that say what is missing
+    EXPECT_THROW(remote_top_targets(nlohmann::json{{"tokens", nlohmann::json::array()}}, by_text, 1, 4), distill::Error);
+    EXPECT_THROW(remote_top_targets(nlohmann::json{{"top_logprobs", {nullptr, {{"a", "x"}}}}}, by_text, 1, 2), distill::Error);
+
+    write_file_atomic(dir + "/student-config.json",
+                      nlohmann::json{{"hidden_size", 32}, {"num_hidden_layers", 1}, {"num_attention_heads", 4},
+                                     {"num_key_value_heads", 2}, {"intermediate_size", 48},
+                                     {"max_position_embeddings", 64}}
+                          .dump());
+    const std::string base = "train --config " + dir + "/student-config.json --tokenizer " + dir + "/tok.json --data " +
+                             dir + "/data --batch-size 4 --seq-len 24 --warmup 1 --log-every 1 --loss jsd --max-new-tokens 8";
+    ASSERT_EQ(run_distill(base + " --on-policy 1 --steps 4 --online-top-logprobs 8 --teacher-url " + server.base_url() +
+                              " --run-dir " + dir + "/api",
+                          "", dir + "/err"),
+              0)
+        << read_file(dir + "/err");
+    std::ifstream m(dir + "/api/metrics.jsonl");
+    std::string line;
+    int lines = 0;
+    while (std::getline(m, line)) {
+        const auto j = nlohmann::json::parse(line);
+        ++lines;
+        EXPECT_EQ(j["on_policy"], 1.0) << line;
+        EXPECT_GT(j["mapped_fraction"].get<double>(), 0.99) << line;  // words of ASCII letters: one token a text
+        EXPECT_TRUE(std::isfinite(j["loss"].get<double>())) << line;
+    }
+    EXPECT_EQ(lines, 4);
+    EXPECT_EQ(read_json_file(dir + "/api/run.json")["teacher"]["teacher_url"]["top_logprobs"], 8);
+    // usage errors
+    auto fails_with = [&](const std::string& args, int rc, const std::string& says) {
+        const int got_rc = run_distill(args, "", dir + "/err");
+        const std::string err = read_file(dir + "/err");
+        EXPECT_EQ(got_rc, rc) << args << "\n" << err;
+        EXPECT_NE(err.find(says), std::string::npos) << args << "\n" << err;
+    };
+    fails_with("train --config " + dir + "/student-config.json --tokenizer " + dir + "/tok.json --data " + dir +
+                   "/data --batch-size 4 --seq-len 24 --steps 2 --teacher-url " + server.base_url() + " --run-dir " + dir + "/e1",
+               2,
+               "--teacher-url goes with --on-policy");
+    fails_with(base + " --on-policy 1 --steps 2 --teacher " + dir + "/teacher --teacher-url " + server.base_url() +
+                   " --run-dir " + dir + "/e2",
+               2, "not both");
 }
