@@ -2,6 +2,8 @@
 
 #include <torch/torch.h>
 
+#include <functional>
+
 #include "distill/cross-tokenizer.h"
 #include "util/error.h"
 #include "util/utf8.h"
@@ -86,9 +88,14 @@ torch::Tensor on_policy_loss(const torch::Tensor& student_logits, const torch::T
     return loss_dense(s, t, targets, kd);
 }
 
-LossFn make_on_policy_loss(Llama& student, Llama& teacher, const TokenShard& shard, const BatchSpec& spec_in,
-                           const LossOptions& loss, const OnPolicyOptions& opts, int64_t teacher_top_k,
-                           LossFn off_policy) {
+namespace {
+
+// What both teachers share: the options checked; batch (step, micro) on-policy with probability
+// λ, its prompts cut from the data and continued by the student (rows seeded as one process
+// would), then `score` turns the sequences (B, T) into the step's loss; else `off_policy`.
+LossFn on_policy_loop(Llama& student, const TokenShard& shard, const BatchSpec& spec_in, const LossOptions& loss,
+                      const OnPolicyOptions& opts, LossFn off_policy,
+                      std::function<StepLoss(const torch::Tensor& seqs, const BatchSpec& spec)> score) {
     DISTILL_CHECK(loss.kind != LossKind::kCrossEntropy, "on-policy distillation needs a divergence, not --loss ce");
     DISTILL_CHECK(opts.lambda >= 0 && opts.lambda <= 1, "--on-policy must lie in [0, 1]");
     DISTILL_CHECK(opts.max_new_tokens >= 1 && opts.max_new_tokens < spec_in.seq_len,
@@ -96,31 +103,44 @@ LossFn make_on_policy_loss(Llama& student, Llama& teacher, const TokenShard& sha
                   spec_in.seq_len - 1, "]: the prompt is the rest of the window");
     BatchSpec spec = spec_in;
     spec.device = student->parameters().front().device();
-    return [&student, &teacher, &shard, spec, loss, opts, teacher_top_k, off_policy](int64_t step, int64_t micro) {
+    return [&student, &shard, spec, opts, off_policy, score](int64_t step, int64_t micro) {
         if (!on_policy_batch(spec.seed, step, micro, opts.lambda)) {
             StepLoss out = off_policy(step, micro);
             out.extras["on_policy"] = 0;
             return out;
         }
-        const int64_t T = spec.seq_len, N = opts.max_new_tokens, P = T - N;
+        const int64_t P = spec.seq_len - opts.max_new_tokens;
         Batch b = sample_batch(shard, spec, step, micro);
         const uint64_t sample_seed =
             stream(spec.seed, static_cast<uint64_t>(step), static_cast<uint64_t>(micro), kSampleTag)();
-        torch::Tensor seqs =
-            sample_continuations(student, b.tokens.narrow(1, 0, P), N, opts.sampling, sample_seed, spec.row_begin);
-        auto inputs = seqs.narrow(1, 0, T - 1).to(spec.device);
-        auto s_logits = student->forward(inputs);
-        torch::Tensor t_logits;
-        {
-            torch::NoGradGuard ng;
-            t_logits = teacher->forward(inputs);
-        }
-        StepLoss out;
-        out.loss = on_policy_loss(s_logits, t_logits, seqs, P, loss, teacher_top_k);
-        out.tokens = seqs.size(0) * (T - 1);  // this rank's rows, through the student's training forward
+        const torch::Tensor seqs = sample_continuations(student, b.tokens.narrow(1, 0, P), opts.max_new_tokens,
+                                                        opts.sampling, sample_seed, spec.row_begin);
+        StepLoss out = score(seqs, spec);
+        out.tokens = seqs.size(0) * (spec.seq_len - 1);  // this rank's rows, through the student's training forward
         out.extras["on_policy"] = 1;
         return out;
     };
+}
+
+}  // namespace
+
+LossFn make_on_policy_loss(Llama& student, Llama& teacher, const TokenShard& shard, const BatchSpec& spec,
+                           const LossOptions& loss, const OnPolicyOptions& opts, int64_t teacher_top_k,
+                           LossFn off_policy) {
+    const int64_t P = spec.seq_len - opts.max_new_tokens;
+    return on_policy_loop(student, shard, spec, loss, opts, off_policy,
+                          [&student, &teacher, loss, teacher_top_k, P](const torch::Tensor& seqs, const BatchSpec& sp) {
+                              auto inputs = seqs.narrow(1, 0, sp.seq_len - 1).to(sp.device);
+                              auto s_logits = student->forward(inputs);
+                              torch::Tensor t_logits;
+                              {
+                                  torch::NoGradGuard ng;
+                                  t_logits = teacher->forward(inputs);
+                              }
+                              StepLoss out;
+                              out.loss = on_policy_loss(s_logits, t_logits, seqs, P, loss, teacher_top_k);
+                              return out;
+                          });
 }
 
 std::vector<std::vector<std::pair<int64_t, float>>> remote_top_targets(
@@ -149,16 +169,9 @@ std::vector<std::vector<std::pair<int64_t, float>>> remote_top_targets(
 }
 
 LossFn make_on_policy_loss_remote(Llama& student, const Tokenizer& tokenizer, const TokenShard& shard,
-                                  const BatchSpec& spec_in, const LossOptions& loss, const OnPolicyOptions& opts,
+                                  const BatchSpec& spec, const LossOptions& loss, const OnPolicyOptions& opts,
                                   const RemoteOptions& remote_in, int64_t top_k, LossFn off_policy) {
-    DISTILL_CHECK(loss.kind != LossKind::kCrossEntropy, "on-policy distillation needs a divergence, not --loss ce");
-    DISTILL_CHECK(opts.lambda >= 0 && opts.lambda <= 1, "--on-policy must lie in [0, 1]");
-    DISTILL_CHECK(opts.max_new_tokens >= 1 && opts.max_new_tokens < spec_in.seq_len,
-                  "--max-new-tokens (", opts.max_new_tokens, ") must lie in [1, --seq-len - 1 = ",
-                  spec_in.seq_len - 1, "]: the prompt is the rest of the window");
     DISTILL_CHECK(top_k >= 1, "the API teacher needs --online-top-logprobs >= 1");
-    BatchSpec spec = spec_in;
-    spec.device = student->parameters().front().device();
     RemoteOptions remote = remote_in;
     remote.model = remote_model_name(remote);
     // the API names tokens by their text (invalid UTF-8 replaced): one student id per text
@@ -170,19 +183,9 @@ LossFn make_on_policy_loss_remote(Llama& student, const Tokenizer& tokenizer, co
     }
     LossOptions kd = loss;
     kd.ce_weight = 0;  // the targets are the student's own samples
-    return [&student, &shard, spec, kd, opts, remote, top_k, off_policy, by_text](int64_t step, int64_t micro) {
-        if (!on_policy_batch(spec.seed, step, micro, opts.lambda)) {
-            StepLoss out = off_policy(step, micro);
-            out.extras["on_policy"] = 0;
-            return out;
-        }
-        const int64_t T = spec.seq_len, N = opts.max_new_tokens, P = T - N;
-        Batch b = sample_batch(shard, spec, step, micro);
-        const uint64_t sample_seed =
-            stream(spec.seed, static_cast<uint64_t>(step), static_cast<uint64_t>(micro), kSampleTag)();
-        torch::Tensor seqs =
-            sample_continuations(student, b.tokens.narrow(1, 0, P), N, opts.sampling, sample_seed, spec.row_begin);
-        const int64_t B = seqs.size(0);
+    const int64_t N = opts.max_new_tokens;
+    auto score = [&student, kd, remote, top_k, by_text, N](const torch::Tensor& seqs, const BatchSpec& sp) {
+        const int64_t B = seqs.size(0), T = sp.seq_len, P = T - N;
         // the teacher scores every sequence in one request
         nlohmann::json prompts = nlohmann::json::array();
         const auto host = seqs.contiguous();
@@ -209,18 +212,16 @@ LossFn make_on_policy_loss_remote(Llama& student, const Tokenizer& tokenizer, co
                 tops.push_back(std::move(got[static_cast<size_t>(t)]));
             }
         }
-        auto inputs = seqs.narrow(1, 0, T - 1).to(spec.device);
-        auto s_logits = student->forward(inputs);
+        auto s_logits = student->forward(seqs.narrow(1, 0, T - 1).to(sp.device));
         const int64_t V = s_logits.size(-1);
         auto s = s_logits.narrow(1, P - 1, N).reshape({B * N, V});
-        auto targets = seqs.narrow(1, P, N).reshape({-1}).to(spec.device);
+        auto targets = seqs.narrow(1, P, N).reshape({-1}).to(sp.device);
         StepLoss out;
-        out.tokens = B * (T - 1);
-        out.extras["on_policy"] = 1;
         out.extras["mapped_fraction"] = double(rows.size()) / double(B * N);
         out.loss = rows.empty() ? s.sum() * 0.0 : loss_sparse_rows(s, rows, tops, targets, kd) / double(rows.size());
         return out;
     };
+    return on_policy_loop(student, shard, spec, loss, opts, off_policy, score);
 }
 
 }  // namespace distill
