@@ -34,6 +34,27 @@ ModelConfig tiny(int64_t vocab, int64_t hidden, int64_t layers) {
     return c;
 }
 
+// In `dir`: `text` as a token shard (data) with its own 300-token tokenizer (tok.json), a random
+// teacher of that vocabulary (teacher/, seeded) and a one-layer student's config
+// (student-config.json).
+std::pair<Tokenizer, Llama> write_gkd_fixture(const std::string& dir, const std::string& text, uint64_t teacher_seed) {
+    TokenizerTrainOptions to;
+    to.vocab_size = 300;
+    Tokenizer tok = Tokenizer::train(text, to);
+    tok.save(dir + "/tok.json");
+    write_shard(dir + "/data", tok.encode(text), tok.vocab_size(), tok.fingerprint(), "text.txt",
+                static_cast<int64_t>(text.size()));
+    Llama teacher(tiny(tok.vocab_size(), 48, 2));
+    teacher->init_weights(teacher_seed);
+    save_model_dir(dir + "/teacher", teacher, &tok);
+    write_file_atomic(dir + "/student-config.json",
+                      nlohmann::json{{"hidden_size", 32}, {"num_hidden_layers", 1}, {"num_attention_heads", 4},
+                                     {"num_key_value_heads", 2}, {"intermediate_size", 48},
+                                     {"max_position_embeddings", 64}}
+                          .dump());
+    return {std::move(tok), teacher};
+}
+
 }  // namespace
 
 // The loss and its gradient on fixed student samples equal TRL's generalized JSD (gkd_ref.py) for
@@ -135,20 +156,7 @@ TEST(OnPolicy, TrainFromTheCommandLineAndItsErrors) {
     const std::string dir = temp_dir("gkd-cli");
     const std::string text = word_text(60000, 5, {"the", "house", "was", "quiet", "and", "Anne", "walked", "to",
                                                   "Bath", "with", "her", "sister", "at", "evening"});
-    TokenizerTrainOptions to;
-    to.vocab_size = 300;
-    Tokenizer tok = Tokenizer::train(text, to);
-    tok.save(dir + "/tok.json");
-    write_shard(dir + "/data", tok.encode(text), tok.vocab_size(), tok.fingerprint(), "text.txt",
-                static_cast<int64_t>(text.size()));
-    Llama teacher(tiny(tok.vocab_size(), 48, 2));
-    teacher->init_weights(9);
-    save_model_dir(dir + "/teacher", teacher, &tok);
-    write_file_atomic(dir + "/student-config.json",
-                      nlohmann::json{{"hidden_size", 32}, {"num_hidden_layers", 1}, {"num_attention_heads", 4},
-                                     {"num_key_value_heads", 2}, {"intermediate_size", 48},
-                                     {"max_position_embeddings", 64}}
-                          .dump());
+    auto [tok, teacher] = write_gkd_fixture(dir, text, 9);
     const std::string base = "train --config " + dir + "/student-config.json --tokenizer " + dir + "/tok.json --data " +
                              dir + "/data --teacher " + dir + "/teacher --batch-size 4 --seq-len 24 --warmup 1 " +
                              "--log-every 1";
@@ -201,15 +209,7 @@ TEST(OnPolicy, ApiTeacherThroughServe) {
     const std::string dir = temp_dir("gkd-api");
     const std::string text = word_text(40000, 7, {"the", "house", "was", "quiet", "and", "Anne", "walked", "to",
                                                   "Bath", "with", "her", "sister"});
-    TokenizerTrainOptions to;
-    to.vocab_size = 300;
-    Tokenizer tok = Tokenizer::train(text, to);
-    tok.save(dir + "/tok.json");
-    write_shard(dir + "/data", tok.encode(text), tok.vocab_size(), tok.fingerprint(), "text.txt",
-                static_cast<int64_t>(text.size()));
-    Llama teacher(tiny(tok.vocab_size(), 48, 2));
-    teacher->init_weights(11);
-    save_model_dir(dir + "/teacher", teacher, &tok);
+    auto [tok, teacher] = write_gkd_fixture(dir, text, 11);
     ServerProcess server(dir + "/teacher", {});
 
     // the API's answer for one sequence against the teacher's local log-probs
@@ -251,11 +251,6 @@ TEST(OnPolicy, ApiTeacherThroughServe) {
     EXPECT_THROW(remote_top_targets(nlohmann::json{{"tokens", nlohmann::json::array()}}, by_text, 1, 4), distill::Error);
     EXPECT_THROW(remote_top_targets(nlohmann::json{{"top_logprobs", {nullptr, {{"a", "x"}}}}}, by_text, 1, 2), distill::Error);
 
-    write_file_atomic(dir + "/student-config.json",
-                      nlohmann::json{{"hidden_size", 32}, {"num_hidden_layers", 1}, {"num_attention_heads", 4},
-                                     {"num_key_value_heads", 2}, {"intermediate_size", 48},
-                                     {"max_position_embeddings", 64}}
-                          .dump());
     const std::string base = "train --config " + dir + "/student-config.json --tokenizer " + dir + "/tok.json --data " +
                              dir + "/data --batch-size 4 --seq-len 24 --warmup 1 --log-every 1 --loss jsd --max-new-tokens 8";
     ASSERT_EQ(run_distill(base + " --on-policy 1 --steps 4 --online-top-logprobs 8 --teacher-url " + server.base_url() +
