@@ -126,8 +126,9 @@ TEST(Distributed, TwoAndFourRanksGiveTheWeightsOfOne) {
     }
 }
 
-// Ranks started with different settings, a batch that does not split, and a rank 0 that never
-// comes: every rank exits non-zero, with a message that says what to fix, within the timeout.
+// Ranks started with different settings, a batch that does not split, a rank 0 on a port in use,
+// and a rank 0 that never comes: every rank exits non-zero, with a message that says what to
+// fix, within the timeout.
 TEST(Distributed, RanksThatDoNotFitFailClearly) {
     Fixture f = make_fixture("ddp-errors");
     auto contains = [](const std::string& s, const std::string& what) { return s.find(what) != std::string::npos; };
@@ -146,6 +147,28 @@ TEST(Distributed, RanksThatDoNotFitFailClearly) {
             EXPECT_EQ(rcs[r], 2) << r;
             EXPECT_TRUE(contains(read_file(p + std::to_string(r) + ".log"), "WORLD_SIZE=3")) << read_file(p + std::to_string(r) + ".log");
         }
+    }
+    {
+        // rank 0 on a port another program listens on
+        const int fd = socket(AF_INET, SOCK_STREAM, 0);
+        sockaddr_in a{};
+        a.sin_family = AF_INET;
+        a.sin_addr.s_addr = htonl(INADDR_ANY);
+        a.sin_port = 0;
+        ASSERT_EQ(bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a), 0);
+        ASSERT_EQ(listen(fd, 4), 0);
+        socklen_t n = sizeof a;
+        getsockname(fd, reinterpret_cast<sockaddr*>(&a), &n);
+        const int busy = ntohs(a.sin_port);
+        const auto t0 = std::chrono::steady_clock::now();
+        const int rc = run("RANK=0 WORLD_SIZE=2 MASTER_ADDR=127.0.0.1 MASTER_PORT=" + std::to_string(busy) + " " +
+                           DISTILL_BINARY + " --quiet " + f.args + " --dist-timeout 3 --run-dir " + f.dir +
+                           "/busy > " + f.dir + "/busy.log 2>&1");
+        const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+        close(fd);
+        EXPECT_EQ(rc, 1) << read_file(f.dir + "/busy.log");
+        EXPECT_TRUE(contains(read_file(f.dir + "/busy.log"), "port in use")) << read_file(f.dir + "/busy.log");
+        EXPECT_LT(secs, 30);
     }
     {
         // rank 1 alone: nobody hosts the store
