@@ -56,8 +56,10 @@ std::pair<Llama, ModelConfig> make_student(const Options& o, const Tokenizer& to
 
 // A student from an API dataset (capture --teacher-url): sequence-level, or KD on its top log-probs.
 int run_sequences(Options& o) {
-    DISTILL_USAGE(Distributed::from_env(o.dist) == nullptr,
-                  "--sequences trains in one process: unset WORLD_SIZE (data parallel covers --data runs)");
+    const int world = Distributed::world_from_env();
+    DISTILL_USAGE(o.train.batch_size % world == 0, "--batch-size ", o.train.batch_size,
+                  " is the global batch: it must divide into WORLD_SIZE=", world, " equal shares (use a multiple of ",
+                  world, ")");
     DISTILL_USAGE(o.cache.empty() && o.teacher.empty() && o.data.empty(),
                   "--sequences trains on an API dataset: no --data, --cache or --teacher with it");
     DISTILL_USAGE(o.config.empty() != o.init.empty(), "pass exactly one of --config and --init");
@@ -75,8 +77,11 @@ int run_sequences(Options& o) {
                  static_cast<long long>(set.mapped), static_cast<long long>(set.samples),
                  static_cast<long long>(set.top_k), static_cast<long long>(set.teacher_tokens));
     const nlohmann::json settings = sequence_settings(cfg, o.init, t, o.lo, set.fingerprint, tok);
-    auto result = run_training(student, tok, t, o.run_dir, settings, make_sequence_loss(student, set, t, o.lo), "train");
-    print_train_result(o.run_dir, result);
+    // data parallel (torchrun / distill launch): each rank takes its rows of every batch
+    std::unique_ptr<Distributed> dist = Distributed::from_env(o.dist);
+    auto result = run_training(student, tok, t, o.run_dir, settings, make_sequence_loss(student, set, t, o.lo, dist.get()),
+                               "train", dist.get());
+    if (!dist || dist->rank() == 0) print_train_result(o.run_dir, result);
     return 0;
 }
 

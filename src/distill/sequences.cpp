@@ -9,6 +9,7 @@
 
 #include "distill/api-capture.h"
 #include "eval/eval.h"
+#include "train/distributed.h"
 #include "tokenizer/chat-template.h"
 #include "util/error.h"
 #include "util/file.h"
@@ -131,7 +132,8 @@ SequenceSet load_sequences(const std::string& dataset, const Tokenizer& tok, int
     return set;
 }
 
-LossFn make_sequence_loss(Llama& student, const SequenceSet& set, const TrainOptions& t, const LossOptions& lo) {
+LossFn make_sequence_loss(Llama& student, const SequenceSet& set, const TrainOptions& t, const LossOptions& lo,
+                          Distributed* dist) {
     const bool kd = lo.kind != LossKind::kCrossEntropy;
     std::vector<size_t> pool;
     for (size_t i = 0; i < set.seqs.size(); ++i)
@@ -139,16 +141,20 @@ LossFn make_sequence_loss(Llama& student, const SequenceSet& set, const TrainOpt
     DISTILL_CHECK(!pool.empty(), "no sample's tokens map onto the student's vocabulary, so there are no teacher ",
                   "log-probs to distill from: train with --loss ce (sequence-level), or capture with logprobs");
     const int64_t K = std::max<int64_t>(set.top_k, 1);
-    return [&student, &set, t, lo, kd, pool, K](int64_t step, int64_t micro) {
+    const auto [r0, r1] = dist ? rank_rows(t.batch_size, dist->rank(), dist->world())
+                               : std::pair<int64_t, int64_t>{0, t.batch_size};
+    return [&student, &set, t, lo, kd, pool, K, dist, r0 = r0, r1 = r1](int64_t step, int64_t micro) {
         std::mt19937_64 rng(t.seed * 1000003ull + static_cast<uint64_t>(step) * 1009ull + static_cast<uint64_t>(micro));
         std::uniform_int_distribution<size_t> pick(0, pool.size() - 1);
         std::vector<const SequenceSet::Seq*> batch;
         int64_t T = 1;
         for (int64_t b = 0; b < t.batch_size; ++b) {
-            batch.push_back(&set.seqs[pool[pick(rng)]]);
-            T = std::max<int64_t>(T, static_cast<int64_t>(batch.back()->ids.size()) - 1);
+            const SequenceSet::Seq* q = &set.seqs[pool[pick(rng)]];  // every rank draws the whole batch
+            if (b < r0 || b >= r1) continue;
+            batch.push_back(q);
+            T = std::max<int64_t>(T, static_cast<int64_t>(q->ids.size()) - 1);
         }
-        const int64_t B = t.batch_size;
+        const int64_t B = static_cast<int64_t>(batch.size());
         std::vector<int64_t> inputs(B * T, 0), targets(B * T, kIgnoreIndex), tids;
         if (kd) {
             tids.resize(B * T * K);
@@ -194,7 +200,16 @@ LossFn make_sequence_loss(Llama& student, const SequenceSet& set, const TrainOpt
         torch::Tensor logits = student->forward(in).view({B * T, -1});
         StepLoss out;
         out.tokens = tokens;
-        if (!kd) {
+        // data parallel: this rank's mean weighted by its share of the batch's completion tokens
+        double scale = 1.0;
+        if (dist) {
+            std::vector<double> all{double(tokens)};
+            dist->all_reduce_sum(all);
+            scale = all[0] > 0 ? double(tokens) * double(dist->world()) / all[0] : 0.0;
+        }
+        if (tokens == 0) {
+            out.loss = logits.sum() * 0.0;  // no completion token in this rank's rows
+        } else if (!kd) {
             out.loss = torch::nn::functional::cross_entropy(
                 logits, tg, torch::nn::functional::CrossEntropyFuncOptions().ignore_index(kIgnoreIndex));
         } else {
@@ -202,6 +217,7 @@ LossFn make_sequence_loss(Llama& student, const SequenceSet& set, const TrainOpt
             auto lps = torch::from_blob(lpf.data(), {B * T, K}, torch::kFloat32).clone().to(dev);
             out.loss = loss_sparse(logits, ids, lps, tg, lo);
         }
+        if (scale != 1.0) out.loss = out.loss * scale;
         return out;
     };
 }

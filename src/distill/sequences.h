@@ -16,6 +16,8 @@
 
 namespace distill {
 
+class Distributed;
+
 struct SequenceSet {
     struct Seq {
         std::vector<int64_t> ids;  // prompt then completion (then EOS when the teacher stopped)
@@ -40,6 +42,10 @@ SequenceSet load_sequences(const std::string& dataset, const Tokenizer& tok, int
 // The loss of a micro-batch: B sequences drawn with the run's seed; cross-entropy on the
 // completion tokens (LossKind::kCrossEntropy), or the sparse KD loss on the teacher's returned
 // top log-probs mixed with ce_weight of cross-entropy (then only mapped samples are drawn).
-LossFn make_sequence_loss(Llama& student, const SequenceSet& set, const TrainOptions& t, const LossOptions& lo);
+// With `dist` every rank draws the same batch of t.batch_size sequences and keeps its rows
+// (rank_rows); its loss is scaled by its share of the batch's completion tokens (one scalar
+// all-reduce), so the ranks' averaged loss is one process's mean over all of them.
+LossFn make_sequence_loss(Llama& student, const SequenceSet& set, const TrainOptions& t, const LossOptions& lo,
+                          Distributed* dist = nullptr);
 
 }  // namespace distill

@@ -410,3 +410,31 @@ TEST(Distributed, CrossTokenizerRanksShareOneDenominator) {
     EXPECT_LT(*fractions.rbegin(), 1.0);
     EXPECT_LT(max_weight_diff(d + "/one/model/model.safetensors", d + "/two/model/model.safetensors"), 1e-5);
 }
+
+// --sequences (an API dataset) on 2 ranks: completions of different lengths, so the ranks' rows
+// hold different numbers of completion tokens; each rank's mean is weighted by its share, so the
+// job ends with one process's weights. The dataset is written as `capture --teacher-url` writes
+// it (samples.jsonl; no log-probs: sequence-level cross-entropy).
+TEST(Distributed, SequencesOnTwoRanksEqualOneProcess) {
+    Fixture f = make_fixture("ddp-seq");
+    make_dirs(f.dir + "/ds");
+    std::string lines;
+    for (int i = 0; i < 40; ++i) {
+        const std::string prompt = word_text(20 + 7 * (i % 5), 100 + i, {"the", "house", "was", "quiet"});
+        const std::string text = word_text(10 + 13 * (i % 7), 200 + i, {"Anne", "walked", "to", "Bath", "with", "her"});
+        lines += nlohmann::json{{"prompt_index", i}, {"sample", 0}, {"kind", "completion"}, {"prompt", prompt},
+                                {"text", text}, {"finish_reason", "length"}, {"usage", {{"total_tokens", 30}}}}
+                     .dump() +
+                 "\n";
+    }
+    write_file_atomic(f.dir + "/ds/samples.jsonl", lines);
+    const std::string args = "train --loss ce --sequences " + f.dir + "/ds --config " + f.dir + "/student.json --tokenizer " +
+                             f.dir + "/tok.json --steps 10 --batch-size 4 --seq-len 48 --warmup 2 --threads 1";
+    ASSERT_EQ(run_distill(args + " --run-dir " + f.dir + "/one", "", f.dir + "/one.err"), 0) << read_file(f.dir + "/one.err");
+    ASSERT_EQ(run(std::string(DISTILL_BINARY) + " --quiet launch -n 2 " + args + " --run-dir " + f.dir + "/two > /dev/null 2> " +
+                  f.dir + "/two.err"),
+              0)
+        << read_file(f.dir + "/two.err");
+    EXPECT_LT(max_weight_diff(f.dir + "/one/model/model.safetensors", f.dir + "/two/model/model.safetensors"), 1e-5);
+    EXPECT_EQ(last_metrics(f.dir + "/one")["tokens"], last_metrics(f.dir + "/two")["tokens"]);
+}
