@@ -89,6 +89,16 @@ double max_weight_diff(const std::string& a, const std::string& b) {
     return d;
 }
 
+bool contains(const std::string& s, const std::string& what) { return s.find(what) != std::string::npos; }
+
+// the last line of a run's metrics.jsonl
+nlohmann::json last_metrics(const std::string& run_dir) {
+    std::ifstream m(run_dir + "/metrics.jsonl");
+    std::string line, last;
+    while (std::getline(m, line)) last = line;
+    return last.empty() ? nlohmann::json() : nlohmann::json::parse(last);
+}
+
 }  // namespace
 
 // 2 and 4 processes at the same global batch of 8 rows end with the weights of one process. The
@@ -106,13 +116,10 @@ TEST(Distributed, TwoAndFourRanksGiveTheWeightsOfOne) {
         const double d = max_weight_diff(f.dir + "/r1/model/model.safetensors", rd + "/model/model.safetensors");
         EXPECT_LT(d, 1e-5) << world << " ranks";
         // rank 0 logged every step of the job, as a job of `world` ranks
-        std::ifstream m(rd + "/metrics.jsonl");
-        std::string line, last;
-        while (std::getline(m, line)) last = line;
-        ASSERT_FALSE(last.empty());
-        const auto j = nlohmann::json::parse(last);
-        EXPECT_EQ(j["step"], 12) << last;
-        EXPECT_EQ(j["world_size"], world) << last;
+        const auto j = last_metrics(rd);
+        ASSERT_FALSE(j.is_null());
+        EXPECT_EQ(j["step"], 12) << j.dump();
+        EXPECT_EQ(j["world_size"], world) << j.dump();
     }
     // with gradient accumulation (the all-reduce starts during the second micro-batch's
     // backward), and with the all-reduce after backward: the same weights again
@@ -131,7 +138,6 @@ TEST(Distributed, TwoAndFourRanksGiveTheWeightsOfOne) {
 // fix, within the timeout.
 TEST(Distributed, RanksThatDoNotFitFailClearly) {
     Fixture f = make_fixture("ddp-errors");
-    auto contains = [](const std::string& s, const std::string& what) { return s.find(what) != std::string::npos; };
     {
         const std::string p = f.dir + "/lr-";
         const auto rcs = run_ranks(2, f.args + " --run-dir " + f.dir + "/lr", p, {"--lr 0.001", "--lr 0.002"});
@@ -183,19 +189,6 @@ TEST(Distributed, RanksThatDoNotFitFailClearly) {
     }
 }
 
-namespace {
-
-bool contains(const std::string& s, const std::string& what) { return s.find(what) != std::string::npos; }
-
-// the last line of a run's metrics.jsonl
-nlohmann::json last_metrics(const std::string& run_dir) {
-    std::ifstream m(run_dir + "/metrics.jsonl");
-    std::string line, last;
-    while (std::getline(m, line)) last = line;
-    return last.empty() ? nlohmann::json() : nlohmann::json::parse(last);
-}
-
-}  // namespace
 
 // The same job started three more ways: `distill launch -n 2`, torchrun (the PyTorch launcher,
 // Debian's python3-torch), and two launchers as two "machines" (--nnodes 2) on loopback. Each
