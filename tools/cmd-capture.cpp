@@ -75,8 +75,11 @@ Command add_capture(CLI::App& app) {
         ->capture_default_str()->group(api);
     c->add_option("--concurrency", a.concurrency, "requests in flight")->check(in_range(1, 1024))
         ->capture_default_str()->group(api);
-    c->add_option("--max-tokens", a.max_tokens, "tokens per completion")->check(in_range(1, 1 << 20))
-        ->capture_default_str()->group(api);
+    c->add_option("--max-tokens", a.max_tokens, "tokens per completion (0: with --score-prompts, score only)")
+        ->check(in_range(0, 1 << 20))->capture_default_str()->group(api);
+    c->add_flag("--score-prompts", a.score_prompts,
+                "also keep the teacher's top log-probs on the prompt text (legacy completions' echo; text prompts)")
+        ->group(api);
     c->add_option("--temperature", a.temperature, "sampling temperature")->check(in_range(0, 2))
         ->capture_default_str()->group(api);
     c->add_option("--top-p", a.top_p, "nucleus sampling")->check(above_up_to(0, 1))->capture_default_str()->group(api);
@@ -96,6 +99,8 @@ Command add_capture(CLI::App& app) {
                                   "start it without launch/torchrun");
                     return run_api(*o, c->get_option("--top-logprobs")->count() > 0);
                 }
+                DISTILL_USAGE(!o->api.score_prompts, "--score-prompts asks an API to echo its prompts: it needs --teacher-url "
+                              "(a local teacher already scores every position of --data)");
                 DISTILL_USAGE(!o->teacher.empty() && !o->data.empty(),
                               "capture needs --teacher and --data (a local teacher), or --teacher-url and --prompts");
                 LoadedModel t = load_model(o->teacher);

@@ -38,6 +38,11 @@ Command add_serve(CLI::App& app) {
     c->add_option("--logprob-decimals", o->logprob_decimals,
                   "round returned log-probs to this many decimals (-1 = as computed)")
         ->check(in_range(-1, 15))->capture_default_str();
+    c->add_option("--logprob-noise", o->logprob_noise,
+                  "standard deviation (nats) of the noise on returned log-probs, the same for the same context "
+                  "(0 = none)")
+        ->check(in_range(0, 100))->capture_default_str();
+    c->add_option("--logprob-noise-seed", o->logprob_noise_seed, "the noise's key (0 = a random one at start)");
     c->add_option("--max-queue", o->max_queue, "requests waiting for a slot beyond this get 503")
         ->check(in_range(1, 1 << 20))->capture_default_str();
     c->add_option("--shutdown-timeout", o->shutdown_timeout_s, "seconds in-flight requests get to finish on SIGTERM")

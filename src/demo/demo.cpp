@@ -439,8 +439,8 @@ int run_demo(const DemoOptions& o_in) {
     // 9. the teacher through its API: served on loopback with faults injected into a quarter of
     // the requests, asked to continue passages cut from the training novels, and two students
     // trained on what it returned with the same steps and seed as the pair above: one on the
-    // completions alone (sequence-level), one on their top-20 log-probs (mixed with cross-entropy
-    // on the completions as the white-box student is with the data).
+    // completions alone (sequence-level), one on the top-20 log-probs of the prompts (echo) and
+    // completions (mixed with cross-entropy on those tokens as the white-box student is with the data).
     json api_report = nullptr;
     if (o.api_prompts > 0) {
         const std::string api_dir = path_join(run, "api");
@@ -458,13 +458,14 @@ int run_demo(const DemoOptions& o_in) {
         ac.temperature = 1.0;
         ac.seed = o.seed;
         ac.top_logprobs = 20;
+        ac.score_prompts = true;  // echo: the teacher's top-20 on the passages themselves too
         ac.timeout_s = o.quick ? 3 : 5;
         ac.backoff_s = 0.05;
         ac.backoff_max_s = 2;
         // the dataset is named by what it is: the teacher, the prompts and the settings
         // (by content, not path: a moved run dir keeps its dataset)
         ac.out = path_join(api_dir, "dataset-" + hash_hex(str_cat(teacher_fp, hash_hex(prompts_text), ac.max_tokens,
-                                                                   ac.seed, ac.top_logprobs)).substr(0, 12));
+                                                                   ac.seed, ac.top_logprobs, "echo")).substr(0, 12));
         ApiCaptureResult capres;
         std::map<std::string, int64_t> injected;  // as the server counted them
         const bool complete = file_exists(ac.out + "/samples.jsonl") &&
@@ -484,7 +485,7 @@ int run_demo(const DemoOptions& o_in) {
             ac.url = server.base_url();
             log_info(str_cat("teacher served at ", ac.url, " with faults on ", o.api_fault_rate * 100,
                              "% of requests; capturing ", prompts.size(), " completions of ", ac.max_tokens,
-                             " tokens with their top-", ac.top_logprobs, " log-probs"));
+                             " tokens with their top-", ac.top_logprobs, " log-probs, the prompts' too (echo)"));
             capres = capture_from_api(ac);
             server.stop();
             injected = server.faults_injected();
@@ -498,7 +499,8 @@ int run_demo(const DemoOptions& o_in) {
         }
         const SequenceSet set = load_sequences(ac.out, tok, st.seq_len);
         log_info(str_cat("API dataset: ", set.samples, " samples, ", set.completion_tokens, " completion tokens, ",
-                         set.mapped, " with top-", set.top_k, " log-probs on the student's tokens; the API reported ",
+                         set.mapped, " completions and ", set.prompts_scored, " scored prompts on the student's tokens, ",
+                         set.kd_positions, " positions with top-", set.top_k, " log-probs; the API reported ",
                          set.teacher_tokens, " tokens"));
         const std::string tag = str_cat("-", set.fingerprint.substr(0, 8), "-seed", o.seed);
         std::vector<json> api_rows;
@@ -531,6 +533,8 @@ int run_demo(const DemoOptions& o_in) {
                       {"dataset", ac.out},
                       {"samples", set.samples},
                       {"completion_tokens", set.completion_tokens},
+                      {"scored_prompts", set.prompts_scored},
+                      {"kd_positions", set.kd_positions},
                       {"teacher_tokens", set.teacher_tokens},
                       {"share_of_whitebox_gain", kept}};
         for (auto& r : api_rows) rows.push_back(r);

@@ -15,6 +15,7 @@
 #include <random>
 #include <set>
 #include <sstream>
+#include <string_view>
 #include <thread>
 
 #include "util/error.h"
@@ -165,7 +166,16 @@ struct Attempt {
 };
 
 // The sample's record from a parsed response; false if the body is not what the API returns.
-bool parse_response(const json& r, bool chat, json& rec, int64_t& tokens) {
+// With `echo` (text prompts scored by the endpoint) the legacy entries that the prompt's
+// characters cover (by text_offset) go to rec["prompt_logprobs"], the first of them with a null
+// log-prob when nothing precedes it, and the echoed prompt is cut from rec["text"].
+int64_t char_count(std::string_view s) {
+    int64_t n = 0;
+    for (unsigned char c : s) n += (c & 0xC0) != 0x80;
+    return n;
+}
+
+bool parse_response(const json& r, bool chat, const std::string* echo, json& rec, int64_t& tokens) {
     if (!r.is_object() || !r.contains("choices") || !r["choices"].is_array() || r["choices"].empty()) return false;
     const json& c = r["choices"][0];
     if (!c.is_object()) return false;
@@ -177,6 +187,11 @@ bool parse_response(const json& r, bool chat, json& rec, int64_t& tokens) {
     } else {
         if (!c.contains("text") || !c["text"].is_string()) return false;
         text = c["text"];
+        if (echo) {
+            const std::string t = text.get<std::string>();
+            if (t.compare(0, echo->size(), *echo) != 0) return false;  // the echo is not our prompt
+            text = t.substr(echo->size());
+        }
     }
     rec["text"] = text;
     rec["finish_reason"] = c.value("finish_reason", json(nullptr));
@@ -214,9 +229,21 @@ bool parse_response(const json& r, bool chat, json& rec, int64_t& tokens) {
         const json& tl = lp.value("token_logprobs", json::array());
         const json& tt = lp.value("top_logprobs", json::array());
         if (!tl.is_array() || tl.size() != toks.size()) return false;
+        size_t n_prompt = 0;  // the echoed prompt's entries come first
+        if (echo) {
+            const json& offs = lp.value("text_offset", json());
+            if (!offs.is_array() || offs.size() != toks.size()) return false;
+            const int64_t chars = char_count(*echo);
+            while (n_prompt < offs.size() && offs[n_prompt].is_number_integer() &&
+                   offs[n_prompt].get<int64_t>() < chars)
+                ++n_prompt;
+            if (n_prompt == 0) return false;  // asked to echo, and it did not
+        }
+        json plps = json::array();
         lps = json::array();
         for (size_t i = 0; i < toks.size(); ++i) {
-            if (!toks[i].is_string() || !tl[i].is_number()) return false;
+            const bool in_prompt = i < n_prompt;
+            if (!toks[i].is_string() || !(tl[i].is_number() || (in_prompt && tl[i].is_null()))) return false;
             json top = json::array();
             if (tt.is_array() && i < tt.size() && tt[i].is_object()) {
                 std::vector<std::pair<double, std::string>> v;
@@ -226,8 +253,10 @@ bool parse_response(const json& r, bool chat, json& rec, int64_t& tokens) {
                 for (auto& [x, k] : v) top.push_back({k, x, bytes_of(json::object(), k)});
             }
             const std::string tok = toks[i].get<std::string>();
-            lps.push_back({{"token", tok}, {"bytes", bytes_of(json::object(), tok)}, {"logprob", tl[i]}, {"top", top}});
+            (in_prompt ? plps : lps)
+                .push_back({{"token", tok}, {"bytes", bytes_of(json::object(), tok)}, {"logprob", tl[i]}, {"top", top}});
         }
+        if (echo) rec["prompt_logprobs"] = plps;
     }
     rec["logprobs"] = lps;
     return true;
@@ -239,6 +268,14 @@ ApiCaptureResult capture_from_api(const ApiCaptureOptions& o) {
     const auto t0 = Clock::now();
     DISTILL_CHECK(o.concurrency >= 1 && o.samples >= 1, "--concurrency and --samples must be at least 1");
     const std::vector<PromptLine> prompts = read_prompts(o.prompts);
+    DISTILL_CHECK(o.max_tokens >= 0, "--max-tokens must be at least 0");
+    DISTILL_CHECK(o.max_tokens > 0 || o.score_prompts, "--max-tokens 0 asks for nothing; it needs --score-prompts");
+    if (o.score_prompts) {
+        DISTILL_CHECK(o.top_logprobs > 0, "--score-prompts needs --top-logprobs of at least 1");
+        for (size_t i = 0; i < prompts.size(); ++i)
+            DISTILL_CHECK(!prompts[i].chat, o.prompts, ":", i + 1, ": --score-prompts needs text prompts (a chat ",
+                          "endpoint has no echo); give {\"prompt\": ...} lines");
+    }
     const auto [base, prefix] = split_api_url(o.url, "--teacher-url");
     auto make_client = [&, base = base] {
         auto c = std::make_unique<httplib::Client>(base);
@@ -272,6 +309,7 @@ ApiCaptureResult capture_from_api(const ApiCaptureOptions& o) {
     const std::string prompts_text = read_file(o.prompts);
     json settings = {{"max_tokens", o.max_tokens},     {"temperature", o.temperature}, {"top_p", o.top_p},
                      {"seed", o.seed},                 {"samples", o.samples},         {"top_logprobs", o.top_logprobs}};
+    if (o.score_prompts) settings["score_prompts"] = true;  // absent otherwise: older datasets resume
     json identity = {{"format", kFormat},
                      {"version", kVersion},
                      {"teacher", {{"url", o.url}, {"model", model}}},
@@ -313,6 +351,7 @@ ApiCaptureResult capture_from_api(const ApiCaptureOptions& o) {
     std::map<std::string, int64_t> errors;
     json failed = json::array();
     bool budget_hit = false;
+    std::string fatal;  // an error no retry can fix: the workers stop
     auto count_error = [&](const std::string& kind) {
         std::lock_guard<std::mutex> lk(mu);
         ++errors[kind];
@@ -333,6 +372,7 @@ ApiCaptureResult capture_from_api(const ApiCaptureOptions& o) {
         } else {
             body["prompt"] = pl.text;
             if (lp) body["logprobs"] = o.top_logprobs;
+            if (o.score_prompts) body["echo"] = true;
         }
         Attempt a;
         ++requests;
@@ -356,18 +396,20 @@ ApiCaptureResult capture_from_api(const ApiCaptureOptions& o) {
                 }
             }
             // an endpoint that does not give log-probs: ask without them from now on
-            if (r->status == 400 && lp && (a.message.find("logprobs") != std::string::npos)) {
+            if (r->status == 400 && lp && !o.score_prompts && a.message.find("logprobs") != std::string::npos) {
                 ask_logprobs = false;
                 a.retry = true;
                 a.kind = "no_logprobs";
             }
+            // an endpoint that cannot echo (llama.cpp's server refuses echo): no sample can work
+            if (r->status == 400 && o.score_prompts && a.message.find("echo") != std::string::npos) a.kind = "no_echo";
             return a;
         }
         json j = json::parse(r->body, nullptr, false);
         json rec = {{"prompt_index", p}, {"sample", s}, {"seed", seed}, {"kind", pl.chat ? "chat" : "completion"}};
         if (pl.chat) rec["messages"] = pl.messages;
         else rec["prompt"] = pl.text;
-        if (j.is_discarded() || !parse_response(j, pl.chat, rec, a.tokens)) {
+        if (j.is_discarded() || !parse_response(j, pl.chat, o.score_prompts ? &pl.text : nullptr, rec, a.tokens)) {
             a.retry = true;
             a.kind = "malformed";
             a.message = r->body.substr(0, 120);
@@ -385,7 +427,7 @@ ApiCaptureResult capture_from_api(const ApiCaptureOptions& o) {
             int64_t p, s;
             {
                 std::lock_guard<std::mutex> lk(mu);
-                if (next >= todo.size()) return;
+                if (next >= todo.size() || !fatal.empty()) return;
                 if (o.max_teacher_tokens > 0 && log.tokens() >= o.max_teacher_tokens) {
                     budget_hit = true;
                     return;
@@ -411,6 +453,10 @@ ApiCaptureResult capture_from_api(const ApiCaptureOptions& o) {
             if (a.ok) {
                 log.append(p, s, a.record, a.tokens);
                 ++written;
+            } else if (a.kind == "no_echo") {
+                std::lock_guard<std::mutex> lk(mu);
+                fatal = str_cat(o.url, " does not echo prompts with their log-probs (", a.message,
+                                "); capture without --score-prompts");
             } else {
                 if (!a.retry) count_error(a.kind);
                 std::lock_guard<std::mutex> lk(mu);
@@ -445,6 +491,7 @@ ApiCaptureResult capture_from_api(const ApiCaptureOptions& o) {
     for (auto& t : workers) t.join();
     finished = true;
     progress.join();
+    DISTILL_CHECK(fatal.empty(), fatal);
 
     res.written = written;
     res.failed = static_cast<int64_t>(failed.size());

@@ -28,6 +28,10 @@ struct ApiCaptureOptions {
     double temperature = 1.0, top_p = 1.0;
     uint64_t seed = 0;         // sample s of prompt p is asked for with seed + p * samples + s
     int64_t top_logprobs = 20; // asked for when the endpoint gives them (0 = never ask)
+    // text prompts only: ask the legacy completions endpoint to echo the prompt with its
+    // log-probs (`echo: true`), so the teacher's distribution on the prompt text is kept too
+    // (with max_tokens 0 the prompts are scored and nothing is generated)
+    bool score_prompts = false;
     int64_t max_teacher_tokens = 0;  // stop starting requests once the API reported this many (0 = no cap)
     int retries = 8;           // attempts after the first, per sample
     double timeout_s = 60;     // per request

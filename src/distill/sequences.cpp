@@ -8,6 +8,7 @@
 #include <unordered_map>
 
 #include "distill/api-capture.h"
+#include "distill/cross-tokenizer.h"
 #include "eval/eval.h"
 #include "train/distributed.h"
 #include "tokenizer/chat-template.h"
@@ -30,6 +31,39 @@ std::string entry_bytes(const json& e, size_t bytes_at) {
         for (const auto& x : e["bytes"]) b.push_back(static_cast<char>(x.get<int>()));
     }
     return b;
+}
+
+// Returned tokens (entries {token, bytes, logprob, top: [[token, logprob, bytes], ...]}) as
+// student ids with their alternatives: ok when each is one student token and together they
+// spell `text` (the API's text repairs broken UTF-8 as U+FFFD; the tokens' bytes are the truth).
+struct Mapped {
+    bool ok = false;
+    std::vector<int64_t> ids;
+    std::vector<std::vector<std::pair<int64_t, float>>> top;
+};
+
+Mapped map_tokens(const json& entries, const std::unordered_map<std::string, int64_t>& by_bytes,
+                  const std::string& text) {
+    Mapped m;
+    if (!entries.is_array() || entries.empty()) return m;
+    std::string spelled;
+    for (const json& e : entries) {
+        auto it = by_bytes.find(entry_bytes(e, 0));
+        if (it == by_bytes.end()) return m;
+        spelled += it->first;
+        m.ids.push_back(it->second);
+        std::vector<std::pair<int64_t, float>> alts;
+        for (const json& t : e.value("top", json::array())) {
+            if (!t.is_array() || t.size() < 2 || !t[1].is_number()) continue;
+            auto jt = by_bytes.find(entry_bytes(t, 2));
+            if (jt == by_bytes.end()) continue;
+            if (std::none_of(alts.begin(), alts.end(), [&](const auto& a) { return a.first == jt->second; }))
+                alts.push_back({jt->second, t[1].get<float>()});
+        }
+        m.top.push_back(std::move(alts));
+    }
+    m.ok = utf8_lossy(spelled) == text;
+    return m;
 }
 
 }  // namespace
@@ -64,63 +98,58 @@ SequenceSet load_sequences(const std::string& dataset, const Tokenizer& tok, int
         } else {
             q.ids = encode_for_eval(tok, r.value("prompt", std::string()));
         }
-        q.completion_from = static_cast<int64_t>(q.ids.size());
         const std::string text = r.value("text", std::string());
-        // the teacher's own tokens, when each is one student token and together they spell the text
-        bool mapped = r.contains("logprobs") && r["logprobs"].is_array() && !r["logprobs"].empty();
-        std::vector<int64_t> ids;
-        std::vector<std::vector<std::pair<int64_t, float>>> top;
-        std::string spelled;
-        if (mapped) {
-            for (const json& e : r["logprobs"]) {
-                const std::string b = entry_bytes(e, 0);
-                auto it = by_bytes.find(b);
-                if (it == by_bytes.end()) {
-                    mapped = false;
-                    break;
-                }
-                spelled += b;
-                ids.push_back(it->second);
-                std::vector<std::pair<int64_t, float>> alts;
-                for (const json& t : e.value("top", json::array())) {
-                    auto jt = by_bytes.find(entry_bytes(t, 2));
-                    if (jt == by_bytes.end() || !t.is_array() || t.size() < 2 || !t[1].is_number()) continue;
-                    if (std::none_of(alts.begin(), alts.end(), [&](const auto& a) { return a.first == jt->second; }))
-                        alts.push_back({jt->second, t[1].get<float>()});
-                }
-                set.top_k = std::max<int64_t>(set.top_k, static_cast<int64_t>(alts.size()));
-                top.push_back(std::move(alts));
-            }
-            // the API's text repairs broken UTF-8 (U+FFFD); the tokens' bytes are the truth
-            mapped = mapped && utf8_lossy(spelled) == text;
+        // a scored prompt (capture --score-prompts): the teacher's own prompt tokens and their
+        // alternatives, when each is one student token and together they spell the prompt
+        Mapped pm;
+        if (r.value("kind", "") != "chat" && r.contains("prompt_logprobs"))
+            pm = map_tokens(r["prompt_logprobs"], by_bytes, r.value("prompt", std::string()));
+        if (pm.ok) {
+            ++set.prompts_scored;
+            q.ids.clear();
+            if (tok.bos_id() >= 0) q.ids.push_back(tok.bos_id());
+            q.top_from = static_cast<int64_t>(q.ids.size());
+            q.ids.insert(q.ids.end(), pm.ids.begin(), pm.ids.end());
+            q.top = std::move(pm.top);
         }
-        if (mapped) {
+        q.completion_from = static_cast<int64_t>(q.ids.size());
+        if (!pm.ok) q.top_from = q.completion_from;
+        // the teacher's own tokens, when each is one student token and together they spell the text
+        Mapped cm = map_tokens(r.value("logprobs", json()), by_bytes, text);
+        if (cm.ok) {
             ++set.mapped;
         } else {
-            ids.clear();
-            top.clear();
-            for (int32_t t : tok.encode(text)) ids.push_back(t);
+            cm.ids.clear();
+            for (int32_t t : tok.encode(text)) cm.ids.push_back(t);
+            cm.top.assign(cm.ids.size(), {});  // no alternatives on re-encoded text
         }
-        q.ids.insert(q.ids.end(), ids.begin(), ids.end());
+        q.ids.insert(q.ids.end(), cm.ids.begin(), cm.ids.end());
+        const bool with_top = cm.ok || pm.ok;
+        if (with_top) q.top.insert(q.top.end(), std::make_move_iterator(cm.top.begin()), std::make_move_iterator(cm.top.end()));
         if (r.value("finish_reason", "") == "stop" && eos >= 0) {
             q.ids.push_back(eos);  // the teacher ended here: so should the student
-            if (mapped) top.push_back({{eos, 0.0f}});
+            if (with_top) q.top.push_back(cm.ok ? std::vector<std::pair<int64_t, float>>{{eos, 0.0f}}
+                                                : std::vector<std::pair<int64_t, float>>{});
         }
-        q.top = std::move(top);
         // keep the end: the completion matters, the prompt is context
         const int64_t keep = seq_len + 1;
         if (static_cast<int64_t>(q.ids.size()) > keep) {
             const int64_t cut = static_cast<int64_t>(q.ids.size()) - keep;
             q.ids.erase(q.ids.begin(), q.ids.begin() + cut);
-            if (cut > q.completion_from) {
-                if (!q.top.empty()) q.top.erase(q.top.begin(), q.top.begin() + (cut - q.completion_from));
-                q.completion_from = 0;
-            } else {
-                q.completion_from -= cut;
-            }
+            q.completion_from = std::max<int64_t>(q.completion_from - cut, 0);
+            const int64_t drop = std::min<int64_t>(std::max<int64_t>(cut - q.top_from, 0), q.top.size());
+            q.top.erase(q.top.begin(), q.top.begin() + drop);
+            q.top_from = std::max<int64_t>(q.top_from - cut, 0);
         }
-        if (static_cast<int64_t>(q.ids.size()) < 2 || q.completion_from >= static_cast<int64_t>(q.ids.size())) continue;
-        set.completion_tokens += static_cast<int64_t>(q.ids.size()) - std::max<int64_t>(q.completion_from, 1);
+        if (!q.top.empty() && q.top_from == 0) q.top[0].clear();  // nothing before it to predict from
+        const bool completion = q.completion_from < static_cast<int64_t>(q.ids.size());
+        if (static_cast<int64_t>(q.ids.size()) < 2 || (!completion && !q.has_top())) continue;
+        for (const auto& a : q.top) {
+            set.kd_positions += !a.empty();
+            set.top_k = std::max<int64_t>(set.top_k, static_cast<int64_t>(a.size()));
+        }
+        if (completion)
+            set.completion_tokens += static_cast<int64_t>(q.ids.size()) - std::max<int64_t>(q.completion_from, 1);
         set.seqs.push_back(std::move(q));
     }
     set.samples = static_cast<int64_t>(samples.size());
@@ -128,7 +157,7 @@ SequenceSet load_sequences(const std::string& dataset, const Tokenizer& tok, int
     std::snprintf(buf, sizeof buf, "%016llx", static_cast<unsigned long long>(XXH3_64bits_digest(h)));
     XXH3_freeState(h);
     set.fingerprint = buf;
-    DISTILL_CHECK(!set.seqs.empty(), dataset, ": no sample has a completion to learn from");
+    DISTILL_CHECK(!set.seqs.empty(), dataset, ": no sample has a completion or a scored prompt to learn from");
     return set;
 }
 
@@ -137,13 +166,16 @@ LossFn make_sequence_loss(Llama& student, const SequenceSet& set, const TrainOpt
     const bool kd = lo.kind != LossKind::kCrossEntropy;
     std::vector<size_t> pool;
     for (size_t i = 0; i < set.seqs.size(); ++i)
-        if (!kd || !set.seqs[i].top.empty()) pool.push_back(i);
+        if (kd ? set.seqs[i].has_top()
+               : set.seqs[i].completion_from < static_cast<int64_t>(set.seqs[i].ids.size()))
+            pool.push_back(i);
+    DISTILL_CHECK(!pool.empty() || kd, "the dataset has scored prompts but no completions: sequence-level training ",
+                  "(--loss ce) learns from completions; use a KD loss, or capture with --max-tokens above 0");
     DISTILL_CHECK(!pool.empty(), "no sample's tokens map onto the student's vocabulary, so there are no teacher ",
                   "log-probs to distill from: train with --loss ce (sequence-level), or capture with logprobs");
-    const int64_t K = std::max<int64_t>(set.top_k, 1);
     const auto [r0, r1] = dist ? rank_rows(t.batch_size, dist->rank(), dist->world())
                                : std::pair<int64_t, int64_t>{0, t.batch_size};
-    return [&student, &set, t, lo, kd, pool, K, dist, r0 = r0, r1 = r1](int64_t step, int64_t micro) {
+    return [&student, &set, t, lo, kd, pool, dist, r0 = r0, r1 = r1](int64_t step, int64_t micro) {
         std::mt19937_64 rng(t.seed * 1000003ull + static_cast<uint64_t>(step) * 1009ull + static_cast<uint64_t>(micro));
         std::uniform_int_distribution<size_t> pick(0, pool.size() - 1);
         std::vector<const SequenceSet::Seq*> batch;
@@ -155,13 +187,12 @@ LossFn make_sequence_loss(Llama& student, const SequenceSet& set, const TrainOpt
             T = std::max<int64_t>(T, static_cast<int64_t>(q->ids.size()) - 1);
         }
         const int64_t B = static_cast<int64_t>(batch.size());
-        std::vector<int64_t> inputs(B * T, 0), targets(B * T, kIgnoreIndex), tids;
-        if (kd) {
-            tids.resize(B * T * K);
-            for (int64_t r = 0; r < B * T; ++r)
-                for (int64_t k = 0; k < K; ++k) tids[r * K + k] = k;  // filler rows (ignored targets)
-        }
-        std::vector<float> lpf(kd ? B * T * K : 0, 0.0f);
+        std::vector<int64_t> inputs(B * T, 0), targets(B * T, kIgnoreIndex);
+        // KD: the rows with the teacher's alternatives, each with its own K (the sparse losses
+        // are exact on its K + 1 buckets; padding a row to a common K would take the student's
+        // mass on the padding out of the rest bucket)
+        std::vector<int64_t> kd_rows;
+        std::vector<std::vector<std::pair<int64_t, float>>> kd_tops;
         int64_t tokens = 0;
         for (int64_t b = 0; b < B; ++b) {
             const auto& q = *batch[b];
@@ -169,31 +200,21 @@ LossFn make_sequence_loss(Llama& student, const SequenceSet& set, const TrainOpt
             for (int64_t j = 0; j < n; ++j) {
                 inputs[b * T + j] = q.ids[j];
                 const int64_t target_at = j + 1;
-                if (target_at < q.completion_from) continue;  // a prompt token: context only
+                if (!kd) {
+                    if (target_at < q.completion_from) continue;  // a prompt token: context only
+                    targets[b * T + j] = q.ids[target_at];
+                    ++tokens;
+                    continue;
+                }
+                // wherever the teacher's alternatives are (a scored prompt's tokens too)
+                const int64_t at = target_at - q.top_from;
+                if (at < 0 || at >= static_cast<int64_t>(q.top.size()) || q.top[at].empty()) continue;
                 targets[b * T + j] = q.ids[target_at];
                 ++tokens;
-                if (!kd) continue;
-                const int64_t row = b * T + j;
-                const auto& alts = q.top[target_at - q.completion_from];
-                // the returned alternatives, then unused ids at (almost) no mass
-                int64_t k = 0;
-                for (; k < static_cast<int64_t>(alts.size()) && k < K; ++k) {
-                    tids[row * K + k] = alts[k].first;
-                    lpf[row * K + k] = alts[k].second;
-                }
-                int64_t filler = 0;
-                for (; k < K; ++k) {
-                    while (std::any_of(alts.begin(), alts.end(), [&](const auto& a) { return a.first == filler; }))
-                        ++filler;
-                    tids[row * K + k] = filler++;
-                    lpf[row * K + k] = -30.0f;
-                }
+                kd_rows.push_back(b * T + j);
+                kd_tops.push_back(q.top[at]);
             }
         }
-        if (kd)
-            for (int64_t r = 0; r < B * T; ++r)
-                if (targets[r] == kIgnoreIndex)
-                    for (int64_t k = 0; k < K; ++k) lpf[r * K + k] = k == 0 ? 0.0f : -30.0f;
         const torch::Device dev = student->parameters().front().device();
         auto in = torch::tensor(inputs, torch::kInt64).view({B, T}).to(dev);
         auto tg = torch::tensor(targets, torch::kInt64).to(dev);
@@ -208,14 +229,12 @@ LossFn make_sequence_loss(Llama& student, const SequenceSet& set, const TrainOpt
             scale = all[0] > 0 ? double(tokens) * double(dist->world()) / all[0] : 0.0;
         }
         if (tokens == 0) {
-            out.loss = logits.sum() * 0.0;  // no completion token in this rank's rows
+            out.loss = logits.sum() * 0.0;  // no target in this rank's rows
         } else if (!kd) {
             out.loss = torch::nn::functional::cross_entropy(
                 logits, tg, torch::nn::functional::CrossEntropyFuncOptions().ignore_index(kIgnoreIndex));
         } else {
-            auto ids = torch::tensor(tids, torch::kInt64).view({B * T, K}).to(dev);
-            auto lps = torch::from_blob(lpf.data(), {B * T, K}, torch::kFloat32).clone().to(dev);
-            out.loss = loss_sparse(logits, ids, lps, tg, lo);
+            out.loss = loss_sparse_rows(logits, kd_rows, kd_tops, tg, lo) / double(kd_rows.size());
         }
         if (scale != 1.0) out.loss = out.loss * scale;
         return out;

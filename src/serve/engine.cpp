@@ -2,7 +2,10 @@
 
 #include <torch/torch.h>
 
+#include <xxhash.h>
+
 #include <algorithm>
+#include <cmath>
 #include <numeric>
 
 #include "util/error.h"
@@ -24,6 +27,29 @@ TokenLogprob token_logprob(const torch::Tensor& lp_row, int64_t id, int64_t k) {
         for (int64_t i = 0; i < k; ++i) t.top.emplace_back(order[i], lp[order[i]]);
     }
     return t;
+}
+
+double logprob_noise_z(uint64_t key, const int64_t* context, size_t n, int64_t id) {
+    unsigned char buf[5 * 4];
+    size_t len = 0;
+    auto put = [&](int64_t v) {
+        const uint32_t u = static_cast<uint32_t>(v);
+        for (int b = 0; b < 4; ++b) buf[len++] = static_cast<unsigned char>(u >> (8 * b));
+    };
+    for (size_t i = n > 4 ? n - 4 : 0; i < n; ++i) put(context[i]);
+    put(id);
+    const XXH128_hash_t h = XXH3_128bits_withSeed(buf, len, key);
+    const double u1 = (static_cast<double>(h.low64 >> 11) + 0.5) * 0x1.0p-53;  // (0, 1)
+    const double u2 = static_cast<double>(h.high64 >> 11) * 0x1.0p-53;        // [0, 1)
+    return std::sqrt(-2.0 * std::log(u1)) * std::cos(2.0 * M_PI * u2);
+}
+
+void add_logprob_noise(TokenLogprob& t, double sigma, uint64_t key, const int64_t* context, size_t n) {
+    if (sigma <= 0) return;
+    auto noisy = [&](int64_t id, double lp) { return std::min(0.0, lp + sigma * logprob_noise_z(key, context, n, id)); };
+    t.logprob = noisy(t.id, t.logprob);
+    for (auto& [id, lp] : t.top) lp = id == t.id ? t.logprob : noisy(id, lp);
+    std::stable_sort(t.top.begin(), t.top.end(), [](const auto& a, const auto& b) { return a.second > b.second; });
 }
 
 namespace {
@@ -135,7 +161,10 @@ void Engine::prefill(std::shared_ptr<GenRequest> r) {
         torch::Tensor lp = host_logprobs(rows);
         std::vector<TokenLogprob> out;
         out.reserve(T - 1);
-        for (int64_t i = 0; i + 1 < T; ++i) out.push_back(token_logprob(lp[i], r->prompt[i + 1], r->top_logprobs));
+        for (int64_t i = 0; i + 1 < T; ++i) {
+            out.push_back(token_logprob(lp[i], r->prompt[i + 1], r->top_logprobs));
+            add_logprob_noise(out.back(), r->logprob_noise, r->noise_key, r->prompt.data(), static_cast<size_t>(i + 1));
+        }
         r->on_prompt(std::move(out));
     }
     if (r->sampling.max_new_tokens <= 0) {
@@ -145,7 +174,7 @@ void Engine::prefill(std::shared_ptr<GenRequest> r) {
     auto slot = std::make_unique<Slot>();
     slot->req = r;
     slot->rng.seed(r->sampling.seed);
-    if (r->sampling.watermark) slot->history = r->prompt;
+    if (r->sampling.watermark || r->logprob_noise > 0) slot->history = r->prompt;
     const int64_t cap = std::min(T + r->sampling.max_new_tokens - 1, max_len_);
     slot->cache.adopt(cache, std::max(cap, T));
     if (!emit(*slot, logits[T - 1])) return;
@@ -159,13 +188,14 @@ bool Engine::emit(Slot& s, const torch::Tensor& logits) {
     // the watermark's context is this slot's own last h ids; log-probs below are of what was sampled from
     if (r.sampling.watermark) watermark_apply(*r.sampling.watermark, s.history, row);
     const int64_t id = sample_token(row, r.sampling, s.rng);
-    if (r.sampling.watermark) s.history.push_back(id);
     TokenLogprob t;
     if (r.logprobs) {
         t = token_logprob(host_logprobs(row), id, r.top_logprobs);
+        add_logprob_noise(t, r.logprob_noise, r.noise_key, s.history.data(), s.history.size());
     } else {
         t.id = id;
     }
+    if (r.sampling.watermark || r.logprob_noise > 0) s.history.push_back(id);
     s.next = id;
     ++s.generated;
     if (r.on_token && !r.on_token(t)) return finish(s, FinishReason::Cancelled), false;

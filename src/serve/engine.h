@@ -38,6 +38,11 @@ struct GenRequest {
     bool logprobs = false;        // report TokenLogprob for each generated token
     int64_t top_logprobs = 0;     // how many alternatives per position
     bool prompt_logprobs = false; // report the prompt's log-probs (from the prefill)
+    // A defense (docs/guard.md): Gaussian noise of this standard deviation (nats) on every
+    // reported log-prob, a fixed function of (noise_key, the previous 4 ids, the token), so that
+    // asking again returns the same numbers and averaging repeats gains nothing. 0 = none.
+    double logprob_noise = 0;
+    uint64_t noise_key = 0;
 
     // Called on the engine thread; keep them short. on_prompt gets positions 1 .. T-1 of the
     // prompt (position 0 has no prediction). on_token returns false to end the request (a stop
@@ -72,7 +77,7 @@ private:
         SlotCache cache;
         std::mt19937_64 rng;
         int64_t generated = 0, next = 0;
-        std::vector<int64_t> history;  // prompt + generated ids, kept when the request is watermarked
+        std::vector<int64_t> history;  // prompt + generated ids, kept when watermarked or noised
     };
     void loop();
     void prefill(std::shared_ptr<GenRequest> r);
@@ -95,5 +100,11 @@ private:
 
 // log_softmax of logits (V) in float64 on the host: the log-prob of `id` and the top `k`.
 TokenLogprob token_logprob(const torch::Tensor& logprobs_row, int64_t id, int64_t k);
+
+// The noise GenRequest::logprob_noise adds to the log-prob of token `id` after context[0..n):
+// sigma times a standard normal from XXH3-128 (seed `key`) of the u32-LE bytes of the last (up
+// to) 4 context ids and `id`, by Box-Muller. Then t's entries are clamped at 0 and re-sorted.
+double logprob_noise_z(uint64_t key, const int64_t* context, size_t n, int64_t id);
+void add_logprob_noise(TokenLogprob& t, double sigma, uint64_t key, const int64_t* context, size_t n);
 
 }  // namespace distill

@@ -305,7 +305,8 @@ struct PromptInfo {
 
 class Server {
 public:
-    explicit Server(const ServeOptions& o) : o_(o), limiter_(o.rate_rpm, o.rate_tpm) {
+    explicit Server(const ServeOptions& o)
+        : o_(o), limiter_(o.rate_rpm, o.rate_tpm), noise_key_(o.logprob_noise_seed ? o.logprob_noise_seed : random_seed()) {
         if (!o.api_key_file.empty()) keys_ = read_keys(o.api_key_file);
         for (size_t i = 0; i < keys_.size(); ++i) key_labels_.emplace(keys_[i], "key-" + std::to_string(i + 1));
         alias_ = o.alias;
@@ -381,6 +382,7 @@ private:
     std::mutex quota_mu_;
     std::unordered_map<std::string, int64_t> key_tokens_;  // tokens charged per key (the quota)
     RateLimiter limiter_;
+    uint64_t noise_key_;  // --logprob-noise: the key of the noise (the same numbers for the same context)
     Metrics metrics_;
     httplib::Server http_;
     std::atomic<bool> ready_{false}, draining_{false}, failed_{false};
@@ -521,6 +523,8 @@ std::shared_ptr<Call> Server::start(const std::vector<PromptInfo>& prompts, cons
         r->logprobs = logprobs;
         r->top_logprobs = top;
         r->prompt_logprobs = prompt_lps;
+        r->logprob_noise = o_.logprob_noise;
+        r->noise_key = noise_key_;
         std::weak_ptr<Call> weak = call;
         r->on_prompt = [weak, i](std::vector<TokenLogprob> lps) {
             if (auto cl = weak.lock()) {

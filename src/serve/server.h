@@ -31,6 +31,10 @@ struct ServeOptions {
     // log-probs rounded to this many decimals (-1 = as computed).
     int64_t key_token_quota = 0;
     int logprob_decimals = -1;
+    // Noise on returned log-probs (serve/engine.h: GenRequest::logprob_noise), keyed by
+    // logprob_noise_seed, or a random key drawn at start when that is 0.
+    double logprob_noise = 0;
+    uint64_t logprob_noise_seed = 0;
     int64_t max_queue = 1024;       // waiting requests beyond this get 503
     double shutdown_timeout_s = 60; // SIGTERM: how long in-flight requests may take to finish
     // Testing: answer this fraction of POST requests with a fault — a 500, a 429 with

@@ -25,6 +25,12 @@ Written from the definitions in docs/guard.md, with nothing taken from the C++ c
         IN: {"key": hex, "gamma", "h", "offset", "texts": [[distill score lines], ...]}
         OUT: {"T", "S", "p"}: open-mode radioactivity counted from the suspect's top-1 at each
         position (see radio()), p = scipy.stats.binom.sf(S - 1, T, gamma).
+
+    guard_ref.py noise IN.json OUT.json
+        IN: [{"key": u64, "ids": [c_1, ..., c_n, v]}, ...]
+        OUT: [z, ...]: the standard normal of `serve --logprob-noise` (docs/guard.md): XXH3-128
+        with seed key of the u32-LE bytes of the last (up to) 4 context ids and v; u1 = (low64 >> 11
+        + 1/2) / 2^53, u2 = (high64 >> 11) / 2^53, z = sqrt(-2 ln u1) cos(2 pi u2).
 """
 
 import json
@@ -120,11 +126,24 @@ def radio(c):
     return {"T": T, "S": S, "p": float(scipy.stats.binom.sf(S - 1, T, c["gamma"]))}
 
 
+def noise(cases):
+    out = []
+    for c in cases:
+        ids = c["ids"]
+        tup = ids[:-1][-4:] + ids[-1:]
+        h = xxhash.xxh3_128_intdigest(struct.pack("<%dI" % len(tup), *tup), seed=c["key"])
+        low, high = h & (2**64 - 1), h >> 64
+        u1 = ((low >> 11) + 0.5) / 2**53
+        u2 = (high >> 11) / 2**53
+        out.append(math.sqrt(-2.0 * math.log(u1)) * math.cos(2.0 * math.pi * u2))
+    return out
+
+
 def main():
     mode, src, dst = sys.argv[1:4]
     with open(src) as f:
         data = json.load(f)
-    result = {"green": green, "binom": binom, "ks": ks, "radio": radio}[mode](data)
+    result = {"green": green, "binom": binom, "ks": ks, "radio": radio, "noise": noise}[mode](data)
     with open(dst, "w") as f:
         json.dump({"xxhash": xxhash.VERSION, "scipy": scipy.__version__, "result": result}, f)
 

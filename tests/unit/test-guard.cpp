@@ -850,6 +850,41 @@ TEST(GuardRef, GreenTestMatchesPythonXxhash) {
     EXPECT_LT(green, static_cast<int64_t>(cases.size()) - 100);
 }
 
+// serve --logprob-noise's normal deviate recomputed in Python from the documented formula; over
+// the cases it is a standard normal (mean and variance), and it depends on the last 4 ids only.
+TEST(GuardRef, LogprobNoiseMatchesPythonXxhash) {
+    if (!python_ready()) GTEST_SKIP();
+    const std::string dir = temp_dir("guard-ref-noise");
+    std::mt19937_64 rng(2);
+    std::vector<std::vector<int64_t>> cases;
+    std::vector<uint64_t> keys;
+    json in = json::array();
+    for (int i = 0; i < 4000; ++i) {
+        std::vector<int64_t> ids(1 + rng() % 8);  // context of 0 to 7 ids, then the token
+        for (auto& x : ids) x = static_cast<int64_t>(rng() % (i % 2 ? 152000 : 300));
+        const uint64_t key = i % 3 ? rng() : uint64_t(i);
+        in.push_back({{"key", key}, {"ids", ids}});
+        cases.push_back(ids);
+        keys.push_back(key);
+    }
+    json ref = reference("noise", in, dir);
+    ASSERT_EQ(ref.size(), cases.size());
+    double sum = 0, sq = 0;
+    for (size_t i = 0; i < cases.size(); ++i) {
+        const auto& ids = cases[i];
+        const double z = logprob_noise_z(keys[i], ids.data(), ids.size() - 1, ids.back());
+        ASSERT_NEAR(z, ref[i].get<double>(), 1e-12) << i;
+        sum += z;
+        sq += z * z;
+        if (ids.size() > 5) {  // only the last 4 context ids count
+            EXPECT_EQ(z, logprob_noise_z(keys[i], ids.data() + 1, ids.size() - 2, ids.back()));
+        }
+    }
+    const double n = double(cases.size()), mean = sum / n, var = sq / n - mean * mean;
+    EXPECT_LT(std::abs(mean), 4.0 / std::sqrt(n));        // 4 standard errors
+    EXPECT_LT(std::abs(var - 1.0), 4.0 * std::sqrt(2.0 / n));
+}
+
 TEST(GuardRef, BinomialTailMatchesScipyAndAnExactSum) {
     if (!python_ready()) GTEST_SKIP();
     const std::string dir = temp_dir("guard-ref-binom");

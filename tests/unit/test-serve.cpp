@@ -27,6 +27,7 @@
 #include "test-server.h"
 #include "test-util.h"
 #include "util/file.h"
+#include "util/utf8.h"
 
 extern char** environ;
 
@@ -595,6 +596,57 @@ TEST(Serve, ApiDefensesQuotaRoundingAndPerKeyVolume) {
     EXPECT_EQ(std::stoll(mt[1]), 1);
 }
 
+// --logprob-noise: every returned log-prob (the prompt's, the completion's, the alternatives')
+// is the clean one plus sigma times the documented normal of (key, previous 4 ids, token), then
+// clamped at 0; asking again gives the same numbers; what is sampled does not change.
+TEST(Serve, LogprobNoiseIsTheDocumentedDeviateAndTheSameWhenAskedAgain) {
+    Fixture& f = fixture();
+    const Tokenizer& tok = f.tok;
+    const double sigma = 0.5;
+    const uint64_t key = 7;
+    TinyServer plain({});
+    TinyServer s({"--logprob-noise", "0.5", "--logprob-noise-seed", "7"});
+    const std::string text = "the house was said that she was in the garden";
+    const json req = {{"prompt", text}, {"echo", true}, {"max_tokens", 8}, {"temperature", 0}, {"logprobs", 3}};
+    auto a = s.client().Post("/v1/completions", req.dump(), "application/json");
+    auto again = s.client().Post("/v1/completions", req.dump(), "application/json");
+    auto b = plain.client().Post("/v1/completions", req.dump(), "application/json");
+    ASSERT_TRUE(a && again && b);
+    ASSERT_EQ(a->status, 200) << a->body;
+    const json la = json::parse(a->body)["choices"][0]["logprobs"], lb = json::parse(b->body)["choices"][0]["logprobs"];
+    EXPECT_EQ(la, json::parse(again->body)["choices"][0]["logprobs"]);
+    ASSERT_EQ(la["tokens"], lb["tokens"]);  // the same greedy tokens
+    // token strings back to ids (those that spell valid UTF-8 are unambiguous here)
+    std::map<std::string, int64_t> id_of;
+    for (int32_t id = 0; id < tok.vocab_size(); ++id) {
+        const std::string b = tok.token_bytes(id);
+        if (!tok.is_special(id) && utf8_valid(b)) id_of.emplace(b, id);
+    }
+    std::vector<int64_t> ids = {tok.bos_id()};
+    int64_t checked = 0, moved = 0;
+    for (size_t i = 0; i < la["tokens"].size(); ++i) {
+        const std::string t = la["tokens"][i].get<std::string>();
+        if (!id_of.count(t)) break;  // past here the context is unknown
+        const int64_t id = id_of[t];
+        if (!la["token_logprobs"][i].is_null()) {
+            auto expect = [&](double noisy, double clean, int64_t v, const std::string& what) {
+                const double want = std::min(0.0, clean + sigma * logprob_noise_z(key, ids.data(), ids.size(), v));
+                EXPECT_NEAR(noisy, want, 1e-9) << what << " at " << i;
+                ++checked;
+                moved += std::abs(noisy - clean) > 1e-3;
+            };
+            expect(la["token_logprobs"][i].get<double>(), lb["token_logprobs"][i].get<double>(), id, "the token");
+            for (const auto& [alt, lp] : lb["top_logprobs"][i].items())
+                if (id_of.count(alt) && la["top_logprobs"][i].contains(alt))
+                    expect(la["top_logprobs"][i][alt].get<double>(), lp.get<double>(), id_of[alt], alt);
+        }
+        ids.push_back(id);
+    }
+    EXPECT_GE(ids.size(), tok.encode(text).size() + 1);  // the prompt at least
+    EXPECT_GT(checked, 20);
+    EXPECT_GT(moved, checked / 2);
+}
+
 TEST(Serve, SigtermLetsInFlightRequestsFinish) {
     TinyServer s({"--parallel", "2"});
     const std::string body = json({{"prompt", "the house"}, {"max_tokens", 240}, {"stream", true},
@@ -847,4 +899,135 @@ TEST(ApiStudents, SequencesMapTheTeachersTokensAndMaskThePrompt) {
     StepLoss k = make_sequence_loss(m, set, t, kd)(1, 0);
     EXPECT_EQ(k.tokens, targets.size(0));
     EXPECT_TRUE(std::isfinite(k.loss.item<double>()));
+}
+
+// capture --score-prompts: the endpoint echoes each prompt with its top log-probs. The prompt's
+// entries equal `distill score` on the same text, the completion is the one a capture without
+// echo gets with the same seed, and train --sequences distils on the prompt's positions (the
+// sparse forward KL recomputed here from score's numbers and the student's logits by hand).
+TEST(ApiCapture, ScorePromptsKeepsTheTeachersLogprobsOnThePrompt) {
+    Fixture& f = fixture();
+    const Tokenizer& tok = f.tok;
+    const std::string dir = temp_dir("api-capture-echo");
+    const std::vector<std::string> texts = {"the house was said that she was in the garden",
+                                            "she said that it was the garden house", "it was the house"};
+    std::string prompts_text;
+    for (const auto& t : texts) prompts_text += json({{"prompt", t}}).dump() + "\n";
+    write_file_atomic(dir + "/prompts.jsonl", prompts_text);
+    TinyServer s({"--parallel", "2"});
+    const std::string common = "capture --teacher-url " + s.base_url() + " --prompts " + dir +
+                               "/prompts.jsonl --concurrency 2 --seed 5 --top-logprobs 3";
+    ASSERT_EQ(run_distill(common + " --max-tokens 8 -o " + dir + "/plain"), 0);
+    ASSERT_EQ(run_distill(common + " --max-tokens 8 --score-prompts -o " + dir + "/echo"), 0);
+    ASSERT_EQ(run_distill(common + " --max-tokens 0 --score-prompts -o " + dir + "/only"), 0);
+    const auto plain = dataset(dir + "/plain"), echo = dataset(dir + "/echo"), only = dataset(dir + "/only");
+    ASSERT_EQ(echo.size(), texts.size());
+    ASSERT_EQ(only.size(), texts.size());
+    std::vector<std::vector<json>> scores;  // distill score's lines, per prompt
+    for (size_t p = 0; p < texts.size(); ++p) {
+        write_file_atomic(dir + "/t.txt", texts[p]);
+        ASSERT_EQ(run_distill("--threads 1 score --model " + f.model + " --text " + dir + "/t.txt --top-logprobs 3",
+                              dir + "/score.jsonl"),
+                  0);
+        std::vector<json> lines;
+        std::ifstream in(dir + "/score.jsonl");
+        std::string line;
+        while (std::getline(in, line))
+            if (!line.empty()) lines.push_back(json::parse(line));
+        scores.push_back(lines);
+        const json& e = echo.at({int64_t(p), 0});
+        const json& x = plain.at({int64_t(p), 0});
+        // the completion is untouched by the echo
+        EXPECT_EQ(e["text"], x["text"]) << p;
+        ASSERT_EQ(e["logprobs"].size(), x["logprobs"].size());
+        for (size_t i = 0; i < x["logprobs"].size(); ++i) EXPECT_EQ(e["logprobs"][i]["bytes"], x["logprobs"][i]["bytes"]);
+        EXPECT_FALSE(x.contains("prompt_logprobs"));
+        // the prompt's entries: a BOS precedes the text, so every text token has a prediction
+        for (const json* d : {&e, &only.at({int64_t(p), 0})}) {
+            const json& pl = (*d)["prompt_logprobs"];
+            ASSERT_EQ(pl.size(), lines.size()) << p;
+            std::string spelled;
+            for (size_t i = 0; i < lines.size(); ++i) {
+                EXPECT_EQ(pl[i]["token"], tok.token_bytes(lines[i]["id"].get<int32_t>()));
+                spelled += pl[i]["token"].get<std::string>();
+                EXPECT_NEAR(pl[i]["logprob"].get<double>(), lines[i]["logprob"].get<double>(), 1e-5) << p << "/" << i;
+                ASSERT_GE(pl[i]["top"].size(), 3u);
+                for (size_t k = 0; k < 3; ++k)
+                    EXPECT_NEAR(pl[i]["top"][k][1].get<double>(), lines[i]["top"][k][1].get<double>(), 1e-5);
+            }
+            EXPECT_EQ(spelled, texts[p]);
+        }
+        EXPECT_EQ(only.at({int64_t(p), 0})["text"], "");
+    }
+    const json meta = json::parse(read_file(dir + "/only/meta.json"));
+    EXPECT_EQ(meta["settings"]["score_prompts"], true);
+    EXPECT_FALSE(json::parse(read_file(dir + "/plain/meta.json"))["settings"].contains("score_prompts"));
+
+    // the student's side: the prompts become KD positions, nothing else
+    SequenceSet set = load_sequences(dir + "/only", tok, 64);
+    ASSERT_EQ(set.seqs.size(), texts.size());
+    EXPECT_EQ(set.prompts_scored, 3);
+    EXPECT_EQ(set.completion_tokens, 0);
+    int64_t positions = 0;
+    for (const auto& l : scores) positions += static_cast<int64_t>(l.size());
+    EXPECT_EQ(set.kd_positions, positions);
+    const auto& q = set.seqs[0];
+    std::vector<int64_t> want = {tok.bos_id()};
+    for (int32_t t : tok.encode(texts[0])) want.push_back(t);
+    EXPECT_EQ(q.ids, want);
+    EXPECT_EQ(q.top_from, 1);
+    ASSERT_EQ(q.top.size(), want.size() - 1);
+
+    torch::NoGradGuard ng;
+    Llama m(tiny_config(tok.vocab_size()));
+    m->init_weights(9);
+    TrainOptions t;
+    t.batch_size = 1;
+    t.seed = 4;
+    LossOptions kd;
+    kd.kind = LossKind::kForwardKL;
+    SequenceSet only0 = set;
+    only0.seqs.resize(1);
+    StepLoss got = make_sequence_loss(m, only0, t, kd)(1, 0);
+    const int64_t n = static_cast<int64_t>(q.ids.size()) - 1;
+    EXPECT_EQ(got.tokens, n);
+    torch::Tensor slp = torch::log_softmax(
+        m->forward(torch::tensor(q.ids).narrow(0, 0, n).unsqueeze(0)).squeeze(0).to(torch::kFloat64), -1);
+    double sum = 0;
+    for (int64_t r = 0; r < n; ++r) {
+        // the teacher's buckets: score's top 3 and the true token, then the rest. Special tokens
+        // are no student token by their bytes, and the legacy shape keys alternatives by text, so
+        // a byte token that is not UTF-8 comes back as U+FFFD: both map onto no student token,
+        // and their mass is in the rest
+        std::map<int64_t, double> tp;
+        for (const auto& a : scores[0][r]["top"]) {
+            const int32_t id = a[0].get<int32_t>();
+            if (!tok.is_special(id) && utf8_valid(tok.token_bytes(id))) tp[id] = a[1].get<double>();
+        }
+        tp[scores[0][r]["id"].get<int64_t>()] = scores[0][r]["logprob"].get<double>();
+        double pt = 0, ps = 0, kl = 0;
+        for (auto& [id, lp] : tp) {
+            const double sq = slp[r][id].item<double>();
+            kl += std::exp(lp) * (lp - sq);
+            pt += std::exp(lp);
+            ps += std::exp(sq);
+        }
+        const double rt = std::max(1 - pt, 1e-12), rs = std::max(1 - ps, 1e-12);
+        kl += rt * std::log(rt / rs);
+        sum += kl;
+    }
+    EXPECT_NEAR(got.loss.item<double>(), sum / double(n), 1e-6);
+    // sequence-level training needs completions; the error says so
+    LossOptions ce;
+    ce.kind = LossKind::kCrossEntropy;
+    EXPECT_THROW(make_sequence_loss(m, set, t, ce), std::exception);
+
+    // usage: chat prompts cannot be echoed, nothing to ask for without --score-prompts, and a
+    // local teacher scores every position already
+    write_file_atomic(dir + "/chat.jsonl", json({{"messages", {{{"role", "user"}, {"content", "hi"}}}}}).dump() + "\n");
+    EXPECT_EQ(run_distill("capture --teacher-url " + s.base_url() + " --prompts " + dir +
+                          "/chat.jsonl --score-prompts -o " + dir + "/x"),
+              1);
+    EXPECT_EQ(run_distill(common + " --max-tokens 0 -o " + dir + "/y"), 1);
+    EXPECT_EQ(run_distill("capture --teacher " + f.model + " --data x --score-prompts -o " + dir + "/z"), 2);
 }

@@ -1,0 +1,134 @@
+#!/usr/bin/env bash
+# Radioactivity on the demo (docs/guard.md): was a student distilled from our watermarked API?
+# The demo teacher is served with a watermark (delta WM_DELTA, gamma 0.25, context 1) and without
+# one; PROMPTS passages cut from the training novels are completed by each (TOKENS tokens,
+# temperature 1). Students of the demo's student shape are trained sequence-level
+# (`train --sequences --loss ce`) on a mix in which a fraction (FRACS, in %) of the prompts carry
+# the watermarked completion and the rest the clean one, for each seed. Each student is then tested
+# in open mode (its top-1 over all our watermarked completions) and closed mode (its own
+# `distill serve`, CLOSED prompts of held-out text, 100 tokens each; also filtered to contexts seen
+# >= 2 times in our completions), and in open mode with a wrong key.
+#   bash bench/radioactivity.sh [RUN]    RUN: a finished `distill demo` run (default runs/demo)
+# STEPS (default 300), SEEDS ("1 2"), FRACS ("100 10 5 0"), PROMPTS (1000), TOKENS (128),
+# CLOSED (50), WM_DELTA (2).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+distill=$(realpath "${DISTILL:-build/distill}")
+run=$(realpath "${1:-runs/demo}")
+steps=${STEPS:-300}
+seeds=${SEEDS:-1 2}
+fracs=${FRACS:-100 10 5 0}
+prompts_n=${PROMPTS:-1000}
+tokens=${TOKENS:-128}
+closed_n=${CLOSED:-50}
+delta=${WM_DELTA:-2}
+[ -d "$run/teacher/model" ] || "$distill" demo --run-dir "$run" --api-prompts 0
+work=$run/radioactivity
+mkdir -p "$work"
+echo "CPU: $(lscpu | sed -n 's/^Model name: *//p') ($(nproc) cores); steps $steps, seeds $seeds, $prompts_n prompts x $tokens tokens, delta $delta"
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+server_pid=
+serve() {  # serve MODEL [flags...]: starts distill serve on a free port, sets $url
+  local port
+  port=$(free_port)
+  "$distill" --quiet serve -m "$1" --alias m --port "$port" --parallel 16 "${@:2}" >"$work/serve.log" 2>&1 &
+  server_pid=$!
+  url=http://127.0.0.1:$port/v1
+  for _ in $(seq 600); do
+    curl -sf "http://127.0.0.1:$port/health" >/dev/null 2>&1 && return 0
+    kill -0 "$server_pid" 2>/dev/null || { cat "$work/serve.log"; return 1; }
+    sleep 0.1
+  done
+  echo "the server did not come up"; return 1
+}
+stop() { kill "$server_pid" 2>/dev/null; wait "$server_pid" 2>/dev/null || true; }
+trap stop EXIT
+
+# the keys (ours and a wrong one), the prompts (training passages; held-out passages for closed mode)
+[ -s "$work/wm.key" ] || head -c 32 /dev/urandom >"$work/wm.key"
+[ -s "$work/other.key" ] || head -c 32 /dev/urandom >"$work/other.key"
+python3 - "$run" "$work" "$prompts_n" "$closed_n" <<'PY'
+import json, random, sys
+run, work, n, m = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+def cut(text, count, seed, size=200):
+    r, out = random.Random(seed), []
+    while len(out) < count:
+        i = text.find("\n", r.randrange(len(text) - 4 * size)) + 1
+        j = text.rfind(" ", i, i + size)
+        if j > i + size // 2:
+            out.append(text[i:j])
+    return out
+train = open(f"{run}/train.txt", encoding="utf-8").read()
+held = open(f"{run}/corpus/persuasion.txt", encoding="utf-8").read()
+for name, ps in (("prompts", cut(train, n, 1)), ("closed", cut(held, m, 2))):
+    with open(f"{work}/{name}.jsonl", "w") as f:
+        for p in ps:
+            f.write(json.dumps({"prompt": p}) + "\n")
+PY
+
+# the teacher's completions, watermarked and clean (resumable datasets)
+capture() {  # capture OUT SEED
+  "$distill" --quiet capture --teacher-url "$url" --prompts "$work/prompts.jsonl" -o "$1" --max-tokens "$tokens" \
+    --temperature 1 --seed "$2" --concurrency 16 --top-logprobs 0 >/dev/null
+}
+serve "$run/teacher/model" --watermark-key-file "$work/wm.key" --wm-delta "$delta" --wm-gamma 0.25 --wm-context 1
+capture "$work/marked" 1
+stop
+serve "$run/teacher/model"
+capture "$work/clean" 100000
+stop
+
+# the mixes: prompt p carries the watermarked completion when (p * 7919) % 100 < FRAC
+for f in $fracs; do
+  mkdir -p "$work/mix-$f"
+  python3 - "$work" "$f" <<'PY'
+import json, sys
+work, f = sys.argv[1], int(sys.argv[2])
+load = lambda d: {json.loads(l)["prompt_index"]: l for l in open(f"{work}/{d}/samples.jsonl")}
+marked, clean = load("marked"), load("clean")
+with open(f"{work}/mix-{f}/samples.jsonl", "w") as out:
+    for p in sorted(marked):
+        out.write(marked[p] if (p * 7919) % 100 < f else clean[p])
+PY
+done
+
+cat >"$work/student.json" <<JSON
+{"vocab_size": $(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['vocab_size'])" "$run/teacher/model/config.json"),
+ "hidden_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+ "intermediate_size": 344, "max_position_embeddings": 512, "tie_word_embeddings": true}
+JSON
+results=$work/results.jsonl
+: >"$results"
+for s in $seeds; do
+  for f in $fracs; do
+    st=$work/students/f$f-seed$s
+    "$distill" --quiet train --sequences "$work/mix-$f" --config "$work/student.json" --tokenizer "$run/tokenizer.json" \
+      --loss ce --steps "$steps" --batch-size 16 --seq-len 128 --lr 0.003 --warmup $((steps / 20)) -s "$s" \
+      --run-dir "$st" >"$st.log" 2>&1 || { tail "$st.log"; exit 1; }
+    open=$("$distill" --quiet guard radioactivity --key-file "$work/wm.key" --suspect "$st/model" \
+      --texts "$work/marked/samples.jsonl")
+    wrong=$("$distill" --quiet guard radioactivity --key-file "$work/other.key" --suspect "$st/model" \
+      --texts "$work/marked/samples.jsonl")
+    serve "$st/model"
+    rm -rf "$st-answers"
+    closed=$("$distill" --quiet guard radioactivity --key-file "$work/wm.key" --tokenizer "$run/tokenizer.json" \
+      --suspect-url "$url" --prompts "$work/closed.jsonl" --dataset "$st-answers" --max-tokens 100 --seed "$s")
+    stop
+    filtered=$("$distill" --quiet guard radioactivity --key-file "$work/wm.key" --tokenizer "$run/tokenizer.json" \
+      --dataset "$st-answers" --filter-texts "$work/marked/samples.jsonl" --min-count 2)
+    echo "{\"frac\": $f, \"seed\": $s, \"open\": $open, \"wrong_key\": $wrong, \"closed\": $closed, \"closed_filtered\": $filtered}" >>"$results"
+  done
+done
+
+python3 - "$results" <<'PY'
+import json, sys
+rows = [json.loads(l) for l in open(sys.argv[1])]
+def p(r):
+    if r.get("p") is None: return "n/a"
+    return f"{r['p']:.3g}" if r["p"] > 0 else f"1e{r['log10_p']:.0f}"
+print(f"{'marked %':>8} {'seed':>4} {'open p':>10} {'open T':>7} {'closed p':>10} {'closed T':>8} {'filtered p':>10} {'wrong key p':>11}")
+for r in rows:
+    print(f"{r['frac']:>8} {r['seed']:>4} {p(r['open']):>10} {r['open']['scored']:>7} {p(r['closed']):>10} "
+          f"{r['closed']['scored']:>8} {p(r['closed_filtered']):>10} {p(r['wrong_key']):>11}")
+PY
