@@ -70,7 +70,7 @@ PY
 # the teacher's completions, watermarked and clean (resumable datasets)
 capture() {  # capture OUT SEED
   "$distill" --quiet capture --teacher-url "$url" --prompts "$work/prompts.jsonl" -o "$1" --max-tokens "$tokens" \
-    --temperature 1 --seed "$2" --concurrency 16 --top-logprobs 0 >/dev/null
+    --temperature 1 --seed "$2" --concurrency 16 --top-logprobs 1 >/dev/null
 }
 serve "$run/teacher/model" --watermark-key-file "$work/wm.key" --wm-delta "$delta" --wm-gamma 0.25 --wm-context 1
 capture "$work/marked" 1
