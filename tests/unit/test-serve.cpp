@@ -827,6 +827,28 @@ TEST(ApiCapture, TokenCapAndAnEndpointWithoutLogprobs) {
     EXPECT_EQ(run_distill("capture --teacher-url " + s.base_url() + " -o " + dir + "/x"), 2);  // no --prompts
 }
 
+namespace {
+
+// A fixed tiny student and one-sequence micro-batches, as the sequence-loss tests draw them.
+struct SequenceLossProbe {
+    Llama m;
+    TrainOptions t;
+    explicit SequenceLossProbe(const Tokenizer& tok) : m(tiny_config(tok.vocab_size())) {
+        m->init_weights(9);
+        t.batch_size = 1;
+        t.seed = 4;
+    }
+    // step 1's loss with `kind`, on the set's first sequence alone or on the whole set
+    StepLoss loss(SequenceSet set, LossKind kind, bool first_only = true) {
+        if (first_only) set.seqs.resize(1);
+        LossOptions lo;
+        lo.kind = kind;
+        return make_sequence_loss(m, set, t, lo)(1, 0);
+    }
+};
+
+}  // namespace
+
 // train --sequences: the dataset's tokens become student sequences exactly, and the loss is
 // cross-entropy on the completion tokens only (checked against torch's cross_entropy on the
 // rows picked by hand), or the sparse KD loss on the returned top log-probs.
@@ -877,16 +899,9 @@ TEST(ApiStudents, SequencesMapTheTeachersTokensAndMaskThePrompt) {
 
     // the CE loss: only completion targets count
     torch::NoGradGuard ng;
-    Llama m(tiny_config(tok.vocab_size()));
-    m->init_weights(9);
-    TrainOptions t;
-    t.batch_size = 1;
-    t.seed = 4;
-    LossOptions ce;
-    ce.kind = LossKind::kCrossEntropy;
-    SequenceSet only0 = set;
-    only0.seqs.resize(1);
-    StepLoss got = make_sequence_loss(m, only0, t, ce)(1, 0);
+    SequenceLossProbe probe(tok);
+    Llama& m = probe.m;
+    StepLoss got = probe.loss(set, LossKind::kCrossEntropy);
     const int64_t n = static_cast<int64_t>(q.ids.size()) - 1;
     torch::Tensor logits = m->forward(torch::tensor(q.ids).narrow(0, 0, n).unsqueeze(0)).squeeze(0);
     torch::Tensor rows = logits.narrow(0, q.completion_from - 1, n - (q.completion_from - 1));
@@ -894,9 +909,7 @@ TEST(ApiStudents, SequencesMapTheTeachersTokensAndMaskThePrompt) {
     EXPECT_EQ(got.tokens, targets.size(0));
     EXPECT_NEAR(got.loss.item<double>(), torch::nn::functional::cross_entropy(rows, targets).item<double>(), 1e-5);
     // KD: finite, and it draws only the mapped sample
-    LossOptions kd;
-    kd.kind = LossKind::kForwardKL;
-    StepLoss k = make_sequence_loss(m, set, t, kd)(1, 0);
+    StepLoss k = probe.loss(set, LossKind::kForwardKL, false);
     EXPECT_EQ(k.tokens, targets.size(0));
     EXPECT_TRUE(std::isfinite(k.loss.item<double>()));
 }
@@ -979,16 +992,9 @@ TEST(ApiCapture, ScorePromptsKeepsTheTeachersLogprobsOnThePrompt) {
     ASSERT_EQ(q.top.size(), want.size() - 1);
 
     torch::NoGradGuard ng;
-    Llama m(tiny_config(tok.vocab_size()));
-    m->init_weights(9);
-    TrainOptions t;
-    t.batch_size = 1;
-    t.seed = 4;
-    LossOptions kd;
-    kd.kind = LossKind::kForwardKL;
-    SequenceSet only0 = set;
-    only0.seqs.resize(1);
-    StepLoss got = make_sequence_loss(m, only0, t, kd)(1, 0);
+    SequenceLossProbe probe(tok);
+    Llama& m = probe.m;
+    StepLoss got = probe.loss(set, LossKind::kForwardKL);
     const int64_t n = static_cast<int64_t>(q.ids.size()) - 1;
     EXPECT_EQ(got.tokens, n);
     torch::Tensor slp = torch::log_softmax(
@@ -1018,9 +1024,7 @@ TEST(ApiCapture, ScorePromptsKeepsTheTeachersLogprobsOnThePrompt) {
     }
     EXPECT_NEAR(got.loss.item<double>(), sum / double(n), 1e-6);
     // sequence-level training needs completions; the error says so
-    LossOptions ce;
-    ce.kind = LossKind::kCrossEntropy;
-    EXPECT_THROW(make_sequence_loss(m, set, t, ce), std::exception);
+    EXPECT_THROW(probe.loss(set, LossKind::kCrossEntropy, false), std::exception);
 
     // usage: chat prompts cannot be echoed, nothing to ask for without --score-prompts, and a
     // local teacher scores every position already
