@@ -169,12 +169,6 @@ struct Attempt {
 // With `echo` (text prompts scored by the endpoint) the legacy entries that the prompt's
 // characters cover (by text_offset) go to rec["prompt_logprobs"], the first of them with a null
 // log-prob when nothing precedes it, and the echoed prompt is cut from rec["text"].
-int64_t char_count(std::string_view s) {
-    int64_t n = 0;
-    for (unsigned char c : s) n += (c & 0xC0) != 0x80;
-    return n;
-}
-
 bool parse_response(const json& r, bool chat, const std::string* echo, json& rec, int64_t& tokens) {
     if (!r.is_object() || !r.contains("choices") || !r["choices"].is_array() || r["choices"].empty()) return false;
     const json& c = r["choices"][0];
@@ -233,7 +227,7 @@ bool parse_response(const json& r, bool chat, const std::string* echo, json& rec
         if (echo) {
             const json& offs = lp.value("text_offset", json());
             if (!offs.is_array() || offs.size() != toks.size()) return false;
-            const int64_t chars = char_count(*echo);
+            const int64_t chars = utf8_char_count(*echo);
             while (n_prompt < offs.size() && offs[n_prompt].is_number_integer() &&
                    offs[n_prompt].get<int64_t>() < chars)
                 ++n_prompt;

@@ -62,12 +62,6 @@ uint64_t random_seed() {
     return rng();
 }
 
-// Characters (code points) in UTF-8 text: the unit of the legacy text_offset, as in Python.
-int64_t char_count(std::string_view s) {
-    int64_t n = 0;
-    for (unsigned char c : s) n += (c & 0xC0) != 0x80;
-    return n;
-}
 
 // ---- metrics (Prometheus text format) --------------------------------------------------------
 
@@ -649,7 +643,7 @@ json Server::legacy_logprobs(const Choice& c, const PromptInfo* echo, size_t fro
             std::string b = tok_.token_bytes(static_cast<int32_t>(ids[i]));
             tokens.push_back(utf8_lossy(b));
             offsets.push_back(bytes_chars);
-            bytes_chars += char_count(b);
+            bytes_chars += utf8_char_count(b);
             if (i == 0 || c.prompt_lps.size() < i) {
                 lps.push_back(nullptr);
                 tops.push_back(nullptr);
@@ -660,14 +654,14 @@ json Server::legacy_logprobs(const Choice& c, const PromptInfo* echo, size_t fro
             }
         }
     }
-    if (echo) base_chars = char_count(echo->text);
+    if (echo) base_chars = utf8_char_count(echo->text);
     for (size_t k = from_tok; k < c.toks.size(); ++k) {
         const auto& tk = c.toks[k];
         tokens.push_back(token_text(tk.t.id));
         lps.push_back(shown(tk.t.logprob));
         tops.push_back(top_dict(tk.t));
         std::string_view before(c.text.data(), std::min<size_t>(tk.offset, c.text.size()));
-        offsets.push_back(base_chars + char_count(before));
+        offsets.push_back(base_chars + utf8_char_count(before));
     }
     return {{"tokens", tokens}, {"token_logprobs", lps}, {"top_logprobs", tops}, {"text_offset", offsets}};
 }

@@ -124,4 +124,10 @@ size_t utf8_complete_prefix(std::string_view sv) {
     return lead >= 0xC0 ? start - 1 : sv.size();  // a cut multi-byte character: drop it
 }
 
+int64_t utf8_char_count(std::string_view s) {
+    int64_t n = 0;
+    for (unsigned char c : s) n += (c & 0xC0) != 0x80;
+    return n;
+}
+
 }  // namespace distill

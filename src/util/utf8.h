@@ -26,6 +26,9 @@ void utf8_append(std::string& out, uint32_t cp);
 // The character at s[i]: its code point and length, or kUtf8Invalid with *len = 1 where the
 // bytes there are not a well-formed sequence (or are cut off by the end).
 uint32_t utf8_decode_at(std::string_view s, size_t i, size_t* len);
+// Code points in `s`, counting each byte that is not a continuation byte (the unit of the legacy
+// completions API's text_offset, as Python's len of the text).
+int64_t utf8_char_count(std::string_view s);
 // All code points of `s` (a malformed byte becomes U+FFFD).
 std::vector<uint32_t> utf8_code_points(std::string_view s);
 // The length of `s` without a multi-byte character that the end cuts off.
