@@ -32,6 +32,10 @@ Command add_demo(CLI::App& app) {
         ->capture_default_str();
     c->add_option("--api-fault-rate", o->api_fault_rate, "share of API requests answered with a fault")
         ->check(in_range(0, 0.9))->capture_default_str();
+    c->add_option("--guard-fraction", o->guard_fraction,
+                  "share of a student's API text that carries the teacher's watermark, for the radioactivity "
+                  "stage (0: skip it)")
+        ->check(in_range(0, 1))->capture_default_str();
     c->add_flag("--quick", o->quick, "a much smaller run (a first look, and the tests)");
     return {c, [o] { return run_demo(*o); }};
 }

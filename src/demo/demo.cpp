@@ -5,6 +5,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <functional>
+#include <map>
 #include <random>
 #include <sstream>
 #include <nlohmann/json.hpp>
@@ -13,6 +14,9 @@
 #include "distill/capture.h"
 #include "distill/kd.h"
 #include "distill/sequences.h"
+#include "guard/detect.h"
+#include "guard/radioactivity.h"
+#include "guard/watermark.h"
 #include "eval/eval.h"
 #include "io/logit-cache.h"
 #include "io/shards.h"
@@ -441,7 +445,105 @@ int run_demo(const DemoOptions& o_in) {
     // trained on what it returned with the same steps and seed as the pair above: one on the
     // completions alone (sequence-level), one on the top-20 log-probs of the prompts (echo) and
     // completions (mixed with cross-entropy on those tokens as the white-box student is with the data).
-    json api_report = nullptr;
+    json api_report = nullptr, guard_report = nullptr;
+
+    // 10. the owner's side (docs/guard.md): the teacher served with a watermark continues the
+    // same prompts; a student is trained sequence-level, as the API student above, on completions
+    // of which a share (guard_fraction) is watermarked and the rest the clean ones; then the
+    // radioactivity test in open mode on it, on the clean API student and on the baseline (neither
+    // saw watermarked text), and on the marked student with a wrong key.
+    auto guard_stage = [&](const std::string& prompts_text, size_t n_prompts, const ApiCaptureOptions& clean,
+                           const json& clean_row, const json& baseline_row) {
+        const std::string guard_dir = path_join(run, "guard");
+        make_dirs(guard_dir);
+        // the key is fixed by the seed so that a re-run resumes; a real owner's key is random bytes
+        const std::string key_path = path_join(guard_dir, "watermark.key");
+        if (!file_exists(key_path)) write_file_atomic(key_path, str_cat("distill demo watermark key, seed ", o.seed, "\n"));
+        WatermarkOptions wm;
+        wm.key = watermark_key_file(key_path);
+        ApiCaptureOptions mc = clean;
+        mc.top_logprobs = 0;  // only the completions are used
+        mc.score_prompts = false;
+        mc.out = path_join(guard_dir, "marked-" + hash_hex(str_cat(teacher_fp, hash_hex(prompts_text), mc.max_tokens,
+                                                                    mc.seed, watermark_key_id_hex(wm.key), wm.gamma,
+                                                                    wm.delta, wm.context)).substr(0, 12));
+        if (!(file_exists(mc.out + "/samples.jsonl") && read_api_dataset(mc.out).size() == n_prompts)) {
+            ServeOptions so;
+            so.model = path_join(run, "teacher/model");
+            so.alias = "teacher";
+            so.port = 0;
+            so.parallel = mc.concurrency;
+            so.watermark = wm;
+            so.announce = false;
+            ServerThread server(so);
+            mc.url = server.base_url();
+            log_info(str_cat("teacher served with a watermark (gamma ", wm.gamma, ", delta ", wm.delta, ", context ",
+                             wm.context, "); capturing its completions of the same ", n_prompts, " prompts"));
+            const ApiCaptureResult r = capture_from_api(mc);
+            server.stop();
+            DISTILL_CHECK(r.failed == 0 && r.written + r.done_before == r.total, "the watermarked capture left ", r.failed,
+                          " samples failed; run the demo again to retry them");
+        }
+        // prompt p carries its watermarked completion when (p * 7919) % 1000 < 1000 * fraction
+        const int64_t per_mille = std::lround(1000 * o.guard_fraction);
+        std::map<int64_t, json> marked;
+        for (const ApiSample& s : read_api_dataset(mc.out)) marked[s.prompt_index] = s.record;
+        std::string mix, texts_fp;
+        std::vector<std::string> marked_texts;
+        int64_t n_marked = 0;
+        for (const ApiSample& s : read_api_dataset(clean.out)) {
+            const auto m = marked.find(s.prompt_index);
+            DISTILL_CHECK(m != marked.end(), "the watermarked capture has no sample for prompt ", s.prompt_index);
+            json r = s.record;
+            if ((s.prompt_index * 7919) % 1000 < per_mille) {
+                r = m->second;
+                ++n_marked;
+            }
+            r.erase("logprobs");  // a sequence-level student: its text only
+            r.erase("prompt_logprobs");
+            mix += r.dump() + "\n";
+        }
+        for (const auto& [p, r] : marked) marked_texts.push_back(r.value("text", std::string()));
+        const std::string mix_dir = path_join(guard_dir, str_cat("mix-", per_mille, "-", hash_hex(mix).substr(0, 12)));
+        make_dirs(mix_dir);
+        if (!file_exists(mix_dir + "/samples.jsonl")) write_file_atomic(mix_dir + "/samples.jsonl", mix);
+        const SequenceSet set = load_sequences(mix_dir, tok, st.seq_len);
+        const std::string name = "student_api_sequences_marked";
+        json row = train_student(
+            name, str_cat("students/api-seq-marked", per_mille, "-", set.fingerprint.substr(0, 8), "-seed", o.seed),
+            o.seed, ce_loss,
+            [&](const TrainOptions& so) { return sequence_settings(sizes.student, "", so, ce_loss, set.fingerprint, tok); },
+            [&](Llama& model, const TrainOptions& so) { return make_sequence_loss(model, set, so, ce_loss); });
+        row["teacher_tokens"] = set.teacher_tokens;
+        rows.push_back(row);
+
+        // open mode: each suspect's top-1 over all of our watermarked completions
+        WatermarkOptions wrong = wm;
+        wrong.key = watermark_key(str_cat("not the demo's key, seed ", o.seed));
+        auto test = [&](const json& suspect, const WatermarkOptions& key) {
+            const std::string dir = path_join(suspect["run_dir"].get<std::string>(), "model");
+            LoadedModel m = load_model(dir);  // on the compute device
+            const RadioactivityResult r = radioactivity_open(m.model, tok, marked_texts, key, wopts);
+            nlohmann::ordered_json j = detect_result_json(key, r.detect);
+            return json::parse(j.dump());
+        };
+        const json marked_p = cached_json(path_join(guard_dir, "radioactivity.json"),
+                                          {hash_hex(mix), watermark_key_id_hex(wm.key), row["run_dir"], clean_row["run_dir"],
+                                           baseline_row["run_dir"], wopts.context, wopts.stride},
+                                          [&] {
+                                              return json{{"marked_student", test(row, wm)},
+                                                          {"clean_api_student", test(clean_row, wm)},
+                                                          {"baseline", test(baseline_row, wm)},
+                                                          {"marked_student_wrong_key", test(row, wrong)}};
+                                          });
+        return json{{"fraction", o.guard_fraction},
+                    {"marked_samples", n_marked},
+                    {"samples", set.samples},
+                    {"watermark", {{"gamma", wm.gamma}, {"delta", wm.delta}, {"context", wm.context},
+                                   {"key_hash", watermark_key_id_hex(wm.key)}}},
+                    {"dataset", mc.out},
+                    {"open_mode", marked_p}};
+    };
     if (o.api_prompts > 0) {
         const std::string api_dir = path_join(run, "api");
         make_dirs(api_dir);
@@ -538,9 +640,11 @@ int run_demo(const DemoOptions& o_in) {
                       {"teacher_tokens", set.teacher_tokens},
                       {"share_of_whitebox_gain", kept}};
         for (auto& r : api_rows) rows.push_back(r);
+        if (o.guard_fraction > 0)
+            guard_report = guard_stage(prompts_text, prompts.size(), ac, api_rows[0], rows[2]);
     }
 
-    // 10. a short sample from the teacher
+    // 11. a short sample from the teacher
     SamplingOptions samp;
     samp.temperature = 0.8;
     samp.top_k = 40;
@@ -580,6 +684,7 @@ int run_demo(const DemoOptions& o_in) {
                           {"min_agreement_margin", min_agree_margin},
                           {"steps_to_baseline", steps_to_baseline}}},
         {"api", api_report},
+        {"guard", guard_report},
         {"sample", sample},
         {"quick", o.quick},
         {"seconds", now_seconds() - t_start},
@@ -661,6 +766,25 @@ int run_demo(const DemoOptions& o_in) {
                       (long long)api_report["max_tokens"].get<int64_t>(),
                       100 * api_report["share_of_whitebox_gain"]["student_api_top20"].get<double>(),
                       100 * api_report["share_of_whitebox_gain"]["student_api_sequences"].get<double>());
+        table += line;
+    }
+    if (!guard_report.is_null()) {
+        const json& g = guard_report["open_mode"];
+        auto p_of = [](const json& r) {
+            char b[64];
+            if (r["p"].is_null()) return std::string("n/a");
+            const double p = r["p"].get<double>();
+            if (p > 0) std::snprintf(b, sizeof b, "%.3g", p);
+            else std::snprintf(b, sizeof b, "1e%.0f", r["log10_p"].get<double>());
+            return std::string(b);
+        };
+        char line[768];
+        std::snprintf(line, sizeof line,
+                      "Radioactivity (open mode, %lld tuples): a student trained through the API on text %.0f%% "
+                      "watermarked: p = %s (a wrong key: %s); the clean API student: p = %s; the baseline: p = %s.\n",
+                      (long long)g["marked_student"]["scored"].get<int64_t>(), 100 * o.guard_fraction,
+                      p_of(g["marked_student"]).c_str(), p_of(g["marked_student_wrong_key"]).c_str(),
+                      p_of(g["clean_api_student"]).c_str(), p_of(g["baseline"]).c_str());
         table += line;
     }
     std::string md = "# distill demo report\n\nHeld-out novel: *Persuasion*; trained on the other five.\n\n" +

@@ -26,6 +26,10 @@ struct DemoOptions {
     int64_t api_prompts = 3000;
     int64_t api_max_tokens = 64;
     double api_fault_rate = 0.25;
+    // the owner's side (needs the API stage; 0: skip): the same prompts continued by the teacher
+    // served with a watermark, a student trained on completions of which this share is
+    // watermarked, and the radioactivity test on it and on students that saw none
+    double guard_fraction = 0.10;
     bool quick = false;      // a much smaller run, for tests and a first look
 };
 

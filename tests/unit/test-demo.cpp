@@ -21,9 +21,10 @@ TEST(Demo, QuickRunWritesReportAndIsReused) {
     ASSERT_EQ(run_distill("--threads 1 demo --quick --run-dir " + arg), 0);
     json r = json::parse(read_file(run + "/report.json"));
     ASSERT_TRUE(r["models"].is_array());
-    ASSERT_EQ(r["models"].size(), 5u);
-    const char* names[] = {"teacher", "student_kd", "student_baseline", "student_api_sequences", "student_api_top20"};
-    for (size_t i = 0; i < 5; ++i) {
+    ASSERT_EQ(r["models"].size(), 6u);
+    const char* names[] = {"teacher",           "student_kd",        "student_baseline",
+                           "student_api_sequences", "student_api_top20", "student_api_sequences_marked"};
+    for (size_t i = 0; i < 6; ++i) {
         const json& m = r["models"][i];
         EXPECT_EQ(m["name"], names[i]);
         for (const char* key : {"params", "bpb", "top1_agreement", "kl_to_teacher", "train_seconds", "train_tokens"})
@@ -65,7 +66,7 @@ TEST(Demo, QuickRunWritesReportAndIsReused) {
 
     // held-out curves: every run logs heldout_bpb on heldout-curve.txt, which in quick mode is the
     // whole held-out text, so each curve ends where the final evaluation (other batches) lands
-    for (size_t i = 0; i < 5; ++i) {
+    for (size_t i = 0; i < 6; ++i) {
         const std::string dir = i == 0 ? run + "/teacher" : r["models"][i]["run_dir"].get<std::string>();
         std::istringstream in(read_file(dir + "/metrics.jsonl"));
         std::string line;
@@ -114,11 +115,44 @@ TEST(Demo, QuickRunWritesReportAndIsReused) {
     EXPECT_EQ(r["models"][1]["teacher_tokens"], r["cache"]["positions"]);
     EXPECT_EQ(r["models"][2]["teacher_tokens"], 0);
 
+    // the owner's side: the same 48 prompts continued by the teacher served with a watermark; a
+    // sequence-level student trained on completions of which prompt p's is the watermarked one when
+    // (p * 7919) % 1000 < 100 (10 %); the radioactivity test on it, on the clean API student and the
+    // baseline, and on it with a wrong key. (At 48 x 16 tokens nothing is significant: the full
+    // demo's figures are in docs/guard.md.)
+    const json& g = r["guard"];
+    ASSERT_TRUE(g.is_object()) << r.dump(2);
+    int64_t expect_marked = 0;
+    for (int64_t p = 0; p < 48; ++p) expect_marked += (p * 7919) % 1000 < 100;
+    EXPECT_EQ(g["marked_samples"], expect_marked);
+    EXPECT_EQ(g["samples"], 48);
+    EXPECT_EQ(g["fraction"], 0.1);
+    {
+        std::istringstream in(read_file(g["dataset"].get<std::string>() + "/samples.jsonl"));
+        std::string line;
+        int64_t n = 0;
+        while (std::getline(in, line)) n += !line.empty();
+        EXPECT_EQ(n, 48);
+    }
+    const json& m5 = r["models"][5];
+    EXPECT_EQ(m5["params"], r["models"][3]["params"]);
+    for (const char* who : {"marked_student", "clean_api_student", "baseline", "marked_student_wrong_key"}) {
+        const json& t = g["open_mode"][who];
+        EXPECT_GT(t["scored"].get<int64_t>(), 20) << who;
+        EXPECT_LE(t["green"].get<int64_t>(), t["scored"].get<int64_t>()) << who;
+        EXPECT_GT(t["p"].get<double>(), 0.0) << who;
+        EXPECT_LE(t["p"].get<double>(), 1.0) << who;
+        EXPECT_EQ(t["gamma"], 0.25) << who;
+    }
+    EXPECT_EQ(g["open_mode"]["marked_student"]["key_hash"], g["watermark"]["key_hash"]);
+    EXPECT_NE(g["open_mode"]["marked_student_wrong_key"]["key_hash"], g["watermark"]["key_hash"]);
+
     // a second run rebuilds nothing: same numbers, and it is quick
     const std::string before = read_file(run + "/teacher/done.json");
     ASSERT_EQ(run_distill("--threads 1 demo --quick --run-dir " + arg), 0);
     json r2 = json::parse(read_file(run + "/report.json"));
     EXPECT_EQ(read_file(run + "/teacher/done.json"), before);
-    for (size_t i = 0; i < 5; ++i) EXPECT_EQ(r2["models"][i]["bpb"], r["models"][i]["bpb"]);
+    for (size_t i = 0; i < 6; ++i) EXPECT_EQ(r2["models"][i]["bpb"], r["models"][i]["bpb"]);
     EXPECT_EQ(r2["api"]["capture"], r["api"]["capture"]);  // not captured again
+    EXPECT_EQ(r2["guard"], r["guard"]);
 }
