@@ -98,6 +98,7 @@ cat >"$work/student.json" <<JSON
  "hidden_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
  "intermediate_size": 344, "max_position_embeddings": 512, "tie_word_embeddings": true}
 JSON
+mkdir -p "$work/students"
 results=$work/results.jsonl
 : >"$results"
 for s in $seeds; do

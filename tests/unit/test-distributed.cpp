@@ -350,7 +350,12 @@ TEST(Distributed, CaptureSplitAcrossRanksWritesTheSameCache) {
     ASSERT_EQ(run_distill(op + " --run-dir " + f.dir + "/op1", "", f.dir + "/op1.err"), 0) << read_file(f.dir + "/op1.err");
     ASSERT_EQ(run(bin + " --quiet launch -n 2 " + op + " --run-dir " + f.dir + "/op2 > /dev/null 2> " + f.dir + "/op2.err"), 0)
         << read_file(f.dir + "/op2.err");
-    EXPECT_LT(max_weight_diff(f.dir + "/op1/model/model.safetensors", f.dir + "/op2/model/model.safetensors"), 1e-5);
+    // Looser than the offline bound: each on-policy step runs the student's sampling forward and the
+    // teacher's forward at a batch shape of 4 rows instead of 8, so float rounding differs in more
+    // places, and Adam turns gradients that are rounding noise into steps of up to lr (3e-3). One
+    // CI machine measured 2.3e-5 here. The bound stays under a tenth of one step of lr: a sampled
+    // token that differed, or a rank that read the wrong rows, changes the gradient itself.
+    EXPECT_LT(max_weight_diff(f.dir + "/op1/model/model.safetensors", f.dir + "/op2/model/model.safetensors"), 2e-4);
     // both ran on-policy batches, and counted the same tokens
     const auto m1 = last_metrics(f.dir + "/op1"), m2 = last_metrics(f.dir + "/op2");
     EXPECT_EQ(m1["tokens"], m2["tokens"]);
