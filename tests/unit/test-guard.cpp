@@ -621,7 +621,9 @@ TEST(Guard, RadioactivityFindsTheStudentOfTheWatermarkedApi) {
         EXPECT_GT(again["filter"]["contexts"].get<int64_t>(), 100);
         EXPECT_LE(again["scored"].get<int64_t>() + again["filtered_out"].get<int64_t>(),
                   again["positions"].get<int64_t>() - again["in_prompt"].get<int64_t>());
-        if (s == &marked) EXPECT_LT(again["p"].get<double>(), 1e-3) << again.dump();
+        if (s == &marked) {
+            EXPECT_LT(again["p"].get<double>(), 1e-3) << again.dump();
+        }
     }
 }
 
