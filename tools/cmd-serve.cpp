@@ -56,7 +56,26 @@ Command add_serve(CLI::App& app) {
         ->check(in_range(0, 3600))->capture_default_str()->group(testing);
     auto wm = std::make_shared<WatermarkFlags>();
     add_watermark_flags(c, *wm, /*sampling=*/true);
-    return {c, [o, wm] {
+    auto ad = std::make_shared<AntidistillOptions>();
+    const std::string adg = "Antidistillation sampling";
+    c->add_option("--antidistill-proxy", ad->proxy,
+                  "a student model of the served tokenizer: sampling favours tokens that would raise its loss "
+                  "on --antidistill-data if it trained on them (docs/guard.md)")
+        ->group(adg);
+    c->add_option("--antidistill-data", ad->data, "UTF-8 text the proxy's loss gradient is taken on")
+        ->check(CLI::ExistingFile)->group(adg);
+    c->add_option("--antidistill-lambda", ad->lambda, "weight of the antidistillation term in the logits")
+        ->check(in_range(0, 1e6))->capture_default_str()->group(adg);
+    c->add_option("--antidistill-eps", ad->eps, "finite-difference step along the proxy's gradient")
+        ->check(in_range(1e-12, 1e3))->capture_default_str()->group(adg);
+    c->add_option("--antidistill-tokens", ad->data_tokens, "at most this many tokens of the data")
+        ->check(in_range(2, int64_t(1) << 40))->capture_default_str()->group(adg);
+    c->add_option("--antidistill-window", ad->window, "tokens per window of the data")
+        ->check(in_range(1, 1 << 20))->capture_default_str()->group(adg);
+    return {c, [o, wm, ad] {
+                if (!ad->proxy.empty()) o->antidistill = *ad;
+                else if (!ad->data.empty())
+                    throw Error("--antidistill-data needs --antidistill-proxy: the student whose gradient it gives");
                 o->watermark = wm->resolve();
                 if (const auto& w = o->watermark)
                     std::fprintf(stderr, "serve: watermarking with key %s (gamma %g, delta %g, context %lld)\n",

@@ -59,8 +59,8 @@ torch::Tensor host_logprobs(const torch::Tensor& logits) {
 }
 }  // namespace
 
-Engine::Engine(Llama model, int64_t parallel)
-    : model_(std::move(model)), parallel_(std::max<int64_t>(1, parallel)),
+Engine::Engine(Llama model, int64_t parallel, std::shared_ptr<Antidistill> antidistill)
+    : model_(std::move(model)), ad_(std::move(antidistill)), parallel_(std::max<int64_t>(1, parallel)),
       max_len_(model_->config().max_position_embeddings) {
     model_->eval();
     thread_ = std::thread([this] { loop(); });
@@ -147,8 +147,14 @@ void Engine::prefill(std::shared_ptr<GenRequest> r) {
     KVCache cache;
     auto ids = torch::tensor(r->prompt, torch::kInt64).unsqueeze(0).to(dev);
     torch::Tensor logits = model_->forward(ids, &cache).squeeze(0);  // (T, V)
+    KVCache plus_cache, minus_cache;
+    torch::Tensor ad;  // (T, V) float64 on the host: λ·Δ at every position of the prompt
+    if (ad_)
+        ad = ad_->term(ad_->plus->forward(ids, &plus_cache).squeeze(0), ad_->minus->forward(ids, &minus_cache).squeeze(0));
     if (r->prompt_logprobs && r->on_prompt) {
         torch::Tensor rows = logits.narrow(0, 0, T - 1).to(torch::kCPU, torch::kFloat64).contiguous();  // (T-1, V)
+        // an antidistilling server scores with the logits it samples from, as a watermarked one
+        if (ad.defined()) rows.add_(ad.narrow(0, 0, T - 1));
         if (r->sampling.watermark) {
             // a watermarked server scores with the logits it samples from: otherwise comparing an
             // echo with a completion in the same context would give the green list away
@@ -177,14 +183,19 @@ void Engine::prefill(std::shared_ptr<GenRequest> r) {
     if (r->sampling.watermark || r->logprob_noise > 0) slot->history = r->prompt;
     const int64_t cap = std::min(T + r->sampling.max_new_tokens - 1, max_len_);
     slot->cache.adopt(cache, std::max(cap, T));
-    if (!emit(*slot, logits[T - 1])) return;
+    if (ad_) {
+        slot->plus_cache.adopt(plus_cache, std::max(cap, T));
+        slot->minus_cache.adopt(minus_cache, std::max(cap, T));
+    }
+    if (!emit(*slot, logits[T - 1], ad.defined() ? ad[T - 1] : torch::Tensor())) return;
     std::lock_guard<std::mutex> lk(mu_);
     slots_.push_back(std::move(slot));
 }
 
-bool Engine::emit(Slot& s, const torch::Tensor& logits) {
+bool Engine::emit(Slot& s, const torch::Tensor& logits, const torch::Tensor& ad) {
     GenRequest& r = *s.req;
     torch::Tensor row = logits.to(torch::kCPU, torch::kFloat64).contiguous();
+    if (ad.defined()) row.add_(ad);
     // the watermark's context is this slot's own last h ids; log-probs below are of what was sampled from
     if (r.sampling.watermark) watermark_apply(*r.sampling.watermark, s.history, row);
     const int64_t id = sample_token(row, r.sampling, s.rng);
@@ -222,19 +233,25 @@ void Engine::step() {
     }
     if (!live.empty()) {
         std::vector<int64_t> next;
-        std::vector<SlotCache*> caches;
+        std::vector<SlotCache*> caches, plus, minus;
         for (Slot* s : live) {
             next.push_back(s->next);
             caches.push_back(&s->cache);
+            plus.push_back(&s->plus_cache);
+            minus.push_back(&s->minus_cache);
         }
-        torch::Tensor logits = model_->decode_step(torch::tensor(next, torch::kInt64), caches);
+        const torch::Tensor ids = torch::tensor(next, torch::kInt64);
+        torch::Tensor logits = model_->decode_step(ids, caches);
         torch::Tensor host = logits.to(torch::kCPU, torch::kFloat64);  // one copy for the batch
+        torch::Tensor ad;  // (B, V): λ·Δ for each slot's next position
+        if (ad_) ad = ad_->term(ad_->plus->decode_step(ids, plus), ad_->minus->decode_step(ids, minus));
         {
             std::lock_guard<std::mutex> lk(mu_);
             ++steps_;
             batched_tokens_ += static_cast<int64_t>(live.size());
         }
-        for (size_t b = 0; b < live.size(); ++b) emit(*live[b], host[b]);
+        for (size_t b = 0; b < live.size(); ++b)
+            emit(*live[b], host[b], ad.defined() ? ad[static_cast<int64_t>(b)] : torch::Tensor());
     }
     std::lock_guard<std::mutex> lk(mu_);
     slots_.erase(std::remove_if(slots_.begin(), slots_.end(), [](const auto& s) { return !s->req; }), slots_.end());

@@ -17,6 +17,7 @@
 #include <utility>
 #include <vector>
 
+#include "guard/antidistill.h"
 #include "model/generate.h"
 #include "model/llama.h"
 
@@ -61,8 +62,10 @@ struct EngineStats {
 
 class Engine {
 public:
-    // `parallel`: slots decoded together. The model is used only by the engine's thread.
-    Engine(Llama model, int64_t parallel);
+    // `parallel`: slots decoded together. The model is used only by the engine's thread. With
+    // `antidistill`, every slot also runs its two perturbed proxies (with their own KV caches) and
+    // λ·Δ is added to the logits of every position, sampled or scored (guard/antidistill.h).
+    Engine(Llama model, int64_t parallel, std::shared_ptr<Antidistill> antidistill = nullptr);
     ~Engine();  // stops the thread; requests still queued finish as Cancelled
     Engine(const Engine&) = delete;
     Engine& operator=(const Engine&) = delete;
@@ -75,6 +78,7 @@ private:
     struct Slot {
         std::shared_ptr<GenRequest> req;
         SlotCache cache;
+        SlotCache plus_cache, minus_cache;  // the antidistillation proxies'
         std::mt19937_64 rng;
         int64_t generated = 0, next = 0;
         std::vector<int64_t> history;  // prompt + generated ids, kept when watermarked or noised
@@ -82,12 +86,13 @@ private:
     void loop();
     void prefill(std::shared_ptr<GenRequest> r);
     void step();
-    // Samples from logits (V) on the host (watermarked first if the request says so), reports the
-    // token; false when the slot is done.
-    bool emit(Slot& s, const torch::Tensor& logits);
+    // Samples from logits (V) on the host (plus the antidistillation term `ad` (V) when defined,
+    // then watermarked if the request says so), reports the token; false when the slot is done.
+    bool emit(Slot& s, const torch::Tensor& logits, const torch::Tensor& ad);
     void finish(Slot& s, FinishReason why, const std::string& error = "");
 
     Llama model_;
+    std::shared_ptr<Antidistill> ad_;  // used only by the engine thread
     int64_t parallel_, max_len_;
     mutable std::mutex mu_;
     std::condition_variable cv_;

@@ -411,7 +411,19 @@ void Server::load() {
         } else {
             chat_ = ChatTemplate::distill_chatml();
         }
-        engine_ = std::make_unique<Engine>(m.model, o_.parallel);
+        std::shared_ptr<Antidistill> ad;
+        if (o_.antidistill) {
+            const auto t0 = std::chrono::steady_clock::now();
+            auto made = make_antidistill(*o_.antidistill, tok_, vocab_, context_, m.model->parameters().front().device());
+            std::fprintf(stderr,
+                         "serve: antidistillation sampling with proxy %s (lambda %g, eps %g): gradient of its "
+                         "loss %.4f nats on %lld windows of %lld tokens, |g| %.4g, in %.1f s\n",
+                         o_.antidistill->proxy.c_str(), made->lambda, made->eps, made->data_loss,
+                         static_cast<long long>(made->windows), static_cast<long long>(made->window), made->grad_norm,
+                         std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+            ad = std::move(made);
+        }
+        engine_ = std::make_unique<Engine>(m.model, o_.parallel, std::move(ad));
         ready_ = true;
         std::fprintf(stderr, "serve: %s ready as '%s' (context %lld, %lld slots, chat template %s)\n",
                      o_.model.c_str(), alias_.c_str(), static_cast<long long>(context_),

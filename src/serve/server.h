@@ -8,6 +8,7 @@
 #include <optional>
 #include <string>
 
+#include "guard/antidistill.h"
 #include "guard/watermark.h"
 
 namespace distill {
@@ -45,6 +46,9 @@ struct ServeOptions {
     double fault_delay_s = 3;
     // Watermark every sampled token (guard/watermark.h, docs/guard.md); none when unset.
     std::optional<WatermarkOptions> watermark;
+    // Antidistillation sampling (guard/antidistill.h, docs/guard.md): the proxy's gradient is taken
+    // while the model loads (/health says 503 until then); none when unset.
+    std::optional<AntidistillOptions> antidistill;
     // Prints "listening on http://HOST:PORT" once the port is bound (with port 0, the one chosen).
     bool announce = true;
 };

@@ -75,8 +75,6 @@ ModelConfig tiny_config(int64_t vocab, int64_t context) {
     return c;  // no BOS, no EOS: generation runs to max_new_tokens
 }
 
-#ifndef DISTILL_GUARD_REF
-
 // Pseudo-words of one to three syllables (4368 of them), so that BPE learns many whole words.
 std::string syllable_text(size_t bytes, uint64_t seed) {
     static const char* syl[] = {"ka", "lo", "mi", "ne", "ru", "sa", "ti", "vo",
@@ -138,6 +136,8 @@ Fixture& fixture() {
     static Fixture f;
     return f;
 }
+
+#ifndef DISTILL_GUARD_REF
 
 json detect_cli(const std::string& dir, const std::string& text, const std::string& key,
                 const std::string& extra = "") {
@@ -661,6 +661,38 @@ TEST(Guard, RadioactivityInputErrors) {
     EXPECT_NE(r["reason"].get<std::string>().find("nothing to score"), std::string::npos) << r.dump();
 }
 
+// Antidistillation input errors: clear messages, no server.
+TEST(Guard, AntidistillationInputErrors) {
+    Fixture& f = fixture();
+    const std::string dir = temp_dir("guard-antidistill-errors");
+    const std::string other = dir + "/other-vocab";
+    {
+        Llama p(tiny_config(300, 512));
+        p->init_weights(2);
+        save_model_dir(other, p, nullptr);
+    }
+    const std::string data = dir + "/data.txt", tiny = dir + "/tiny.txt";
+    write_file_atomic(data, syllable_text(20000, 5));
+    write_file_atomic(tiny, "kalo");
+    struct Case {
+        std::string flags, says;
+    } cases[] = {
+        {"--antidistill-proxy " + other + " --antidistill-data " + data, "vocabulary of 300 tokens"},
+        {"--antidistill-proxy " + f.model + " --antidistill-data " + tiny, "one window needs 257"},
+        {"--antidistill-data " + data, "needs --antidistill-proxy"},
+        {"--antidistill-proxy " + f.model, "needs --antidistill-data"},
+        {"--antidistill-proxy " + dir + "/missing --antidistill-data " + data, "missing"},
+    };
+    for (const auto& c : cases) {
+        const std::string err = dir + "/err.txt";
+        const int rc = run("timeout 60 " + std::string(DISTILL_BINARY) + " --threads 1 serve -m " + f.model +
+                           " --port 0 " + c.flags + " > /dev/null 2> " + err);
+        EXPECT_NE(rc, 0) << c.flags;
+        EXPECT_NE(rc, 124) << "still serving: " << c.flags;
+        EXPECT_NE(read_file(err).find(c.says), std::string::npos) << c.flags << "\n" << read_file(err);
+    }
+}
+
 #else  // DISTILL_GUARD_REF
 
 namespace {
@@ -1023,6 +1055,78 @@ TEST(GuardRef, CleanTextPValuesAreUniform) {
         DetectResult r = watermark_detect(key, ids);
         EXPECT_LT(r.tail.p, 1e-6) << "T " << r.scored << " S " << r.green;
     }
+}
+
+// Antidistillation sampling through `distill serve`, against tests/ref/antidistill_ref.py: the
+// log-probs the server returns (echoed prompt and sampled tokens, with their top alternatives)
+// equal log_softmax(teacher logits + lambda * Delta), Delta computed in Python as the exact
+// directional derivative of a proxy student's log-probs along the gradient of its loss on the
+// data (the server takes a finite difference at theta +- eps g in float32).
+TEST(GuardRef, AntidistillationSamplingMatchesPython) {
+    if (!python_ready()) GTEST_SKIP();
+    Fixture& f = fixture();
+    const std::string dir = temp_dir("guard-antidistill");
+    const std::string proxy = dir + "/proxy";
+    {
+        Llama p(tiny_config(f.tok.vocab_size(), 512));
+        p->init_weights(23);
+        save_model_dir(proxy, p, &f.tok);
+    }
+    const std::string data = dir + "/data.txt";
+    write_file_atomic(data, syllable_text(20000, 5));
+    const int64_t L = 128, n = 1025, W = (n - 1) / L;  // the recipe in guard/antidistill.h
+    const double lambda = 30;
+    ServerProcess s(f.model, {"--antidistill-proxy", proxy, "--antidistill-data", data, "--antidistill-lambda", "30",
+                              "--antidistill-tokens", std::to_string(n), "--antidistill-window", std::to_string(L)});
+    ASSERT_GT(s.port(), 0);
+    EXPECT_NE(s.log().find("antidistillation sampling with proxy"), std::string::npos) << s.log();
+
+    std::vector<int32_t> prompt32 = f.tok.encode("kalo mine she said that");
+    std::vector<int64_t> prompt(prompt32.begin(), prompt32.end());
+    json req = {{"model", "model"}, {"prompt", prompt}, {"max_tokens", 12}, {"temperature", 1},
+                {"seed", 3},        {"echo", true},    {"logprobs", 5}};
+    auto res = s.client().Post("/v1/completions", req.dump(), "application/json");
+    ASSERT_TRUE(res) << "no answer";
+    ASSERT_EQ(res->status, 200) << res->body;
+    const json lp = json::parse(res->body)["choices"][0]["logprobs"];
+    std::map<std::string, int64_t> id_of;
+    for (int32_t v = 0; v < f.tok.vocab_size(); ++v) id_of.emplace(f.tok.token_bytes(v), v);
+    std::vector<int64_t> seq;
+    for (const auto& t : lp["tokens"]) {
+        ASSERT_TRUE(id_of.count(t.get<std::string>())) << t;
+        seq.push_back(id_of.at(t.get<std::string>()));
+    }
+    ASSERT_EQ(seq.size(), prompt.size() + 12) << lp.dump();
+    ASSERT_TRUE(std::equal(prompt.begin(), prompt.end(), seq.begin()));
+
+    std::vector<int32_t> ids = f.tok.encode(read_file(data));
+    ASSERT_GE(static_cast<int64_t>(ids.size()), n);
+    json windows = json::array();
+    for (int64_t w = 0; w < W; ++w) windows.push_back(std::vector<int32_t>(ids.begin() + w * L, ids.begin() + w * L + L + 1));
+    write_file_atomic(dir + "/in.json", json{{"windows", windows}, {"sequence", seq}, {"lambda", lambda}}.dump());
+    ASSERT_EQ(run_python("tests/ref/antidistill_ref.py", proxy + " " + f.model + " " + dir + "/in.json " + dir + "/out.json"), 0);
+    const json ref = json::parse(read_file(dir + "/out.json"));
+    std::cerr << "python (torch " << ref["torch"] << "): proxy loss " << ref["loss"] << ", |g| " << ref["grad_norm"] << "\n";
+    EXPECT_NE(s.log().find("windows of 128 tokens"), std::string::npos);
+
+    double worst = 0, moved = 0;
+    int64_t checked = 0;
+    for (size_t i = 1; i < seq.size(); ++i) {
+        const json& want = ref["adjusted"][i - 1];
+        const double got = lp["token_logprobs"][i].get<double>();
+        worst = std::max(worst, std::fabs(got - want[seq[i]].get<double>()));
+        moved = std::max(moved, std::fabs(want[seq[i]].get<double>() - ref["plain"][i - 1][seq[i]].get<double>()));
+        ++checked;
+        if (i < prompt.size()) continue;  // echoed prompt tokens: no alternatives asked for there
+        for (const auto& [text, v] : lp["top_logprobs"][i].items()) {
+            worst = std::max(worst, std::fabs(v.get<double>() - want[id_of.at(text)].get<double>()));
+            ++checked;
+        }
+    }
+    std::cerr << checked << " log-probs: largest difference from Python " << worst
+              << "; largest shift antidistillation makes " << moved << "\n";
+    EXPECT_LT(worst, 2e-3);
+    EXPECT_GT(moved, 0.1) << "the term changed nothing: the comparison would not see it missing";
 }
 
 #endif  // DISTILL_GUARD_REF
