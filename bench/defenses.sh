@@ -28,24 +28,8 @@ work=$run/defenses
 mkdir -p "$work/students"
 echo "CPU: $(lscpu | sed -n 's/^Model name: *//p') ($(nproc) cores); steps $steps, $prompts_n prompts x $tokens tokens"
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
-server_pid=
-serve() {  # serve [flags...]: the demo teacher on a free port; sets $url
-  local port
-  port=$(free_port)
-  "$distill" --quiet serve -m "$run/teacher/model" --alias teacher --port "$port" --parallel 16 "$@" \
-    >"$work/serve.log" 2>&1 &
-  server_pid=$!
-  url=http://127.0.0.1:$port/v1
-  for _ in $(seq 600); do
-    curl -sf "http://127.0.0.1:$port/health" >/dev/null 2>&1 && return 0
-    kill -0 "$server_pid" 2>/dev/null || { cat "$work/serve.log"; return 1; }
-    sleep 0.1
-  done
-  echo "the server did not come up"; return 1
-}
-stop() { [ -z "$server_pid" ] || kill "$server_pid" 2>/dev/null; wait "$server_pid" 2>/dev/null || true; server_pid=; }
-trap stop EXIT
+# shellcheck source=bench/demo-lib.sh
+source bench/demo-lib.sh
 
 python3 - "$run" "$work" "$prompts_n" "$heldout_bytes" <<'PY'
 import json, random, sys
@@ -63,11 +47,7 @@ with open(f"{work}/prompts.jsonl", "w") as f:
 held = open(f"{run}/corpus/persuasion.txt", "rb").read()[:hb].decode("utf-8", "ignore")
 open(f"{work}/heldout.txt", "w", encoding="utf-8").write(held)
 PY
-cat >"$work/student.json" <<JSON
-{"vocab_size": $(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['vocab_size'])" "$run/teacher/model/config.json"),
- "hidden_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
- "intermediate_size": 344, "max_position_embeddings": 512, "tie_word_embeddings": true}
-JSON
+student_config "$work/student.json"
 bpb_of() { python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['models'][0]['bits_per_byte'])" "$1"; }
 train_student() {  # train_student DATASET NAME LOSS...
   local st=$work/students/$2
@@ -104,7 +84,7 @@ for d in "${defenses[@]}"; do
   IFS='|' read -r name flags k <<<"$d"
   tag=$(echo "$name" | tr ' ' '-')
   # shellcheck disable=SC2086
-  serve $flags
+  serve "$run/teacher/model" $flags
   "$distill" --quiet eval --model-url "$url" --url-tokenizer "$run/tokenizer.json" --text "$work/heldout.txt" \
     --builtin-task --builtin-items "$items" -c 256 --stride 128 -o "$work/teacher-$tag.json" >/dev/null
   rm -rf "$work/data-$tag"

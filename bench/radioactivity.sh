@@ -27,23 +27,8 @@ work=$run/radioactivity
 mkdir -p "$work"
 echo "CPU: $(lscpu | sed -n 's/^Model name: *//p') ($(nproc) cores); steps $steps, seeds $seeds, $prompts_n prompts x $tokens tokens, delta $delta"
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
-server_pid=
-serve() {  # serve MODEL [flags...]: starts distill serve on a free port, sets $url
-  local port
-  port=$(free_port)
-  "$distill" --quiet serve -m "$1" --alias m --port "$port" --parallel 16 "${@:2}" >"$work/serve.log" 2>&1 &
-  server_pid=$!
-  url=http://127.0.0.1:$port/v1
-  for _ in $(seq 600); do
-    curl -sf "http://127.0.0.1:$port/health" >/dev/null 2>&1 && return 0
-    kill -0 "$server_pid" 2>/dev/null || { cat "$work/serve.log"; return 1; }
-    sleep 0.1
-  done
-  echo "the server did not come up"; return 1
-}
-stop() { kill "$server_pid" 2>/dev/null; wait "$server_pid" 2>/dev/null || true; }
-trap stop EXIT
+# shellcheck source=bench/demo-lib.sh
+source bench/demo-lib.sh
 
 # the keys (ours and a wrong one), the prompts (training passages; held-out passages for closed mode)
 [ -s "$work/wm.key" ] || head -c 32 /dev/urandom >"$work/wm.key"
@@ -93,11 +78,7 @@ with open(f"{work}/mix-{f}/samples.jsonl", "w") as out:
 PY
 done
 
-cat >"$work/student.json" <<JSON
-{"vocab_size": $(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['vocab_size'])" "$run/teacher/model/config.json"),
- "hidden_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
- "intermediate_size": 344, "max_position_embeddings": 512, "tie_word_embeddings": true}
-JSON
+student_config "$work/student.json"
 mkdir -p "$work/students"
 results=$work/results.jsonl
 : >"$results"
