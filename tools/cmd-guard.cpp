@@ -44,6 +44,7 @@ struct RadioFlags {
     WatermarkFlags watermark;
     std::string tokenizer, suspect, texts, dataset, filter_texts;
     int64_t min_count = 2;
+    int64_t top_k = 1;
     WindowOptions window;
     ApiCaptureOptions api;
     std::string api_key_env = "OPENAI_API_KEY";
@@ -107,12 +108,14 @@ int run_radioactivity(RadioFlags& o) {
         const Tokenizer tok = o.tokenizer.empty() ? m.tokenizer : load_tokenizer(o.tokenizer);
         DISTILL_CHECK(!o.tokenizer.empty() || m.has_tokenizer, o.suspect, " has no tokenizer: pass --tokenizer");
         DISTILL_CHECK(!m.has_tokenizer || m.tokenizer.fingerprint() == tok.fingerprint(), "the suspect's tokenizer is not --tokenizer: open mode needs the same tokens (use closed mode, --dataset, for another tokenizer)");
-        r = radioactivity_open(m.model, tok, read_texts(o.texts), wm, o.window);
+        r = radioactivity_open(m.model, tok, read_texts(o.texts), wm, o.window, o.top_k);
         out["mode"] = "open";
+        out["top_k"] = o.top_k;
         out["suspect"] = o.suspect;
     } else {
         DISTILL_USAGE(!o.tokenizer.empty(), "closed mode needs our tokenizer: --tokenizer");
         DISTILL_USAGE(o.texts.empty(), "--texts is an open-mode flag (closed mode filters with --filter-texts)");
+        DISTILL_USAGE(o.top_k == 1, "--top-k is an open-mode flag (closed mode scores the tokens the API sampled)");
         const Tokenizer tok = load_tokenizer(o.tokenizer);
         if (!o.api.url.empty()) {
             DISTILL_USAGE(!o.api.prompts.empty(), "--suspect-url needs --prompts FILE.jsonl");
@@ -200,6 +203,9 @@ Command add_guard(CLI::App& app) {
     rc->add_option("--stride", r->window.stride, "new positions per window after the first (<= --seq-len)")
         ->check(in_range(1, 1 << 20))->capture_default_str()->group(open);
     add_batch_size(rc, r->window.batch, "windows per forward")->group(open);
+    rc->add_option("--top-k", r->top_k,
+                   "score the suspect's K most likely tokens at each position, each a tuple (1: its top-1)")
+        ->check(in_range(1, 1 << 20))->capture_default_str()->group(open);
     rc->add_option("--dataset", r->dataset, "the suspect's completions: an API dataset directory (written "
                                             "first when --suspect-url is given)")->group(closed);
     rc->add_option("--suspect-url", r->api.url, "the suspect's OpenAI-compatible API, e.g. http://host:8000/v1")

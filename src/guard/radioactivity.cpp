@@ -27,7 +27,9 @@ std::string ids_key(const int64_t* ids, int64_t n) {
 }  // namespace
 
 RadioactivityResult radioactivity_open(Llama& suspect, const Tokenizer& tok, const std::vector<std::string>& texts,
-                                       const WatermarkOptions& o, const WindowOptions& w) {
+                                       const WatermarkOptions& o, const WindowOptions& w, int64_t top_k) {
+    DISTILL_CHECK(top_k >= 1 && top_k <= suspect->config().vocab_size, "--top-k must be in 1 .. ",
+                  suspect->config().vocab_size, ", not ", top_k);
     DISTILL_CHECK(suspect->config().vocab_size == tok.vocab_size(), "the suspect's vocabulary (",
                   suspect->config().vocab_size, ") is not the tokenizer's (", tok.vocab_size(),
                   "): open mode reads our texts with the suspect's own tokens; use --suspect-url (closed "
@@ -44,13 +46,17 @@ RadioactivityResult radioactivity_open(Llama& suspect, const Tokenizer& tok, con
         tokens += static_cast<int64_t>(ids.size()) - offset;
         if (static_cast<int64_t>(ids.size()) < offset + h + 1) continue;
         for_each_window(suspect, ids, w, [&](int64_t first, const torch::Tensor& lp, const torch::Tensor&) {
-            const torch::Tensor pred = lp.argmax(-1).to(torch::kCPU, torch::kInt64).contiguous();
+            // (positions, top_k): the suspect's top guesses for each position, best first
+            const torch::Tensor pred = (top_k == 1 ? lp.argmax(-1, /*keepdim=*/true)
+                                                   : std::get<1>(lp.topk(top_k, -1)))
+                                           .to(torch::kCPU, torch::kInt64)
+                                           .contiguous();
             const int64_t* p = pred.data_ptr<int64_t>();
             for (int64_t k = 0; k < pred.size(0); ++k) {
-                const int64_t pos = first + k;  // the suspect's guess for ids[pos]
+                const int64_t pos = first + k;  // the suspect's guesses for ids[pos]
                 if (pos - h < offset) continue;  // the context must be the text's own tokens
                 ++r.positions;
-                tally.add(ids.data() + pos - h, p[k]);
+                for (int64_t j = 0; j < top_k; ++j) tally.add(ids.data() + pos - h, p[k * top_k + j]);
             }
         });
     }

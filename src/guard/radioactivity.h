@@ -5,7 +5,10 @@
 // and the p-value is the same exact binomial tail (docs/guard.md).
 //
 //   open:   the suspect's weights. It reads our watermarked texts; at each position its top-1
-//           prediction is scored after the text's previous h tokens.
+//           prediction (or its top K, each a tuple of its own) is scored after the text's
+//           previous h tokens. Which tokens are scored depends on the suspect alone, never on
+//           the key, so under "not trained on our texts" each distinct tuple is still green with
+//           probability gamma, and K > 1 scores more tuples of the same kind.
 //   closed: only an API. Its completions of prompts are scored after their previous h tokens;
 //           tuples that occur in the prompt are skipped (copying the prompt is not learning),
 //           and optionally only contexts frequent in our watermarked texts are kept (the ones
@@ -33,9 +36,10 @@ struct RadioactivityResult {
 };
 
 // Open mode: `suspect` (its vocabulary must be the tokenizer's) over each text's tokens, with BOS
-// in front when the tokenizer has one (the tuples use the text's tokens only), in windows `w`.
+// in front when the tokenizer has one (the tuples use the text's tokens only), in windows `w`;
+// the suspect's `top_k` most likely tokens at each position (1: its top-1, as the paper).
 RadioactivityResult radioactivity_open(Llama& suspect, const Tokenizer& tok, const std::vector<std::string>& texts,
-                                       const WatermarkOptions& o, const WindowOptions& w);
+                                       const WatermarkOptions& o, const WindowOptions& w, int64_t top_k = 1);
 
 // Contexts (h ids as u32-LE bytes) and how often each occurs in `texts`, for the closed filter.
 using ContextCounts = std::map<std::string, int64_t>;

@@ -102,8 +102,9 @@ def ks(samples):
 
 def radio(c):
     """Open-mode radioactivity from a suspect's per-position output (distill score lines): the
-    tuple at position pos is (ids[pos-h .. pos-1], the suspect's top-1 at pos), its context from
-    the text's own tokens (pos - h >= offset, offset 1 when a BOS leads), each distinct tuple once."""
+    tuples at position pos are (ids[pos-h .. pos-1], v) for v each of the suspect's top_k at pos,
+    the context from the text's own tokens (pos - h >= offset, offset 1 when a BOS leads), each
+    distinct tuple once."""
     key = bytes.fromhex(c["key"])
     k = xxhash.xxh3_64_intdigest(key, seed=0)
     threshold = math.floor(Fraction(c["gamma"]) * 2**64)
@@ -117,11 +118,12 @@ def radio(c):
             pos = l["pos"]
             if pos - h < offset:
                 continue
-            t = tuple(ids[j] for j in range(pos - h, pos)) + (l["top"][0][0],)
-            if t in seen:
-                continue
-            seen.add(t)
-            S += xxhash.xxh3_64_intdigest(struct.pack("<%dI" % len(t), *t), seed=k) < threshold
+            for v, _ in l["top"][: c.get("top_k", 1)]:
+                t = tuple(ids[j] for j in range(pos - h, pos)) + (v,)
+                if t in seen:
+                    continue
+                seen.add(t)
+                S += xxhash.xxh3_64_intdigest(struct.pack("<%dI" % len(t), *t), seed=k) < threshold
     T = len(seen)
     return {"T": T, "S": S, "p": float(scipy.stats.binom.sf(S - 1, T, c["gamma"]))}
 

@@ -593,6 +593,16 @@ TEST(Guard, RadioactivityFindsTheStudentOfTheWatermarkedApi) {
     EXPECT_LT(m["p"].get<double>(), 1e-6) << m.dump();
     EXPECT_GT(c["p"].get<double>(), 1e-3) << c.dump();
     EXPECT_GT(w["p"].get<double>(), 1e-3) << w.dump();
+    // the students' top 5 at each position: more tuples, and still p > 1e-3 where nothing was learned
+    json m5 = radioactivity_cli(dir, "--key-file " + f.key + " --suspect " + marked.run + "/model" + ours + " --top-k 5");
+    json c5 = radioactivity_cli(dir, "--key-file " + f.key + " --suspect " + clean.run + "/model" + ours + " --top-k 5");
+    json w5 = radioactivity_cli(dir, "--key-file " + f.other_key + " --suspect " + marked.run + "/model" + ours + " --top-k 5");
+    std::cerr << "open, top 5: marked " << m5.dump() << "\nopen, top 5: clean " << c5.dump()
+              << "\nopen, top 5: wrong key " << w5.dump() << "\n";
+    EXPECT_GT(m5["scored"].get<int64_t>(), 2 * m["scored"].get<int64_t>()) << m5.dump();
+    EXPECT_LT(m5["p"].get<double>(), 1e-6) << m5.dump();
+    EXPECT_GT(c5["p"].get<double>(), 1e-3) << c5.dump();
+    EXPECT_GT(w5["p"].get<double>(), 1e-3) << w5.dump();
 
     // closed: only the students' APIs, asked for completions of new prompts
     std::string prompts;
@@ -648,6 +658,8 @@ TEST(Guard, RadioactivityInputErrors) {
              {base + " --tokenizer " + f.model + " --dataset " + dir + "/missing", "missing", 1},
              {base + " --suspect " + dir + "/texts.jsonl --texts " + dir + "/texts.jsonl", "texts.jsonl", 1},
              {base + " --suspect " + f.model + " --texts " + dir + "/texts.jsonl --seq-len 8 --stride 9", "--stride", 2},
+             {base + " --suspect " + f.model + " --texts " + dir + "/texts.jsonl --top-k 0", "--top-k", 2},
+             {base + " --tokenizer " + f.model + " --dataset " + dir + " --top-k 3", "open-mode flag", 2},
          }) {
         EXPECT_EQ(run_distill(c.args, "", err), c.rc) << c.args << "\n" << read_file(err);
         EXPECT_NE(read_file(err).find(c.needle), std::string::npos) << c.args << "\n" << read_file(err);
@@ -797,7 +809,7 @@ TEST(GuardRef, RadioactivityOpenModeMatchesPython) {
         texts_jsonl += json(text).dump() + "\n";
         const std::string sc = dir + "/score" + std::to_string(t) + ".jsonl";
         ASSERT_EQ(run_distill("--threads 1 score --model " + dir + "/suspect --text " + dir + "/t" + std::to_string(t) +
-                                  ".txt --top-logprobs 1 --seq-len 64 --stride 32",
+                                  ".txt --top-logprobs 3 --seq-len 64 --stride 32",
                               sc),
                   0);
         json lines = json::array();
@@ -807,21 +819,24 @@ TEST(GuardRef, RadioactivityOpenModeMatchesPython) {
         texts.push_back(lines);
     }
     write_file_atomic(dir + "/texts.jsonl", texts_jsonl);
-    for (int64_t h : {1, 3}) {
-        const std::string out = dir + "/radio.json";
-        ASSERT_EQ(run_distill("--threads 1 guard radioactivity --key-file " + dir + "/key --suspect " + dir +
-                                  "/suspect --texts " + dir + "/texts.jsonl --seq-len 64 --stride 32 --wm-context " +
-                                  std::to_string(h),
-                              out),
-                  0);
-        const json got = json::parse(read_file(out));
-        const json want = reference("radio", {{"key", hex("radioactive key")}, {"gamma", 0.25}, {"h", h}, {"offset", 1}, {"texts", texts}}, dir);
-        std::cerr << "h=" << h << " distill " << got.dump() << "\n  python " << want.dump() << "\n";
-        EXPECT_EQ(got["scored"], want["T"]);
-        EXPECT_EQ(got["green"], want["S"]);
-        EXPECT_NEAR(std::log(got["p"].get<double>()), std::log(want["p"].get<double>()), 1e-9);
-        EXPECT_GT(want["T"].get<int64_t>(), 20);
-    }
+    for (int64_t h : {1, 3})
+        for (int64_t k : {1, 3}) {
+            const std::string out = dir + "/radio.json";
+            ASSERT_EQ(run_distill("--threads 1 guard radioactivity --key-file " + dir + "/key --suspect " + dir +
+                                      "/suspect --texts " + dir + "/texts.jsonl --seq-len 64 --stride 32 --wm-context " +
+                                      std::to_string(h) + " --top-k " + std::to_string(k),
+                                  out),
+                      0);
+            const json got = json::parse(read_file(out));
+            const json want = reference("radio", {{"key", hex("radioactive key")}, {"gamma", 0.25}, {"h", h}, {"offset", 1},
+                                                  {"top_k", k}, {"texts", texts}}, dir);
+            std::cerr << "h=" << h << " top-" << k << " distill " << got.dump() << "\n  python " << want.dump() << "\n";
+            EXPECT_EQ(got["top_k"], k);
+            EXPECT_EQ(got["scored"], want["T"]);
+            EXPECT_EQ(got["green"], want["S"]);
+            EXPECT_NEAR(std::log(got["p"].get<double>()), std::log(want["p"].get<double>()), 1e-9);
+            EXPECT_GT(want["T"].get<int64_t>(), 20 * k);
+        }
 }
 
 TEST(GuardRef, GreenTestMatchesPythonXxhash) {
