@@ -147,11 +147,18 @@ void Engine::prefill(std::shared_ptr<GenRequest> r) {
     KVCache cache;
     auto ids = torch::tensor(r->prompt, torch::kInt64).unsqueeze(0).to(dev);
     torch::Tensor logits = model_->forward(ids, &cache).squeeze(0);  // (T, V)
+    const bool score_prompt = r->prompt_logprobs && r->on_prompt;
     KVCache plus_cache, minus_cache;
-    torch::Tensor ad;  // (T, V) float64 on the host: λ·Δ at every position of the prompt
-    if (ad_)
-        ad = ad_->term(ad_->plus->forward(ids, &plus_cache).squeeze(0), ad_->minus->forward(ids, &minus_cache).squeeze(0));
-    if (r->prompt_logprobs && r->on_prompt) {
+    // float64 on the host: λ·Δ at every position of the prompt (T, V) when it is scored, else at
+    // its last position only (1, V)
+    torch::Tensor ad;
+    if (ad_) {
+        torch::Tensor plus = ad_->plus->forward(ids, &plus_cache).squeeze(0);
+        torch::Tensor minus = ad_->minus->forward(ids, &minus_cache).squeeze(0);
+        const int64_t from = score_prompt ? 0 : T - 1;
+        ad = ad_->term(plus.narrow(0, from, T - from), minus.narrow(0, from, T - from));
+    }
+    if (score_prompt) {
         torch::Tensor rows = logits.narrow(0, 0, T - 1).to(torch::kCPU, torch::kFloat64).contiguous();  // (T-1, V)
         // an antidistilling server scores with the logits it samples from, as a watermarked one
         if (ad.defined()) rows.add_(ad.narrow(0, 0, T - 1));
@@ -187,7 +194,7 @@ void Engine::prefill(std::shared_ptr<GenRequest> r) {
         slot->plus_cache.adopt(plus_cache, std::max(cap, T));
         slot->minus_cache.adopt(minus_cache, std::max(cap, T));
     }
-    if (!emit(*slot, logits[T - 1], ad.defined() ? ad[T - 1] : torch::Tensor())) return;
+    if (!emit(*slot, logits[T - 1], ad.defined() ? ad[ad.size(0) - 1] : torch::Tensor())) return;
     std::lock_guard<std::mutex> lk(mu_);
     slots_.push_back(std::move(slot));
 }

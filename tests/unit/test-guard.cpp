@@ -1113,6 +1113,20 @@ TEST(GuardRef, AntidistillationSamplingMatchesPython) {
     }
     ASSERT_EQ(seq.size(), prompt.size() + 12) << lp.dump();
     ASSERT_TRUE(std::equal(prompt.begin(), prompt.end(), seq.begin()));
+    {
+        // without echo the prompt is not scored (the term is taken at its last position only): the
+        // same seed samples the same tokens with the same log-probs
+        json plain = req;
+        plain.erase("echo");
+        auto res2 = s.client().Post("/v1/completions", plain.dump(), "application/json");
+        ASSERT_TRUE(res2 && res2->status == 200) << (res2 ? res2->body : "no answer");
+        const json lp2 = json::parse(res2->body)["choices"][0]["logprobs"];
+        ASSERT_EQ(lp2["tokens"].size(), 12u) << lp2.dump();
+        for (size_t k = 0; k < 12; ++k) {
+            EXPECT_EQ(lp2["tokens"][k], lp["tokens"][prompt.size() + k]) << k;
+            EXPECT_EQ(lp2["token_logprobs"][k], lp["token_logprobs"][prompt.size() + k]) << k;
+        }
+    }
 
     std::vector<int32_t> ids = f.tok.encode(read_file(data));
     ASSERT_GE(static_cast<int64_t>(ids.size()), n);
