@@ -150,9 +150,9 @@ void Engine::prefill(std::shared_ptr<GenRequest> r) {
     const bool score_prompt = r->prompt_logprobs && r->on_prompt;
     KVCache plus_cache, minus_cache;
     // float64 on the host: λ·Δ at every position of the prompt (T, V) when it is scored, else at
-    // its last position only (1, V)
+    // its last position only (1, V); not needed when nothing is scored or sampled
     torch::Tensor ad;
-    if (ad_) {
+    if (ad_ && (score_prompt || r->sampling.max_new_tokens > 0)) {
         torch::Tensor plus = ad_->plus->forward(ids, &plus_cache).squeeze(0);
         torch::Tensor minus = ad_->minus->forward(ids, &minus_cache).squeeze(0);
         const int64_t from = score_prompt ? 0 : T - 1;
