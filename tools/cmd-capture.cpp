@@ -103,7 +103,7 @@ Command add_capture(CLI::App& app) {
                               "(a local teacher already scores every position of --data)");
                 DISTILL_USAGE(!o->teacher.empty() && !o->data.empty(),
                               "capture needs --teacher and --data (a local teacher), or --teacher-url and --prompts");
-                LoadedModel t = load_model(o->teacher);
+                LoadedModel t = load_model_for_inference(o->teacher);
                 DISTILL_CHECK(t.has_tokenizer, o->teacher, " has no tokenizer");
                 TokenShard shard(o->data);
                 const CaptureOptions& cap = o->capture;

@@ -19,7 +19,7 @@ struct Options {
 
 int run(Options& o) {
     o.sampling.watermark = o.watermark.resolve();
-    LoadedModel m = load_model(o.model);
+    LoadedModel m = load_model_for_inference(o.model);
     DISTILL_CHECK(m.has_tokenizer, o.model, " has no tokenizer");
     std::vector<int64_t> prompt = encode_for_eval(m.tokenizer, o.prompt);
     // the model's own EOS ids (config.json / generation_config.json / GGUF), else the tokenizer's

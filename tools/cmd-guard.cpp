@@ -104,7 +104,7 @@ int run_radioactivity(RadioFlags& o) {
         DISTILL_USAGE(o.filter_texts.empty() && o.api.url.empty(), "--filter-texts and --suspect-url are closed-mode flags");
         DISTILL_USAGE(o.window.stride <= o.window.context, "--stride ", o.window.stride, " must not exceed --seq-len ",
                       o.window.context);
-        LoadedModel m = load_model(o.suspect);
+        LoadedModel m = load_model_for_inference(o.suspect);
         const Tokenizer tok = o.tokenizer.empty() ? m.tokenizer : load_tokenizer(o.tokenizer);
         DISTILL_CHECK(!o.tokenizer.empty() || m.has_tokenizer, o.suspect, " has no tokenizer: pass --tokenizer");
         DISTILL_CHECK(!m.has_tokenizer || m.tokenizer.fingerprint() == tok.fingerprint(), "the suspect's tokenizer is not --tokenizer: open mode needs the same tokens (use closed mode, --dataset, for another tokenizer)");

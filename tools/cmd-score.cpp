@@ -19,7 +19,7 @@ struct Options {
 int run(const Options& o) {
     DISTILL_USAGE(o.window.stride <= o.window.context, "--stride ", o.window.stride, " must not exceed --seq-len ",
                   o.window.context);
-    LoadedModel m = load_model(o.model);
+    LoadedModel m = load_model_for_inference(o.model);
     DISTILL_CHECK(m.has_tokenizer, o.model, " has no tokenizer");
     const int64_t K = o.top_logprobs;
     DISTILL_CHECK(K <= m.config.vocab_size, "--top-logprobs ", K, " exceeds the vocabulary (", m.config.vocab_size,

@@ -161,7 +161,7 @@ int run(Options& o) {
                   "--online-top-logprobs needs --teacher (or --teacher-url: the top log-probs asked for)");
     o.lo.kind = loss_kind_from_string(o.loss);
     LoadedModel teacher;
-    if (!o.teacher.empty()) teacher = load_model(o.teacher);
+    if (!o.teacher.empty()) teacher = load_model_for_inference(o.teacher);
     Tokenizer tok = student_tokenizer(o, teacher);
     auto [student, cfg] = make_student(o, tok);
     TrainOptions& t = o.train;

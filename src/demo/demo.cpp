@@ -522,7 +522,7 @@ int run_demo(const DemoOptions& o_in) {
         wrong.key = watermark_key(str_cat("not the demo's key, seed ", o.seed));
         auto test = [&](const json& suspect, const WatermarkOptions& key) {
             const std::string dir = path_join(suspect["run_dir"].get<std::string>(), "model");
-            LoadedModel m = load_model(dir);  // on the compute device
+            LoadedModel m = load_model_for_inference(dir);
             const RadioactivityResult r = radioactivity_open(m.model, tok, marked_texts, key, wopts);
             nlohmann::ordered_json j = detect_result_json(key, r.detect);
             return json::parse(j.dump());

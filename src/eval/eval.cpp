@@ -103,13 +103,7 @@ torch::Tensor logits_at(Llama& model, const torch::Tensor& ids, const torch::Ten
     auto h = model->hidden(ids);                                // (B, T, C)
     auto hs = h.reshape({-1, h.size(-1)}).index_select(0, rows);  // (n, C)
     if (!buf) return model->head(hs).to(torch::kFloat32);
-    // the head of LlamaImpl::head (no bias), written into the reused buffer
-    const torch::Tensor& w = model->lm_head ? model->lm_head->weight : model->model->embed_tokens->weight;  // (V, C)
-    if (!buf->defined() || buf->scalar_type() != hs.scalar_type() || buf->device() != hs.device())
-        *buf = torch::empty({0}, hs.options());
-    buf->resize_({hs.size(0), w.size(0)});  // keeps the storage when it is large enough
-    torch::mm_out(*buf, hs, w.t());
-    return buf->to(torch::kFloat32);
+    return model->head_into(hs, buf).to(torch::kFloat32);
 }
 
 torch::Tensor target_logprobs(const torch::Tensor& logits, const torch::Tensor& targets) {

@@ -96,7 +96,7 @@ json run_eval_suite(const EvalSuiteOptions& o) {
             row["model"] = e.spec.url;
             row["kind"] = "remote";
         } else {
-            e.local = load_model(e.spec.path);
+            e.local = load_model_for_inference(e.spec.path);
             DISTILL_CHECK(e.local.has_tokenizer, e.spec.path, " has no tokenizer");
             e.scorer = make_local_scorer(e.local, o.window);
             row["model"] = e.spec.path;

@@ -54,6 +54,12 @@ torch::Tensor SafetensorsFile::get(const std::string& name, torch::Dtype dtype) 
     return t.scalar_type() == dtype ? t : t.to(dtype);
 }
 
+const uint8_t* SafetensorsFile::raw(const std::string& name) const {
+    auto it = header_.entries.find(name);
+    DISTILL_CHECK(it != header_.entries.end(), "'", path(), "' has no tensor '", name, "'");
+    return file_.data() + header_.data_offset + it->second.begin;
+}
+
 void save_safetensors(const std::string& path, const std::map<std::string, torch::Tensor>& tensors,
                       const std::map<std::string, std::string>& metadata) {
     nlohmann::json header = nlohmann::json::object();

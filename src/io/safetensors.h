@@ -24,6 +24,8 @@ public:
     // A tensor converted to `dtype` (a copy; the mapping is not kept alive by it).
     torch::Tensor get(const std::string& name, torch::Dtype dtype = torch::kFloat32) const;
     const std::string& path() const { return file_.path(); }
+    // The tensor's bytes where the file is mapped (valid while this object lives).
+    const uint8_t* raw(const std::string& name) const;
 
 private:
     MappedFile file_;

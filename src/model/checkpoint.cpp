@@ -10,6 +10,7 @@
 
 #include "io/safetensors.h"
 #include "model/gguf-model.h"
+#include "model/packed.h"
 #include "util/error.h"
 #include "util/file.h"
 
@@ -68,8 +69,26 @@ std::map<std::string, std::string> weight_files(const std::string& dir) {
 
 }  // namespace
 
-LoadedModel load_model_dir(const std::string& dir) {
-    if (is_gguf_path(dir)) return load_gguf_model(dir);
+namespace {
+
+// A safetensors matrix as it lies in the file (F32, F16, BF16); any other dtype as a float32 copy.
+std::shared_ptr<const PackedMatrix> packed_matrix(const std::shared_ptr<SafetensorsFile>& f,
+                                                  const std::string& name, const std::vector<int64_t>& shape) {
+    const SafetensorsEntry& e = f->entries().at(name);
+    DISTILL_CHECK(e.shape == shape, f->path(), ": tensor '", name, "' has shape ", torch::IntArrayRef(e.shape),
+                  " but config.json implies ", torch::IntArrayRef(shape));
+    const GgmlType type = e.dtype == "F32" ? GgmlType::F32 : e.dtype == "F16" ? GgmlType::F16 : GgmlType::BF16;
+    if (e.dtype == "F32" || e.dtype == "F16" || e.dtype == "BF16")
+        return std::make_shared<PackedMatrix>(type, f->raw(name), shape[0], shape[1], f);
+    auto copy = std::make_shared<torch::Tensor>(f->get(name, torch::kFloat32));
+    return std::make_shared<PackedMatrix>(GgmlType::F32, static_cast<const uint8_t*>(copy->data_ptr()), shape[0],
+                                          shape[1], copy);
+}
+
+}  // namespace
+
+LoadedModel load_model_dir(const std::string& dir, bool packed) {
+    if (is_gguf_path(dir)) return load_gguf_model(dir, packed);
     DISTILL_CHECK(dir_exists(dir), "model '", dir,
                   "' does not exist (expected a model directory or a .gguf file)");
     LoadedModel m;
@@ -77,9 +96,9 @@ LoadedModel load_model_dir(const std::string& dir) {
     const std::string cfg_path = path_join(dir, "config.json");
     DISTILL_CHECK(file_exists(cfg_path), "'", dir, "' has no config.json: is it a model directory?");
     m.config = load_config(cfg_path);
-    m.model = Llama(m.config);
+    m.model = Llama(m.config, packed);
     auto files = weight_files(dir);
-    std::map<std::string, std::unique_ptr<SafetensorsFile>> open;
+    std::map<std::string, std::shared_ptr<SafetensorsFile>> open;
     std::set<std::string> used;
     std::string missing;
     torch::NoGradGuard ng;
@@ -93,9 +112,16 @@ LoadedModel load_model_dir(const std::string& dir) {
             continue;
         }
         auto& f = open[it->second];
-        if (!f) f = std::make_unique<SafetensorsFile>(it->second);
+        if (!f) f = std::make_shared<SafetensorsFile>(it->second);
         DISTILL_CHECK(f->has(p.key()), it->second, ": has no tensor '", p.key(),
                       "' although the index names it");
+        if (packed && p.value().numel() == 0) {
+            auto mat = packed_matrix(f, p.key(), m.model->packed_shape(p.key()));
+            m.model->attach(p.key(), mat);
+            fp = mat->hash_as_float(fp);
+            used.insert(p.key());
+            continue;
+        }
         torch::Tensor t = f->get(p.key(), torch::kFloat32);
         DISTILL_CHECK(t.sizes() == p.value().sizes(), it->second, ": tensor '", p.key(),
                       "' has shape ", t.sizes(), " but config.json implies ", p.value().sizes());

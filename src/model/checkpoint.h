@@ -20,9 +20,12 @@ struct LoadedModel {
     std::string fingerprint;  // of config + weights
 };
 
-// Loads a model directory, or a GGUF file (see model/gguf-model.h). Missing files, tensors with wrong shapes, missing or unexpected
-// tensors give an Error naming them.
-LoadedModel load_model_dir(const std::string& dir);
+// Loads a model directory, or a GGUF file (see model/gguf-model.h). Missing files, tensors with
+// wrong shapes, missing or unexpected tensors give an Error naming them.
+// packed = true: for inference on the CPU; the matrices stay in the file's type where the file
+// is mapped (model/packed.h), so the model needs about its file's size. The fingerprint is the
+// same either way.
+LoadedModel load_model_dir(const std::string& dir, bool packed = false);
 
 // Writes a model directory. The directory is first written beside the target and then renamed
 // into place, so a killed process leaves either the old directory or the new one.

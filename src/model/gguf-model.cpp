@@ -10,6 +10,7 @@
 #include <set>
 
 #include "io/gguf.h"
+#include "model/packed.h"
 #include "model/arch.h"
 #include "tokenizer/gguf-tokenizer.h"
 #include "util/error.h"
@@ -64,8 +65,20 @@ bool ends_with(const std::string& s, const std::string& suffix) {
 
 bool is_gguf_path(const std::string& path) { return file_exists(path); }
 
-LoadedModel load_gguf_model(const std::string& path) {
-    GgufFile f(path);
+// The rows of a q / k matrix in HF order, read from GGUF's (see permute_from_gguf): HF row
+// head * D + s * D/2 + j is GGUF row head * D + 2j + s.
+std::vector<int32_t> rows_from_gguf(int64_t rows, int64_t n_head) {
+    const int64_t D = rows / n_head;
+    std::vector<int32_t> map(static_cast<size_t>(rows));
+    for (int64_t h = 0; h < n_head; ++h)
+        for (int64_t s = 0; s < 2; ++s)
+            for (int64_t j = 0; j < D / 2; ++j) map[size_t(h * D + s * (D / 2) + j)] = int32_t(h * D + 2 * j + s);
+    return map;
+}
+
+LoadedModel load_gguf_model(const std::string& path, bool packed) {
+    auto file = std::make_shared<GgufFile>(path);
+    const GgufFile& f = *file;
     const std::string src = "'" + path + "'";
     const std::string arch = f.get_string("general.architecture");
     const Architecture& table_row = architecture(arch, src);
@@ -125,7 +138,7 @@ LoadedModel load_gguf_model(const std::string& path) {
     LoadedModel m;
     m.path = path;
     m.config = c;
-    m.model = Llama(c);
+    m.model = Llama(c, packed);
     torch::NoGradGuard ng;
     const std::string cfg_text = config_to_json(c).dump();
     uint64_t fp = hash64(cfg_text.data(), cfg_text.size(), 0);
@@ -138,10 +151,23 @@ LoadedModel load_gguf_model(const std::string& path) {
             missing += (missing.empty() ? "" : ", ") + name;
             continue;
         }
-        std::vector<int64_t> want = p.value().sizes().vec();
+        const bool slot = packed && p.value().numel() == 0;
+        std::vector<int64_t> want = slot ? m.model->packed_shape(p.key()) : p.value().sizes().vec();
         std::vector<int64_t> have(t->dims.rbegin(), t->dims.rend());
         DISTILL_CHECK(have == want, src, ": tensor '", name, "' has shape ", torch::IntArrayRef(have),
                       " but the metadata implies ", torch::IntArrayRef(want));
+        const GgmlTypeInfo* info = ggml_type_info(uint32_t(t->type));
+        if (slot && info && info->to_float) {
+            const int64_t h = permute_heads(c, p.key());
+            auto mat = std::make_shared<PackedMatrix>(t->type, f.tensor_data(*t), want[0], want[1], file,
+                                                      h ? rows_from_gguf(want[0], h) : std::vector<int32_t>{});
+            m.model->attach(p.key(), mat);
+            fp = mat->hash_as_float(fp);
+            used.insert(name);
+            continue;
+        }
+        if (slot) (void)f.tensor_f32(*t);  // a type that cannot be read: throws, naming it
+        DISTILL_ASSERT(!slot, "tensor_f32 reads every type that has to_float");
         std::vector<float> data = f.tensor_f32(*t);
         torch::Tensor v = torch::from_blob(data.data(), want, torch::kFloat32);
         if (int64_t h = permute_heads(c, p.key())) v = permute_from_gguf(v, h);

@@ -13,7 +13,8 @@ bool is_gguf_path(const std::string& path);
 
 // Loads a GGUF model of architecture llama or qwen2 with a "gpt2" (byte-level BPE) tokenizer.
 // Unknown architectures, missing or unexpected tensors and wrong shapes give an Error naming them.
-LoadedModel load_gguf_model(const std::string& path);
+// packed: the matrices stay in their GGUF type, mapped (see load_model_dir).
+LoadedModel load_gguf_model(const std::string& path, bool packed = false);
 
 struct GgufExportOptions {
     std::string type = "f32";  // for 2-D weight matrices: f32, f16, bf16, q8_0, q4_0, q4_k, q5_k, q6_k

@@ -20,12 +20,28 @@ torch::Tensor RMSNormImpl::forward(const torch::Tensor& x) {
     return x * torch::rsqrt(var + eps) * weight;
 }
 
-AttentionImpl::AttentionImpl(const ModelConfig& c)
+ProjImpl::ProjImpl(int64_t in, int64_t out, bool with_bias, bool allocate) : in_features(in), out_features(out) {
+    weight = register_parameter("weight", allocate ? torch::empty({out, in}) : torch::empty({0}));
+    if (with_bias) bias = register_parameter("bias", torch::empty({out}));  // small: always a float tensor
+    if (!allocate) return;
+    // as torch::nn::Linear::reset_parameters: kaiming_uniform(a = sqrt(5)), i.e. U(±1/sqrt(in))
+    torch::NoGradGuard ng;
+    torch::nn::init::kaiming_uniform_(weight, std::sqrt(5.0));
+    if (with_bias) {
+        const double bound = in > 0 ? 1.0 / std::sqrt(double(in)) : 0.0;
+        torch::nn::init::uniform_(bias, -bound, bound);
+    }
+}
+
+torch::Tensor ProjImpl::forward(const torch::Tensor& x) {
+    if (packed) return packed->linear(x, bias);
+    return F::linear(x, weight, bias);
+}
+
+AttentionImpl::AttentionImpl(const ModelConfig& c, bool allocate)
     : n_head(c.num_attention_heads), n_kv_head(c.num_key_value_heads), head_dim(c.head_dim()) {
     const int64_t C = c.hidden_size;
-    auto lin = [&](int64_t in, int64_t out, bool bias) {
-        return torch::nn::Linear(torch::nn::LinearOptions(in, out).bias(bias));
-    };
+    auto lin = [&](int64_t in, int64_t out, bool bias) { return Proj(in, out, bias, allocate); };
     q_proj = register_module("q_proj", lin(C, n_head * head_dim, c.attention_bias));
     k_proj = register_module("k_proj", lin(C, n_kv_head * head_dim, c.attention_bias));
     v_proj = register_module("v_proj", lin(C, n_kv_head * head_dim, c.attention_bias));
@@ -128,10 +144,8 @@ torch::Tensor AttentionImpl::forward_slots(const torch::Tensor& x, const torch::
     return o_proj(y);
 }
 
-MLPImpl::MLPImpl(const ModelConfig& c) {
-    auto lin = [](int64_t in, int64_t out) {
-        return torch::nn::Linear(torch::nn::LinearOptions(in, out).bias(false));
-    };
+MLPImpl::MLPImpl(const ModelConfig& c, bool allocate) {
+    auto lin = [&](int64_t in, int64_t out) { return Proj(in, out, false, allocate); };
     gate_proj = register_module("gate_proj", lin(c.hidden_size, c.intermediate_size));
     up_proj = register_module("up_proj", lin(c.hidden_size, c.intermediate_size));
     down_proj = register_module("down_proj", lin(c.intermediate_size, c.hidden_size));
@@ -141,9 +155,9 @@ torch::Tensor MLPImpl::forward(const torch::Tensor& x) {
     return down_proj(F::silu(gate_proj(x)) * up_proj(x));
 }
 
-DecoderLayerImpl::DecoderLayerImpl(const ModelConfig& c) {
-    self_attn = register_module("self_attn", Attention(c));
-    mlp = register_module("mlp", MLP(c));
+DecoderLayerImpl::DecoderLayerImpl(const ModelConfig& c, bool allocate) {
+    self_attn = register_module("self_attn", Attention(c, allocate));
+    mlp = register_module("mlp", MLP(c, allocate));
     input_layernorm = register_module("input_layernorm", RMSNorm(c.hidden_size, c.rms_norm_eps));
     post_attention_layernorm =
         register_module("post_attention_layernorm", RMSNorm(c.hidden_size, c.rms_norm_eps));
@@ -179,20 +193,61 @@ void SlotCache::adopt(const KVCache& c, int64_t cap) {
     length = S;
 }
 
-LlamaBodyImpl::LlamaBodyImpl(const ModelConfig& c) {
-    embed_tokens = register_module("embed_tokens", torch::nn::Embedding(c.vocab_size, c.hidden_size));
+LlamaBodyImpl::LlamaBodyImpl(const ModelConfig& c, bool allocate) {
+    embed_tokens = register_module("embed_tokens",
+                                   torch::nn::Embedding(allocate ? c.vocab_size : 0, c.hidden_size));
     layers = register_module("layers", torch::nn::ModuleList());
-    for (int64_t i = 0; i < c.num_hidden_layers; ++i) layers->push_back(DecoderLayer(c));
+    for (int64_t i = 0; i < c.num_hidden_layers; ++i) layers->push_back(DecoderLayer(c, allocate));
     norm = register_module("norm", RMSNorm(c.hidden_size, c.rms_norm_eps));
 }
 
-LlamaImpl::LlamaImpl(const ModelConfig& c) : config_(c) {
+torch::Tensor LlamaBodyImpl::embed(const torch::Tensor& ids) {
+    return packed_embed ? packed_embed->embedding(ids) : embed_tokens(ids);
+}
+
+LlamaImpl::LlamaImpl(const ModelConfig& c, bool packed) : config_(c), packed_(packed) {
     config_.validate();
-    model = register_module("model", LlamaBody(c));
+    model = register_module("model", LlamaBody(c, !packed));
     if (!c.tie_word_embeddings)
-        lm_head = register_module(
-            "lm_head", torch::nn::Linear(torch::nn::LinearOptions(c.hidden_size, c.vocab_size).bias(false)));
+        lm_head = register_module("lm_head", Proj(c.hidden_size, c.vocab_size, false, !packed));
     inv_freq_ = rope_inv_freq(c);
+}
+
+torch::Device LlamaImpl::device() { return model->norm->weight.device(); }
+
+namespace {
+
+// "model.layers.0.mlp.up_proj.weight" -> "model.layers.0.mlp.up_proj"; "" when not a weight.
+std::string weight_owner(const std::string& name) {
+    static const std::string suffix = ".weight";
+    if (name.size() <= suffix.size() || name.compare(name.size() - suffix.size(), suffix.size(), suffix) != 0)
+        return "";
+    return name.substr(0, name.size() - suffix.size());
+}
+
+}  // namespace
+
+std::vector<int64_t> LlamaImpl::packed_shape(const std::string& name) {
+    DISTILL_CHECK(packed_, "packed_shape on a model with float weights");
+    const std::string owner = weight_owner(name);
+    if (owner == "model.embed_tokens") return {config_.vocab_size, config_.hidden_size};
+    for (const auto& item : named_modules())
+        if (item.key() == owner)
+            if (auto* p = item.value()->as<ProjImpl>()) return {p->out_features, p->in_features};
+    throw Error(str_cat("'", name, "' is not a matrix of this model"));
+}
+
+void LlamaImpl::attach(const std::string& name, std::shared_ptr<const PackedMatrix> m) {
+    const auto shape = packed_shape(name);
+    DISTILL_CHECK(m && m->rows() == shape[0] && m->cols() == shape[1], "'", name, "' takes a ", shape[0], " x ",
+                  shape[1], " matrix");
+    const std::string owner = weight_owner(name);
+    if (owner == "model.embed_tokens") {
+        model->packed_embed = std::move(m);
+        return;
+    }
+    for (const auto& item : named_modules())
+        if (item.key() == owner) item.value()->as<ProjImpl>()->packed = std::move(m);
 }
 
 torch::Tensor rope_inv_freq(const ModelConfig& c) {
@@ -217,7 +272,7 @@ torch::Tensor rope_inv_freq(const ModelConfig& c) {
 
 std::pair<torch::Tensor, torch::Tensor> LlamaImpl::rope(int64_t offset, int64_t T) {
     const int64_t need = offset + T;
-    auto device = model->embed_tokens->weight.device();
+    auto device = this->device();
     if (!cos_cache_.defined() || cos_cache_.size(0) < need || cos_cache_.device() != device) {
         // Normal tensors even when first built under c10::InferenceMode (eval): an inference
         // tensor kept here would break a later training step, which saves cos/sin for backward.
@@ -246,7 +301,7 @@ torch::Tensor LlamaImpl::hidden(const torch::Tensor& ids, KVCache* cache) {
         cache->k.assign(L, torch::Tensor());
         cache->v.assign(L, torch::Tensor());
     }
-    auto x = model->embed_tokens(ids);  // (B, T, C)
+    auto x = model->embed(ids);  // (B, T, C)
     for (size_t l = 0; l < L; ++l) {
         auto layer = model->layers->ptr<DecoderLayerImpl>(l);
         x = layer->forward(x, cos, sin, cache ? &cache->k[l] : nullptr,
@@ -272,12 +327,12 @@ torch::Tensor LlamaImpl::decode_step(const torch::Tensor& ids, const std::vector
     DISTILL_CHECK(max_pos < config_.max_position_embeddings, "position ", max_pos,
                   " exceeds max_position_embeddings ", config_.max_position_embeddings);
     rope(0, max_pos + 1);  // fills the tables up to max_pos
-    auto device = model->embed_tokens->weight.device();
+    auto device = this->device();
     auto at = torch::tensor(pos, torch::kInt64).to(device);
     const int64_t D = cos_cache_.size(1);
     auto cos = cos_cache_.index_select(0, at).view({B, 1, 1, D});
     auto sin = sin_cache_.index_select(0, at).view({B, 1, 1, D});
-    auto x = model->embed_tokens(ids.to(device).view({B, 1}));  // (B, 1, C)
+    auto x = model->embed(ids.to(device).view({B, 1}));  // (B, 1, C)
     for (size_t l = 0; l < L; ++l)
         x = model->layers->ptr<DecoderLayerImpl>(l)->forward_slots(x, cos, sin, slots, l);
     for (SlotCache* s : slots) ++s->length;
@@ -285,7 +340,19 @@ torch::Tensor LlamaImpl::decode_step(const torch::Tensor& ids, const std::vector
 }
 
 torch::Tensor LlamaImpl::head(const torch::Tensor& h) {
-    return lm_head ? lm_head(h) : F::linear(h, model->embed_tokens->weight);
+    if (lm_head) return lm_head(h);
+    if (model->packed_embed) return model->packed_embed->linear(h);
+    return F::linear(h, model->embed_tokens->weight);
+}
+
+torch::Tensor LlamaImpl::head_into(const torch::Tensor& h, torch::Tensor* buf) {
+    if (packed_) return head(h);  // tiles write into their own output
+    const torch::Tensor& w = lm_head ? lm_head->weight : model->embed_tokens->weight;  // (V, C)
+    if (!buf->defined() || buf->scalar_type() != h.scalar_type() || buf->device() != h.device())
+        *buf = torch::empty({0}, h.options());
+    buf->resize_({h.size(0), w.size(0)});  // keeps the storage when it is large enough
+    torch::mm_out(*buf, h, w.t());
+    return *buf;
 }
 
 torch::Tensor LlamaImpl::forward(const torch::Tensor& ids, KVCache* cache) {
@@ -293,6 +360,7 @@ torch::Tensor LlamaImpl::forward(const torch::Tensor& ids, KVCache* cache) {
 }
 
 void LlamaImpl::init_weights(uint64_t seed) {
+    DISTILL_CHECK(!packed_, "a model loaded for inference (packed weights) cannot be re-initialised");
     torch::NoGradGuard ng;
     torch::manual_seed(seed);
     for (auto& p : named_parameters()) {

@@ -7,12 +7,13 @@
 #include <torch/nn/module.h>
 #include <torch/nn/modules/container/modulelist.h>
 #include <torch/nn/modules/embedding.h>
-#include <torch/nn/modules/linear.h>
 #include <torch/nn/pimpl.h>
 
+#include <memory>
 #include <vector>
 
 #include "model/config.h"
+#include "model/packed.h"
 
 namespace distill {
 
@@ -46,9 +47,23 @@ public:
 };
 TORCH_MODULE(RMSNorm);
 
+// y = x Wᵀ (+ b), with torch::nn::Linear's parameter names ("weight", "bias") and initialisation.
+// In a model loaded for inference, `packed` holds the matrix in its file's type and `weight` is an
+// empty placeholder (see model/packed.h).
+class ProjImpl : public torch::nn::Module {
+public:
+    // allocate = false: no weight storage (a packed matrix is attached after construction).
+    ProjImpl(int64_t in, int64_t out, bool bias, bool allocate = true);
+    torch::Tensor forward(const torch::Tensor& x);
+    torch::Tensor weight, bias;
+    std::shared_ptr<const PackedMatrix> packed;
+    int64_t in_features, out_features;
+};
+TORCH_MODULE(Proj);
+
 class AttentionImpl : public torch::nn::Module {
 public:
-    explicit AttentionImpl(const ModelConfig& c);
+    explicit AttentionImpl(const ModelConfig& c, bool allocate = true);
     // x: (B, T, C); cos, sin: (T, D) for the T new positions; past k/v from `cache` if given.
     torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin,
                           torch::Tensor* cache_k, torch::Tensor* cache_v);
@@ -56,7 +71,7 @@ public:
     // position; slots[b]->k[layer] / v[layer] receive the new keys and values.
     torch::Tensor forward_slots(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin,
                                 const std::vector<SlotCache*>& slots, size_t layer);
-    torch::nn::Linear q_proj{nullptr}, k_proj{nullptr}, v_proj{nullptr}, o_proj{nullptr};
+    Proj q_proj{nullptr}, k_proj{nullptr}, v_proj{nullptr}, o_proj{nullptr};
     RMSNorm q_norm{nullptr}, k_norm{nullptr};  // qwen3 only
     int64_t n_head, n_kv_head, head_dim;
 };
@@ -64,15 +79,15 @@ TORCH_MODULE(Attention);
 
 class MLPImpl : public torch::nn::Module {
 public:
-    explicit MLPImpl(const ModelConfig& c);
+    explicit MLPImpl(const ModelConfig& c, bool allocate = true);
     torch::Tensor forward(const torch::Tensor& x);  // down(silu(gate(x)) * up(x))
-    torch::nn::Linear gate_proj{nullptr}, up_proj{nullptr}, down_proj{nullptr};
+    Proj gate_proj{nullptr}, up_proj{nullptr}, down_proj{nullptr};
 };
 TORCH_MODULE(MLP);
 
 class DecoderLayerImpl : public torch::nn::Module {
 public:
-    explicit DecoderLayerImpl(const ModelConfig& c);
+    explicit DecoderLayerImpl(const ModelConfig& c, bool allocate = true);
     torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin,
                           torch::Tensor* cache_k, torch::Tensor* cache_v);
     torch::Tensor forward_slots(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin,
@@ -86,8 +101,11 @@ TORCH_MODULE(DecoderLayer);
 // The "model." part of the HF names.
 class LlamaBodyImpl : public torch::nn::Module {
 public:
-    explicit LlamaBodyImpl(const ModelConfig& c);
-    torch::nn::Embedding embed_tokens{nullptr};
+    explicit LlamaBodyImpl(const ModelConfig& c, bool allocate = true);
+    // x = embed(ids): (B, T) -> (B, T, C), from the packed table when there is one.
+    torch::Tensor embed(const torch::Tensor& ids);
+    torch::nn::Embedding embed_tokens{nullptr};  // (0, C) when the table is packed
+    std::shared_ptr<const PackedMatrix> packed_embed;
     torch::nn::ModuleList layers{nullptr};
     RMSNorm norm{nullptr};
 };
@@ -95,7 +113,10 @@ TORCH_MODULE(LlamaBody);
 
 class LlamaImpl : public torch::nn::Module {
 public:
-    explicit LlamaImpl(const ModelConfig& c);
+    // packed = true: a model for inference whose matrices (embeddings, projections, head) are
+    // attached as PackedMatrix after construction (model/checkpoint.h, LoadOptions); only the
+    // norms are float parameters. Such a model cannot be trained, moved or saved.
+    explicit LlamaImpl(const ModelConfig& c, bool packed = false);
     // ids: (B, T) int64 -> logits (B, T, V). With a cache, the T ids continue the cached
     // sequence and the cache is extended.
     torch::Tensor forward(const torch::Tensor& ids, KVCache* cache = nullptr);
@@ -108,16 +129,26 @@ public:
     torch::Tensor hidden(const torch::Tensor& ids, KVCache* cache = nullptr);
     // h: (..., C) -> logits (..., V)
     torch::Tensor head(const torch::Tensor& h);
+    // The same for h (n, C), written into *buf (reused across calls when large enough).
+    torch::Tensor head_into(const torch::Tensor& h, torch::Tensor* buf);
+    bool packed() const { return packed_; }
+    // A packed model's matrix slots: the weights (HF names) that are empty placeholders, with the
+    // {rows, cols} each takes; attach() puts a matrix in one (Error for a wrong name or shape).
+    std::vector<int64_t> packed_shape(const std::string& name);
+    void attach(const std::string& name, std::shared_ptr<const PackedMatrix> m);
+    // The device of the model's parameters (its norms when packed).
+    torch::Device device();
     // Initialises weights as HF does for Llama (normal(0, 0.02), norms at 1), seeded.
     void init_weights(uint64_t seed);
 
     const ModelConfig& config() const { return config_; }
     LlamaBody model{nullptr};
-    torch::nn::Linear lm_head{nullptr};  // absent when embeddings are tied
+    Proj lm_head{nullptr};  // absent when embeddings are tied
 
 private:
     std::pair<torch::Tensor, torch::Tensor> rope(int64_t offset, int64_t T);
     ModelConfig config_;
+    bool packed_ = false;
     torch::Tensor inv_freq_, cos_cache_, sin_cache_;
 };
 TORCH_MODULE(Llama);

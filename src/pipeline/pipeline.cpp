@@ -21,6 +21,11 @@ LoadedModel load_model(const std::string& path) {
     return m;
 }
 
+LoadedModel load_model_for_inference(const std::string& path) {
+    if (!compute_device().is_cpu()) return load_model(path);
+    return load_model_dir(path, /*packed=*/true);
+}
+
 std::pair<std::string, std::string> split_heldout(const std::string& text, double fraction) {
     DISTILL_CHECK(fraction >= 0 && fraction < 1, "held-out fraction ", fraction, " must be in [0, 1)");
     if (fraction == 0) return {text, ""};

@@ -21,6 +21,10 @@ struct LoadedModel;
 
 // Loads a model directory or .gguf and moves it to the process's compute device (--device).
 LoadedModel load_model(const std::string& path);
+// The same, for a model that only runs forward (a teacher, a model to score or serve): on the
+// CPU its matrices stay in the file's type (load_model_dir's packed), so it needs about its
+// file's size in memory; on a GPU it is load_model. It cannot be trained or saved.
+LoadedModel load_model_for_inference(const std::string& path);
 // Moves a freshly built model to the compute device.
 void to_compute_device(Llama& model);
 

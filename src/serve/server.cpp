@@ -393,7 +393,7 @@ private:
 
 void Server::load() {
     try {
-        LoadedModel m = load_model(o_.model);
+        LoadedModel m = load_model_for_inference(o_.model);
         DISTILL_CHECK(m.has_tokenizer, o_.model, " has no tokenizer; serve needs one to read and write text");
         tok_ = m.tokenizer;
         stop_ids_ = m.config.stop_ids();

@@ -12,6 +12,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <new>
 #include <nlohmann/json.hpp>
 
 #include "util/error.h"
@@ -203,6 +204,16 @@ void MappedFile::reset() {
 }
 
 uint64_t hash64(const void* data, size_t n, uint64_t seed) { return XXH3_64bits_withSeed(data, n, seed); }
+
+Hash64Stream::Hash64Stream(uint64_t seed) : state_(XXH3_createState()) {
+    if (!state_) throw std::bad_alloc();
+    XXH3_64bits_reset_withSeed(static_cast<XXH3_state_t*>(state_), seed);
+}
+Hash64Stream::~Hash64Stream() { XXH3_freeState(static_cast<XXH3_state_t*>(state_)); }
+void Hash64Stream::update(const void* data, size_t n) {
+    XXH3_64bits_update(static_cast<XXH3_state_t*>(state_), data, n);
+}
+uint64_t Hash64Stream::digest() const { return XXH3_64bits_digest(static_cast<const XXH3_state_t*>(state_)); }
 
 static std::string hex64(uint64_t h) {
     char buf[17];

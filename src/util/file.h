@@ -84,4 +84,19 @@ std::string hash_hex(std::string_view bytes);
 std::string hash_file_hex(const std::string& path);
 uint64_t hash64(const void* data, size_t n, uint64_t seed = 0);
 
+// hash64 of bytes that arrive in pieces: update(a); update(b) then digest() equals
+// hash64(a + b, seed).
+class Hash64Stream {
+public:
+    explicit Hash64Stream(uint64_t seed = 0);
+    ~Hash64Stream();
+    Hash64Stream(const Hash64Stream&) = delete;
+    Hash64Stream& operator=(const Hash64Stream&) = delete;
+    void update(const void* data, size_t n);
+    uint64_t digest() const;
+
+private:
+    void* state_;
+};
+
 }  // namespace distill

@@ -2,9 +2,10 @@
 // A small model is pretrained with `distill pretrain` on the Jane Austen corpus, exported with
 // `distill export --format gguf` as F32, F16, Q8_0 and Q4_K, and llama.cpp's next-token
 // distributions over held-out text (Persuasion) are compared with distill's on the same file:
-// distill dequantizes to float32 on load, llama.cpp computes with the stored types (and, for
+// distill dequantizes to float32, llama.cpp computes with the stored types (and, for
 // F16 and quantized weights, rounds activations to F16 / Q8 blocks in its CPU matmuls), so only
-// F32 must agree to float rounding. llama.cpp's tokenization of the text must equal distill's.
+// F32 must agree to float rounding. distill is checked both with float32 weights and packed
+// (the matrices kept in their GGUF type, as `distill score` loads them). llama.cpp's tokenization of the text must equal distill's.
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
@@ -118,29 +119,35 @@ Agreement compare(const Trained& t, const std::string& type) {
     EXPECT_EQ(read_json_file(tokenized), ref["tokens"]) << type << ": distill tokenize";
 
     torch::NoGradGuard ng;
-    torch::Tensor lp = torch::log_softmax(
-        m.model->forward(torch::tensor(ids, torch::kLong).unsqueeze(0)).squeeze(0).to(torch::kFloat64), -1);
+    // Both ways of loading it: float32 weights, and packed (the matrices kept in the file's type
+    // and dequantized a tile at a time, as the commands load a model for inference).
+    LoadedModel pk = load_model_dir(gguf, /*packed=*/true);
+    EXPECT_EQ(pk.fingerprint, m.fingerprint) << type;
     Agreement a;
     a.positions = int64_t(ids.size());
     const auto& rows = ref["logprobs"];
     EXPECT_EQ(int64_t(rows.size()), a.positions);
     double sum = 0;
-    for (int64_t i = 0; i < a.positions && i < int64_t(rows.size()); ++i) {
-        auto mine = lp[i].contiguous();
-        const double* p = mine.data_ptr<double>();
-        for (int64_t v = 0; v < m.config.vocab_size; ++v) {
-            const json& r = rows[size_t(i)][size_t(v)];
-            // a probability llama.cpp rounds to 0 has no log; and below 1e-30 float32 rounding
-            // of the probability itself dominates
-            if (r.is_null() || r.get<double>() < std::log(1e-30)) continue;
-            const double d = std::fabs(r.get<double>() - p[v]);
-            a.max_abs = std::max(a.max_abs, d);
-            sum += d;
-            ++a.compared;
-        }
-        if (i + 1 < a.positions) {
-            const json& r = rows[size_t(i)][size_t(ids[size_t(i) + 1])];
-            if (!r.is_null()) a.max_target = std::max(a.max_target, std::fabs(r.get<double>() - p[ids[size_t(i) + 1]]));
+    for (Llama* model : {&m.model, &pk.model}) {
+        torch::Tensor lp = torch::log_softmax(
+            (*model)->forward(torch::tensor(ids, torch::kLong).unsqueeze(0)).squeeze(0).to(torch::kFloat64), -1);
+        for (int64_t i = 0; i < a.positions && i < int64_t(rows.size()); ++i) {
+            auto mine = lp[i].contiguous();
+            const double* p = mine.data_ptr<double>();
+            for (int64_t v = 0; v < m.config.vocab_size; ++v) {
+                const json& r = rows[size_t(i)][size_t(v)];
+                // a probability llama.cpp rounds to 0 has no log; and below 1e-30 float32 rounding
+                // of the probability itself dominates
+                if (r.is_null() || r.get<double>() < std::log(1e-30)) continue;
+                const double d = std::fabs(r.get<double>() - p[v]);
+                a.max_abs = std::max(a.max_abs, d);
+                sum += d;
+                ++a.compared;
+            }
+            if (i + 1 < a.positions) {
+                const json& r = rows[size_t(i)][size_t(ids[size_t(i) + 1])];
+                if (!r.is_null()) a.max_target = std::max(a.max_target, std::fabs(r.get<double>() - p[ids[size_t(i) + 1]]));
+            }
         }
     }
     a.mean_abs = a.compared ? sum / double(a.compared) : 0;

@@ -117,7 +117,7 @@ INSTANTIATE_TEST_SUITE_P(Architectures, ModelRef,
 
 // A directory as big models ship it: BF16 (or F16) weights in two shards named by
 // model.safetensors.index.json. distill's forward pass on it must match the reference reading
-// the same files.
+// the same files, loaded with float weights and loaded for inference (packed).
 class ShardedDir : public ::testing::TestWithParam<torch::Dtype> {};
 
 TEST_P(ShardedDir, HalfPrecisionShardsMatchPyTorch) {
@@ -159,6 +159,41 @@ TEST_P(ShardedDir, HalfPrecisionShardsMatchPyTorch) {
     const double diff = (logits - ref.get("logits", torch::kFloat64)).abs().max().item<double>();
     EXPECT_LE(diff, 1e-4) << "max |logits - reference|";
     std::printf("[ %s shards ] max |Δlogit| = %.3g\n", dtype == torch::kBFloat16 ? "bf16" : "f16", diff);
+
+    // Loaded for inference: the matrices stay in the file's type, mapped (model/packed.h). The
+    // forward must match the reference as well, token by token through the KV cache and through
+    // decode_step's slots, and the fingerprint must be the float load's.
+    LoadedModel pk = load_model_dir(dir, /*packed=*/true);
+    ASSERT_TRUE(pk.model->packed());
+    EXPECT_EQ(pk.fingerprint, m.fingerprint);
+    for (auto& p : pk.model->named_parameters())
+        EXPECT_TRUE(p.key().find("norm") != std::string::npos || p.value().numel() == 0)
+            << p.key() << ": a matrix with float storage in a packed model";
+    const auto want = ref.get("logits", torch::kFloat64);
+    const double packed_diff = (pk.model->forward(ids).to(torch::kFloat64) - want).abs().max().item<double>();
+    EXPECT_LE(packed_diff, 1e-4) << "packed: max |logits - reference|";
+    KVCache cache;
+    std::vector<torch::Tensor> steps;
+    for (int64_t t = 0; t < ids.size(1); ++t)
+        steps.push_back(pk.model->forward(ids.narrow(0, 0, 1).narrow(1, t, 1), &cache));
+    const double cached_diff = (torch::cat(steps, 1).to(torch::kFloat64)[0] - want[0]).abs().max().item<double>();
+    EXPECT_LE(cached_diff, 1e-4) << "packed, KV-cached: max |logits - reference|";
+    std::vector<SlotCache> slots(2);
+    std::vector<SlotCache*> slot_ptrs;
+    for (int64_t b = 0; b < 2; ++b) {
+        KVCache one;
+        pk.model->forward(ids.narrow(0, b, 1).narrow(1, 0, 9 + b), &one);
+        slots[size_t(b)].adopt(one, 32);
+        slot_ptrs.push_back(&slots[size_t(b)]);
+    }
+    auto next = torch::stack({ids[0][9], ids[1][10]});
+    auto step = pk.model->decode_step(next, slot_ptrs).to(torch::kFloat64);  // positions 9 and 10
+    const double slot_diff =
+        std::max((step[0] - want[0][9]).abs().max().item<double>(), (step[1] - want[1][10]).abs().max().item<double>());
+    EXPECT_LE(slot_diff, 1e-4) << "packed, decode_step: max |logits - reference|";
+    std::printf("[ %s shards, packed ] max |Δlogit| = %.3g (KV-cached %.3g, decode_step %.3g)\n",
+                dtype == torch::kBFloat16 ? "bf16" : "f16", packed_diff, cached_diff, slot_diff);
+    EXPECT_THROW(pk.model->init_weights(1), Error);
 
     // A shard that the index names but that is absent: an error naming it.
     std::remove((dir + "/model-00002-of-00002.safetensors").c_str());

@@ -1,0 +1,110 @@
+#include "model/packed.h"
+
+#include <ATen/Parallel.h>
+#include <torch/torch.h>
+
+#include <algorithm>
+
+#include "util/error.h"
+#include "util/file.h"
+
+namespace distill {
+
+namespace {
+
+// A tile of about 4 MiB of float32: large enough for an efficient GEMM when many rows of x come
+// at once, small enough to stay in the last-level cache when one row does (decoding).
+constexpr int64_t kTileFloats = int64_t{1} << 20;
+
+// The reused buffer of this thread's tiles (the server's engine and a capture run each have one).
+float* tile_buffer(int64_t n) {
+    thread_local std::vector<float> buf;
+    if (static_cast<int64_t>(buf.size()) < n) buf.resize(static_cast<size_t>(n));
+    return buf.data();
+}
+
+}  // namespace
+
+PackedMatrix::PackedMatrix(GgmlType type, const uint8_t* data, int64_t rows, int64_t cols,
+                           std::shared_ptr<const void> owner, std::vector<int32_t> row_map)
+    : type_(type), data_(data), rows_(rows), cols_(cols), owner_(std::move(owner)), row_map_(std::move(row_map)) {
+    const GgmlTypeInfo* info = ggml_type_info(uint32_t(type));
+    DISTILL_CHECK(info && info->to_float, "tensor type ", uint32_t(type), " cannot be read");
+    DISTILL_CHECK(cols % info->block == 0, "a row of ", cols, " values is not a whole number of ", info->name,
+                  " blocks");
+    DISTILL_CHECK(row_map_.empty() || static_cast<int64_t>(row_map_.size()) == rows, "row map of ",
+                  row_map_.size(), " entries for ", rows, " rows");
+    to_float_ = info->to_float;
+    row_bytes_ = row_bytes(type, cols);
+    if (type == GgmlType::F32 && row_map_.empty() && reinterpret_cast<uintptr_t>(data) % alignof(float) == 0)
+        in_place_ = torch::from_blob(const_cast<uint8_t*>(data), {rows, cols}, torch::kFloat32);
+}
+
+const uint8_t* PackedMatrix::row_ptr(int64_t r) const {
+    return data_ + (row_map_.empty() ? r : row_map_[static_cast<size_t>(r)]) * row_bytes_;
+}
+
+void PackedMatrix::dequantize(int64_t r0, int64_t n, float* dst) const {
+    DISTILL_ASSERT(r0 >= 0 && n >= 0 && r0 + n <= rows_, "rows out of range");
+    const int64_t grain = std::max<int64_t>(1, 16384 / cols_);
+    at::parallel_for(0, n, grain, [&](int64_t b, int64_t e) {
+        for (int64_t i = b; i < e; ++i) to_float_(row_ptr(r0 + i), dst + i * cols_, cols_);
+    });
+}
+
+torch::Tensor PackedMatrix::linear(const torch::Tensor& x, const torch::Tensor& bias) const {
+    DISTILL_CHECK(x.size(-1) == cols_, "input of width ", x.size(-1), " for a matrix of ", cols_, " columns");
+    if (in_place_.defined()) return torch::nn::functional::linear(x, in_place_, bias);
+    auto sizes = x.sizes().vec();
+    auto x2 = x.reshape({-1, cols_}).to(torch::kFloat32).contiguous();
+    sizes.back() = rows_;
+    auto out = torch::empty({x2.size(0), rows_}, x2.options());
+    const int64_t tile_rows = std::max<int64_t>(16, kTileFloats / cols_);
+    float* buf = tile_buffer(std::min(tile_rows, rows_) * cols_);
+    for (int64_t r0 = 0; r0 < rows_; r0 += tile_rows) {
+        const int64_t n = std::min(tile_rows, rows_ - r0);
+        dequantize(r0, n, buf);
+        auto w = torch::from_blob(buf, {n, cols_}, torch::kFloat32);
+        auto dst = out.narrow(1, r0, n);
+        torch::mm_out(dst, x2, w.t());
+    }
+    if (bias.defined()) out.add_(bias);
+    return out.view(sizes);
+}
+
+torch::Tensor PackedMatrix::embedding(const torch::Tensor& ids) const {
+    auto flat = ids.reshape({-1}).to(torch::kCPU, torch::kInt64).contiguous();
+    const int64_t n = flat.size(0);
+    const int64_t* id = flat.data_ptr<int64_t>();
+    for (int64_t i = 0; i < n; ++i)
+        DISTILL_CHECK(id[i] >= 0 && id[i] < rows_, "token id ", id[i], " is outside the embedding's ", rows_,
+                      " rows");
+    auto out = torch::empty({n, cols_}, torch::kFloat32);
+    float* dst = out.data_ptr<float>();
+    at::parallel_for(0, n, 1, [&](int64_t b, int64_t e) {
+        for (int64_t i = b; i < e; ++i) to_float_(row_ptr(id[i]), dst + i * cols_, cols_);
+    });
+    auto sizes = ids.sizes().vec();
+    sizes.push_back(cols_);
+    return out.view(sizes);
+}
+
+torch::Tensor PackedMatrix::to_float() const {
+    auto out = torch::empty({rows_, cols_}, torch::kFloat32);
+    dequantize(0, rows_, out.data_ptr<float>());
+    return out;
+}
+
+uint64_t PackedMatrix::hash_as_float(uint64_t seed) const {
+    Hash64Stream h(seed);
+    const int64_t tile_rows = std::max<int64_t>(1, kTileFloats / cols_);
+    float* buf = tile_buffer(std::min(tile_rows, rows_) * cols_);
+    for (int64_t r0 = 0; r0 < rows_; r0 += tile_rows) {
+        const int64_t n = std::min(tile_rows, rows_ - r0);
+        dequantize(r0, n, buf);
+        h.update(buf, static_cast<size_t>(n * cols_) * sizeof(float));
+    }
+    return h.digest();
+}
+
+}  // namespace distill
