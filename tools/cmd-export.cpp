@@ -16,7 +16,8 @@ struct Options {
 };
 
 int run(const Options& o) {
-    DISTILL_USAGE(o.format == "gguf" || o.type == "f32", "--type applies to --format gguf only (hf is float32)");
+    DISTILL_USAGE(o.format == "gguf" || o.type == "f32" || o.type == "bf16" || o.type == "f16",
+                  "--format hf writes f32, bf16 or f16 weights (quantized types are GGUF's: --format gguf)");
     // Never replace what distill did not write: an HF export goes to a new or empty directory.
     if (o.format == "hf" && std::filesystem::exists(o.out)) {
         DISTILL_CHECK(std::filesystem::is_directory(o.out), "--out '", o.out,
@@ -37,7 +38,10 @@ int run(const Options& o) {
         out["tensors"] = save_gguf_model(o.out, m.model, m.tokenizer, g);
         if (!g.chat_template.empty()) out["chat_template"] = hash_hex(g.chat_template);
     } else {
-        save_model_dir(o.out, m.model, &m.tokenizer);
+        const torch::Dtype dtype = o.type == "bf16" ? torch::kBFloat16 : o.type == "f16" ? torch::kFloat16
+                                                                                        : torch::kFloat32;
+        save_model_dir(o.out, m.model, &m.tokenizer, {}, dtype);
+        out["type"] = o.type;
     }
     std::printf("%s\n", out.dump().c_str());
     return 0;
@@ -50,7 +54,7 @@ Command add_export(CLI::App& app) {
     add_model(c, o->model, "the model to export")->required();
     c->add_option("--format", o->format, "gguf or hf")->check(CLI::IsMember({"gguf", "hf"}))->capture_default_str();
     c->add_option("-o,--out", o->out, "the .gguf file, or the new HF directory, to write")->required();
-    c->add_option("--type", o->type, "GGUF type of the weight matrices")
+    c->add_option("--type", o->type, "type of the weight matrices (hf: f32, bf16 or f16)")
         ->check(CLI::IsMember({"f32", "f16", "bf16", "q8_0", "q4_0", "q4_k", "q5_k", "q6_k"}))
         ->capture_default_str();
     c->add_option("--name", o->name, "GGUF general.name");

@@ -148,7 +148,9 @@ BpbResult eval_bpb(Llama& model, const Tokenizer& tokenizer, const std::string& 
         torch::Tensor buf;
         for_each_batch(wins, ids_t, opts, progress_label, [&](size_t i, size_t j, const torch::Tensor& batch) {
             const ScoredRows s = scored_rows(wins, i, j, ids_t);
-            nats_t -= target_logprobs(logits_at(model, batch, s.rows, &buf), s.targets).sum(torch::kFloat64);
+            auto h = model->hidden(batch);
+            auto hs = h.reshape({-1, h.size(-1)}).index_select(0, s.rows);  // (n, C)
+            nats_t -= model->head_target_logprobs(hs, s.targets, &buf).sum(torch::kFloat64);
             tokens += s.offset.back();
         });
         nats = nats_t.item<double>();

@@ -25,15 +25,25 @@ std::map<std::string, torch::Tensor> model_state(Llama& model) {
 }
 
 void save_model_dir(const std::string& dir, Llama& model, const Tokenizer* tokenizer,
-                    const std::map<std::string, std::string>& extra_files) {
+                    const std::map<std::string, std::string>& extra_files, torch::Dtype dtype) {
+    DISTILL_CHECK(!model->packed(), "a model loaded for inference (packed weights) cannot be saved; load it with "
+                                    "float weights");
+    DISTILL_CHECK(dtype == torch::kFloat32 || dtype == torch::kBFloat16 || dtype == torch::kFloat16,
+                  "model directories are written as float32, bfloat16 or float16, not ", dtype);
     fs::path target = fs::absolute(dir);
     if (target.has_parent_path()) make_dirs(target.parent_path().string());
     const std::string tmp = target.string() + ".tmp-" + std::to_string(::getpid());
     std::error_code ec;
     fs::remove_all(tmp, ec);
     make_dirs(tmp);
-    write_file_atomic(path_join(tmp, "config.json"), config_to_json(model->config()).dump(2) + "\n");
-    save_safetensors(path_join(tmp, "model.safetensors"), model_state(model), {{"format", "pt"}});
+    nlohmann::json config = config_to_json(model->config());
+    auto state = model_state(model);
+    if (dtype != torch::kFloat32) {
+        config["torch_dtype"] = dtype == torch::kBFloat16 ? "bfloat16" : "float16";
+        for (auto& [name, t] : state) t = t.to(dtype);
+    }
+    write_file_atomic(path_join(tmp, "config.json"), config.dump(2) + "\n");
+    save_safetensors(path_join(tmp, "model.safetensors"), state, {{"format", "pt"}});
     if (tokenizer) tokenizer->save(path_join(tmp, "tokenizer.json"));
     for (const auto& [name, text] : extra_files) write_file_atomic(path_join(tmp, name), text);
     replace_dir(tmp, target.string());

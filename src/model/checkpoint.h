@@ -29,8 +29,11 @@ LoadedModel load_model_dir(const std::string& dir, bool packed = false);
 
 // Writes a model directory. The directory is first written beside the target and then renamed
 // into place, so a killed process leaves either the old directory or the new one.
+// dtype: the weights' type in model.safetensors (float32, bfloat16 or float16; config.json's
+// torch_dtype says which).
 void save_model_dir(const std::string& dir, Llama& model, const Tokenizer* tokenizer,
-                    const std::map<std::string, std::string>& extra_files = {});
+                    const std::map<std::string, std::string>& extra_files = {},
+                    torch::Dtype dtype = torch::kFloat32);
 
 // The state dict with HF names, detached (tied head omitted).
 std::map<std::string, torch::Tensor> model_state(Llama& model);

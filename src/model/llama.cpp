@@ -345,6 +345,14 @@ torch::Tensor LlamaImpl::head(const torch::Tensor& h) {
     return F::linear(h, model->embed_tokens->weight);
 }
 
+torch::Tensor LlamaImpl::head_target_logprobs(const torch::Tensor& h, const torch::Tensor& targets,
+                                              torch::Tensor* buf) {
+    const PackedMatrix* packed_head = lm_head ? lm_head->packed.get() : model->packed_embed.get();
+    if (packed_head) return packed_head->target_logprobs(h, targets);
+    auto logits = head_into(h, buf).to(torch::kFloat32);
+    return logits.gather(1, targets.unsqueeze(1)).squeeze(1) - logits.logsumexp(-1);
+}
+
 torch::Tensor LlamaImpl::head_into(const torch::Tensor& h, torch::Tensor* buf) {
     if (packed_) return head(h);  // tiles write into their own output
     const torch::Tensor& w = lm_head ? lm_head->weight : model->embed_tokens->weight;  // (V, C)

@@ -129,6 +129,10 @@ public:
     torch::Tensor hidden(const torch::Tensor& ids, KVCache* cache = nullptr);
     // h: (..., C) -> logits (..., V)
     torch::Tensor head(const torch::Tensor& h);
+    // log softmax(head(h))[target] for h (n, C), targets (n) -> (n) float32. A packed head over
+    // a large vocabulary streams its rows (PackedMatrix::target_logprobs) instead of holding
+    // n × V logits; buf as in head_into.
+    torch::Tensor head_target_logprobs(const torch::Tensor& h, const torch::Tensor& targets, torch::Tensor* buf);
     // The same for h (n, C), written into *buf (reused across calls when large enough).
     torch::Tensor head_into(const torch::Tensor& h, torch::Tensor* buf);
     bool packed() const { return packed_; }

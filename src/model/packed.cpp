@@ -4,6 +4,7 @@
 #include <torch/torch.h>
 
 #include <algorithm>
+#include <limits>
 
 #include "util/error.h"
 #include "util/file.h"
@@ -70,6 +71,37 @@ torch::Tensor PackedMatrix::linear(const torch::Tensor& x, const torch::Tensor& 
     }
     if (bias.defined()) out.add_(bias);
     return out.view(sizes);
+}
+
+torch::Tensor PackedMatrix::target_logprobs(const torch::Tensor& x, const torch::Tensor& targets) const {
+    DISTILL_CHECK(x.dim() == 2 && x.size(1) == cols_ && targets.dim() == 1 && targets.size(0) == x.size(0),
+                  "target_logprobs takes x (n, ", cols_, ") and targets (n), got ", x.sizes(), " and ", targets.sizes());
+    auto x2 = x.to(torch::kFloat32).contiguous();
+    const int64_t n = x2.size(0);
+    auto tgt = targets.to(torch::kInt64);
+    const float inf = std::numeric_limits<float>::infinity();
+    auto run_max = torch::full({n}, -inf, x2.options());
+    auto run_sum = torch::zeros({n}, x2.options());
+    auto picked = torch::zeros({n}, x2.options());
+    const int64_t tile_rows = std::max<int64_t>(16, kTileFloats / cols_);
+    float* buf = tile_buffer(std::min(tile_rows, rows_) * cols_);
+    for (int64_t r0 = 0; r0 < rows_; r0 += tile_rows) {
+        const int64_t m = std::min(tile_rows, rows_ - r0);
+        torch::Tensor logits;
+        if (in_place_.defined()) {
+            logits = torch::mm(x2, in_place_.narrow(0, r0, m).t());
+        } else {
+            dequantize(r0, m, buf);
+            logits = torch::mm(x2, torch::from_blob(buf, {m, cols_}, torch::kFloat32).t());  // (n, m)
+        }
+        auto new_max = torch::maximum(run_max, std::get<0>(logits.max(1)));
+        run_sum = run_sum * (run_max - new_max).exp() + (logits - new_max.unsqueeze(1)).exp().sum(1);
+        run_max = new_max;
+        auto here = (tgt >= r0).logical_and(tgt < r0 + m);
+        auto local = (tgt - r0).clamp(0, m - 1).unsqueeze(1);
+        picked = torch::where(here, logits.gather(1, local).squeeze(1), picked);
+    }
+    return picked - (run_max + run_sum.log());
 }
 
 torch::Tensor PackedMatrix::embedding(const torch::Tensor& ids) const {

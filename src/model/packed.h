@@ -31,6 +31,10 @@ public:
     void dequantize(int64_t r0, int64_t n, float* dst) const;
     // x (..., cols) -> x Wᵀ + bias (..., rows), float32 on the CPU. bias may be undefined.
     torch::Tensor linear(const torch::Tensor& x, const torch::Tensor& bias = {}) const;
+    // log softmax(x Wᵀ) at each row's target, without the (n × rows) logits: one tile of W's rows
+    // at a time, with a running max and sum of exponentials. x (n, cols), targets (n) int64 ->
+    // (n) float32. For an output head over a large vocabulary, where the logits would dominate memory.
+    torch::Tensor target_logprobs(const torch::Tensor& x, const torch::Tensor& targets) const;
     // The rows that ids (any shape, int64) pick: (..., cols), as an embedding lookup.
     torch::Tensor embedding(const torch::Tensor& ids) const;
     // The whole matrix as a new float32 tensor (rows × cols).
