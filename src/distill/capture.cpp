@@ -13,13 +13,11 @@ namespace distill {
 
 namespace {
 
-// Teacher log-probs (b, T, V) for windows [w0, w0+b).
-torch::Tensor teacher_logprobs(Llama& teacher, const TokenShard& shard, int64_t w0, int64_t b,
-                               int64_t T) {
+// The teacher's final hidden states (b, T, C) for windows [w0, w0+b).
+torch::Tensor teacher_hidden(Llama& teacher, const TokenShard& shard, int64_t w0, int64_t b, int64_t T) {
     std::vector<torch::Tensor> rows;
     for (int64_t w = w0; w < w0 + b; ++w) rows.push_back(shard.slice(w * T, T));
-    const torch::Device dev = teacher->parameters().front().device();
-    return torch::log_softmax(teacher->forward(torch::stack(rows).to(dev)), -1);
+    return teacher->hidden(torch::stack(rows).to(teacher->device()));
 }
 
 }  // namespace
@@ -98,11 +96,13 @@ CaptureResult capture_teacher(Llama& teacher, const std::string& teacher_fingerp
             const int64_t b = std::min(B, W - w0);
             torch::Tensor ids32 = torch::zeros({B, T, K}, torch::kInt32), vals32 = torch::zeros({B, T, K});
             if (b > 0) {
-                auto lp = teacher_logprobs(teacher, shard, w0, b, T);  // (b, T, V)
-                auto [vals, idx] = lp.topk(K, -1);                      // (b, T, K)
+                auto h = teacher_hidden(teacher, shard, w0, b, T);  // (b, T, C)
+                // the top K of each position's log-probs; a packed head streams its vocabulary
+                // rather than holding b x T x V logits
+                auto [vals, idx] = teacher->head_top_logprobs(h.reshape({b * T, h.size(-1)}), K);  // (b*T, K)
                 // to the host (a no-op on the CPU) before the raw pointers are read
-                ids32.narrow(0, 0, b).copy_(idx.to(torch::kCPU, torch::kInt32));
-                vals32.narrow(0, 0, b).copy_(vals.to(torch::kCPU, torch::kFloat32));
+                ids32.narrow(0, 0, b).copy_(idx.view({b, T, K}).to(torch::kCPU, torch::kInt32));
+                vals32.narrow(0, 0, b).copy_(vals.view({b, T, K}).to(torch::kCPU, torch::kFloat32));
             }
             std::vector<torch::Tensor> all_ids{ids32}, all_vals{vals32};
             if (dist) {
@@ -148,25 +148,31 @@ CaptureResult capture_teacher(Llama& teacher, const std::string& teacher_fingerp
     for (int64_t c = 0; c < n_check; ++c) {
         const int64_t w = n_check == 1 ? 0 : c * (W - 1) / (n_check - 1);
         reader.read_window(w, ids.data(), stored.data());
-        auto lp = teacher_logprobs(teacher, shard, w, 1, T)[0].to(torch::kCPU, torch::kFloat64);  // (T, V)
-        auto id_t = torch::from_blob(ids.data(), {T, K}, torch::kInt32).to(torch::kInt64);
-        auto lq = torch::from_blob(stored.data(), {T, K}, torch::kFloat32).to(torch::kFloat64);
-        auto lp_top = lp.gather(1, id_t);                           // exact log p of stored ids
-        max_err = std::max(max_err, (lp_top - lq).abs().max().item<double>());
-        auto p = lp.exp();
-        auto p_top = lp_top.exp();
-        auto rest_exact = (1.0 - p_top.sum(1)).clamp_min(1e-30);     // (T)
-        auto rest_stored = (1.0 - lq.exp().sum(1)).clamp_min(1e-30);
-        // KL over the K+1 buckets: exact vs stored
-        kl_q += ((p_top * (lp_top - lq)).sum(1) + rest_exact * (rest_exact.log() - rest_stored.log()))
-                    .sum()
-                    .item<double>();
-        // KL from the full distribution to stored top-K + rest spread evenly over the V-K others
-        auto outside = torch::ones_like(lp, torch::kBool).scatter_(1, id_t, false);
-        auto spread = (rest_stored / double(V - K)).log().unsqueeze(1).expand_as(lp);
-        auto recon = lp.clone().masked_scatter_(outside, spread.masked_select(outside))
-                         .scatter_(1, id_t, lq);
-        kl_full += (p * (lp - recon)).sum().item<double>();
+        auto h = teacher_hidden(teacher, shard, w, 1, T)[0];  // (T, C)
+        // positions a chunk at a time, so that a large vocabulary's float64 rows stay small
+        const int64_t chunk = std::max<int64_t>(1, (int64_t{1} << 21) / V);
+        for (int64_t r0 = 0; r0 < T; r0 += chunk) {
+            const int64_t n = std::min(chunk, T - r0);
+            auto lp = torch::log_softmax(teacher->head(h.narrow(0, r0, n)).to(torch::kFloat32), -1)
+                          .to(torch::kCPU, torch::kFloat64);  // (n, V)
+            auto id_t = torch::from_blob(ids.data() + r0 * K, {n, K}, torch::kInt32).to(torch::kInt64);
+            auto lq = torch::from_blob(stored.data() + r0 * K, {n, K}, torch::kFloat32).to(torch::kFloat64);
+            auto lp_top = lp.gather(1, id_t);                           // exact log p of stored ids
+            max_err = std::max(max_err, (lp_top - lq).abs().max().item<double>());
+            auto p = lp.exp();
+            auto p_top = lp_top.exp();
+            auto rest_exact = (1.0 - p_top.sum(1)).clamp_min(1e-30);     // (n)
+            auto rest_stored = (1.0 - lq.exp().sum(1)).clamp_min(1e-30);
+            // KL over the K+1 buckets: exact vs stored
+            kl_q += ((p_top * (lp_top - lq)).sum(1) + rest_exact * (rest_exact.log() - rest_stored.log()))
+                        .sum()
+                        .item<double>();
+            // KL from the full distribution to stored top-K + rest spread evenly over the V-K others
+            auto outside = torch::ones_like(lp, torch::kBool).scatter_(1, id_t, false);
+            auto spread = (rest_stored / double(V - K)).log().unsqueeze(1).expand_as(lp);
+            auto recon = lp.clone().masked_scatter_(outside, spread.masked_select(outside)).scatter_(1, id_t, lq);
+            kl_full += (p * (lp - recon)).sum().item<double>();
+        }
     }
     if (n_check > 0) {
         r.kl_full_to_stored = kl_full / double(n_check * T);

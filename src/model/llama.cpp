@@ -353,6 +353,13 @@ torch::Tensor LlamaImpl::head_target_logprobs(const torch::Tensor& h, const torc
     return logits.gather(1, targets.unsqueeze(1)).squeeze(1) - logits.logsumexp(-1);
 }
 
+std::pair<torch::Tensor, torch::Tensor> LlamaImpl::head_top_logprobs(const torch::Tensor& h, int64_t k) {
+    const PackedMatrix* packed_head = lm_head ? lm_head->packed.get() : model->packed_embed.get();
+    if (packed_head) return packed_head->top_logprobs(h, k);
+    auto [v, i] = torch::log_softmax(head(h).to(torch::kFloat32), -1).topk(k, -1);
+    return {v, i};
+}
+
 torch::Tensor LlamaImpl::head_into(const torch::Tensor& h, torch::Tensor* buf) {
     if (packed_) return head(h);  // tiles write into their own output
     const torch::Tensor& w = lm_head ? lm_head->weight : model->embed_tokens->weight;  // (V, C)

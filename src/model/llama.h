@@ -133,6 +133,9 @@ public:
     // a large vocabulary streams its rows (PackedMatrix::target_logprobs) instead of holding
     // n × V logits; buf as in head_into.
     torch::Tensor head_target_logprobs(const torch::Tensor& h, const torch::Tensor& targets, torch::Tensor* buf);
+    // The k largest log softmax(head(h)) per row and their ids: {(n, k) float32, (n, k) int64}.
+    // Streamed the same way for a packed head.
+    std::pair<torch::Tensor, torch::Tensor> head_top_logprobs(const torch::Tensor& h, int64_t k);
     // The same for h (n, C), written into *buf (reused across calls when large enough).
     torch::Tensor head_into(const torch::Tensor& h, torch::Tensor* buf);
     bool packed() const { return packed_; }

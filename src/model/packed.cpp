@@ -4,6 +4,7 @@
 #include <torch/torch.h>
 
 #include <algorithm>
+#include <functional>
 #include <limits>
 
 #include "util/error.h"
@@ -73,35 +74,78 @@ torch::Tensor PackedMatrix::linear(const torch::Tensor& x, const torch::Tensor& 
     return out.view(sizes);
 }
 
-torch::Tensor PackedMatrix::target_logprobs(const torch::Tensor& x, const torch::Tensor& targets) const {
-    DISTILL_CHECK(x.dim() == 2 && x.size(1) == cols_ && targets.dim() == 1 && targets.size(0) == x.size(0),
-                  "target_logprobs takes x (n, ", cols_, ") and targets (n), got ", x.sizes(), " and ", targets.sizes());
-    auto x2 = x.to(torch::kFloat32).contiguous();
-    const int64_t n = x2.size(0);
-    auto tgt = targets.to(torch::kInt64);
-    const float inf = std::numeric_limits<float>::infinity();
-    auto run_max = torch::full({n}, -inf, x2.options());
-    auto run_sum = torch::zeros({n}, x2.options());
-    auto picked = torch::zeros({n}, x2.options());
+void PackedMatrix::for_each_logit_tile(const torch::Tensor& x2,
+                                       const std::function<void(int64_t, const torch::Tensor&)>& visit) const {
     const int64_t tile_rows = std::max<int64_t>(16, kTileFloats / cols_);
     float* buf = tile_buffer(std::min(tile_rows, rows_) * cols_);
     for (int64_t r0 = 0; r0 < rows_; r0 += tile_rows) {
         const int64_t m = std::min(tile_rows, rows_ - r0);
-        torch::Tensor logits;
         if (in_place_.defined()) {
-            logits = torch::mm(x2, in_place_.narrow(0, r0, m).t());
+            visit(r0, torch::mm(x2, in_place_.narrow(0, r0, m).t()));
         } else {
             dequantize(r0, m, buf);
-            logits = torch::mm(x2, torch::from_blob(buf, {m, cols_}, torch::kFloat32).t());  // (n, m)
+            visit(r0, torch::mm(x2, torch::from_blob(buf, {m, cols_}, torch::kFloat32).t()));  // (n, m)
         }
-        auto new_max = torch::maximum(run_max, std::get<0>(logits.max(1)));
-        run_sum = run_sum * (run_max - new_max).exp() + (logits - new_max.unsqueeze(1)).exp().sum(1);
-        run_max = new_max;
+    }
+}
+
+namespace {
+
+// The running log-sum-exp of a row's logits over tiles.
+struct RunningLse {
+    torch::Tensor max, sum;
+    RunningLse(int64_t n, const torch::TensorOptions& o)
+        : max(torch::full({n}, -std::numeric_limits<float>::infinity(), o)), sum(torch::zeros({n}, o)) {}
+    void add(const torch::Tensor& logits) {
+        auto new_max = torch::maximum(max, std::get<0>(logits.max(1)));
+        sum = sum * (max - new_max).exp() + (logits - new_max.unsqueeze(1)).exp().sum(1);
+        max = new_max;
+    }
+    torch::Tensor value() const { return max + sum.log(); }
+};
+
+}  // namespace
+
+torch::Tensor PackedMatrix::target_logprobs(const torch::Tensor& x, const torch::Tensor& targets) const {
+    DISTILL_CHECK(x.dim() == 2 && x.size(1) == cols_ && targets.dim() == 1 && targets.size(0) == x.size(0),
+                  "target_logprobs takes x (n, ", cols_, ") and targets (n), got ", x.sizes(), " and ", targets.sizes());
+    auto x2 = x.to(torch::kFloat32).contiguous();
+    auto tgt = targets.to(torch::kInt64);
+    RunningLse lse(x2.size(0), x2.options());
+    auto picked = torch::zeros({x2.size(0)}, x2.options());
+    for_each_logit_tile(x2, [&](int64_t r0, const torch::Tensor& logits) {
+        const int64_t m = logits.size(1);
+        lse.add(logits);
         auto here = (tgt >= r0).logical_and(tgt < r0 + m);
         auto local = (tgt - r0).clamp(0, m - 1).unsqueeze(1);
         picked = torch::where(here, logits.gather(1, local).squeeze(1), picked);
-    }
-    return picked - (run_max + run_sum.log());
+    });
+    return picked - lse.value();
+}
+
+std::pair<torch::Tensor, torch::Tensor> PackedMatrix::top_logprobs(const torch::Tensor& x, int64_t k) const {
+    DISTILL_CHECK(x.dim() == 2 && x.size(1) == cols_ && k >= 1 && k <= rows_, "top_logprobs takes x (n, ", cols_,
+                  ") and 1 <= k <= ", rows_, ", got ", x.sizes(), " and ", k);
+    auto x2 = x.to(torch::kFloat32).contiguous();
+    RunningLse lse(x2.size(0), x2.options());
+    torch::Tensor vals, ids;
+    for_each_logit_tile(x2, [&](int64_t r0, const torch::Tensor& logits) {
+        lse.add(logits);
+        auto [v, i] = logits.topk(std::min(k, logits.size(1)), 1);
+        i = i + r0;
+        if (vals.defined()) {
+            v = torch::cat({vals, v}, 1);
+            i = torch::cat({ids, i}, 1);
+        }
+        if (v.size(1) > k) {
+            auto [tv, at] = v.topk(k, 1);
+            i = i.gather(1, at);
+            v = tv;
+        }
+        vals = v;
+        ids = i;
+    });
+    return {vals - lse.value().unsqueeze(1), ids};
 }
 
 torch::Tensor PackedMatrix::embedding(const torch::Tensor& ids) const {

@@ -8,6 +8,7 @@
 #include <torch/types.h>
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <vector>
 
@@ -35,6 +36,10 @@ public:
     // at a time, with a running max and sum of exponentials. x (n, cols), targets (n) int64 ->
     // (n) float32. For an output head over a large vocabulary, where the logits would dominate memory.
     torch::Tensor target_logprobs(const torch::Tensor& x, const torch::Tensor& targets) const;
+    // The k largest of log softmax(x Wᵀ) per row and their column ids, streamed as
+    // target_logprobs is (each tile's top k merged into a running top k). x (n, cols) ->
+    // {values (n, k) float32, descending; ids (n, k) int64}.
+    std::pair<torch::Tensor, torch::Tensor> top_logprobs(const torch::Tensor& x, int64_t k) const;
     // The rows that ids (any shape, int64) pick: (..., cols), as an embedding lookup.
     torch::Tensor embedding(const torch::Tensor& ids) const;
     // The whole matrix as a new float32 tensor (rows × cols).
@@ -45,6 +50,9 @@ public:
 
 private:
     const uint8_t* row_ptr(int64_t r) const;
+    // visit(r0, x2 W[r0 : r0 + m]ᵀ) for each tile of m rows; x2 (n, cols) float32, contiguous.
+    void for_each_logit_tile(const torch::Tensor& x2,
+                             const std::function<void(int64_t, const torch::Tensor&)>& visit) const;
 
     GgmlType type_;
     const uint8_t* data_;

@@ -7,6 +7,7 @@
 #include "io/safetensors.h"
 #include "model/checkpoint.h"
 #include "model/generate.h"
+#include "model/packed.h"
 #include "test-util.h"
 #include "util/error.h"
 #include "util/file.h"
@@ -194,4 +195,46 @@ TEST(Model, BadDirectoriesGiveClearErrors) {
     write_file_atomic(dir + "/head/config.json", j.dump());
     write_file_atomic(dir + "/head/model.safetensors", weights);
     expect_error_containing([&] { load_model_dir(dir + "/head"); }, "not a causal language model");
+}
+
+// PackedMatrix against libtorch's own ops on the same float32 matrix: products, embedding rows
+// and the streamed head (several tiles: 40,000 rows of 64 exceed one 4 MiB tile), for a type
+// read in place (F32), one converted (BF16) and a block type with a row map (Q8_0).
+TEST(Packed, TilesMatchLibtorchOnTheSameMatrix) {
+    const int64_t rows = 40000, cols = 64;
+    torch::manual_seed(11);
+    auto w32 = (torch::randn({rows, cols}) * 0.5).contiguous();
+    std::vector<int32_t> reversed(static_cast<size_t>(rows));
+    for (int64_t r = 0; r < rows; ++r) reversed[size_t(r)] = int32_t(rows - 1 - r);
+    for (GgmlType type : {GgmlType::F32, GgmlType::BF16, GgmlType::Q8_0}) {
+        SCOPED_TRACE(ggml_type_info(uint32_t(type))->name);
+        const bool mapped = type == GgmlType::Q8_0;  // stored upside down, read through the row map
+        auto stored = mapped ? w32.flip(0).contiguous() : w32;
+        auto bytes = std::make_shared<std::vector<uint8_t>>(size_t(row_bytes(type, rows * cols)));
+        quantize_row(type, stored.data_ptr<float>(), bytes->data(), rows * cols);
+        PackedMatrix m(type, bytes->data(), rows, cols, bytes, mapped ? reversed : std::vector<int32_t>{});
+        auto w = m.to_float();  // what the type keeps of w32, in the matrix's row order
+        EXPECT_LE((w - w32).abs().max().item<double>(), type == GgmlType::F32 ? 0.0 : 0.02);
+
+        auto x = torch::randn({3, 5, cols});
+        auto bias = torch::randn({rows});
+        const double lin = (m.linear(x, bias) - torch::nn::functional::linear(x, w, bias)).abs().max().item<double>();
+        EXPECT_LE(lin, 1e-4);
+        auto ids = torch::tensor({0L, rows - 1, 17L, 39999L, 123L}, torch::kInt64).view({5, 1});
+        EXPECT_TRUE(torch::equal(m.embedding(ids), w.index_select(0, ids.view(-1)).view({5, 1, cols})));
+
+        auto h = torch::randn({7, cols});
+        auto lp = torch::log_softmax(torch::mm(h, w.t()), -1);  // (7, rows)
+        auto targets = torch::tensor({0L, 5L, 20000L, 32767L, 32768L, 39998L, rows - 1}, torch::kInt64);
+        const double tgt = (m.target_logprobs(h, targets) - lp.gather(1, targets.unsqueeze(1)).squeeze(1))
+                               .abs().max().item<double>();
+        EXPECT_LE(tgt, 1e-4);
+        auto [top_v, top_i] = m.top_logprobs(h, 20);
+        auto [want_v, want_i] = lp.topk(20, -1);
+        EXPECT_LE((top_v - want_v).abs().max().item<double>(), 1e-4);
+        EXPECT_TRUE(torch::equal(top_i, want_i));
+        std::printf("[ %s ] max |d| linear %.2g, target log-prob %.2g\n", ggml_type_info(uint32_t(type))->name, lin, tgt);
+    }
+    std::vector<uint8_t> few(size_t(row_bytes(GgmlType::Q8_0, 64)));
+    expect_error_containing([&] { PackedMatrix(GgmlType::Q8_0, few.data(), 1, 48, nullptr); }, "blocks");
 }
