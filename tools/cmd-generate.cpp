@@ -24,6 +24,7 @@ int run(Options& o) {
     std::vector<int64_t> prompt = encode_for_eval(m.tokenizer, o.prompt);
     // the model's own EOS ids (config.json / generation_config.json / GGUF), else the tokenizer's
     o.sampling.stop_ids = m.config.stop_ids();
+    o.sampling.vocab_limit = m.tokenizer.vocab_size();
     if (o.sampling.stop_ids.empty() && m.tokenizer.eos_id() >= 0) o.sampling.stop_ids = {m.tokenizer.eos_id()};
     std::cout << o.prompt << std::flush;
     // print as we go; decode the whole tail each time so multi-byte characters come out whole

@@ -25,20 +25,22 @@ int run(const Options& o) {
     DISTILL_CHECK(K <= m.config.vocab_size, "--top-logprobs ", K, " exceeds the vocabulary (", m.config.vocab_size,
                   ")");
     auto ids = encode_for_eval(m.tokenizer, read_file(o.text));
-    for_each_window(m.model, ids, o.window, [&](int64_t first, const torch::Tensor& lp_dev, const torch::Tensor& tg) {
+    for_each_window_top(m.model, ids, o.window, K,
+                        [&](int64_t first, const torch::Tensor& lp_dev, const torch::Tensor& top_v_dev,
+                            const torch::Tensor& top_i_dev, const torch::Tensor& tg) {
         // one copy to the host per window, then plain reads
-        torch::Tensor lp = lp_dev.to(torch::kCPU, torch::kFloat64).contiguous();
-        torch::Tensor targets = tg.to(torch::kCPU, torch::kInt64).contiguous();
-        torch::Tensor top_v, top_i;
-        if (K > 0) std::tie(top_v, top_i) = lp.topk(K, -1);
-        auto lpa = lp.accessor<double, 2>();
+        auto lp = lp_dev.to(torch::kCPU, torch::kFloat64).contiguous();
+        auto top_v = top_v_dev.to(torch::kCPU, torch::kFloat64).contiguous();
+        auto top_i = top_i_dev.to(torch::kCPU, torch::kInt64).contiguous();
+        auto targets = tg.to(torch::kCPU, torch::kInt64).contiguous();
+        auto lpa = lp.accessor<double, 1>();
+        auto va = top_v.accessor<double, 2>();
+        auto ia = top_i.accessor<int64_t, 2>();
         auto ta = targets.accessor<int64_t, 1>();
         for (int64_t r = 0; r < lp.size(0); ++r) {
-            const int64_t id = ta[r];
-            nlohmann::json line = {{"pos", first + r}, {"id", id}, {"logprob", lpa[r][id]}};
+            nlohmann::json line = {{"pos", first + r}, {"id", ta[r]}, {"logprob", lpa[r]}};
             nlohmann::json top = nlohmann::json::array();
-            for (int64_t k = 0; k < K; ++k)
-                top.push_back({top_i[r][k].item<int64_t>(), top_v[r][k].item<double>()});
+            for (int64_t k = 0; k < K; ++k) top.push_back({ia[r][k], va[r][k]});
             line["top"] = top;
             std::cout << line.dump() << "\n";
         }

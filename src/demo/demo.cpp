@@ -174,6 +174,14 @@ int run_demo(const DemoOptions& o_in) {
         o.api_max_tokens = std::min<int64_t>(o.api_max_tokens, 16);
     }
     const double t_start = now_seconds();
+    // each stage's wall seconds in this invocation (a stage reused from an earlier run takes ~0)
+    json stage_seconds = json::array();
+    double stage_start = t_start;
+    auto stage_done = [&](const std::string& name) {
+        const double now = now_seconds();
+        stage_seconds.push_back({{"stage", name}, {"seconds", now - stage_start}});
+        stage_start = now;
+    };
     const std::string run = o.run_dir;
     make_dirs(run);
     log_info(str_cat("demo in ", run, " (re-running reuses what is already built); BLAS core: ",
@@ -211,6 +219,7 @@ int run_demo(const DemoOptions& o_in) {
         return t;
     };
 
+    stage_done("corpus");
     // 2. tokenizer
     const std::string tok_path = path_join(run, "tokenizer.json");
     TokenizerTrainOptions topts;
@@ -226,6 +235,7 @@ int run_demo(const DemoOptions& o_in) {
     }
     Tokenizer tok = Tokenizer::load(tok_path);
 
+    stage_done("tokenizer");
     // 3. token shard
     const std::string shard_prefix = path_join(run, "data/train");
     make_dirs(path_join(run, "data"));
@@ -248,6 +258,7 @@ int run_demo(const DemoOptions& o_in) {
     log_info(str_cat("train shard: ", shard.size(), " tokens (",
                      double(train_text.size()) / double(shard.size()), " bytes/token)"));
 
+    stage_done("token shard");
     // 4. teacher
     DemoSizes sizes = demo_sizes(tok.vocab_size(), o.quick);
     sizes.teacher.bos_token_id = sizes.student.bos_token_id = tok.bos_id();
@@ -268,6 +279,7 @@ int run_demo(const DemoOptions& o_in) {
         },
         "teacher");
 
+    stage_done("teacher");
     // 5. evaluation on the held-out novel
     WindowOptions wopts;
     wopts.context = o.seq_len;
@@ -292,6 +304,7 @@ int run_demo(const DemoOptions& o_in) {
                     {"train_plus_heldout_bytes_xz", b}};
     });
 
+    stage_done("teacher eval");
     // 6. capture the teacher's top-k on the training windows
     CaptureOptions copts;
     copts.top_k = o.top_k;
@@ -311,6 +324,7 @@ int run_demo(const DemoOptions& o_in) {
                            });
     LogitCacheReader cache(cache_dir);
 
+    stage_done("capture");
     // 7. two students of the same architecture, same windows, steps and seed: one distilled from
     // the cache, one trained on the data alone
     TrainOptions st = with_curve(train_options(o, o.student_steps, sizes.student));
@@ -440,6 +454,7 @@ int run_demo(const DemoOptions& o_in) {
         }
     }
 
+    stage_done("students");
     // 9. the teacher through its API: served on loopback with faults injected into a quarter of
     // the requests, asked to continue passages cut from the training novels, and two students
     // trained on what it returned with the same steps and seed as the pair above: one on the
@@ -640,8 +655,11 @@ int run_demo(const DemoOptions& o_in) {
                       {"teacher_tokens", set.teacher_tokens},
                       {"share_of_whitebox_gain", kept}};
         for (auto& r : api_rows) rows.push_back(r);
-        if (o.guard_fraction > 0)
+        stage_done("api students");
+        if (o.guard_fraction > 0) {
             guard_report = guard_stage(prompts_text, prompts.size(), ac, api_rows[0], rows[2]);
+            stage_done("guard");
+        }
     }
 
     // 11. a short sample from the teacher
@@ -655,6 +673,7 @@ int run_demo(const DemoOptions& o_in) {
     for (int64_t id : generate(teacher, encode_for_eval(tok, prompt), samp)) gen.push_back(int32_t(id));
     const std::string sample = prompt + tok.decode(gen, true);
 
+    stage_done("sample");
     const double kd_bpb = rows[1]["bpb"].get<double>(), base_bpb = rows[2]["bpb"].get<double>();
     json report = {
         {"corpus", {{"train", "sensesensibility, prideprejudice, mansfieldpark, emma, northangerabbey"},
@@ -687,6 +706,7 @@ int run_demo(const DemoOptions& o_in) {
         {"guard", guard_report},
         {"sample", sample},
         {"quick", o.quick},
+        {"stage_seconds", stage_seconds},
         {"seconds", now_seconds() - t_start},
     };
     write_file_atomic(path_join(run, "report.json"), report.dump(2) + "\n");
@@ -789,7 +809,11 @@ int run_demo(const DemoOptions& o_in) {
     }
     std::string md = "# distill demo report\n\nHeld-out novel: *Persuasion*; trained on the other five.\n\n" +
                      table + "\nTeacher sample:\n\n> " + sample + "\n\nTotal wall time: " +
-                     format_duration(now_seconds() - t_start) + "\n";
+                     format_duration(now_seconds() - t_start) + " (";
+    for (size_t i = 0; i < stage_seconds.size(); ++i)
+        md += str_cat(i ? ", " : "", stage_seconds[i]["stage"].get<std::string>(), " ",
+                      format_duration(stage_seconds[i]["seconds"].get<double>()));
+    md += "; a stage reused from an earlier run takes about 0)\n";
     write_file_atomic(path_join(run, "report.md"), md);
     write_report({run}, path_join(run, "report"));  // report.html with the curves: docs/report.md
     std::printf("\n%s\nsample: %s\n\nreport: %s (and report.md)\n", table.c_str(), sample.c_str(),

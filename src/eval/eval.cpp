@@ -129,6 +129,28 @@ void for_each_window(Llama& model, const std::vector<int64_t>& ids, const Window
     });
 }
 
+void for_each_window_top(Llama& model, const std::vector<int64_t>& ids, const WindowOptions& opts, int64_t k,
+                         const TopVisitor& visit, const std::string& progress_label) {
+    check_window_options(model, opts);
+    const int64_t N = static_cast<int64_t>(ids.size());
+    if (N < 2) return;
+    const auto wins = plan_windows(N, opts);
+    c10::InferenceMode im;
+    auto ids_t = torch::tensor(ids, torch::kInt64).to(model->device());
+    for_each_batch(wins, ids_t, opts, progress_label, [&](size_t i, size_t j, const torch::Tensor& batch) {
+        const ScoredRows s = scored_rows(wins, i, j, ids_t);
+        auto h = model->hidden(batch);
+        auto hs = h.reshape({-1, h.size(-1)}).index_select(0, s.rows);  // (n, C)
+        torch::Tensor target_lp;
+        auto [top_v, top_i] = model->head_top_logprobs(hs, k, s.targets, &target_lp);
+        for (size_t w = i; w < j; ++w) {
+            const int64_t a = s.offset[w - i], n = s.offset[w - i + 1] - a;
+            visit(wins[w].score_from, target_lp.narrow(0, a, n), top_v.narrow(0, a, n), top_i.narrow(0, a, n),
+                  s.targets.narrow(0, a, n));
+        }
+    });
+}
+
 BpbResult eval_bpb(Llama& model, const Tokenizer& tokenizer, const std::string& text,
                    const WindowOptions& opts, const std::string& progress_label) {
     DISTILL_CHECK(!text.empty(), "cannot evaluate bits per byte on empty text");

@@ -48,6 +48,14 @@ using WindowVisitor =
 void for_each_window(Llama& model, const std::vector<int64_t>& ids, const WindowOptions& opts,
                      const WindowVisitor& visit, const std::string& progress_label = "");
 
+// As for_each_window, with only what a scoring listing needs: each scored position's log-prob of
+// its target (n) and its k largest log-probs (n, k) with their ids (k may be 0). A packed head
+// streams its vocabulary (LlamaImpl::head_top_logprobs) instead of holding n x V log-probs.
+using TopVisitor = std::function<void(int64_t first, const torch::Tensor& target_lp, const torch::Tensor& top_lp,
+                                      const torch::Tensor& top_ids, const torch::Tensor& targets)>;
+void for_each_window_top(Llama& model, const std::vector<int64_t>& ids, const WindowOptions& opts, int64_t k,
+                         const TopVisitor& visit, const std::string& progress_label = "");
+
 struct BpbResult {
     double bits_per_byte = 0;
     double nats_per_token = 0;

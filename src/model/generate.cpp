@@ -12,7 +12,7 @@ namespace distill {
 int64_t sample_token(const torch::Tensor& logits_in, const SamplingOptions& opts,
                      std::mt19937_64& rng) {
     auto logits = logits_in.to(torch::kCPU, torch::kFloat64).contiguous();
-    const int64_t V = logits.numel();
+    const int64_t V = opts.vocab_limit > 0 ? std::min(opts.vocab_limit, logits.numel()) : logits.numel();
     const double* z = logits.data_ptr<double>();
     if (opts.temperature <= 0) return std::max_element(z, z + V) - z;
     std::vector<int64_t> order(V);

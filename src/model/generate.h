@@ -19,6 +19,9 @@ struct SamplingOptions {
     uint64_t seed = 0;
     int64_t max_new_tokens = 64;
     std::vector<int64_t> stop_ids;  // stop when one of these is sampled (ModelConfig::stop_ids)
+    // Only ids below this are drawn (0 = all): a model's rows beyond its tokenizer's tokens
+    // (Qwen2.5 has 151,936 rows for 151,665 tokens) have no text to decode.
+    int64_t vocab_limit = 0;
     // Adds delta to the green logits (from the key and the last h ids, prompt included) before
     // temperature / top-k / top-p; positions with fewer than h ids before them are left as they are.
     std::optional<WatermarkOptions> watermark;

@@ -353,10 +353,15 @@ torch::Tensor LlamaImpl::head_target_logprobs(const torch::Tensor& h, const torc
     return logits.gather(1, targets.unsqueeze(1)).squeeze(1) - logits.logsumexp(-1);
 }
 
-std::pair<torch::Tensor, torch::Tensor> LlamaImpl::head_top_logprobs(const torch::Tensor& h, int64_t k) {
+std::pair<torch::Tensor, torch::Tensor> LlamaImpl::head_top_logprobs(const torch::Tensor& h, int64_t k,
+                                                                     const torch::Tensor& targets,
+                                                                     torch::Tensor* target_lp) {
     const PackedMatrix* packed_head = lm_head ? lm_head->packed.get() : model->packed_embed.get();
-    if (packed_head) return packed_head->top_logprobs(h, k);
-    auto [v, i] = torch::log_softmax(head(h).to(torch::kFloat32), -1).topk(k, -1);
+    if (packed_head) return packed_head->top_logprobs(h, k, targets, target_lp);
+    auto lp = torch::log_softmax(head(h).to(torch::kFloat32), -1);
+    if (targets.defined() && target_lp) *target_lp = lp.gather(1, targets.unsqueeze(1)).squeeze(1);
+    if (k == 0) return {torch::empty({h.size(0), 0}, lp.options()), torch::empty({h.size(0), 0}, torch::kInt64)};
+    auto [v, i] = lp.topk(k, -1);
     return {v, i};
 }
 

@@ -135,7 +135,10 @@ public:
     torch::Tensor head_target_logprobs(const torch::Tensor& h, const torch::Tensor& targets, torch::Tensor* buf);
     // The k largest log softmax(head(h)) per row and their ids: {(n, k) float32, (n, k) int64}.
     // Streamed the same way for a packed head.
-    std::pair<torch::Tensor, torch::Tensor> head_top_logprobs(const torch::Tensor& h, int64_t k);
+    // With targets (n) given, *target_lp gets each row's log-prob of its target from the same logits.
+    std::pair<torch::Tensor, torch::Tensor> head_top_logprobs(const torch::Tensor& h, int64_t k,
+                                                              const torch::Tensor& targets = {},
+                                                              torch::Tensor* target_lp = nullptr);
     // The same for h (n, C), written into *buf (reused across calls when large enough).
     torch::Tensor head_into(const torch::Tensor& h, torch::Tensor* buf);
     bool packed() const { return packed_; }

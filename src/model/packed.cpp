@@ -107,36 +107,39 @@ struct RunningLse {
 }  // namespace
 
 torch::Tensor PackedMatrix::target_logprobs(const torch::Tensor& x, const torch::Tensor& targets) const {
-    DISTILL_CHECK(x.dim() == 2 && x.size(1) == cols_ && targets.dim() == 1 && targets.size(0) == x.size(0),
-                  "target_logprobs takes x (n, ", cols_, ") and targets (n), got ", x.sizes(), " and ", targets.sizes());
+    DISTILL_CHECK(targets.dim() == 1 && x.dim() == 2 && targets.size(0) == x.size(0), "target_logprobs takes x (n, ",
+                  cols_, ") and targets (n), got ", x.sizes(), " and ", targets.sizes());
+    torch::Tensor lp;
+    top_logprobs(x, 0, targets, &lp);
+    return lp;
+}
+
+std::pair<torch::Tensor, torch::Tensor> PackedMatrix::top_logprobs(const torch::Tensor& x, int64_t k,
+                                                                   const torch::Tensor& targets,
+                                                                   torch::Tensor* target_lp) const {
+    DISTILL_CHECK(x.dim() == 2 && x.size(1) == cols_ && k >= 0 && k <= rows_, "top_logprobs takes x (n, ", cols_,
+                  ") and 0 <= k <= ", rows_, ", got ", x.sizes(), " and ", k);
+    const bool want_targets = targets.defined() && target_lp;
+    DISTILL_CHECK(!want_targets || (targets.dim() == 1 && targets.size(0) == x.size(0)), "targets ", targets.sizes(),
+                  " for ", x.size(0), " rows");
     auto x2 = x.to(torch::kFloat32).contiguous();
-    auto tgt = targets.to(torch::kInt64);
-    RunningLse lse(x2.size(0), x2.options());
-    auto picked = torch::zeros({x2.size(0)}, x2.options());
+    const int64_t n = x2.size(0);
+    RunningLse lse(n, x2.options());
+    torch::Tensor vals = torch::empty({n, 0}, x2.options()), ids = torch::empty({n, 0}, torch::kInt64);
+    torch::Tensor tgt = want_targets ? targets.to(torch::kInt64) : torch::Tensor();
+    torch::Tensor picked = torch::zeros({n}, x2.options());
     for_each_logit_tile(x2, [&](int64_t r0, const torch::Tensor& logits) {
         const int64_t m = logits.size(1);
         lse.add(logits);
-        auto here = (tgt >= r0).logical_and(tgt < r0 + m);
-        auto local = (tgt - r0).clamp(0, m - 1).unsqueeze(1);
-        picked = torch::where(here, logits.gather(1, local).squeeze(1), picked);
-    });
-    return picked - lse.value();
-}
-
-std::pair<torch::Tensor, torch::Tensor> PackedMatrix::top_logprobs(const torch::Tensor& x, int64_t k) const {
-    DISTILL_CHECK(x.dim() == 2 && x.size(1) == cols_ && k >= 1 && k <= rows_, "top_logprobs takes x (n, ", cols_,
-                  ") and 1 <= k <= ", rows_, ", got ", x.sizes(), " and ", k);
-    auto x2 = x.to(torch::kFloat32).contiguous();
-    RunningLse lse(x2.size(0), x2.options());
-    torch::Tensor vals, ids;
-    for_each_logit_tile(x2, [&](int64_t r0, const torch::Tensor& logits) {
-        lse.add(logits);
-        auto [v, i] = logits.topk(std::min(k, logits.size(1)), 1);
-        i = i + r0;
-        if (vals.defined()) {
-            v = torch::cat({vals, v}, 1);
-            i = torch::cat({ids, i}, 1);
+        if (want_targets) {
+            auto here = (tgt >= r0).logical_and(tgt < r0 + m);
+            auto local = (tgt - r0).clamp(0, m - 1).unsqueeze(1);
+            picked = torch::where(here, logits.gather(1, local).squeeze(1), picked);
         }
+        if (k == 0) return;
+        auto [v, i] = logits.topk(std::min(k, m), 1);
+        v = torch::cat({vals, v}, 1);
+        i = torch::cat({ids, i + r0}, 1);
         if (v.size(1) > k) {
             auto [tv, at] = v.topk(k, 1);
             i = i.gather(1, at);
@@ -145,7 +148,9 @@ std::pair<torch::Tensor, torch::Tensor> PackedMatrix::top_logprobs(const torch::
         vals = v;
         ids = i;
     });
-    return {vals - lse.value().unsqueeze(1), ids};
+    auto total = lse.value();
+    if (want_targets) *target_lp = picked - total;
+    return {vals - total.unsqueeze(1), ids};
 }
 
 torch::Tensor PackedMatrix::embedding(const torch::Tensor& ids) const {

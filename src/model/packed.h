@@ -38,8 +38,12 @@ public:
     torch::Tensor target_logprobs(const torch::Tensor& x, const torch::Tensor& targets) const;
     // The k largest of log softmax(x Wᵀ) per row and their column ids, streamed as
     // target_logprobs is (each tile's top k merged into a running top k). x (n, cols) ->
-    // {values (n, k) float32, descending; ids (n, k) int64}.
-    std::pair<torch::Tensor, torch::Tensor> top_logprobs(const torch::Tensor& x, int64_t k) const;
+    // {values (n, k) float32, descending; ids (n, k) int64}. k = 0: none. With targets (n)
+    // given, *target_lp receives each row's log-prob of its target (as target_logprobs) in the
+    // same pass.
+    std::pair<torch::Tensor, torch::Tensor> top_logprobs(const torch::Tensor& x, int64_t k,
+                                                         const torch::Tensor& targets = {},
+                                                         torch::Tensor* target_lp = nullptr) const;
     // The rows that ids (any shape, int64) pick: (..., cols), as an embedding lookup.
     torch::Tensor embedding(const torch::Tensor& ids) const;
     // The whole matrix as a new float32 tensor (rows × cols).

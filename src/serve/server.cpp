@@ -525,6 +525,7 @@ std::shared_ptr<Call> Server::start(const std::vector<PromptInfo>& prompts, cons
         // never past the context: the engine ends a full slot with "length"
         r->sampling.max_new_tokens = std::min<int64_t>(s.max_tokens, context_ - static_cast<int64_t>(p.ids.size()));
         r->sampling.stop_ids = stop_ids_;
+        r->sampling.vocab_limit = tok_.vocab_size();
         r->sampling.watermark = o_.watermark;
         r->logprobs = logprobs;
         r->top_logprobs = top;

@@ -3,6 +3,7 @@
 #include <torch/torch.h>
 
 #include <nlohmann/json.hpp>
+#include <set>
 
 #include "io/safetensors.h"
 #include "model/checkpoint.h"
@@ -237,4 +238,25 @@ TEST(Packed, TilesMatchLibtorchOnTheSameMatrix) {
     }
     std::vector<uint8_t> few(size_t(row_bytes(GgmlType::Q8_0, 64)));
     expect_error_containing([&] { PackedMatrix(GgmlType::Q8_0, few.data(), 1, 48, nullptr); }, "blocks");
+}
+
+// A model with more rows than its tokenizer has tokens (Qwen2.5: 151,936 for 151,665): the rows
+// beyond `vocab_limit` are never drawn, greedy or sampled, however large their logits.
+TEST(Model, SamplingNeverDrawsRowsBeyondTheVocabLimit) {
+    auto logits = torch::zeros({10});
+    logits[8] = 50.0;  // padding rows that would win every draw
+    logits[9] = 40.0;
+    logits[3] = 1.0;
+    SamplingOptions o;
+    o.vocab_limit = 8;
+    std::mt19937_64 rng(1);
+    o.temperature = 0;
+    EXPECT_EQ(sample_token(logits, o, rng), 3);
+    o.temperature = 1.0;
+    std::set<int64_t> drawn;
+    for (int i = 0; i < 500; ++i) drawn.insert(sample_token(logits, o, rng));
+    EXPECT_LT(*drawn.rbegin(), 8);
+    EXPECT_GE(drawn.size(), 5u);  // the other rows below the limit are still drawn
+    o.vocab_limit = 0;
+    EXPECT_EQ(sample_token(logits, o, rng), 8);  // without a limit the padding row wins
 }
