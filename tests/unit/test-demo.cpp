@@ -155,4 +155,22 @@ TEST(Demo, QuickRunWritesReportAndIsReused) {
     for (size_t i = 0; i < 6; ++i) EXPECT_EQ(r2["models"][i]["bpb"], r["models"][i]["bpb"]);
     EXPECT_EQ(r2["api"]["capture"], r["api"]["capture"]);  // not captured again
     EXPECT_EQ(r2["guard"], r["guard"]);
+
+    // stage times: every stage named once, in order, each within the run's wall time; the re-run
+    // reused the teacher, so its teacher stage took far less than the first run's
+    const std::vector<std::string> stages = {"corpus",   "tokenizer", "token shard",  "teacher", "teacher eval",
+                                             "capture",  "students",  "api students", "guard",   "sample"};
+    for (const json* rep : {&r, &r2}) {
+        ASSERT_TRUE((*rep)["stage_seconds"].is_array());
+        ASSERT_EQ((*rep)["stage_seconds"].size(), stages.size());
+        double sum = 0;
+        for (size_t i = 0; i < stages.size(); ++i) {
+            const json& st = (*rep)["stage_seconds"][i];
+            EXPECT_EQ(st["stage"], stages[i]);
+            EXPECT_GE(st["seconds"].get<double>(), 0.0);
+            sum += st["seconds"].get<double>();
+        }
+        EXPECT_LE(sum, (*rep)["seconds"].get<double>());
+    }
+    EXPECT_LT(r2["stage_seconds"][3]["seconds"].get<double>(), r["stage_seconds"][3]["seconds"].get<double>());
 }
