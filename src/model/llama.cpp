@@ -345,9 +345,13 @@ torch::Tensor LlamaImpl::head(const torch::Tensor& h) {
     return F::linear(h, model->embed_tokens->weight);
 }
 
+const PackedMatrix* LlamaImpl::packed_head() const {
+    return lm_head ? lm_head->packed.get() : model->packed_embed.get();
+}
+
 torch::Tensor LlamaImpl::head_target_logprobs(const torch::Tensor& h, const torch::Tensor& targets,
                                               torch::Tensor* buf) {
-    const PackedMatrix* packed_head = lm_head ? lm_head->packed.get() : model->packed_embed.get();
+    const PackedMatrix* packed_head = this->packed_head();
     if (packed_head) return packed_head->target_logprobs(h, targets);
     auto logits = head_into(h, buf).to(torch::kFloat32);
     return logits.gather(1, targets.unsqueeze(1)).squeeze(1) - logits.logsumexp(-1);
@@ -356,7 +360,7 @@ torch::Tensor LlamaImpl::head_target_logprobs(const torch::Tensor& h, const torc
 std::pair<torch::Tensor, torch::Tensor> LlamaImpl::head_top_logprobs(const torch::Tensor& h, int64_t k,
                                                                      const torch::Tensor& targets,
                                                                      torch::Tensor* target_lp) {
-    const PackedMatrix* packed_head = lm_head ? lm_head->packed.get() : model->packed_embed.get();
+    const PackedMatrix* packed_head = this->packed_head();
     if (packed_head) return packed_head->top_logprobs(h, k, targets, target_lp);
     auto lp = torch::log_softmax(head(h).to(torch::kFloat32), -1);
     if (targets.defined() && target_lp) *target_lp = lp.gather(1, targets.unsqueeze(1)).squeeze(1);

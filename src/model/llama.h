@@ -157,6 +157,8 @@ public:
 
 private:
     std::pair<torch::Tensor, torch::Tensor> rope(int64_t offset, int64_t T);
+    // The head's matrix when it is packed (lm_head's, or the tied embedding's), else nullptr.
+    const PackedMatrix* packed_head() const;
     ModelConfig config_;
     bool packed_ = false;
     torch::Tensor inv_freq_, cos_cache_, sin_cache_;
