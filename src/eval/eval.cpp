@@ -99,9 +99,14 @@ ScoredRows scored_rows(const std::vector<Window>& wins, size_t i, size_t j, cons
 
 }  // namespace
 
-torch::Tensor logits_at(Llama& model, const torch::Tensor& ids, const torch::Tensor& rows, torch::Tensor* buf) {
+// The final hidden states (n, C) of the flattened (B*T) positions `rows` of ids (B, T).
+static torch::Tensor hidden_at(Llama& model, const torch::Tensor& ids, const torch::Tensor& rows) {
     auto h = model->hidden(ids);                                // (B, T, C)
-    auto hs = h.reshape({-1, h.size(-1)}).index_select(0, rows);  // (n, C)
+    return h.reshape({-1, h.size(-1)}).index_select(0, rows);  // (n, C)
+}
+
+torch::Tensor logits_at(Llama& model, const torch::Tensor& ids, const torch::Tensor& rows, torch::Tensor* buf) {
+    auto hs = hidden_at(model, ids, rows);
     if (!buf) return model->head(hs).to(torch::kFloat32);
     return model->head_into(hs, buf).to(torch::kFloat32);
 }
@@ -139,10 +144,8 @@ void for_each_window_top(Llama& model, const std::vector<int64_t>& ids, const Wi
     auto ids_t = torch::tensor(ids, torch::kInt64).to(model->device());
     for_each_batch(wins, ids_t, opts, progress_label, [&](size_t i, size_t j, const torch::Tensor& batch) {
         const ScoredRows s = scored_rows(wins, i, j, ids_t);
-        auto h = model->hidden(batch);
-        auto hs = h.reshape({-1, h.size(-1)}).index_select(0, s.rows);  // (n, C)
         torch::Tensor target_lp;
-        auto [top_v, top_i] = model->head_top_logprobs(hs, k, s.targets, &target_lp);
+        auto [top_v, top_i] = model->head_top_logprobs(hidden_at(model, batch, s.rows), k, s.targets, &target_lp);
         for (size_t w = i; w < j; ++w) {
             const int64_t a = s.offset[w - i], n = s.offset[w - i + 1] - a;
             visit(wins[w].score_from, target_lp.narrow(0, a, n), top_v.narrow(0, a, n), top_i.narrow(0, a, n),
@@ -170,9 +173,7 @@ BpbResult eval_bpb(Llama& model, const Tokenizer& tokenizer, const std::string& 
         torch::Tensor buf;
         for_each_batch(wins, ids_t, opts, progress_label, [&](size_t i, size_t j, const torch::Tensor& batch) {
             const ScoredRows s = scored_rows(wins, i, j, ids_t);
-            auto h = model->hidden(batch);
-            auto hs = h.reshape({-1, h.size(-1)}).index_select(0, s.rows);  // (n, C)
-            nats_t -= model->head_target_logprobs(hs, s.targets, &buf).sum(torch::kFloat64);
+            nats_t -= model->head_target_logprobs(hidden_at(model, batch, s.rows), s.targets, &buf).sum(torch::kFloat64);
             tokens += s.offset.back();
         });
         nats = nats_t.item<double>();
