@@ -18,7 +18,7 @@ sudo=""
 [ "$(id -u)" -ne 0 ] && sudo="sudo"
 
 pkgs=(build-essential cmake ninja-build pkg-config ccache
-      libtorch-dev libgloo-dev libopenblas0-openmp nlohmann-json3-dev libcli11-dev
+      libtorch-dev libgloo-dev libopenblas0-openmp libblas-dev nlohmann-json3-dev libcli11-dev
       libpcre2-dev libxxhash-dev libzstd-dev libutf8proc-dev liblzma-dev
       libcpp-httplib-dev libjs-chart.js
       r-base-core r-cran-janeaustenr)

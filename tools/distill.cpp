@@ -26,6 +26,13 @@ int main(int argc, char** argv) {
     app.add_flag("--quiet", quiet, "no progress output");
     app.add_option("--device", device, "where the math runs: cpu, cuda, cuda:N or auto (a GPU if there is one)")
         ->capture_default_str();
+    std::string precision = "auto";
+    app.add_option("--precision", precision,
+                   "matrix products in training: fp32, bf16 (float32 master weights), or auto (bf16 where the "
+                   "device has fast bf16 products, measured at start; env DISTILL_PRECISION)")
+        ->check(CLI::IsMember({"auto", "fp32", "bf16"}))
+        ->envname("DISTILL_PRECISION")
+        ->capture_default_str();
 
     const std::vector<cli::Command> commands = {
         cli::add_demo(app),     cli::add_train_tokenizer(app), cli::add_prepare(app),
@@ -60,6 +67,7 @@ int main(int argc, char** argv) {
         tune_allocator();
         set_threads(threads);
         if (cmd->heavy_math) set_compute_device(resolve_device(device));
+        set_precision_spec(precision);
         return cmd->run();
     } catch (const cli::UsageError& e) {
         std::fprintf(stderr, "distill %s: %s\nRun with --help for more information.\n", cmd->app->get_name().c_str(),

@@ -15,7 +15,10 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <vector>
 
+#include "kernels/cpu-kernels.h"
+#include "model/fused.h"
 #include "util/error.h"
 
 namespace distill {
@@ -149,10 +152,12 @@ torch::Tensor mean_rows(const torch::Tensor& rows, int64_t n) {
 
 // total = (1 - ce_weight) tau^2 mean(D) + ce_weight mean(CE); CE alone for kCrossEntropy.
 // student_sel: (n, V) rows with a target, in the compute dtype; targets_sel: (n) int64.
-// divergence: (n) or undefined when not needed; log_z1: (n, 1) logsumexp of the untempered
-// student logits, or undefined to compute here.
+// divergence: (n) or undefined when not needed; lq_y: (n) log q(y) at temperature 1 when the fused
+// kernels computed it, else undefined (then from log_z1, the (n, 1) logsumexp of the untempered
+// logits, or computed here).
 torch::Tensor combine(const torch::Tensor& student_sel, const torch::Tensor& targets_sel,
-                      const torch::Tensor& divergence, torch::Tensor log_z1, const LossOptions& o) {
+                      const torch::Tensor& divergence, torch::Tensor log_z1, torch::Tensor lq_y,
+                      const LossOptions& o) {
     const int64_t n = student_sel.size(0);
     const bool ce_only = o.kind == LossKind::kCrossEntropy;
     const double ce_w = ce_only ? 1.0 : o.ce_weight;
@@ -162,70 +167,81 @@ torch::Tensor combine(const torch::Tensor& student_sel, const torch::Tensor& tar
         total = ((1 - ce_w) * tau2) * mean_rows(divergence, n);
     }
     if (ce_w > 0) {
-        if (!log_z1.defined()) log_z1 = torch::logsumexp(student_sel, 1, /*keepdim=*/true);
-        // -log q(y) = logsumexp(z) - z_y, at temperature 1.
-        auto ce = (log_z1 - student_sel.gather(1, targets_sel.unsqueeze(1))).squeeze(1);
-        auto term = ce_w * mean_rows(ce, n);
+        if (!lq_y.defined()) {
+            if (!log_z1.defined()) log_z1 = torch::logsumexp(student_sel, 1, /*keepdim=*/true);
+            // log q(y) = z_y - logsumexp(z), at temperature 1.
+            lq_y = (student_sel.gather(1, targets_sel.unsqueeze(1)) - log_z1).squeeze(1);
+        }
+        auto term = (-ce_w) * mean_rows(lq_y, n);
         total = total.defined() ? total + term : term;
     }
     return total;
 }
 
-
-// The student's (K+1)-bucket log-probs at temperature tau, straight from its logits, in one pass
-// over V per row and one in the backward (the generic torch ops take about ten passes over the
-// (N, V) logits, which dominated a distillation step). Rows are independent and run in parallel.
-//
-// forward:  z (N, V) logits, ids (N, K) distinct  ->  logq (N, K+1): log q_i for the K ids, then
-//           log q_rest = log sum_{j not in S} q_j computed by summing outside S (no 1 - sum
-//           cancellation); and log_z (N, 1) = logsumexp(z / tau).
-// backward: with h = dL/dlogq and g = dL/dlog_z, for token j (q at temperature tau):
-//           j in S:     dL/dz_j = (h_j - q_j sum(h) + q_j g) / tau
-//           j not in S: dL/dz_j = q_j (h_rest / q_rest - sum(h) + g) / tau
-class StudentBuckets : public torch::autograd::Function<StudentBuckets> {
+// The student's side of every loss, straight from its logits: at temperature tau, log_z =
+// logsumexp(z / tau) and the (K+1)-bucket log-probs on the teacher's ids S plus the rest
+// (log q_rest = log sum_{j not in S} q_j, summed outside S: no 1 - sum cancellation); with targets,
+// also log q(y) at temperature 1 for the cross-entropy term. One vectorized pass over V per row
+// in the forward and one in the backward (two when tau != 1 and there are targets), where the
+// generic torch ops take about ten; rows run in parallel (kernels/cpu-kernels.h).
+// backward: with h = dL/dlogq, g = dL/dlog_z, gy = dL/dlog q(y), for token j:
+//   j in S:     dL/dz_j = (h_j - q_j sum(h) + q_j g) / tau - gy q1_j
+//   j not in S: dL/dz_j = q_j (h_rest / q_rest - sum(h) + g) / tau - gy q1_j
+//   plus gy at j = y; q at temperature tau, q1 at temperature 1.
+class StudentRows : public torch::autograd::Function<StudentRows> {
 public:
-    static torch::autograd::variable_list forward(torch::autograd::AutogradContext* ctx,
-                                                  const torch::Tensor& logits,
-                                                  const torch::Tensor& ids, double tau) {
+    // logits (N, V) float32 CPU; ids (N, K) int64, K >= 0; targets (N) int64, or empty for none
+    // (a custom Function takes no undefined inputs in libtorch 1.13).
+    // Returns {logq (N, K+1), log_z (N, 1), lq_y (N) (empty without targets)}.
+    static torch::autograd::variable_list forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& logits,
+                                                  const torch::Tensor& ids, const torch::Tensor& targets,
+                                                  double tau) {
         auto z = logits.contiguous();
         auto id = ids.to(torch::kInt64).contiguous();
+        const bool with_y = targets.numel() > 0;
+        auto y = with_y ? targets.to(torch::kInt64).contiguous() : torch::Tensor();
         const int64_t N = z.size(0), V = z.size(1), K = id.size(1);
         auto logq = torch::empty({N, K + 1}, z.options());
         auto log_z = torch::empty({N, 1}, z.options());
-        AT_DISPATCH_FLOATING_TYPES(z.scalar_type(), "student_buckets_fwd", [&] {
-            const scalar_t* zp = z.data_ptr<scalar_t>();
-            const int64_t* ip = id.data_ptr<int64_t>();
-            scalar_t* lq = logq.data_ptr<scalar_t>();
-            scalar_t* lz = log_z.data_ptr<scalar_t>();
-            const double inv_tau = 1.0 / tau;
-            at::parallel_for(0, N, 16, [&](int64_t begin, int64_t end) {
-                std::vector<uint8_t> in_top(V, 0);
-                for (int64_t n = begin; n < end; ++n) {
-                    const scalar_t* row = zp + n * V;
-                    const int64_t* rid = ip + n * K;
-                    double mx = -kInf;
-                    for (int64_t j = 0; j < V; ++j) mx = std::max(mx, double(row[j]) * inv_tau);
-                    if (!std::isfinite(mx)) mx = 0;
-                    for (int64_t k = 0; k < K; ++k) in_top[rid[k]] = 1;
-                    double all = 0, rest = 0;
-                    for (int64_t j = 0; j < V; ++j) {
-                        const double e = std::exp(double(row[j]) * inv_tau - mx);
-                        all += e;
-                        if (!in_top[j]) rest += e;
-                    }
-                    for (int64_t k = 0; k < K; ++k) in_top[rid[k]] = 0;
-                    const double lse = mx + std::log(all);
-                    lz[n] = static_cast<scalar_t>(lse);
-                    for (int64_t k = 0; k < K; ++k)
-                        lq[n * (K + 1) + k] = static_cast<scalar_t>(double(row[rid[k]]) * inv_tau - lse);
-                    lq[n * (K + 1) + K] =
-                        static_cast<scalar_t>(rest > 0 ? mx + std::log(rest) - lse : -kInf);
+        auto lq_y = torch::empty({with_y ? N : 0}, z.options());
+        auto lse1 = torch::empty({with_y ? N : 0}, z.options());
+        const float* zp = z.data_ptr<float>();
+        const int64_t* ip = id.data_ptr<int64_t>();
+        const int64_t* yp = with_y ? y.data_ptr<int64_t>() : nullptr;
+        float* lq = logq.data_ptr<float>();
+        float* lz = log_z.data_ptr<float>();
+        float* lqy = with_y ? lq_y.data_ptr<float>() : nullptr;
+        float* l1 = with_y ? lse1.data_ptr<float>() : nullptr;
+        const float inv_tau = float(1.0 / tau);
+        at::parallel_for(0, N, 16, [&](int64_t begin, int64_t end) {
+            std::vector<float> keep(K > 0 ? size_t(V) : 0, 1.0f);
+            for (int64_t n = begin; n < end; ++n) {
+                const float* row = zp + n * V;
+                const int64_t* rid = ip + n * K;
+                float mx = kernels::row_max(row, V);
+                if (!std::isfinite(mx)) mx = 0;
+                const float shift = mx * inv_tau;
+                float all, rest;
+                if (K > 0) {
+                    for (int64_t k = 0; k < K; ++k) keep[rid[k]] = 0.0f;
+                    kernels::row_exp_sum_masked(row, keep.data(), V, inv_tau, shift, &all, &rest);
+                    for (int64_t k = 0; k < K; ++k) keep[rid[k]] = 1.0f;
+                } else {
+                    all = rest = kernels::row_exp_sum(row, V, inv_tau, shift);
                 }
-            });
+                const float lse = shift + std::log(all);
+                lz[n] = lse;
+                for (int64_t k = 0; k < K; ++k) lq[n * (K + 1) + k] = row[rid[k]] * inv_tau - lse;
+                lq[n * (K + 1) + K] = rest > 0 ? shift + std::log(rest) - lse : -float(kInf);
+                if (with_y) {
+                    l1[n] = tau == 1 ? lse : mx + std::log(kernels::row_exp_sum(row, V, 1.0f, mx));
+                    lqy[n] = row[yp[n]] - l1[n];
+                }
+            }
         });
-        ctx->save_for_backward({z, id, logq, log_z});
+        ctx->save_for_backward({z, id, logq, log_z, y, lse1});
         ctx->saved_data["tau"] = tau;
-        return {logq, log_z};
+        return {logq, log_z, lq_y};
     }
 
     static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
@@ -235,54 +251,152 @@ public:
         const auto& id = saved[1];
         const auto& logq = saved[2];
         const auto& log_z = saved[3];
+        const auto& y = saved[4];
+        const auto& lse1 = saved[5];
         const double tau = ctx->saved_data["tau"].toDouble();
         const int64_t N = z.size(0), V = z.size(1), K = id.size(1);
+        const bool with_y = y.defined() && grads[2].defined();
         auto h = grads[0].defined() ? grads[0].contiguous() : torch::zeros_like(logq);
         auto g = grads[1].defined() ? grads[1].contiguous() : torch::zeros_like(log_z);
+        auto gy = with_y ? grads[2].contiguous() : torch::Tensor();
         auto dz = torch::empty_like(z);
-        AT_DISPATCH_FLOATING_TYPES(z.scalar_type(), "student_buckets_bwd", [&] {
-            const scalar_t* zp = z.data_ptr<scalar_t>();
-            const int64_t* ip = id.data_ptr<int64_t>();
-            const scalar_t* lq = logq.data_ptr<scalar_t>();
-            const scalar_t* lz = log_z.data_ptr<scalar_t>();
-            const scalar_t* hp = h.data_ptr<scalar_t>();
-            const scalar_t* gp = g.data_ptr<scalar_t>();
-            scalar_t* out = dz.data_ptr<scalar_t>();
-            const double inv_tau = 1.0 / tau;
-            at::parallel_for(0, N, 16, [&](int64_t begin, int64_t end) {
-                for (int64_t n = begin; n < end; ++n) {
-                    const scalar_t* hr = hp + n * (K + 1);
-                    double hsum = 0;
-                    for (int64_t b = 0; b <= K; ++b) hsum += double(hr[b]);
-                    const double lrest = double(lq[n * (K + 1) + K]);
-                    const double g_n = double(gp[n]);
-                    // outside S: q_j * c_rest / tau (q_rest = 0 means every q_j outside is 0)
-                    const double c_rest =
-                        std::isfinite(lrest) ? double(hr[K]) * std::exp(-lrest) - hsum + g_n : 0.0;
-                    const double lse = double(lz[n]);
-                    const scalar_t* row = zp + n * V;
-                    scalar_t* orow = out + n * V;
-                    for (int64_t j = 0; j < V; ++j)
-                        orow[j] = static_cast<scalar_t>(
-                            std::exp(double(row[j]) * inv_tau - lse) * c_rest * inv_tau);
-                    for (int64_t k = 0; k < K; ++k) {
-                        const int64_t j = ip[n * K + k];
-                        const double q = std::exp(double(lq[n * (K + 1) + k]));
-                        orow[j] = static_cast<scalar_t>((double(hr[k]) - q * hsum + q * g_n) * inv_tau);
-                    }
+        const float* zp = z.data_ptr<float>();
+        const int64_t* ip = id.data_ptr<int64_t>();
+        const float* lq = logq.data_ptr<float>();
+        const float* lz = log_z.data_ptr<float>();
+        const float* hp = h.data_ptr<float>();
+        const float* gp = g.data_ptr<float>();
+        const int64_t* yp = with_y ? y.data_ptr<int64_t>() : nullptr;
+        const float* gyp = with_y ? gy.data_ptr<float>() : nullptr;
+        const float* l1 = with_y ? lse1.data_ptr<float>() : nullptr;
+        float* out = dz.data_ptr<float>();
+        const float inv_tau = float(1.0 / tau);
+        at::parallel_for(0, N, 16, [&](int64_t begin, int64_t end) {
+            for (int64_t n = begin; n < end; ++n) {
+                const float* hr = hp + n * (K + 1);
+                float hsum = 0;
+                for (int64_t b = 0; b <= K; ++b) hsum += hr[b];
+                const float lrest = lq[n * (K + 1) + K];
+                // outside S: q_j * c_rest / tau (q_rest = 0 means every q_j outside is 0)
+                const float c_rest = std::isfinite(lrest) ? hr[K] * std::exp(-lrest) - hsum + gp[n] : 0.0f;
+                const float lse = lz[n];
+                const float* row = zp + n * V;
+                float* orow = out + n * V;
+                const float gyn = with_y ? gyp[n] : 0.0f;
+                if (gyn != 0 && tau == 1) {
+                    kernels::row_scaled_exp(row, V, 1.0f, lse, c_rest - gyn, false, orow);
+                } else {
+                    kernels::row_scaled_exp(row, V, inv_tau, lse, c_rest * inv_tau, false, orow);
+                    if (gyn != 0) kernels::row_scaled_exp(row, V, 1.0f, l1[n], -gyn, true, orow);
                 }
-            });
+                for (int64_t k = 0; k < K; ++k) {
+                    const int64_t j = ip[n * K + k];
+                    const float q = std::exp(lq[n * (K + 1) + k]);
+                    float v = (hr[k] - q * hsum + q * gp[n]) * inv_tau;
+                    if (gyn != 0) v -= gyn * std::exp(row[j] - l1[n]);
+                    orow[j] = v;
+                }
+                if (gyn != 0) orow[yp[n]] += gyn;
+            }
         });
-        return {dz, torch::Tensor(), torch::Tensor()};
+        return {dz, torch::Tensor(), torch::Tensor(), torch::Tensor()};
     }
 };
+
+// Forward KL from a dense teacher, fused: per row KL(p || q) at temperature tau and, with targets,
+// log q(y) at temperature 1. With e_j = exp(t_j / tau - m): KL = sum_j e_j (t_j - s_j) / (tau sum e)
+// - lse_t + lse_s. backward: dL/ds_j = gk (q_j - p_j) / tau + gy (delta_jy - q1_j).
+class DenseForwardKL : public torch::autograd::Function<DenseForwardKL> {
+public:
+    // s, t (N, V) float32 CPU; targets (N) int64 or empty -> {kl (N), lq_y (N) or empty}
+    static torch::autograd::variable_list forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& s_in,
+                                                  const torch::Tensor& t_in, const torch::Tensor& targets,
+                                                  double tau) {
+        auto s = s_in.contiguous(), t = t_in.contiguous();
+        const bool with_y = targets.numel() > 0;
+        auto y = with_y ? targets.to(torch::kInt64).contiguous() : torch::Tensor();
+        const int64_t N = s.size(0), V = s.size(1);
+        auto kl = torch::empty({N}, s.options());
+        auto lq_y = torch::empty({with_y ? N : 0}, s.options());
+        auto lse = torch::empty({3, N}, s.options());  // lse_s, lse_t at tau; lse_s at 1
+        const float* sp = s.data_ptr<float>();
+        const float* tp = t.data_ptr<float>();
+        const int64_t* yp = with_y ? y.data_ptr<int64_t>() : nullptr;
+        float* klp = kl.data_ptr<float>();
+        float* lqy = with_y ? lq_y.data_ptr<float>() : nullptr;
+        float* ls = lse.data_ptr<float>();
+        const float inv_tau = float(1.0 / tau);
+        at::parallel_for(0, N, 16, [&](int64_t begin, int64_t end) {
+            for (int64_t n = begin; n < end; ++n) {
+                const float* sr = sp + n * V;
+                const float* tr = tp + n * V;
+                float ms = kernels::row_max(sr, V), mt = kernels::row_max(tr, V);
+                if (!std::isfinite(ms)) ms = 0;
+                if (!std::isfinite(mt)) mt = 0;
+                const float lse_s = ms * inv_tau + std::log(kernels::row_exp_sum(sr, V, inv_tau, ms * inv_tau));
+                float dot;
+                const float sum_t = kernels::row_exp_sum_dot(tr, sr, V, inv_tau, mt * inv_tau, &dot);
+                const float lse_t = mt * inv_tau + std::log(sum_t);
+                klp[n] = inv_tau * dot / sum_t - lse_t + lse_s;
+                ls[n] = lse_s;
+                ls[N + n] = lse_t;
+                ls[2 * N + n] = tau == 1 ? lse_s : ms + std::log(kernels::row_exp_sum(sr, V, 1.0f, ms));
+                if (with_y) lqy[n] = sr[yp[n]] - ls[2 * N + n];
+            }
+        });
+        ctx->save_for_backward({s, t, y, lse});
+        ctx->saved_data["tau"] = tau;
+        return {kl, lq_y};
+    }
+
+    static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                   torch::autograd::variable_list grads) {
+        auto saved = ctx->get_saved_variables();
+        const auto& s = saved[0];
+        const auto& t = saved[1];
+        const auto& y = saved[2];
+        const auto& lse = saved[3];
+        const double tau = ctx->saved_data["tau"].toDouble();
+        const int64_t N = s.size(0), V = s.size(1);
+        const bool with_y = y.defined() && grads[1].defined();
+        auto gk = grads[0].defined() ? grads[0].contiguous() : torch::zeros({N}, s.options());
+        auto gy = with_y ? grads[1].contiguous() : torch::Tensor();
+        auto ds = torch::empty_like(s);
+        const float* sp = s.data_ptr<float>();
+        const float* tp = t.data_ptr<float>();
+        const int64_t* yp = with_y ? y.data_ptr<int64_t>() : nullptr;
+        const float* gkp = gk.data_ptr<float>();
+        const float* gyp = with_y ? gy.data_ptr<float>() : nullptr;
+        const float* ls = lse.data_ptr<float>();
+        float* out = ds.data_ptr<float>();
+        const float inv_tau = float(1.0 / tau);
+        at::parallel_for(0, N, 16, [&](int64_t begin, int64_t end) {
+            for (int64_t n = begin; n < end; ++n) {
+                float* orow = out + n * V;
+                kernels::row_exp_diff(sp + n * V, tp + n * V, V, inv_tau, ls[n], ls[N + n], gkp[n] * inv_tau, orow);
+                if (with_y && gyp[n] != 0) {
+                    kernels::row_scaled_exp(sp + n * V, V, 1.0f, ls[2 * N + n], -gyp[n], true, orow);
+                    orow[yp[n]] += gyp[n];
+                }
+            }
+        });
+        return {ds, torch::Tensor(), torch::Tensor(), torch::Tensor()};
+    }
+};
+
+// Whether the fused kernels take these logits (float32 on the CPU; model/fused.h).
+bool fused_rows(const torch::Tensor& s) { return fused_cpu(s); }
+
 }  // namespace
 
 // The student's (K+1) buckets and log_z: the fused CPU kernel above, or on other devices (a GPU)
 // the same quantities from tensor ops that autograd differentiates.
 std::vector<torch::Tensor> student_buckets(const torch::Tensor& s, const torch::Tensor& ids, double tau,
                                            bool fused) {
-    if (fused && s.device().is_cpu()) return StudentBuckets::apply(s, ids, tau);
+    if (fused && fused_rows(s)) {
+        auto outs = StudentRows::apply(s, ids, torch::empty({0}, torch::kInt64), tau);
+        return {outs[0], outs[1]};
+    }
     auto z = tau == 1 ? s : s / tau;
     auto id = ids.to(torch::kInt64);
     auto log_z = z.logsumexp(1, /*keepdim=*/true);                        // (n, 1)
@@ -296,6 +410,21 @@ std::vector<torch::Tensor> student_buckets(const torch::Tensor& s, const torch::
     auto lq_rest = torch::where(has_rest, safe.logsumexp(1, /*keepdim=*/true) - log_z,
                                 torch::full_like(log_z, -inf));            // (n, 1)
     return {torch::cat({lq_s, lq_rest}, 1), log_z};
+}
+
+torch::Tensor loss_cross_entropy(const torch::Tensor& logits, const torch::Tensor& targets) {
+    if (!fused_rows(logits)) return torch::nn::functional::cross_entropy(logits, targets);
+    check_student_targets("loss_cross_entropy", logits, targets);
+    const int64_t V = logits.size(1);
+    check_flags({targets_bad(targets, V)}, {str_cat("loss_cross_entropy: targets must be in [0, ", V, ") or ",
+                                                    kIgnoreIndex, " (ignored); a target is outside the vocabulary")});
+    auto y = targets.to(torch::kInt64);
+    const bool all_rows = !(y == kIgnoreIndex).any().item<bool>();
+    auto idx = all_rows ? torch::Tensor() : (y != kIgnoreIndex).nonzero().squeeze(1);
+    auto s = all_rows ? logits : logits.index_select(0, idx);
+    if (!all_rows) y = y.index_select(0, idx);
+    auto outs = StudentRows::apply(s, torch::empty({s.size(0), 0}, torch::kInt64), y, 1.0);
+    return -outs[2].mean();
 }
 
 LossKind loss_kind_from_string(const std::string& name) {
@@ -340,8 +469,19 @@ torch::Tensor loss_dense(const torch::Tensor& student_logits, const torch::Tenso
     auto s = (all_rows ? student_logits : student_logits.index_select(0, idx)).to(dt);  // (n, V)
     auto y = (all_rows ? targets : targets.index_select(0, idx)).to(torch::kInt64);     // (n)
 
-    torch::Tensor div, log_z1;
-    if (opts.kind != LossKind::kCrossEntropy && opts.ce_weight < 1) {
+    torch::Tensor div, log_z1, lq_y;
+    const bool want_div = opts.kind != LossKind::kCrossEntropy && opts.ce_weight < 1;
+    const bool want_ce = opts.kind == LossKind::kCrossEntropy || opts.ce_weight > 0;
+    if (want_div && opts.kind == LossKind::kForwardKL && fused_rows(s) && fused_rows(teacher_logits)) {
+        auto t = all_rows ? teacher_logits.detach() : teacher_logits.detach().index_select(0, idx);
+        auto outs = DenseForwardKL::apply(s, t, want_ce ? y : torch::empty({0}, torch::kInt64), opts.temperature);
+        return combine(s, y, outs[0], {}, want_ce ? outs[1] : torch::Tensor(), opts);
+    }
+    if (!want_div && fused_rows(s)) {  // cross-entropy alone
+        auto outs = StudentRows::apply(s, torch::empty({s.size(0), 0}, y.options()), y, 1.0);
+        return combine(s, y, {}, {}, outs[2], opts);
+    }
+    if (want_div) {
         auto t = (all_rows ? teacher_logits.detach() : teacher_logits.detach().index_select(0, idx))
                      .to(dt);  // (n, V)
         const double tau = opts.temperature;
@@ -357,7 +497,7 @@ torch::Tensor loss_dense(const torch::Tensor& student_logits, const torch::Tenso
             div = divergence_rows(logp, logq, opts);  // (n)
         }
     }
-    return combine(s, y, div, log_z1, opts);
+    return combine(s, y, div, log_z1, lq_y, opts);
 }
 
 // student_logits: (N, V), teacher_ids: (N, K), teacher_logprobs: (N, K), targets: (N) -> scalar
@@ -416,8 +556,14 @@ torch::Tensor loss_sparse(const torch::Tensor& student_logits, const torch::Tens
     auto s = (all_rows ? student_logits : student_logits.index_select(0, idx)).to(dt);  // (n, V)
     auto y = (all_rows ? targets : targets.index_select(0, idx)).to(torch::kInt64);     // (n)
 
-    torch::Tensor div, log_z1;
-    if (opts.kind != LossKind::kCrossEntropy && opts.ce_weight < 1) {
+    torch::Tensor div, log_z1, lq_y;
+    const bool want_div = opts.kind != LossKind::kCrossEntropy && opts.ce_weight < 1;
+    const bool want_ce = opts.kind == LossKind::kCrossEntropy || opts.ce_weight > 0;
+    if (!want_div && fused_rows(s)) {  // cross-entropy alone
+        auto outs = StudentRows::apply(s, torch::empty({s.size(0), 0}, y.options()), y, 1.0);
+        lq_y = outs[2];
+    }
+    if (want_div) {
         const double tau = opts.temperature;
         auto ids = all_rows ? ids_all : ids_all.index_select(0, idx);  // (n, K)
         auto lp = (all_rows ? teacher_logprobs.detach() : teacher_logprobs.detach().index_select(0, idx))
@@ -427,9 +573,15 @@ torch::Tensor loss_sparse(const torch::Tensor& student_logits, const torch::Tens
         // Student (K+1) buckets at temperature tau: its log-probs on the teacher's ids, and the
         // rest log(1 - sum_S q) taken as the logsumexp of the logits outside S. This is exact
         // when the rest is ~0 as well as when it is ~1 (no 1 - sum cancellation).
-        auto outs = student_buckets(s, ids, tau);
+        std::vector<torch::Tensor> outs;
+        if (fused_rows(s)) {  // and log q(y) for the CE term, in the same pass
+            outs = StudentRows::apply(s, ids, want_ce ? y : torch::empty({0}, torch::kInt64), tau);
+            if (want_ce) lq_y = outs[2];
+        } else {
+            outs = student_buckets(s, ids, tau);
+            if (tau == 1) log_z1 = outs[1];  // (n, 1), reused by the CE term
+        }
         auto logq = outs[0];                                    // (n, K+1)
-        if (tau == 1) log_z1 = outs[1];                         // (n, 1), reused by the CE term
         auto lq_rest = logq.narrow(1, K, 1);
 
         // Teacher (K+1) buckets. Stored log-probs are at tau = 1; the rest is r = 1 - sum_S p,
@@ -460,7 +612,7 @@ torch::Tensor loss_sparse(const torch::Tensor& student_logits, const torch::Tens
 
         div = divergence_rows(logp, logq, opts);  // (n)
     }
-    return combine(s, y, div, log_z1, opts);
+    return combine(s, y, div, log_z1, lq_y, opts);
 }
 
 }  // namespace distill

@@ -40,6 +40,10 @@ std::vector<torch::Tensor> student_buckets(const torch::Tensor& student_logits, 
 LossKind loss_kind_from_string(const std::string& name);  // "fkl", "rkl", "jsd", "sfkl", "srkl", "tv", "ce"
 std::string loss_kind_name(LossKind kind);
 
+// Cross-entropy of logits (N, V) against targets (N), the mean over the targets that are not
+// kIgnoreIndex: torch's cross_entropy, in one fused pass over V per row on the CPU.
+torch::Tensor loss_cross_entropy(const torch::Tensor& logits, const torch::Tensor& targets);
+
 // Dense form (live teacher).
 //   student_logits: (N, V) float, requires grad
 //   teacher_logits: (N, V) float (no grad)

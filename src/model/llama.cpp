@@ -5,17 +5,37 @@
 
 #include <cmath>
 
+#include "model/fused.h"
+#include "util/device.h"
 #include "util/error.h"
 
 namespace distill {
 
 namespace F = torch::nn::functional;
 
+namespace {
+
+// x W^T + b. In a training forward (gradients on, W trainable) under --precision bf16 the product
+// takes bf16 copies of x and W and returns float32, and autograd carries the gradients back
+// through the same conversions (mixed precision, as autocast does; the weights, their gradients
+// and the optimizer stay float32). Otherwise float32 throughout.
+torch::Tensor mixed_linear(const torch::Tensor& x, const torch::Tensor& w, const torch::Tensor& b = {}) {
+    if (w.requires_grad() && torch::GradMode::is_enabled() && x.scalar_type() == torch::kFloat32 &&
+        train_precision() == Precision::kBFloat16) {
+        auto y = F::linear(x.to(torch::kBFloat16), w.to(torch::kBFloat16)).to(torch::kFloat32);
+        return b.defined() ? y + b : y;
+    }
+    return F::linear(x, w, b);
+}
+
+}  // namespace
+
 RMSNormImpl::RMSNormImpl(int64_t dim, double eps_) : eps(eps_) {
     weight = register_parameter("weight", torch::ones({dim}));
 }
 
 torch::Tensor RMSNormImpl::forward(const torch::Tensor& x) {
+    if (fused_cpu(x) && fused_cpu(weight)) return fused_rms_norm(x, weight, eps);
     auto var = x.pow(2).mean(-1, /*keepdim=*/true);
     return x * torch::rsqrt(var + eps) * weight;
 }
@@ -35,7 +55,7 @@ ProjImpl::ProjImpl(int64_t in, int64_t out, bool with_bias, bool allocate) : in_
 
 torch::Tensor ProjImpl::forward(const torch::Tensor& x) {
     if (packed) return packed->linear(x, bias);
-    return F::linear(x, weight, bias);
+    return mixed_linear(x, weight, bias);
 }
 
 AttentionImpl::AttentionImpl(const ModelConfig& c, bool allocate)
@@ -66,6 +86,24 @@ torch::Tensor AttentionImpl::forward(const torch::Tensor& x, const torch::Tensor
                                      const torch::Tensor& sin, torch::Tensor* cache_k,
                                      torch::Tensor* cache_v) {
     const int64_t B = x.size(0), T = x.size(1);
+    if (!cache_k && fused_cpu(x)) {
+        // training and cache-free scoring: rotation, causal softmax and both products per head
+        // in one fused op (model/fused.h)
+        torch::Tensor qkv;  // (B, T, (H + 2 Hkv) D)
+        if (q_norm || q_proj->packed) {
+            auto q = q_proj(x), k = k_proj(x);
+            if (q_norm) {
+                q = q_norm(q.view({B, T, n_head, head_dim})).view({B, T, n_head * head_dim});
+                k = k_norm(k.view({B, T, n_kv_head, head_dim})).view({B, T, n_kv_head * head_dim});
+            }
+            qkv = torch::cat({q, k, v_proj(x)}, 2);
+        } else {  // one product with the three matrices stacked
+            auto w = torch::cat({q_proj->weight, k_proj->weight, v_proj->weight});
+            auto b = q_proj->bias.defined() ? torch::cat({q_proj->bias, k_proj->bias, v_proj->bias}) : torch::Tensor();
+            qkv = mixed_linear(x, w, b);
+        }
+        return o_proj(fused_attention(qkv, cos, sin, n_head, n_kv_head));
+    }
     // q: (B, H, T, D); k, v: (B, Hkv, T, D)
     auto q = q_proj(x).view({B, T, n_head, head_dim});
     auto k = k_proj(x).view({B, T, n_kv_head, head_dim});
@@ -152,6 +190,12 @@ MLPImpl::MLPImpl(const ModelConfig& c, bool allocate) {
 }
 
 torch::Tensor MLPImpl::forward(const torch::Tensor& x) {
+    if (fused_cpu(x)) {
+        // gate and up as one product (their matrices stacked), unless packed for inference
+        auto gu = gate_proj->packed ? torch::cat({gate_proj(x), up_proj(x)}, -1)
+                                    : mixed_linear(x, torch::cat({gate_proj->weight, up_proj->weight}));
+        return down_proj(fused_swiglu(gu));
+    }
     return down_proj(F::silu(gate_proj(x)) * up_proj(x));
 }
 
@@ -202,7 +246,9 @@ LlamaBodyImpl::LlamaBodyImpl(const ModelConfig& c, bool allocate) {
 }
 
 torch::Tensor LlamaBodyImpl::embed(const torch::Tensor& ids) {
-    return packed_embed ? packed_embed->embedding(ids) : embed_tokens(ids);
+    if (packed_embed) return packed_embed->embedding(ids);
+    if (fused_cpu(embed_tokens->weight)) return fused_embedding(embed_tokens->weight, ids);
+    return embed_tokens(ids);
 }
 
 LlamaImpl::LlamaImpl(const ModelConfig& c, bool packed) : config_(c), packed_(packed) {
@@ -342,7 +388,7 @@ torch::Tensor LlamaImpl::decode_step(const torch::Tensor& ids, const std::vector
 torch::Tensor LlamaImpl::head(const torch::Tensor& h) {
     if (lm_head) return lm_head(h);
     if (model->packed_embed) return model->packed_embed->linear(h);
-    return F::linear(h, model->embed_tokens->weight);
+    return mixed_linear(h, model->embed_tokens->weight);
 }
 
 const PackedMatrix* LlamaImpl::packed_head() const {

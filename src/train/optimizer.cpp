@@ -1,9 +1,13 @@
 #include "train/optimizer.h"
 
+#include <ATen/Parallel.h>
 #include <torch/torch.h>
 
 #include <cmath>
+#include <functional>
 
+#include "kernels/cpu-kernels.h"
+#include "model/fused.h"
 #include "util/error.h"
 
 namespace distill {
@@ -21,6 +25,13 @@ void AdamW::zero_grad() {
         if (p.grad().defined()) p.mutable_grad().zero_();
 }
 
+namespace {
+
+// A float32 CPU tensor the kernels can walk as one flat array.
+bool flat_cpu(const torch::Tensor& t) { return fused_cpu(t) && t.is_contiguous(); }
+
+}  // namespace
+
 void AdamW::step(double lr) {
     torch::NoGradGuard ng;
     ++t_;
@@ -30,12 +41,59 @@ void AdamW::step(double lr) {
         auto& p = params_[i].second;
         if (!p.grad().defined()) continue;
         const auto& g = p.grad();
-        if (opts_.weight_decay > 0 && p.dim() >= 2) p.mul_(1.0 - lr * opts_.weight_decay);
+        const bool decay = opts_.weight_decay > 0 && p.dim() >= 2;
+        if (flat_cpu(p) && flat_cpu(g) && flat_cpu(m_[i]) && flat_cpu(v_[i])) {
+            float* pp = p.data_ptr<float>();
+            const float* gp = g.data_ptr<float>();
+            float* mp = m_[i].data_ptr<float>();
+            float* vp = v_[i].data_ptr<float>();
+            const float f = decay ? float(1.0 - lr * opts_.weight_decay) : 1.0f;
+            at::parallel_for(0, p.numel(), 1 << 15, [&](int64_t b, int64_t e) {
+                kernels::adamw(pp + b, gp + b, mp + b, vp + b, e - b, f, float(opts_.beta1), float(opts_.beta2),
+                               float(bc2), float(opts_.eps), float(lr / bc1));
+            });
+            continue;
+        }
+        if (decay) p.mul_(1.0 - lr * opts_.weight_decay);
         m_[i].mul_(opts_.beta1).add_(g, 1.0 - opts_.beta1);
         v_[i].mul_(opts_.beta2).addcmul_(g, g, 1.0 - opts_.beta2);
         auto denom = (v_[i] / bc2).sqrt_().add_(opts_.eps);
         p.addcdiv_(m_[i], denom, -lr / bc1);
     }
+}
+
+double AdamW::clip_grad_norm(double max_norm) {
+    torch::NoGradGuard ng;
+    std::vector<torch::Tensor> grads;
+    bool all_flat = true;
+    for (auto& [name, p] : params_)
+        if (p.grad().defined()) {
+            grads.push_back(p.grad());
+            all_flat = all_flat && flat_cpu(p.grad());
+        }
+    if (grads.empty()) return 0;
+    if (!all_flat) {
+        std::vector<torch::Tensor> params;
+        for (auto& [name, p] : params_) params.push_back(p);
+        return torch::nn::utils::clip_grad_norm_(params, max_norm);
+    }
+    double total = 0;
+    for (auto& g : grads) {
+        const float* gp = g.data_ptr<float>();
+        total += at::parallel_reduce(
+            0, g.numel(), 1 << 15, 0.0,
+            [&](int64_t b, int64_t e, double acc) { return acc + kernels::sum_squares(gp + b, e - b); },
+            std::plus<double>());
+    }
+    const double norm = std::sqrt(total);
+    const double coef = max_norm / (norm + 1e-6);  // torch's clip_grad_norm_
+    if (coef < 1)
+        for (auto& g : grads) {
+            float* gp = g.data_ptr<float>();
+            at::parallel_for(0, g.numel(), 1 << 15,
+                             [&](int64_t b, int64_t e) { kernels::scale_inplace(gp + b, e - b, float(coef)); });
+        }
+    return norm;
 }
 
 std::map<std::string, torch::Tensor> AdamW::state() const {

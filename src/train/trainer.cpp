@@ -9,11 +9,13 @@
 #include <fstream>
 #include <sstream>
 
+#include "distill/losses.h"
 #include "eval/eval.h"
 #include "io/safetensors.h"
 #include "model/checkpoint.h"
 #include "train/distributed.h"
 #include "train/optimizer.h"
+#include "util/device.h"
 #include "util/error.h"
 #include "util/file.h"
 #include "util/progress.h"
@@ -58,8 +60,7 @@ torch::Tensor next_token_loss(Llama& model, const torch::Tensor& tokens) {
     auto inputs = tokens.narrow(1, 0, T);
     auto targets = tokens.narrow(1, 1, T);
     auto logits = model->forward(inputs);
-    return torch::nn::functional::cross_entropy(logits.reshape({-1, logits.size(-1)}),
-                                                targets.reshape({-1}));
+    return loss_cross_entropy(logits.reshape({-1, logits.size(-1)}), targets.reshape({-1}));
 }
 
 namespace {
@@ -250,6 +251,10 @@ TrainResult run_training(Llama& model, const Tokenizer& tokenizer, const TrainOp
 
     std::ofstream metrics;
     if (writer) metrics.open(metrics_path, std::ios::app);
+    // The products' precision is not part of the run's identity: a run may resume on a machine
+    // that chooses the other one. Each metrics line and done.json say which ran.
+    const std::string precision = precision_name(train_precision());
+    if (writer) log_info(str_cat(label, ": matrix products in ", train_precision_reason()));
     model->train();
     const bool quiet_before = Progress::quiet;
     if (!writer) Progress::quiet = true;
@@ -288,7 +293,7 @@ TrainResult run_training(Llama& model, const Tokenizer& tokenizer, const TrainOp
                       step + 1, "; lower --lr or check the data (the last checkpoint is kept)");
         double grad_norm = 0;
         if (opts.grad_clip > 0)
-            grad_norm = torch::nn::utils::clip_grad_norm_(model->parameters(), opts.grad_clip);
+            grad_norm = opt.clip_grad_norm(opts.grad_clip);
         opt.step(lr);
         const double t_now = now_seconds();
         result.seconds += t_now - t_last;
@@ -309,7 +314,8 @@ TrainResult run_training(Llama& model, const Tokenizer& tokenizer, const TrainOp
                                    {"grad_norm", grad_norm},
                                    {"tokens", result.tokens},
                                    {"seconds", result.seconds},
-                                   {"tokens_per_second", tok_s}};
+                                   {"tokens_per_second", tok_s},
+                                   {"precision", precision}};
             if (opts.model_flops_per_token > 0)
                 line["model_gflops_per_second"] = 3.0 * opts.model_flops_per_token * tok_s / 1e9;
             for (const auto& [k, v] : extras) line[k] = v;
@@ -347,7 +353,7 @@ TrainResult run_training(Llama& model, const Tokenizer& tokenizer, const TrainOp
     save_model_dir(final_dir, model, &tokenizer);
     nlohmann::json done = {{"fingerprint", fp},       {"steps", result.steps},
                            {"tokens", result.tokens}, {"seconds", result.seconds},
-                           {"final_loss", result.final_loss}};
+                           {"final_loss", result.final_loss}, {"precision", precision}};
     write_file_atomic(done_path, done.dump(2) + "\n");
     std::error_code ec;
     std::filesystem::remove_all(ckpt_dir, ec);

@@ -18,4 +18,26 @@ void set_compute_device(torch::Device d);
 // A short name for logs and reports: "cpu", "cuda:0 (NVIDIA H200)".
 std::string device_name(torch::Device d);
 
+// The precision of the matrix products in training (--precision): float32, or bfloat16 inputs
+// with float32 accumulation, float32 master weights, optimizer state, norms, attention and losses
+// (mixed precision, as autocast does). Inference always runs float32.
+enum class Precision { kFloat32, kBFloat16 };
+
+// What "auto" chooses on device d: bf16 on a GPU or a CPU with bf16 matrix instructions
+// (AVX512-BF16 or AMX) when a short measurement finds bf16 products at least 1.25x as fast as
+// float32 (including the conversions); float32 otherwise. *why (optional) gets the figures.
+Precision measure_precision(torch::Device d, std::string* why = nullptr);
+// Parses --precision: "fp32", "bf16" or "auto" (measured on d).
+Precision resolve_precision(const std::string& spec, torch::Device d, std::string* why = nullptr);
+// The precision of this process's training: --precision as the CLI passed it (set_precision_spec;
+// "fp32" unless set), resolved on first use on compute_device(), measured once for "auto".
+Precision train_precision();
+// How it was chosen, for logs ("bf16 (bf16 products measured at 1.83x float32's speed on cpu)").
+std::string train_precision_reason();
+void set_precision_spec(const std::string& spec);
+void set_train_precision(Precision p);
+const char* precision_name(Precision p);  // "fp32", "bf16"
+// Whether this CPU has bf16 matrix instructions (AVX512-BF16 or AMX-BF16).
+bool cpu_has_bf16();
+
 }  // namespace distill

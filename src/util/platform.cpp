@@ -1,5 +1,7 @@
 #include "util/platform.h"
 
+#include "util/allocator.h"
+
 #include <dlfcn.h>
 #include <malloc.h>
 #include <torch/torch.h>
@@ -45,12 +47,14 @@ void ensure_fast_blas(int argc, char** argv) {
 }
 
 void tune_allocator() {
-    // libtorch on CPU allocates and frees its large activations every step. glibc serves
-    // blocks above 128 KiB-32 MiB with mmap and returns them to the kernel on free, so every
-    // step pays for fresh zeroed pages (page faults showed up at ~5% of a training step). Keeping
-    // freed memory in the heap for reuse removes that cost.
+    // libtorch on CPU allocates and frees its large activations every step; through glibc they come
+    // back as fresh pages, each a page fault (about 5-10% of a training step here). Large blocks go
+    // through a caching allocator instead (util/allocator.h); the glibc settings keep the heap of
+    // the smaller ones from being handed back and faulted in again.
     mallopt(M_MMAP_THRESHOLD, 1 << 30);
     mallopt(M_TRIM_THRESHOLD, 1 << 30);
+    const char* off = std::getenv("DISTILL_CACHING_ALLOCATOR");
+    if (!(off && std::string(off) == "0")) install_caching_allocator();
 }
 
 void set_threads(int n) {

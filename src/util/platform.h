@@ -13,7 +13,8 @@ void ensure_fast_blas(int argc, char** argv);
 // The BLAS core OpenBLAS uses ("" if the BLAS is not OpenBLAS).
 const char* blas_core_name();
 
-// Keeps freed large blocks for reuse instead of returning them to the kernel (see the .cpp).
+// Keeps freed large blocks for reuse instead of returning them to the kernel: installs the caching
+// allocator of util/allocator.h for libtorch's CPU tensors.
 void tune_allocator();
 
 // Sets the intra-op thread count (0 = all cores).

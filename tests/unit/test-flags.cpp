@@ -122,6 +122,7 @@ TEST(Flags, GlobalFlagsWorkAfterTheSubcommand) {
     write_file_atomic(f, "x\n");
     for (const std::string& args : {"eval --model " + f + " --text " + f + " --threads 4",
                                     "eval --model " + f + " --text " + f + " -t 2 --device cpu",
+                                    "eval --model " + f + " --text " + f + " --precision bf16",
                                     "--threads 4 eval --model " + f + " --text " + f}) {
         Result r = run_raw(d, args);
         ASSERT_TRUE(WIFEXITED(r.status)) << args;
@@ -142,6 +143,7 @@ TEST(Flags, UsageErrorsExit2) {
                                     "eval --model " + f + " --text " + f + " --seq-len 8 --stride 9",
                                     "export --model " + f + " --out " + d + "/o --format hf --type q8_0",
                                     "eval --model " + f + " --text " + f + " --device tpu",
+                                    "eval --model " + f + " --text " + f + " --precision fp16",
                                     "generate --model " + f + " --prompt hi --wm-gamma 0.5",  // without a key
                                     std::string("guard"),                                    // no subcommand
                                     "guard detect --tokenizer " + f}) {                      // no --key-file

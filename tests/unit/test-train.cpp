@@ -22,6 +22,7 @@
 #if __has_include("train/batches.h")
 #include "train/batches.h"
 #endif
+#include "model/fused.h"
 #include "model/llama.h"
 #include "test-util.h"
 #include "train/optimizer.h"
@@ -77,8 +78,12 @@ TEST(AdamWRef, MatchesTorchOptimAdamW) {
     ASSERT_EQ(run_python("tests/ref/adamw_ref.py", dir + "/in.safetensors " + dir + "/out.safetensors"), 0);
     SafetensorsFile ref(dir + "/out.safetensors");
 
-    // distill: the first 3 steps, then the state saved and loaded into a fresh optimizer over
-    // copies of the parameters (as a resumed run does), then the rest
+    // distill, with the fused CPU update and with the tensor ops a GPU runs: the first 3 steps,
+    // then the state saved and loaded into a fresh optimizer over copies of the parameters (as a
+    // resumed run does), then the rest
+    for (bool fused : {true, false}) {
+    SCOPED_TRACE(fused ? "fused" : "tensor ops");
+    set_fused_kernels(fused);
     std::vector<std::pair<std::string, torch::Tensor>> params;
     for (const auto& [n, t] : init) params.push_back({n, t.clone().requires_grad_(true)});
     auto opt = std::make_unique<AdamW>(params, o);
@@ -108,10 +113,40 @@ TEST(AdamWRef, MatchesTorchOptimAdamW) {
             EXPECT_GT((want - before).abs().max().item<double>(), 1e-5) << n << " step " << s + 1;
         }
     }
-    std::printf("[adamw] max |distill - torch.optim.AdamW| over %d steps: %.3g\n", steps, worst);
+    set_fused_kernels(true);
+    std::printf("[adamw %s] max |distill - torch.optim.AdamW| over %d steps: %.3g\n", fused ? "fused" : "tensor ops",
+                steps, worst);
+    }
 }
 
 #else  // !DISTILL_TRAIN_REF
+
+// ---- gradient clipping -------------------------------------------------------------------------
+
+// AdamW::clip_grad_norm (fused on float32 CPU tensors) against libtorch's own clip_grad_norm_, below
+// and above the threshold, on gradients of very different sizes.
+TEST(Optimizer, ClipGradNormMatchesLibtorch) {
+    torch::manual_seed(5);
+    for (double max_norm : {1e3, 1.0, 1e-3}) {
+        std::vector<std::pair<std::string, torch::Tensor>> ours;
+        std::vector<torch::Tensor> theirs;
+        for (auto shape : std::vector<std::vector<int64_t>>{{300, 70}, {7}, {40000}, {3, 5, 2}}) {
+            auto g = torch::randn(shape) * std::pow(10.0, double(shape.size()) - 2);
+            ours.push_back({std::to_string(ours.size()), torch::zeros(shape).requires_grad_(true)});
+            ours.back().second.mutable_grad() = g.clone();
+            theirs.push_back(torch::zeros(shape).requires_grad_(true));
+            theirs.back().mutable_grad() = g.clone();
+        }
+        AdamW opt(ours, {});
+        const double n_ours = opt.clip_grad_norm(max_norm);
+        const double n_theirs = torch::nn::utils::clip_grad_norm_(theirs, max_norm);
+        EXPECT_NEAR(n_ours, n_theirs, 1e-5 * n_theirs) << "max_norm " << max_norm;
+        for (size_t i = 0; i < theirs.size(); ++i) {
+            const double d = (ours[i].second.grad() - theirs[i].grad()).abs().max().item<double>();
+            EXPECT_LE(d, 1e-5 * std::max(1e-12, theirs[i].grad().abs().max().item<double>())) << "tensor " << i;
+        }
+    }
+}
 
 // ---- the learning-rate schedule ----------------------------------------------------------------
 

@@ -1,12 +1,14 @@
-"""The PyTorch-in-Python peer for bench-kd-step: one knowledge-distillation training step of the
-demo student (Llama architecture, same shapes, batch, threads and BLAS), timed the way TRL /
-torchtune do it.
+"""The PyTorch-in-Python peer for bench-train-step: one training step of the demo's models (Llama
+architecture, same shapes, batch, threads and BLAS; AdamW and gradient clipping), timed the way
+TRL / torchtune do it.
 
-usage: kd_step.py MODE STEPS WARMUP STUDENT_DIR TEACHER_DIR CACHE_INPUTS
+usage: train_step.py MODE STEPS WARMUP STUDENT_DIR TEACHER_DIR CACHE_INPUTS [bf16]
+  MODE ce:     plain next-token cross-entropy of STUDENT_DIR (a pretraining step; TEACHER_DIR unused)
   MODE dense:  live teacher forward (no grad) + dense forward KL over the full vocabulary
   MODE sparse: teacher top-K ids/log-probs given (read from CACHE_INPUTS, a safetensors file with
                "ids" (B,T+1) int64, "top_ids" (B,T,K) int64, "top_lp" (B,T,K) f32) + (K+1)-bucket
                forward KL
+  bf16: the forward under torch.autocast("cpu", dtype=torch.bfloat16) (mixed precision)
 Prints one JSON line: {"tokens_per_second": ..., "seconds_per_step": ...}.
 Run with /usr/bin/python3 (Debian python3-torch); set OMP_NUM_THREADS like the C++ side.
 """
@@ -133,6 +135,7 @@ def sparse_fkl(student_logits, top_ids, top_lp):
 
 def main():
     mode, steps, warmup, student_dir, teacher_dir, inputs = sys.argv[1:7]
+    bf16 = len(sys.argv) > 7 and sys.argv[7] == "bf16"
     steps, warmup = int(steps), int(warmup)
     torch.manual_seed(0)
     student = load(student_dir)
@@ -147,9 +150,13 @@ def main():
 
     def step():
         opt.zero_grad(set_to_none=False)
-        logits = student(inp)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            logits = student(inp)
+        logits = logits.float()
         V = logits.shape[-1]
-        if mode == "dense":
+        if mode == "ce":
+            loss = F.cross_entropy(logits.reshape(-1, V), ids[:, 1:].reshape(-1))
+        elif mode == "dense":
             with torch.no_grad():
                 t = teacher(inp)
             loss = F.kl_div(torch.log_softmax(logits.reshape(-1, V), -1),

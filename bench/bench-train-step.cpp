@@ -1,0 +1,237 @@
+// Tokens per second of one training step of the demo's models, distill vs a PyTorch-in-Python
+// script doing the same (bench/train_step.py: same model, batch, threads, BLAS kernel, AdamW and
+// gradient clipping), printed side by side with their ratio:
+//   pretrain   the demo teacher (3.95M), next-token cross-entropy (a pretraining step)
+//   ce         the demo student (0.89M), cross-entropy (the baseline student's step)
+//   kd-dense   the student from a live teacher: teacher forward (no grad) + forward KL over V
+//   kd-sparse  the student from the teacher's top-32 in a logit cache: (K+1)-bucket forward KL
+//              (distill reads the windows from a real cache on disk; Python gets them in memory)
+// Then the pretraining step's FLOP rate against this machine's float32 GEMM (torch::mm 2048x2048,
+// measured here), and the KD steps against the student's CE step.
+//
+// Precision: fp32 compares float32 with float32. bf16 (distill's --precision bf16: bf16 products,
+// float32 master weights) is compared with PyTorch under torch.autocast("cpu", bfloat16). The
+// default runs fp32, and bf16 too when `--precision auto` would choose it on this machine.
+// The machine's timing noise is large (a VM): each figure is the median of --rounds runs, and the
+// two sides alternate.
+//
+//   bench-train-step [--steps N] [--warmup N] [--rounds R] [--threads N] [--precision fp32|bf16|both]
+#include <torch/torch.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+#include "demo/demo.h"
+#include "distill/losses.h"
+#include "io/logit-cache.h"
+#include "io/safetensors.h"
+#include "kernels/cpu-kernels.h"
+#include "model/checkpoint.h"
+#include "train/optimizer.h"
+#include "util/device.h"
+#include "util/file.h"
+#include "util/platform.h"
+#include "util/progress.h"
+
+using namespace distill;
+
+namespace {
+
+double median(std::vector<double> v) {
+    std::sort(v.begin(), v.end());
+    return v.empty() ? 0 : v[v.size() / 2];
+}
+
+// The float32 GEMM rate of torch::mm at 2048 (what bench-gemm measures), best of a few.
+double gemm_gflops() {
+    torch::NoGradGuard ng;
+    auto a = torch::randn({2048, 2048}), b = torch::randn({2048, 2048});
+    torch::mm(a, b);
+    double best = 1e9;
+    for (int i = 0; i < 5; ++i) {
+        const double t0 = now_seconds();
+        torch::mm(a, b);
+        best = std::min(best, now_seconds() - t0);
+    }
+    return 2.0 * 2048 * 2048 * 2048 / best / 1e9;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    ensure_fast_blas(argc, argv);
+    int steps = 10, warmup = 3, threads = 0, rounds = 3;
+    std::string precision = "auto";
+    for (int i = 1; i + 1 < argc; i += 2) {
+        if (!std::strcmp(argv[i], "--steps")) steps = std::atoi(argv[i + 1]);
+        if (!std::strcmp(argv[i], "--warmup")) warmup = std::atoi(argv[i + 1]);
+        if (!std::strcmp(argv[i], "--rounds")) rounds = std::max(1, std::atoi(argv[i + 1]));
+        if (!std::strcmp(argv[i], "--threads")) threads = std::atoi(argv[i + 1]);
+        if (!std::strcmp(argv[i], "--precision")) precision = argv[i + 1];
+    }
+    tune_allocator();
+    set_threads(threads);
+    threads = torch::get_num_threads();
+    const int64_t B = 16, T = 128, K = 32, V = 4096;
+    DemoSizes sizes = demo_sizes(V, false);
+    const std::string dir = "/tmp/distill-bench-train-" + std::to_string(::getpid());
+    make_dirs(dir);
+
+    torch::manual_seed(0);
+    Llama teacher(sizes.teacher), student(sizes.student);
+    teacher->init_weights(1);
+    student->init_weights(2);
+    save_model_dir(dir + "/teacher", teacher, nullptr);
+    save_model_dir(dir + "/student", student, nullptr);
+
+    // inputs, and the teacher's top-K on them, stored in a real cache
+    auto ids = torch::randint(V, {B, T + 1}, torch::kInt64);
+    auto inp = ids.narrow(1, 0, T), targets = ids.narrow(1, 1, T).reshape({-1});
+    torch::Tensor top_lp, top_ids;
+    {
+        torch::NoGradGuard ng;
+        std::tie(top_lp, top_ids) = torch::log_softmax(teacher->forward(inp), -1).topk(K, -1);
+    }
+    LogitCacheInfo info;
+    info.top_k = K;
+    info.vocab_size = V;
+    info.window = T;
+    info.num_windows = B;
+    info.teacher_fingerprint = info.tokenizer_fingerprint = info.data_fingerprint = "bench";
+    {
+        LogitCacheWriter w(dir + "/cache", info);
+        auto i32 = top_ids.to(torch::kInt32).contiguous();
+        auto f32 = top_lp.contiguous();
+        for (int64_t b = 0; b < B; ++b) w.append_window(i32[b].data_ptr<int32_t>(), f32[b].data_ptr<float>());
+        w.finish();
+    }
+    LogitCacheReader cache(dir + "/cache");
+    save_safetensors(dir + "/inputs.safetensors", {{"ids", ids}, {"top_ids", top_ids}, {"top_lp", top_lp}});
+
+    // the optimizer of each trained model (the student's is shared by the three student steps)
+    auto adamw_of = [](Llama& m) {
+        std::vector<std::pair<std::string, torch::Tensor>> params;
+        for (auto& p : m->named_parameters()) params.emplace_back(p.key(), p.value());
+        return std::make_unique<AdamW>(params, AdamWOptions{});
+    };
+    auto opt_teacher = adamw_of(teacher);
+    auto opt_student = adamw_of(student);
+    LossOptions lo;  // forward KL, tau 1
+
+    const std::vector<std::string> modes = {"pretrain", "ce", "kd-dense", "kd-sparse"};
+    auto step = [&](const std::string& mode) {
+        const bool pre = mode == "pretrain";
+        Llama& m = pre ? teacher : student;
+        AdamW& opt = pre ? *opt_teacher : *opt_student;
+        m->train();
+        opt.zero_grad();
+        auto logits = m->forward(inp).reshape({-1, V});
+        torch::Tensor loss;
+        if (mode == "pretrain" || mode == "ce") {
+            loss = loss_cross_entropy(logits, targets);
+        } else if (mode == "kd-dense") {
+            torch::Tensor t;
+            {
+                torch::NoGradGuard ng;
+                t = teacher->forward(inp).reshape({-1, V});
+            }
+            loss = loss_dense(logits, t, targets, lo);
+        } else {
+            auto i32 = torch::empty({B, T, K}, torch::kInt32);
+            auto lp = torch::empty({B, T, K}, torch::kFloat32);
+            for (int64_t b = 0; b < B; ++b) cache.read_window(b, i32[b].data_ptr<int32_t>(), lp[b].data_ptr<float>());
+            loss = loss_sparse(logits, i32.reshape({-1, K}).to(torch::kInt64), lp.reshape({-1, K}), targets, lo);
+        }
+        loss.backward();
+        opt.clip_grad_norm(1.0);
+        opt.step(1e-4);
+    };
+    auto ours = [&](const std::string& mode) {
+        for (int i = 0; i < warmup; ++i) step(mode);
+        const double t0 = now_seconds();
+        for (int i = 0; i < steps; ++i) step(mode);
+        return double(B * T * steps) / (now_seconds() - t0);
+    };
+    auto theirs = [&](const std::string& mode, bool bf16) -> double {
+        const std::string model = mode == "pretrain" ? "teacher" : "student";
+        const std::string py_mode = mode == "pretrain" ? "ce" : mode == "kd-dense" ? "dense" : mode == "kd-sparse" ? "sparse" : "ce";
+        const std::string cmd = "OMP_NUM_THREADS=" + std::to_string(threads) + " /usr/bin/python3 " +
+                                std::string(DISTILL_SOURCE_DIR) + "/bench/train_step.py " + py_mode + " " +
+                                std::to_string(steps) + " " + std::to_string(warmup) + " " + dir + "/" + model + " " +
+                                dir + "/teacher " + dir + "/inputs.safetensors" + (bf16 ? " bf16" : "");
+        FILE* p = ::popen(cmd.c_str(), "r");
+        std::string out;
+        char buf[512];
+        while (p && std::fgets(buf, sizeof buf, p)) out += buf;
+        const int rc = p ? ::pclose(p) : -1;
+        if (rc != 0) return -1;
+        try {
+            return nlohmann::json::parse(out)["tokens_per_second"].get<double>();
+        } catch (const std::exception&) {
+            return -1;
+        }
+    };
+
+    std::string why;
+    const Precision auto_choice = measure_precision(torch::Device(torch::kCPU), &why);
+    std::vector<Precision> precisions;
+    if (precision == "fp32" || precision == "both" || precision == "auto") precisions.push_back(Precision::kFloat32);
+    if (precision == "bf16" || precision == "both" || (precision == "auto" && auto_choice == Precision::kBFloat16))
+        precisions.push_back(Precision::kBFloat16);
+
+    const double gemm = gemm_gflops();
+    std::printf("Training steps of the demo models: teacher %s params, student %s params\n",
+                format_count(double(sizes.teacher.num_params())).c_str(),
+                format_count(double(sizes.student.num_params())).c_str());
+    std::printf("batch %lldx%lld, V %lld, K %lld, %d threads, BLAS core %s, kernels %s\n", (long long)B, (long long)T,
+                (long long)V, (long long)K, threads, blas_core_name(), kernels::isa());
+    std::printf("--precision auto here: %s\n", why.c_str());
+    std::printf("float32 GEMM (torch::mm 2048): %.0f GFLOP/s; %d steps a run, median of %d runs a side\n\n", gemm,
+                steps, rounds);
+
+    double pre_fp32_tok_s = 0, ce_tok[2] = {0, 0}, sparse_tok[2] = {0, 0}, dense_tok[2] = {0, 0};
+    for (Precision prec : precisions) {
+        const bool bf16 = prec == Precision::kBFloat16;
+        set_train_precision(prec);
+        std::printf("%-10s %-5s %14s %16s %8s\n", "step", "prec", "distill tok/s",
+                    bf16 ? "PyTorch autocast" : "PyTorch tok/s", "ratio");
+        for (const auto& mode : modes) {
+            std::vector<double> a, b;
+            for (int r = 0; r < rounds; ++r) {
+                a.push_back(ours(mode));
+                b.push_back(theirs(mode, bf16));
+            }
+            const double us = median(a), them = median(b);
+            if (them > 0)
+                std::printf("%-10s %-5s %14.0f %16.0f %7.2fx\n", mode.c_str(), precision_name(prec), us, them, us / them);
+            else
+                std::printf("%-10s %-5s %14.0f %16s %8s  (the Python peer failed)\n", mode.c_str(),
+                            precision_name(prec), us, "-", "-");
+            if (mode == "pretrain" && !bf16) pre_fp32_tok_s = us;
+            if (mode == "ce") ce_tok[bf16] = us;
+            if (mode == "kd-sparse") sparse_tok[bf16] = us;
+            if (mode == "kd-dense") dense_tok[bf16] = us;
+        }
+        std::printf("\n");
+    }
+    if (pre_fp32_tok_s > 0) {
+        // training = 3x the forward's FLOPs (forward, and backward for inputs and weights)
+        const double gflops = 3.0 * sizes.teacher.flops_per_token(T) * pre_fp32_tok_s / 1e9;
+        std::printf("pretraining (fp32): %.0f GFLOP/s = %.0f%% of this machine's float32 GEMM rate\n", gflops,
+                    100.0 * gflops / gemm);
+    }
+    for (Precision prec : precisions) {
+        const int i = prec == Precision::kBFloat16;
+        if (ce_tok[i] > 0)
+            std::printf("student KD step / CE step (%s): sparse %.2fx, dense %.2fx the time\n", precision_name(prec),
+                        ce_tok[i] / sparse_tok[i], ce_tok[i] / dense_tok[i]);
+    }
+    std::printf("\nratio = distill / PyTorch (higher is faster)\n");
+    std::system(("rm -rf " + dir).c_str());
+    return 0;
+}

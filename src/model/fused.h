@@ -1,0 +1,37 @@
+// distill — fused CPU forms of the decoder's small ops, each an autograd Function whose forward and
+// backward run the vectorized kernels of kernels/cpu-kernels.h over rows in parallel. On a
+// float32 CPU tensor these replace the chains of libtorch ops (each a pass over memory and a
+// dispatch) that dominated a training step of a small model; anywhere else (a GPU, bf16, or
+// fusion turned off) the caller uses the plain tensor ops, which compute the same function.
+// tests/unit/test-model.cpp checks logits and every gradient against PyTorch in Python either way.
+#pragma once
+
+#include <torch/types.h>
+
+namespace distill {
+
+// Whether the fused kernels take x: float32 on the CPU, and not turned off with
+// set_fused_kernels(false) or the environment variable DISTILL_FUSED=0.
+bool fused_cpu(const torch::Tensor& x);
+void set_fused_kernels(bool on);
+bool fused_kernels_enabled();
+
+// RMSNorm: x (..., C), w (C) -> x / sqrt(mean(x^2) + eps) * w
+torch::Tensor fused_rms_norm(const torch::Tensor& x, const torch::Tensor& w, double eps);
+
+// SwiGLU's product: gu (..., 2I), the gate and up projections side by side -> silu(g) * u (..., I)
+torch::Tensor fused_swiglu(const torch::Tensor& gu);
+
+// Causal self-attention of T positions with no cache, rotary positions applied inside:
+//   qkv (B, T, (H + 2 Hkv) D): the query, key and value projections of each position side by
+//   side (one product with the three weights stacked); cos, sin (T, D): the rotary tables of
+//   positions 0..T-1.
+// Query head h reads key/value head h / (H / Hkv). Returns (B, T, H*D), ready for o_proj.
+torch::Tensor fused_attention(const torch::Tensor& qkv, const torch::Tensor& cos, const torch::Tensor& sin,
+                              int64_t n_head, int64_t n_kv_head);
+
+// weight (V, C), ids (...) -> (..., C); the backward adds each row's gradient in one pass (libtorch
+// 1.13's CPU embedding backward runs one small op per token).
+torch::Tensor fused_embedding(const torch::Tensor& weight, const torch::Tensor& ids);
+
+}  // namespace distill
