@@ -3,11 +3,13 @@
 #include <cstdlib>
 
 #include "cli.h"
+#include "distill/api-cache.h"
 #include "distill/api-capture.h"
 #include "distill/capture.h"
 #include "io/shards.h"
 #include "model/checkpoint.h"
 #include "pipeline/pipeline.h"
+#include "tokenizer/load.h"
 #include "train/distributed.h"
 #include "util/progress.h"
 
@@ -15,18 +17,49 @@ namespace distill::cli {
 
 namespace {
 struct Options {
-    std::string teacher, data, out;
+    std::string teacher, data, out, tokenizer;
     CaptureOptions capture;
     ApiCaptureOptions api;
     std::string api_key_env = "OPENAI_API_KEY";
     DistOptions dist;
 };
 
+// Through an OpenAI-compatible API, the windows of a token shard into a logit cache (the
+// black-box counterpart of a local capture).
+int run_api_cache(Options& o, bool top_given, bool batch_given) {
+    const ApiCaptureOptions& a = o.api;
+    DISTILL_USAGE(!o.tokenizer.empty(), "--teacher-url with --data needs --tokenizer (the shard's, which the API's "
+                  "model must use)");
+    DISTILL_USAGE(!a.score_prompts, "--score-prompts is for --prompts; with --data every position is scored");
+    ApiCacheOptions c;
+    c.remote.url = a.url;
+    c.remote.model = a.model;
+    if (const char* k = std::getenv(o.api_key_env.c_str())) c.remote.api_key = k;
+    c.remote.retries = a.retries;
+    c.remote.timeout_s = a.timeout_s;
+    c.remote.backoff_s = a.backoff_s;
+    c.top_k = top_given ? o.capture.top_k : 20;  // the OpenAI API's cap
+    c.window = o.capture.window;
+    c.windows_per_request = batch_given ? o.capture.batch : 4;
+    c.concurrency = a.concurrency;
+    c.max_windows = o.capture.max_windows;
+    c.progress = !Progress::quiet;
+    Tokenizer tok = load_tokenizer(o.tokenizer);
+    TokenShard shard(o.data);
+    ApiCacheResult r = capture_cache_from_api(tok, shard, o.out, c);
+    nlohmann::json j = r.to_json();
+    j["cache"] = o.out;
+    j["top_logprobs"] = c.top_k;
+    std::printf("%s\n", j.dump().c_str());
+    return 0;
+}
+
 // Through an OpenAI-compatible API: prompts in, completions and top log-probs out.
 int run_api(Options& o, bool top_given) {
     ApiCaptureOptions& a = o.api;
-    DISTILL_USAGE(o.data.empty() && o.teacher.empty(), "--teacher-url captures from prompts (--prompts), not from --data or --teacher");
-    DISTILL_USAGE(!a.prompts.empty(), "--teacher-url needs --prompts FILE.jsonl");
+    DISTILL_USAGE(o.teacher.empty(), "--teacher-url and --teacher are two teachers: give one");
+    DISTILL_USAGE(!a.prompts.empty(), "--teacher-url needs --prompts FILE.jsonl (completions into a dataset) or "
+                  "--data SHARD --tokenizer T (the shard's windows into a logit cache)");
     a.out = o.out;
     a.top_logprobs = top_given ? o.capture.top_k : 20;  // the OpenAI API's cap
     if (const char* k = std::getenv(o.api_key_env.c_str())) a.api_key = k;
@@ -54,7 +87,7 @@ Command add_capture(CLI::App& app) {
     c->add_option("--top-logprobs", cap.top_k, "log-probs stored per position (the teacher's top K)")
         ->check(in_range(1, 1024))->capture_default_str();
     add_seq_len(c, cap.window, "positions per window (= the students' --seq-len)");
-    add_batch_size(c, cap.batch, "windows per teacher forward");
+    add_batch_size(c, cap.batch, "windows per teacher forward (with --teacher-url and --data: per request, default 4)");
     c->add_option("--max-windows", cap.max_windows, "capture only the first N windows (0 = all)")
         ->check(in_range(0, 1e12))->capture_default_str();
     const std::string dgroup = "Data parallel (WORLD_SIZE > 1; docs/distributed.md)";
@@ -67,6 +100,10 @@ Command add_capture(CLI::App& app) {
     auto* url = c->add_option("--teacher-url", a.url, "an OpenAI-compatible API, e.g. http://127.0.0.1:8000/v1")
                     ->group(api);
     c->add_option("--teacher-model", a.model, "the model id to ask for (default: the first the API lists)")->group(api);
+    c->add_option("--tokenizer", o->tokenizer,
+                  "with --data: the shard's tokenizer (a tokenizer.json, model directory or .gguf), which the API's "
+                  "model must share")
+        ->group(api);
     c->add_option("--api-key-env", o->api_key_env, "environment variable holding the API key")
         ->capture_default_str()->group(api);
     c->add_option("--prompts", a.prompts, "JSONL: a string, {\"prompt\": ...} or {\"messages\": [...]} per line")
@@ -97,7 +134,13 @@ Command add_capture(CLI::App& app) {
                     DISTILL_USAGE(Distributed::world_from_env() == 1,
                                   "--teacher-url runs in one process (its --concurrency spreads the requests); "
                                   "start it without launch/torchrun");
-                    return run_api(*o, c->get_option("--top-logprobs")->count() > 0);
+                    const bool top_given = c->get_option("--top-logprobs")->count() > 0;
+                    DISTILL_USAGE(o->data.empty() || o->api.prompts.empty(),
+                                  "--teacher-url takes --prompts (a dataset of completions) or --data (a logit "
+                                  "cache), not both");
+                    if (!o->data.empty())
+                        return run_api_cache(*o, top_given, c->get_option("--batch-size")->count() > 0);
+                    return run_api(*o, top_given);
                 }
                 DISTILL_USAGE(!o->api.score_prompts, "--score-prompts asks an API to echo its prompts: it needs --teacher-url "
                               "(a local teacher already scores every position of --data)");

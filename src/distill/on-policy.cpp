@@ -1,5 +1,7 @@
 #include "distill/on-policy.h"
 
+#include "distill/api-logprobs.h"
+
 #include <torch/torch.h>
 
 #include <functional>
@@ -143,48 +145,19 @@ LossFn make_on_policy_loss(Llama& student, Llama& teacher, const TokenShard& sha
                           });
 }
 
-std::vector<std::vector<std::pair<int64_t, float>>> remote_top_targets(
-    const nlohmann::json& lp, const std::unordered_map<std::string, int64_t>& by_text, size_t from, size_t len) {
-    DISTILL_CHECK(lp.is_object() && lp.contains("top_logprobs") && lp["top_logprobs"].is_array() &&
-                      lp["top_logprobs"].size() >= len,
-                  "the teacher API gave no top log-probs for the prompt (it needs echo with logprobs; ",
-                  "llama.cpp's server refuses max_tokens 0: use distill serve or vLLM)");
-    const nlohmann::json& tops = lp["top_logprobs"];
-    std::vector<std::vector<std::pair<int64_t, float>>> out;
-    for (size_t t = from; t < len; ++t) {
-        std::vector<std::pair<int64_t, float>> row;
-        const nlohmann::json& d = tops[t];
-        DISTILL_CHECK(d.is_object(), "the teacher API gave no top log-probs at prompt position ", t);
-        for (auto it = d.begin(); it != d.end(); ++it) {
-            DISTILL_CHECK(it.value().is_number(), "the teacher API's top log-prob for '", it.key(), "' is not a number");
-            const auto f = by_text.find(it.key());
-            if (f == by_text.end() || f->second < 0) continue;  // not one student token: the rest bucket
-            const double v = it.value().get<double>();
-            if (!std::isfinite(v)) continue;
-            row.emplace_back(f->second, static_cast<float>(std::min(0.0, v)));
-        }
-        out.push_back(std::move(row));
-    }
-    return out;
-}
-
 LossFn make_on_policy_loss_remote(Llama& student, const Tokenizer& tokenizer, const TokenShard& shard,
                                   const BatchSpec& spec, const LossOptions& loss, const OnPolicyOptions& opts,
                                   const RemoteOptions& remote_in, int64_t top_k, LossFn off_policy) {
     DISTILL_CHECK(top_k >= 1, "the API teacher needs --online-top-logprobs >= 1");
     RemoteOptions remote = remote_in;
     remote.model = remote_model_name(remote);
-    // the API names tokens by their text (invalid UTF-8 replaced): one student id per text
-    auto by_text = std::make_shared<std::unordered_map<std::string, int64_t>>();
-    for (int32_t id = 0; id < tokenizer.vocab_size(); ++id) {
-        if (tokenizer.is_special(id)) continue;
-        auto [it, fresh] = by_text->emplace(utf8_lossy(tokenizer.token_bytes(id)), id);
-        if (!fresh) it->second = -1;
-    }
+    // the API names tokens by id where it can (return_tokens_as_token_ids), else by their text
+    auto by_text = std::make_shared<ApiTokenMap>(tokenizer);
+    auto as_ids = std::make_shared<std::atomic<bool>>(true);
     LossOptions kd = loss;
     kd.ce_weight = 0;  // the targets are the student's own samples
     const int64_t N = opts.max_new_tokens;
-    auto score = [&student, kd, remote, top_k, by_text, N](const torch::Tensor& seqs, const BatchSpec& sp) {
+    auto score = [&student, kd, remote, top_k, by_text, as_ids, N](const torch::Tensor& seqs, const BatchSpec& sp) {
         const int64_t B = seqs.size(0), T = sp.seq_len, P = T - N;
         // the teacher scores every sequence in one request
         nlohmann::json prompts = nlohmann::json::array();
@@ -193,7 +166,7 @@ LossFn make_on_policy_loss_remote(Llama& student, const Tokenizer& tokenizer, co
             prompts.push_back(std::vector<int64_t>(host[r].data_ptr<int64_t>(), host[r].data_ptr<int64_t>() + T));
         const nlohmann::json body = {{"model", remote.model}, {"prompt", prompts}, {"echo", true},
                                      {"max_tokens", 0},       {"logprobs", top_k}, {"temperature", 0}};
-        const nlohmann::json answer = remote_request(remote, "POST", "/completions", body);
+        const nlohmann::json answer = remote_scoring_request(remote, body, *as_ids);
         DISTILL_CHECK(answer.contains("choices") && answer["choices"].is_array() &&
                           answer["choices"].size() == static_cast<size_t>(B),
                       remote.url, "/completions returned ",

@@ -59,10 +59,4 @@ LossFn make_on_policy_loss_remote(Llama& student, const Tokenizer& tokenizer, co
                                   const BatchSpec& spec, const LossOptions& loss, const OnPolicyOptions& opts,
                                   const RemoteOptions& remote, int64_t top_k, LossFn off_policy);
 
-// For tests: the API's answer for one sequence -> per position t >= from, the (student id, log p)
-// of its top_logprobs entries that name exactly one student token. `by_text`: token text ->
-// student id, -1 where several ids share the text.
-std::vector<std::vector<std::pair<int64_t, float>>> remote_top_targets(
-    const nlohmann::json& logprobs, const std::unordered_map<std::string, int64_t>& by_text, size_t from, size_t len);
-
 }  // namespace distill

@@ -142,18 +142,29 @@ json request_json(const RemoteOptions& o, const std::string& method, const std::
     if (!o.api_key.empty()) c.set_bearer_token_auth(o.api_key);
     std::mt19937_64 rng(std::random_device{}());
     std::string last;
+    auto told = [&](const std::string& kind) {
+        if (o.on_attempt) o.on_attempt(kind);
+    };
     for (int attempt = 0; attempt <= o.retries; ++attempt) {
         double wait = std::min(o.backoff_max_s, o.backoff_s * std::pow(2.0, attempt));
         wait *= 0.5 + std::uniform_real_distribution<double>(0, 1)(rng);
+        const auto start = std::chrono::steady_clock::now();
         auto r = method == "GET" ? c.Get(prefix + path) : c.Post(prefix + path, body.dump(), "application/json");
         if (!r) {
             last = str_cat("no answer (", httplib::to_string(r.error()), ")");
+            const double took = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+            told(took >= 0.95 * o.timeout_s ? "timeout" : "transport");
         } else if (r->status == 200) {
             json j = json::parse(r->body, nullptr, false);
-            if (!j.is_discarded()) return j;
-            last = "an answer that is not JSON";
+            if (!j.is_discarded() && (!o.valid || o.valid(j))) {
+                told("");
+                return j;
+            }
+            last = j.is_discarded() ? "an answer that is not JSON" : "an answer that is not the API's JSON";
+            told("malformed");
         } else if (r->status == 429 || r->status >= 500) {
             last = str_cat("status ", r->status, ": ", r->body.substr(0, 200));
+            told(r->status == 429 ? "status_429" : "status_5xx");
             if (r->has_header("Retry-After")) {
                 try {
                     wait = std::min(o.backoff_max_s, std::max(wait, std::stod(r->get_header_value("Retry-After"))));
@@ -161,6 +172,7 @@ json request_json(const RemoteOptions& o, const std::string& method, const std::
                 }
             }
         } else {
+            told(str_cat("status_", r->status));
             throw Error(str_cat(o.url, path, " answered ", r->status, ": ", r->body.substr(0, 300)));
         }
         if (attempt < o.retries) std::this_thread::sleep_for(std::chrono::duration<double>(wait));

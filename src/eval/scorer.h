@@ -6,6 +6,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -67,6 +68,11 @@ struct RemoteOptions {
     int retries = 5;      // attempts after the first, on 429, 5xx, timeouts and refused connections
     double timeout_s = 120, backoff_s = 0.5, backoff_max_s = 20;  // exponential back-off with jitter
     int64_t prompts_per_request = 8;
+    // Optional: told of every attempt, "" when it succeeded, else the kind of its failure
+    // (status_429, status_5xx, timeout, transport, malformed); called from the requesting thread.
+    std::function<void(const std::string& kind)> on_attempt;
+    // Optional: an answer that parses as JSON but fails this check counts as malformed and is retried.
+    std::function<bool(const nlohmann::json&)> valid;
 };
 
 // A remote model; `tok` must be the endpoint model's tokenizer (ids are sent, as lm-eval does).

@@ -175,6 +175,7 @@ CompletionRequest parse_completion(const std::string& body, const Limits& lim) {
     r.model = string(j, "model", "");
     r.sampling = sampling(j, lim, false);
     r.echo = boolean(j, "echo", false);
+    r.tokens_as_ids = boolean(j, "return_tokens_as_token_ids", false);
     if (field(j, "logprobs")) r.logprobs = integer(j, "logprobs", 0, 0, lim.max_top_logprobs);
     if (field(j, "suffix")) bad("suffix", "'suffix' is not supported");
     if (field(j, "best_of") && integer(j, "best_of", 1, 1, lim.max_n) != r.sampling.n)
@@ -225,6 +226,7 @@ ChatRequest parse_chat(const std::string& body, const Limits& lim) {
     r.model = string(j, "model", "");
     r.sampling = sampling(j, lim, true);
     r.logprobs = boolean(j, "logprobs", false);
+    r.tokens_as_ids = boolean(j, "return_tokens_as_token_ids", false);
     r.top_logprobs = integer(j, "top_logprobs", 0, 0, lim.max_top_logprobs);
     if (field(j, "top_logprobs") && !r.logprobs)
         bad("top_logprobs", "'top_logprobs' needs 'logprobs' set to true");

@@ -59,6 +59,9 @@ struct CompletionRequest {
     Sampling sampling;
     std::optional<int64_t> logprobs;  // legacy: how many top alternatives (0 = only the chosen)
     bool echo = false;
+    // vLLM's `return_tokens_as_token_ids`: tokens in logprobs named "token_id:<id>", so that a
+    // client maps them back exactly (a byte token that is not UTF-8 has no text of its own)
+    bool tokens_as_ids = false;
 };
 
 struct ChatRequest {
@@ -68,6 +71,7 @@ struct ChatRequest {
     Sampling sampling;
     bool logprobs = false;
     int64_t top_logprobs = 0;
+    bool tokens_as_ids = false;  // as in CompletionRequest
 };
 
 // Throws ApiError (400) on anything malformed; `body` is the raw request body.

@@ -344,10 +344,14 @@ private:
     // Moves what the engine produced into each choice's text; true when every choice is done.
     bool drain(Call& call, const api::Sampling& s, std::unique_lock<std::mutex>& lk);
     void finish_choice(Choice& c);
-    json legacy_logprobs(const Choice& c, const PromptInfo* echo, size_t from_tok, bool with_prompt,
+    json legacy_logprobs(const Choice& c, const PromptInfo* echo, size_t from_tok, bool with_prompt, bool as_ids,
                          int64_t top) const;
-    json chat_logprobs(const Choice& c, size_t from_tok, size_t to_tok) const;
-    std::string token_text(int64_t id) const { return utf8_lossy(tok_.token_bytes(static_cast<int32_t>(id))); }
+    json chat_logprobs(const Choice& c, size_t from_tok, size_t to_tok, bool as_ids) const;
+    // A token as logprobs name it: its text (invalid UTF-8 replaced), or "token_id:<id>" when the
+    // request asked for return_tokens_as_token_ids (vLLM's convention).
+    std::string token_text(int64_t id, bool as_ids = false) const {
+        return as_ids ? "token_id:" + std::to_string(id) : utf8_lossy(tok_.token_bytes(static_cast<int32_t>(id)));
+    }
     static const char* finish_name(const Choice& c) {
         if (c.stopped) return "stop";
         return c.why == FinishReason::Length ? "length" : "stop";
@@ -633,17 +637,17 @@ bool Server::drain(Call& call, const api::Sampling& s, std::unique_lock<std::mut
     return all;
 }
 
-json Server::legacy_logprobs(const Choice& c, const PromptInfo* echo, size_t from_tok, bool with_prompt,
+json Server::legacy_logprobs(const Choice& c, const PromptInfo* echo, size_t from_tok, bool with_prompt, bool as_ids,
                              int64_t top) const {
     json tokens = json::array(), lps = json::array(), tops = json::array(), offsets = json::array();
     int64_t base_chars = 0;
     auto top_dict = [&](const TokenLogprob& t) {
         json d = json::object();
         for (const auto& [id, lp] : t.top) {
-            std::string s = token_text(id);
+            std::string s = token_text(id, as_ids);
             if (!d.contains(s)) d[s] = shown(lp);
         }
-        std::string s = token_text(t.id);  // the sampled token is always there, as the API does
+        std::string s = token_text(t.id, as_ids);  // the sampled token is always there, as the API does
         if (!d.contains(s)) d[s] = shown(t.logprob);
         return d;
     };
@@ -654,7 +658,7 @@ json Server::legacy_logprobs(const Choice& c, const PromptInfo* echo, size_t fro
         int64_t bytes_chars = 0;
         for (size_t i = first; i < ids.size(); ++i) {
             std::string b = tok_.token_bytes(static_cast<int32_t>(ids[i]));
-            tokens.push_back(utf8_lossy(b));
+            tokens.push_back(as_ids ? token_text(ids[i], true) : utf8_lossy(b));
             offsets.push_back(bytes_chars);
             bytes_chars += utf8_char_count(b);
             if (i == 0 || c.prompt_lps.size() < i) {
@@ -670,7 +674,7 @@ json Server::legacy_logprobs(const Choice& c, const PromptInfo* echo, size_t fro
     if (echo) base_chars = utf8_char_count(echo->text);
     for (size_t k = from_tok; k < c.toks.size(); ++k) {
         const auto& tk = c.toks[k];
-        tokens.push_back(token_text(tk.t.id));
+        tokens.push_back(token_text(tk.t.id, as_ids));
         lps.push_back(shown(tk.t.logprob));
         tops.push_back(top_dict(tk.t));
         std::string_view before(c.text.data(), std::min<size_t>(tk.offset, c.text.size()));
@@ -679,13 +683,13 @@ json Server::legacy_logprobs(const Choice& c, const PromptInfo* echo, size_t fro
     return {{"tokens", tokens}, {"token_logprobs", lps}, {"top_logprobs", tops}, {"text_offset", offsets}};
 }
 
-json Server::chat_logprobs(const Choice& c, size_t from, size_t to) const {
+json Server::chat_logprobs(const Choice& c, size_t from, size_t to, bool as_ids) const {
     json content = json::array();
     auto entry = [&](int64_t id, double lp) {
         std::string b = tok_.token_bytes(static_cast<int32_t>(id));
         json bytes = json::array();
         for (unsigned char ch : b) bytes.push_back(int(ch));
-        return json{{"token", utf8_lossy(b)}, {"logprob", shown(lp)}, {"bytes", bytes}};
+        return json{{"token", as_ids ? token_text(id, true) : utf8_lossy(b)}, {"logprob", shown(lp)}, {"bytes", bytes}};
     };
     for (size_t k = from; k < to && k < c.toks.size(); ++k) {
         const auto& t = c.toks[k].t;
@@ -799,13 +803,14 @@ void Server::completions(const httplib::Request& req, httplib::Response& res) {
     const std::string id = "cmpl-" + random_hex(24);
     const std::time_t created = std::time(nullptr);
     const api::Sampling s = r.sampling;
-    const bool echo = r.echo;
+    const bool echo = r.echo, as_ids = r.tokens_as_ids;
 
-    auto choice_json = [this, echo, want_lp, top, prompts](const Choice& c, const std::string& text, size_t from_tok,
-                                                           bool first_chunk, const json& finish) {
+    auto choice_json = [this, echo, as_ids, want_lp, top, prompts](const Choice& c, const std::string& text,
+                                                                   size_t from_tok, bool first_chunk, const json& finish) {
         json ch = {{"index", c.index}};
         ch["text"] = (echo && first_chunk ? prompts[c.prompt].text : "") + text;
-        ch["logprobs"] = want_lp ? legacy_logprobs(c, echo ? &prompts[c.prompt] : nullptr, from_tok, first_chunk, top)
+        ch["logprobs"] = want_lp ? legacy_logprobs(c, echo ? &prompts[c.prompt] : nullptr, from_tok, first_chunk,
+                                                   as_ids, top)
                                  : json(nullptr);
         ch["finish_reason"] = finish;
         return ch;
@@ -882,7 +887,7 @@ void Server::chat(const httplib::Request& req, httplib::Response& res) {
     const std::string id = "chatcmpl-" + random_hex(24);
     const std::time_t created = std::time(nullptr);
     const api::Sampling s = r.sampling;
-    const bool want_lp = r.logprobs;
+    const bool want_lp = r.logprobs, as_ids = r.tokens_as_ids;
 
     if (!s.stream) {
         std::unique_lock<std::mutex> lk(call->mu);
@@ -891,7 +896,7 @@ void Server::chat(const httplib::Request& req, httplib::Response& res) {
         for (const Choice& c : call->choices) {
             json ch = {{"index", c.index},
                        {"message", {{"role", "assistant"}, {"content", c.text}, {"refusal", nullptr}}},
-                       {"logprobs", want_lp ? chat_logprobs(c, 0, c.toks.size()) : json(nullptr)},
+                       {"logprobs", want_lp ? chat_logprobs(c, 0, c.toks.size(), as_ids) : json(nullptr)},
                        {"finish_reason", finish_name(c)}};
             choices.push_back(ch);
         }
@@ -905,7 +910,7 @@ void Server::chat(const httplib::Request& req, httplib::Response& res) {
     res.set_header("Cache-Control", "no-cache");
     res.set_chunked_content_provider(
         "text/event-stream",
-        [this, call, s, id, created, key, prompt_tokens, want_lp](size_t, httplib::DataSink& sink) {
+        [this, call, s, id, created, key, prompt_tokens, want_lp, as_ids](size_t, httplib::DataSink& sink) {
             std::vector<bool> started(call->choices.size(), false);
             auto chunk_of = [&](const Choice& c, json delta, json lp, json finish) {
                 json ch = {{"index", c.index}, {"delta", delta}, {"logprobs", lp}, {"finish_reason", finish}};
@@ -922,7 +927,7 @@ void Server::chat(const httplib::Request& req, httplib::Response& res) {
                 if (safe > c.sent || c.toks.size() > c.sent_toks) {
                     json delta = json::object();
                     if (safe > c.sent) delta["content"] = c.text.substr(c.sent, safe - c.sent);
-                    json lp = want_lp ? chat_logprobs(c, c.sent_toks, c.toks.size()) : json(nullptr);
+                    json lp = want_lp ? chat_logprobs(c, c.sent_toks, c.toks.size(), as_ids) : json(nullptr);
                     out.push_back(sse(chunk_of(c, delta, lp, nullptr)));
                     c.sent = std::max(c.sent, safe);
                     c.sent_toks = c.toks.size();

@@ -8,6 +8,7 @@
 #include <set>
 #include <unordered_map>
 
+#include "distill/api-logprobs.h"
 #include "distill/on-policy.h"
 #include "io/safetensors.h"
 #include "model/checkpoint.h"
@@ -217,39 +218,49 @@ TEST(OnPolicy, ApiTeacherThroughServe) {
     const std::vector<int64_t> seq(ids32.begin(), ids32.end());
     ASSERT_GE(seq.size(), 8u);
     const int K = 5;
-    auto r = server.client().Post("/v1/completions",
-                                  nlohmann::json{{"prompt", seq}, {"echo", true}, {"max_tokens", 0}, {"logprobs", K}}.dump(),
-                                  "application/json");
-    ASSERT_TRUE(r && r->status == 200) << (r ? r->body : "no answer");
-    const auto answer = nlohmann::json::parse(r->body);
     std::unordered_map<std::string, int64_t> by_text;
     for (int32_t id = 0; id < tok.vocab_size(); ++id) {
         if (tok.is_special(id)) continue;
         auto [it, fresh] = by_text.emplace(utf8_lossy(tok.token_bytes(id)), id);
         if (!fresh) it->second = -1;
     }
-    const auto got = remote_top_targets(answer["choices"][0]["logprobs"], by_text, 1, seq.size());
+    const ApiTokenMap text_map(by_text, tok.vocab_size());
     torch::NoGradGuard ng;
     teacher->eval();
     const auto lp = torch::log_softmax(teacher->forward(torch::tensor(seq).view({1, -1}))[0].to(torch::kFloat64), -1);
-    for (size_t t = 1; t < seq.size(); ++t) {
-        const auto top = std::get<1>(lp[int64_t(t) - 1].topk(K));
-        std::set<int64_t> want;
-        for (int64_t k = 0; k < K; ++k) want.insert(top[k].item<int64_t>());
-        want.insert(seq[t]);
-        std::set<int64_t> mapped;
-        for (int64_t id : want)
-            if (by_text.at(utf8_lossy(tok.token_bytes(static_cast<int32_t>(id)))) >= 0) mapped.insert(id);
-        std::set<int64_t> have;
-        for (const auto& [id, v] : got[t - 1]) {
-            have.insert(id);
-            EXPECT_NEAR(v, lp[int64_t(t) - 1][id].item<double>(), 2e-5) << "position " << t << " id " << id;
+    // tokens named by their text (the legacy format), then by id (return_tokens_as_token_ids):
+    // by id every entry maps, by text those whose text is one token's
+    for (bool as_ids : {false, true}) {
+        SCOPED_TRACE(as_ids ? "token ids" : "texts");
+        auto r = server.client().Post("/v1/completions",
+                                      nlohmann::json{{"prompt", seq}, {"echo", true}, {"max_tokens", 0}, {"logprobs", K},
+                                                     {"return_tokens_as_token_ids", as_ids}}
+                                          .dump(),
+                                      "application/json");
+        ASSERT_TRUE(r && r->status == 200) << (r ? r->body : "no answer");
+        const auto answer = nlohmann::json::parse(r->body);
+        const auto got = remote_top_targets(answer["choices"][0]["logprobs"], as_ids ? ApiTokenMap(tok) : text_map, 1,
+                                            seq.size());
+        for (size_t t = 1; t < seq.size(); ++t) {
+            const auto top = std::get<1>(lp[int64_t(t) - 1].topk(K));
+            std::set<int64_t> want;
+            for (int64_t k = 0; k < K; ++k) want.insert(top[k].item<int64_t>());
+            want.insert(seq[t]);
+            std::set<int64_t> mapped;
+            for (int64_t id : want)
+                if (as_ids || by_text.at(utf8_lossy(tok.token_bytes(static_cast<int32_t>(id)))) >= 0) mapped.insert(id);
+            std::set<int64_t> have;
+            for (const auto& [id, v] : got[t - 1]) {
+                have.insert(id);
+                EXPECT_NEAR(v, lp[int64_t(t) - 1][id].item<double>(), 2e-5) << "position " << t << " id " << id;
+            }
+            EXPECT_EQ(have, mapped) << "position " << t;
         }
-        EXPECT_EQ(have, mapped) << "position " << t;
     }
     // malformed answers are errors that say what is missing
-    EXPECT_THROW(remote_top_targets(nlohmann::json{{"tokens", nlohmann::json::array()}}, by_text, 1, 4), distill::Error);
-    EXPECT_THROW(remote_top_targets(nlohmann::json{{"top_logprobs", {nullptr, {{"a", "x"}}}}}, by_text, 1, 2), distill::Error);
+    EXPECT_THROW(remote_top_targets(nlohmann::json{{"tokens", nlohmann::json::array()}}, text_map, 1, 4), distill::Error);
+    EXPECT_THROW(remote_top_targets(nlohmann::json{{"top_logprobs", {nullptr, {{"a", "x"}}}}}, text_map, 1, 2),
+                 distill::Error);
 
     const std::string base = "train --config " + dir + "/student-config.json --tokenizer " + dir + "/tok.json --data " +
                              dir + "/data --batch-size 4 --seq-len 24 --warmup 1 --log-every 1 --loss jsd --max-new-tokens 8";

@@ -20,9 +20,10 @@
 #include <regex>
 #include <thread>
 
+#include "distill/sequences.h"
+#include "io/logit-cache.h"
 #include "model/checkpoint.h"
 #include "model/generate.h"
-#include "distill/sequences.h"
 #include "serve/engine.h"
 #include "test-server.h"
 #include "test-util.h"
@@ -1034,4 +1035,75 @@ TEST(ApiCapture, ScorePromptsKeepsTheTeachersLogprobsOnThePrompt) {
               1);
     EXPECT_EQ(run_distill(common + " --max-tokens 0 -o " + dir + "/y"), 1);
     EXPECT_EQ(run_distill("capture --teacher " + f.model + " --data x --score-prompts -o " + dir + "/z"), 2);
+}
+
+// The black-box counterpart of a local capture: `capture --teacher-url --data` sends the shard's
+// windows as token ids (echo, max_tokens 0, logprobs K) through a server that injects faults into
+// 40 % of the requests, and stores what comes back in a logit cache. It must be the cache a local
+// capture of the same teacher writes: the same ids at every position, the same stored log-probs.
+// A first run that gives up on a fault (--retries 0) leaves what it wrote, and the next run
+// continues from there.
+TEST(ApiCache, ThroughFaultsEqualsALocalCapture) {
+    Fixture& f = fixture();
+    const std::string dir = temp_dir("api-cache");
+    // a teacher with peaked distributions (larger weights than init's), so that top-K has no ties
+    {
+        Llama m(tiny_config(f.tok.vocab_size()));
+        m->init_weights(11);
+        torch::NoGradGuard ng;
+        for (auto& p : m->parameters())
+            if (p.dim() >= 2) p.mul_(6.0);
+        save_model_dir(dir + "/teacher", m, &f.tok);
+    }
+    write_file_atomic(dir + "/text.txt", word_text(6000, 9, {"the", "house", "was", "she", "said", "that", "garden"}));
+    ASSERT_EQ(run_distill("prepare --tokenizer " + dir + "/teacher/tokenizer.json --text " + dir + "/text.txt -o " +
+                          dir + "/data"),
+              0);
+    const std::string common = " --data " + dir + "/data --top-logprobs 6 --seq-len 24";
+    ASSERT_EQ(run_distill("--threads 1 capture --teacher " + dir + "/teacher" + common + " -o " + dir + "/local"), 0);
+
+    TinyServer s({"--parallel", "4", "--inject-faults", "0.4", "--fault-seed", "3", "--fault-delay", "2"},
+                 dir + "/teacher");
+    const std::string api = "capture --teacher-url " + s.base_url() + common + " --tokenizer " + dir +
+                            "/teacher/tokenizer.json --concurrency 3 --batch-size 2 --timeout 1 --backoff 0.02 -o " +
+                            dir + "/api";
+    // no retries: the first fault stops the run, with an error that says how to go on
+    EXPECT_EQ(run_distill(api + " --retries 0", dir + "/first.json", dir + "/first.err"), 1);
+    EXPECT_NE(read_file(dir + "/first.err").find("run the same command again"), std::string::npos)
+        << read_file(dir + "/first.err");
+    ASSERT_EQ(run_distill(api + " --retries 20", dir + "/summary.json", dir + "/second.err"), 0)
+        << read_file(dir + "/second.err");
+    const json summary = json::parse(read_file(dir + "/summary.json"));
+    EXPECT_TRUE(summary["token_ids"].get<bool>()) << summary.dump();
+    EXPECT_EQ(summary["mapped_fraction"].get<double>(), 1.0) << summary.dump();
+    int64_t errors = 0;
+    for (auto& [k, v] : summary["errors"].items()) errors += v.get<int64_t>();
+    EXPECT_GE(double(errors) / summary["requests"].get<double>(), 0.2) << summary.dump();
+
+    LogitCacheReader local(dir + "/local"), remote(dir + "/api");
+    ASSERT_TRUE(remote.complete());
+    ASSERT_EQ(remote.num_windows(), local.num_windows());
+    EXPECT_GE(remote.num_windows(), 8);
+    EXPECT_EQ(remote.info().data_fingerprint, local.info().data_fingerprint);
+    EXPECT_EQ(remote.info().tokenizer_fingerprint, local.info().tokenizer_fingerprint);
+    const int64_t T = 24, K = 6;
+    std::vector<int32_t> ia(T * K), ib(T * K);
+    std::vector<float> la(T * K), lb(T * K);
+    int64_t same = 0, total = 0;
+    double worst = 0;
+    for (int64_t w = 0; w < local.num_windows(); ++w) {
+        local.read_window(w, ia.data(), la.data());
+        remote.read_window(w, ib.data(), lb.data());
+        for (int64_t i = 0; i < T * K; ++i) {
+            ++total;
+            same += ia[size_t(i)] == ib[size_t(i)];
+            worst = std::max(worst, double(std::fabs(la[size_t(i)] - lb[size_t(i)])));
+        }
+    }
+    // the stored codes of two nearly equal log-probs differ only where one sits on a grid boundary
+    EXPECT_GE(double(same) / double(total), 0.995) << same << " of " << total;
+    EXPECT_LE(worst, 0.13) << "largest stored log-prob difference";
+    std::printf("[api-cache] %lld of %lld entries equal, max |dlogp| %.3g, %lld requests, %lld failed attempts\n",
+                (long long)same, (long long)total, worst, (long long)summary["requests"].get<int64_t>(),
+                (long long)errors);
 }
