@@ -10,6 +10,7 @@
 #include <sstream>
 #include <nlohmann/json.hpp>
 
+#include "distill/api-cache.h"
 #include "distill/api-capture.h"
 #include "distill/capture.h"
 #include "distill/kd.h"
@@ -372,29 +373,33 @@ int run_demo(const DemoOptions& o_in) {
                     {"seed", seed},
                     {"run_dir", dir}};
     };
-    // a student on the training shard: distilled from the cache, or the baseline (no teacher)
-    auto student_row = [&](const std::string& name, const LossOptions& loss, uint64_t seed) {
+    // a student on the training shard: distilled from a logit cache (the white-box one, or one
+    // captured through the API: `from`, named `from_name`), or the baseline (no teacher)
+    auto student_row = [&](const std::string& name, const LossOptions& loss, uint64_t seed,
+                           const LogitCacheReader& from, const std::string& from_name) {
         const bool ce = loss.kind == LossKind::kCrossEntropy;
-        char dir_name[128];
+        const int k = from.info().top_k;
+        char dir_name[160];
         if (ce)
             std::snprintf(dir_name, sizeof dir_name, "students/ce-seed%llu", (unsigned long long)seed);
         else
-            std::snprintf(dir_name, sizeof dir_name, "students/%s-t%g-ce%g-k%d-seed%llu",
-                          loss_kind_name(loss.kind).c_str(), loss.temperature, loss.ce_weight, o.top_k,
+            std::snprintf(dir_name, sizeof dir_name, "students/%s%s-t%g-ce%g-k%d-seed%llu", from_name.c_str(),
+                          loss_kind_name(loss.kind).c_str(), loss.temperature, loss.ce_weight, k,
                           (unsigned long long)seed);
         json row = train_student(
             name, dir_name, seed, loss,
             [&](const TrainOptions& so) {
                 return distill_settings(sizes.student, "", so, loss,
-                                        ce ? json(nullptr) : json({{"cache", teacher_fp}, {"top_k", o.top_k}}),
+                                        ce ? json(nullptr)
+                                           : json({{"cache", from.info().teacher_fingerprint}, {"top_k", k}}),
                                         shard, tok);
             },
             [&](Llama& model, const TrainOptions& so) {
                 BatchSpec spec{so.batch_size, so.seq_len, so.seed, true};
-                return make_student_loss(model, shard, spec, loss, &cache, nullptr);
+                return make_student_loss(model, shard, spec, loss, &from, nullptr);
             });
         // the teacher scored every captured position once, whichever windows the student drew
-        row["teacher_tokens"] = ce ? int64_t(0) : cap["positions"].get<int64_t>();
+        row["teacher_tokens"] = ce ? int64_t(0) : from.num_windows() * int64_t(from.info().window);
         return row;
     };
 
@@ -412,8 +417,8 @@ int run_demo(const DemoOptions& o_in) {
     json per_seed = json::array();
     double min_bpb_margin = 1e9, sum_bpb_margin = 0, min_agree_margin = 1e9;
     for (size_t i = 0; i < seeds.size(); ++i) {
-        json kd = student_row("student_kd", kd_loss, seeds[i]);
-        json base = student_row("student_baseline", ce_loss, seeds[i]);
+        json kd = student_row("student_kd", kd_loss, seeds[i], cache, "");
+        json base = student_row("student_baseline", ce_loss, seeds[i], cache, "");
         const double bm = base["bpb"].get<double>() - kd["bpb"].get<double>();
         const double am = kd["top1_agreement"].get<double>() - base["top1_agreement"].get<double>();
         min_bpb_margin = std::min(min_bpb_margin, bm);
@@ -567,74 +572,111 @@ int run_demo(const DemoOptions& o_in) {
         for (const auto& p : prompts) prompts_text += json({{"prompt", p}}).dump() + "\n";
         const std::string prompts_path = path_join(api_dir, "prompts-" + hash_hex(prompts_text).substr(0, 12) + ".jsonl");
         if (!file_exists(prompts_path)) write_file_atomic(prompts_path, prompts_text);
+        const int64_t concurrency = o.quick ? 4 : 16;
+        const double timeout_s = o.quick ? 3 : 5;
+        // the teacher served on loopback with faults on a share of the requests, for one capture
+        auto serve_faulty = [&](uint64_t fault_seed) {
+            ServeOptions so;
+            so.model = path_join(run, "teacher/model");
+            so.alias = "teacher";
+            so.port = 0;
+            so.parallel = concurrency;
+            so.fault_rate = o.api_fault_rate;
+            so.fault_seed = fault_seed;
+            so.fault_delay_s = timeout_s + 1;
+            so.announce = false;
+            return std::make_unique<ServerThread>(so);
+        };
+
+        // (a) completions of the prompts, for the sequence-level student
         ApiCaptureOptions ac;
         ac.model = "teacher";
         ac.prompts = prompts_path;
-        ac.concurrency = o.quick ? 4 : 16;
+        ac.concurrency = concurrency;
         ac.max_tokens = o.api_max_tokens;
         ac.temperature = 1.0;
         ac.seed = o.seed;
         ac.top_logprobs = 20;
-        ac.score_prompts = true;  // echo: the teacher's top-20 on the passages themselves too
-        ac.timeout_s = o.quick ? 3 : 5;
+        ac.timeout_s = timeout_s;
         ac.backoff_s = 0.05;
         ac.backoff_max_s = 2;
         // the dataset is named by what it is: the teacher, the prompts and the settings
         // (by content, not path: a moved run dir keeps its dataset)
         ac.out = path_join(api_dir, "dataset-" + hash_hex(str_cat(teacher_fp, hash_hex(prompts_text), ac.max_tokens,
-                                                                   ac.seed, ac.top_logprobs, "echo")).substr(0, 12));
-        ApiCaptureResult capres;
-        std::map<std::string, int64_t> injected;  // as the server counted them
+                                                                   ac.seed, ac.top_logprobs)).substr(0, 12));
         const bool complete = file_exists(ac.out + "/samples.jsonl") &&
                               int64_t(read_api_dataset(ac.out).size()) == int64_t(prompts.size());
         json faults = nullptr;
         if (!complete) {
-            ServeOptions so;
-            so.model = path_join(run, "teacher/model");
-            so.alias = "teacher";
-            so.port = 0;
-            so.parallel = ac.concurrency;
-            so.fault_rate = o.api_fault_rate;
-            so.fault_seed = o.seed;
-            so.fault_delay_s = ac.timeout_s + 1;
-            so.announce = false;
-            ServerThread server(so);
-            ac.url = server.base_url();
+            auto server = serve_faulty(o.seed);
+            ac.url = server->base_url();
             log_info(str_cat("teacher served at ", ac.url, " with faults on ", o.api_fault_rate * 100,
                              "% of requests; capturing ", prompts.size(), " completions of ", ac.max_tokens,
-                             " tokens with their top-", ac.top_logprobs, " log-probs, the prompts' too (echo)"));
-            capres = capture_from_api(ac);
-            server.stop();
-            injected = server.faults_injected();
+                             " tokens with their top-", ac.top_logprobs, " log-probs"));
+            const ApiCaptureResult capres = capture_from_api(ac);
+            server->stop();
             DISTILL_CHECK(capres.failed == 0 && capres.written + capres.done_before == capres.total, "the capture through the API ",
                           "left ", capres.failed, " samples failed; run the demo again to retry them");
             faults = capres.to_json();
-            faults["faults_injected"] = injected;
+            faults["faults_injected"] = server->faults_injected();
             write_file_atomic(ac.out + "/demo-capture.json", faults.dump(2) + "\n");
         } else if (file_exists(ac.out + "/demo-capture.json")) {
             faults = read_json_file(ac.out + "/demo-capture.json");
         }
         const SequenceSet set = load_sequences(ac.out, tok, st.seq_len);
-        log_info(str_cat("API dataset: ", set.samples, " samples, ", set.completion_tokens, " completion tokens, ",
-                         set.mapped, " completions and ", set.prompts_scored, " scored prompts on the student's tokens, ",
-                         set.kd_positions, " positions with top-", set.top_k, " log-probs; the API reported ",
-                         set.teacher_tokens, " tokens"));
-        const std::string tag = str_cat("-", set.fingerprint.substr(0, 8), "-seed", o.seed);
+        log_info(str_cat("API dataset: ", set.samples, " samples, ", set.completion_tokens, " completion tokens; the API ",
+                         "reported ", set.teacher_tokens, " tokens"));
+
+        // (b) the teacher's top-20 on every training window through the same API (echo, logprobs
+        // 20, max_tokens 0; faults again), into a logit cache for the top-20 student
+        ApiCacheOptions cc;
+        cc.remote.url = "";  // set when served
+        cc.remote.model = "teacher";
+        cc.remote.retries = 10;
+        cc.remote.timeout_s = timeout_s;
+        cc.remote.backoff_s = 0.05;
+        cc.remote.backoff_max_s = 2;
+        cc.top_k = 20;
+        cc.window = o.seq_len;
+        cc.windows_per_request = 4;
+        cc.concurrency = concurrency;
+        cc.progress = !Progress::quiet;
+        const std::string api_cache_dir =
+            path_join(api_dir, "cache-" + hash_hex(str_cat(teacher_fp, shard.info().fingerprint, cc.top_k, cc.window))
+                                              .substr(0, 12));
+        json cache_capture = nullptr;
+        const std::string cache_json = path_join(api_cache_dir, "demo-capture.json");
+        if (!file_exists(cache_json)) {
+            auto server = serve_faulty(o.seed + 1);
+            cc.remote.url = server->base_url();
+            log_info(str_cat("capturing the teacher's top-", cc.top_k, " on every training window through its API (",
+                             num_aligned_windows(shard.size(), cc.window), " windows, faults on ", o.api_fault_rate * 100,
+                             "% of requests)"));
+            const ApiCacheResult cr = capture_cache_from_api(tok, shard, api_cache_dir, cc);
+            server->stop();
+            cache_capture = cr.to_json();
+            cache_capture["faults_injected"] = server->faults_injected();
+            write_file_atomic(cache_json, cache_capture.dump(2) + "\n");
+        } else {
+            cache_capture = read_json_file(cache_json);
+        }
+        LogitCacheReader api_cache(api_cache_dir);
+        check_cache_fits(api_cache, tok.fingerprint(), sizes.student.vocab_size, shard, st.seq_len);
+
         std::vector<json> api_rows;
-        for (const LossOptions& loss : {ce_loss, kd_loss}) {
-            const bool ce = loss.kind == LossKind::kCrossEntropy;
-            const std::string name = ce ? "student_api_sequences" : "student_api_top20";
-            char dir_name[160];
-            if (ce)
-                std::snprintf(dir_name, sizeof dir_name, "students/api-seq%s", tag.c_str());
-            else
-                std::snprintf(dir_name, sizeof dir_name, "students/api-%s-t%g-ce%g-k20%s", loss_kind_name(loss.kind).c_str(),
-                              loss.temperature, loss.ce_weight, tag.c_str());
+        {
             json row = train_student(
-                name, dir_name, o.seed, loss,
-                [&](const TrainOptions& so) { return sequence_settings(sizes.student, "", so, loss, set.fingerprint, tok); },
-                [&](Llama& model, const TrainOptions& so) { return make_sequence_loss(model, set, so, loss); });
+                "student_api_sequences", str_cat("students/api-seq-", set.fingerprint.substr(0, 8), "-seed", o.seed),
+                o.seed, ce_loss,
+                [&](const TrainOptions& so) { return sequence_settings(sizes.student, "", so, ce_loss, set.fingerprint, tok); },
+                [&](Llama& model, const TrainOptions& so) { return make_sequence_loss(model, set, so, ce_loss); });
             row["teacher_tokens"] = set.teacher_tokens;
+            api_rows.push_back(row);
+        }
+        {
+            json row = student_row("student_api_top20", kd_loss, o.seed, api_cache, "api-cache-");
+            // the API read each window's T + 1 tokens (its usage says the same: cache.capture)
+            row["teacher_tokens"] = api_cache.num_windows() * (int64_t(st.seq_len) + 1);
             api_rows.push_back(row);
         }
         // the share of the white-box student's gain over the baseline that each API student kept
@@ -650,9 +692,12 @@ int run_demo(const DemoOptions& o_in) {
                       {"dataset", ac.out},
                       {"samples", set.samples},
                       {"completion_tokens", set.completion_tokens},
-                      {"scored_prompts", set.prompts_scored},
-                      {"kd_positions", set.kd_positions},
                       {"teacher_tokens", set.teacher_tokens},
+                      {"cache", {{"dir", api_cache_dir},
+                                 {"top_logprobs", cc.top_k},
+                                 {"windows", api_cache.num_windows()},
+                                 {"positions", api_cache.num_windows() * int64_t(st.seq_len)},
+                                 {"capture", cache_capture}}},
                       {"share_of_whitebox_gain", kept}};
         for (auto& r : api_rows) rows.push_back(r);
         stage_done("api students");

@@ -104,12 +104,28 @@ TEST(Demo, QuickRunWritesReportAndIsReused) {
     EXPECT_EQ(injected, faults) << api.dump(2);
     EXPECT_TRUE(api["capture"]["logprobs"].get<bool>());
     EXPECT_GT(api["teacher_tokens"].get<int64_t>(), api["completion_tokens"].get<int64_t>());
+    // the top-20 student's cache: every training window scored through the API (its own faulty
+    // server), each fault met and retried, every token named by id
+    const json& ac = api["cache"];
+    EXPECT_EQ(ac["windows"], r["cache"]["positions"].get<int64_t>() / 64);
+    EXPECT_EQ(ac["top_logprobs"], 20);
+    const json& acap = ac["capture"];
+    int64_t cache_errors = 0, cache_injected = 0;
+    for (const auto& [kind, n] : acap["errors"].items()) cache_errors += n.get<int64_t>();
+    for (const auto& [kind, n] : acap["faults_injected"].items()) cache_injected += n.get<int64_t>();
+    EXPECT_GE(cache_injected, 1) << ac.dump(2);
+    EXPECT_EQ(cache_errors, cache_injected) << ac.dump(2);
+    EXPECT_EQ(acap["requests"].get<int64_t>(), (ac["windows"].get<int64_t>() + 3) / 4 + cache_errors) << ac.dump(2);
+    EXPECT_TRUE(acap["token_ids"].get<bool>());
+    EXPECT_EQ(acap["mapped_fraction"], 1.0);
+    EXPECT_EQ(acap["teacher_tokens"], ac["windows"].get<int64_t>() * 65);
     for (size_t i = 3; i < 5; ++i) {
         EXPECT_EQ(r["models"][i]["params"], r["models"][1]["params"]);
-        EXPECT_EQ(r["models"][i]["teacher_tokens"], api["teacher_tokens"]);
         EXPECT_TRUE(file_exists(r["models"][i]["run_dir"].get<std::string>() + "/model/config.json"));
         EXPECT_TRUE(api["share_of_whitebox_gain"][r["models"][i]["name"].get<std::string>()].is_number());
     }
+    EXPECT_EQ(r["models"][3]["teacher_tokens"], api["teacher_tokens"]);
+    EXPECT_EQ(r["models"][4]["teacher_tokens"], acap["teacher_tokens"]);
     // the white-box student's teacher tokens: every position the teacher scored into the cache
     EXPECT_GT(r["cache"]["positions"].get<int64_t>(), 0);
     EXPECT_EQ(r["models"][1]["teacher_tokens"], r["cache"]["positions"]);
@@ -154,6 +170,7 @@ TEST(Demo, QuickRunWritesReportAndIsReused) {
     EXPECT_EQ(read_file(run + "/teacher/done.json"), before);
     for (size_t i = 0; i < 6; ++i) EXPECT_EQ(r2["models"][i]["bpb"], r["models"][i]["bpb"]);
     EXPECT_EQ(r2["api"]["capture"], r["api"]["capture"]);  // not captured again
+    EXPECT_EQ(r2["api"]["cache"], r["api"]["cache"]);
     EXPECT_EQ(r2["guard"], r["guard"]);
 
     // stage times: every stage named once, in order, each within the run's wall time; the re-run
