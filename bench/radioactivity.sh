@@ -7,10 +7,12 @@
 # the watermarked completion and the rest the clean one, for each seed. Each student is then tested
 # in open mode (its top-1 over all our watermarked completions) and closed mode (its own
 # `distill serve`, CLOSED prompts of held-out text, 100 tokens each; also filtered to contexts seen
-# >= 2 times in our completions), and in open mode with a wrong key.
+# >= 2 times in our completions), and in open mode with a wrong key; and with the soft test
+# (--score soft) over the first SOFT_BYTES of the held-out novel, a text the key never touched:
+# open (its weights), closed (its API's top-20 through echo), and open with the wrong key.
 #   bash bench/radioactivity.sh [RUN]    RUN: a finished `distill demo` run (default runs/demo)
 # STEPS (default 300), SEEDS ("1 2"), FRACS ("100 10 5 0"), PROMPTS (1000), TOKENS (128),
-# CLOSED (50), WM_DELTA (2).
+# CLOSED (50), WM_DELTA (2), SOFT_BYTES (100000).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 distill=$(realpath "${DISTILL:-build/distill}")
@@ -22,6 +24,7 @@ prompts_n=${PROMPTS:-1000}
 tokens=${TOKENS:-128}
 closed_n=${CLOSED:-50}
 delta=${WM_DELTA:-2}
+soft_bytes=${SOFT_BYTES:-100000}
 [ -d "$run/teacher/model" ] || "$distill" demo --run-dir "$run" --api-prompts 0
 work=$run/radioactivity
 mkdir -p "$work"
@@ -33,9 +36,9 @@ source bench/demo-lib.sh
 # the keys (ours and a wrong one), the prompts (training passages; held-out passages for closed mode)
 [ -s "$work/wm.key" ] || head -c 32 /dev/urandom >"$work/wm.key"
 [ -s "$work/other.key" ] || head -c 32 /dev/urandom >"$work/other.key"
-python3 - "$run" "$work" "$prompts_n" "$closed_n" <<'PY'
+python3 - "$run" "$work" "$prompts_n" "$closed_n" "$soft_bytes" <<'PY'
 import json, random, sys
-run, work, n, m = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+run, work, n, m, soft = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
 def cut(text, count, seed, size=200):
     r, out = random.Random(seed), []
     while len(out) < count:
@@ -50,6 +53,8 @@ for name, ps in (("prompts", cut(train, n, 1)), ("closed", cut(held, m, 2))):
     with open(f"{work}/{name}.jsonl", "w") as f:
         for p in ps:
             f.write(json.dumps({"prompt": p}) + "\n")
+with open(f"{work}/soft.txt", "w", encoding="utf-8") as f:
+    f.write(held.encode("utf-8")[:soft].decode("utf-8", "ignore"))
 PY
 
 # the teacher's completions, watermarked and clean (resumable datasets)
@@ -92,14 +97,20 @@ for s in $seeds; do
       --texts "$work/marked/samples.jsonl")
     wrong=$("$distill" --quiet guard radioactivity --key-file "$work/other.key" --suspect "$st/model" \
       --texts "$work/marked/samples.jsonl")
+    soft=$("$distill" --quiet guard radioactivity --key-file "$work/wm.key" --suspect "$st/model" \
+      --score soft --text "$work/soft.txt")
+    soft_wrong=$("$distill" --quiet guard radioactivity --key-file "$work/other.key" --suspect "$st/model" \
+      --score soft --text "$work/soft.txt")
     serve "$st/model"
+    soft_closed=$("$distill" --quiet guard radioactivity --key-file "$work/wm.key" --tokenizer "$run/tokenizer.json" \
+      --suspect-url "$url" --score soft --text "$work/soft.txt")
     rm -rf "$st-answers"
     closed=$("$distill" --quiet guard radioactivity --key-file "$work/wm.key" --tokenizer "$run/tokenizer.json" \
       --suspect-url "$url" --prompts "$work/closed.jsonl" --dataset "$st-answers" --max-tokens 100 --seed "$s")
     stop
     filtered=$("$distill" --quiet guard radioactivity --key-file "$work/wm.key" --tokenizer "$run/tokenizer.json" \
       --dataset "$st-answers" --filter-texts "$work/marked/samples.jsonl" --min-count 2)
-    echo "{\"frac\": $f, \"seed\": $s, \"open\": $open, \"wrong_key\": $wrong, \"closed\": $closed, \"closed_filtered\": $filtered}" >>"$results"
+    echo "{\"frac\": $f, \"seed\": $s, \"open\": $open, \"wrong_key\": $wrong, \"closed\": $closed, \"closed_filtered\": $filtered, \"soft\": $soft, \"soft_closed\": $soft_closed, \"soft_wrong_key\": $soft_wrong}" >>"$results"
   done
 done
 
@@ -109,8 +120,10 @@ rows = [json.loads(l) for l in open(sys.argv[1])]
 def p(r):
     if r.get("p") is None: return "n/a"
     return f"{r['p']:.3g}" if r["p"] > 0 else f"1e{r['log10_p']:.0f}"
-print(f"{'marked %':>8} {'seed':>4} {'open p':>10} {'open T':>7} {'closed p':>10} {'closed T':>8} {'filtered p':>10} {'wrong key p':>11}")
+print(f"{'marked %':>8} {'seed':>4} {'open p':>10} {'open T':>7} {'closed p':>10} {'closed T':>8} {'filtered p':>10} "
+      f"{'wrong key p':>11} {'soft p':>10} {'soft closed p':>13} {'soft wrong key p':>16} {'soft green':>10}")
 for r in rows:
     print(f"{r['frac']:>8} {r['seed']:>4} {p(r['open']):>10} {r['open']['scored']:>7} {p(r['closed']):>10} "
-          f"{r['closed']['scored']:>8} {p(r['closed_filtered']):>10} {p(r['wrong_key']):>11}")
+          f"{r['closed']['scored']:>8} {p(r['closed_filtered']):>10} {p(r['wrong_key']):>11} {p(r['soft']):>10} "
+          f"{p(r['soft_closed']):>13} {p(r['soft_wrong_key']):>16} {r['soft']['green_mass']:>10.4f}")
 PY

@@ -43,6 +43,8 @@ std::string text_of(const std::string& line, int64_t n) {
 struct RadioFlags {
     WatermarkFlags watermark;
     std::string tokenizer, suspect, texts, dataset, filter_texts;
+    std::string score = "top1", text;  // --score soft reads --text
+    int64_t top_m = 0;                 // soft: 0 = 64 open, 20 closed
     int64_t min_count = 2;
     int64_t top_k = 1;
     WindowOptions window;
@@ -89,10 +91,55 @@ std::vector<SuspectSample> read_suspect_samples(const std::string& dir) {
     return out;
 }
 
+// --score soft: the suspect's distribution over a key-independent text (docs/guard.md).
+int run_soft_radioactivity(RadioFlags& o, const WatermarkOptions& wm) {
+    DISTILL_USAGE(!o.text.empty(), "--score soft reads a text that does not depend on the key: --text FILE");
+    DISTILL_USAGE(o.texts.empty() && o.dataset.empty() && o.filter_texts.empty() && o.top_k == 1,
+                  "--texts, --dataset, --filter-texts and --top-k belong to --score top1");
+    const bool open = !o.suspect.empty();
+    DISTILL_USAGE(open != !o.api.url.empty(), "--score soft takes --suspect MODEL (open) or --suspect-url URL (closed)");
+    DISTILL_USAGE(o.window.stride <= o.window.context, "--stride ", o.window.stride, " must not exceed --seq-len ",
+                  o.window.context);
+    const std::string text = read_file(o.text);
+    nlohmann::ordered_json out;
+    SoftRadioactivityResult r;
+    if (open) {
+        LoadedModel m = load_model_for_inference(o.suspect);
+        const Tokenizer tok = o.tokenizer.empty() ? m.tokenizer : load_tokenizer(o.tokenizer);
+        DISTILL_CHECK(!o.tokenizer.empty() || m.has_tokenizer, o.suspect, " has no tokenizer: pass --tokenizer");
+        DISTILL_CHECK(!m.has_tokenizer || m.tokenizer.fingerprint() == tok.fingerprint(),
+                      "the suspect's tokenizer is not --tokenizer: the soft test needs the same tokens");
+        const int64_t top_m = o.top_m > 0 ? o.top_m : 64;
+        r = radioactivity_soft_open(m.model, tok, text, wm, o.window, top_m);
+        out["mode"] = "open";
+        out["suspect"] = o.suspect;
+        out["top_m"] = top_m;
+    } else {
+        DISTILL_USAGE(!o.tokenizer.empty(), "closed mode needs our tokenizer (the suspect's API must share it): --tokenizer");
+        const Tokenizer tok = load_tokenizer(o.tokenizer);
+        RemoteOptions remote;
+        remote.url = o.api.url;
+        remote.model = o.api.model;
+        if (const char* k = std::getenv(o.api_key_env.c_str())) remote.api_key = k;
+        const int64_t top_m = o.top_m > 0 ? o.top_m : 20;
+        r = radioactivity_soft_closed(remote, tok, text, wm, o.window, top_m);
+        out["mode"] = "closed";
+        out["suspect_url"] = o.api.url;
+        out["top_m"] = top_m;
+    }
+    out["text"] = o.text;
+    const nlohmann::ordered_json scored = soft_result_json(wm, r);
+    for (const auto& [k, v] : scored.items()) out[k] = v;
+    std::cout << out.dump() << "\n";
+    return 0;
+}
+
 int run_radioactivity(RadioFlags& o) {
     const std::optional<WatermarkOptions> key = o.watermark.resolve();
     DISTILL_CHECK(key, "guard radioactivity needs the watermark's key: --key-file F");
     const WatermarkOptions wm = *key;
+    if (o.score == "soft") return run_soft_radioactivity(o, wm);
+    DISTILL_USAGE(o.text.empty() && o.top_m == 0, "--text and --top-m belong to --score soft");
     const bool open = !o.suspect.empty();
     DISTILL_USAGE(open != !o.dataset.empty(),
                   "pass --suspect MODEL (open mode) or --dataset DIR (closed mode: the suspect's completions, "
@@ -206,6 +253,17 @@ Command add_guard(CLI::App& app) {
     rc->add_option("--top-k", r->top_k,
                    "score the suspect's K most likely tokens at each position, each a tuple (1: its top-1)")
         ->check(in_range(1, 1 << 20))->capture_default_str()->group(open);
+    const std::string soft = "The soft test (--score soft; docs/guard.md)";
+    rc->add_option("--score", r->score,
+                   "top1: the suspect's top-1 (top-K) tokens as tuples, an exact binomial p (the paper's); soft: its "
+                   "whole next-token distribution over --text, Chernoff's bound on p")
+        ->check(CLI::IsMember({"top1", "soft"}))->capture_default_str()->group(soft);
+    rc->add_option("--text", r->text, "soft: a plain text the suspect reads that does not depend on the key "
+                                      "(a public or held-out text; not our watermarked outputs)")
+        ->check(CLI::ExistingFile)->group(soft);
+    rc->add_option("--top-m", r->top_m, "soft: the suspect's most likely tokens each position weighs (0: 64 open, "
+                                        "20 closed)")
+        ->check(in_range(0, 1 << 20))->capture_default_str()->group(soft);
     rc->add_option("--dataset", r->dataset, "the suspect's completions: an API dataset directory (written "
                                             "first when --suspect-url is given)")->group(closed);
     rc->add_option("--suspect-url", r->api.url, "the suspect's OpenAI-compatible API, e.g. http://host:8000/v1")

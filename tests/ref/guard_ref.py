@@ -26,6 +26,15 @@ Written from the definitions in docs/guard.md, with nothing taken from the C++ c
         OUT: {"T", "S", "p"}: open-mode radioactivity counted from the suspect's top-1 at each
         position (see radio()), p = scipy.stats.binom.sf(S - 1, T, gamma).
 
+    guard_ref.py soft IN.json OUT.json
+        IN: {"key": hex, "gamma", "h", "offset", "top_m", "lines": [distill score lines]}
+        OUT: {"pairs", "S", "mean", "log10_p"}: the soft test (see soft()); log10_p is Chernoff's
+        bound minimised with scipy.optimize.minimize_scalar.
+
+    guard_ref.py chernoff IN.json OUT.json
+        IN: [{"w": [...], "gamma", "s"}, ...]
+        OUT: [log10 of min over l >= 0 of exp(-l s) prod (1 - gamma + gamma e^{l w}), ...]
+
     guard_ref.py noise IN.json OUT.json
         IN: [{"key": u64, "ids": [c_1, ..., c_n, v]}, ...]
         OUT: [z, ...]: the standard normal of `serve --logprob-noise` (docs/guard.md): XXH3-128
@@ -128,6 +137,57 @@ def radio(c):
     return {"T": T, "S": S, "p": float(scipy.stats.binom.sf(S - 1, T, c["gamma"]))}
 
 
+def soft(c):
+    """The soft test from a suspect's per-position output (distill score lines with its top_m):
+    for each distinct context (ids[pos-h .. pos-1], pos - h >= offset) the suspect's probabilities
+    summed over the positions after it and divided by their count; S = sum of those weights over
+    the green (context, token) pairs; P(S >= s) for independent Bernoulli(gamma) pairs bounded by
+    min over l of exp(-l s) prod (1 - gamma + gamma e^{l w})."""
+    key = bytes.fromhex(c["key"])
+    k = xxhash.xxh3_64_intdigest(key, seed=0)
+    threshold = math.floor(Fraction(c["gamma"]) * 2**64)
+    h, offset, m, gamma = c["h"], c["offset"], c["top_m"], c["gamma"]
+    ids = {l["pos"]: l["id"] for l in c["lines"]}
+    mass, count = {}, {}
+    for l in c["lines"]:
+        pos = l["pos"]
+        if pos - h < offset:
+            continue
+        ctx = tuple(ids[j] for j in range(pos - h, pos))
+        count[ctx] = count.get(ctx, 0) + 1
+        d = mass.setdefault(ctx, {})
+        for v, lp in l["top"][:m]:
+            d[v] = d.get(v, 0.0) + math.exp(lp)
+    w, S = [], 0.0
+    for ctx, d in mass.items():
+        for v, x in d.items():
+            x /= count[ctx]
+            w.append(x)
+            t = ctx + (v,)
+            if xxhash.xxh3_64_intdigest(struct.pack("<%dI" % len(t), *t), seed=k) < threshold:
+                S += x
+    return {"pairs": len(w), "S": S, "mean": gamma * sum(w), "log10_p": chernoff_log10(w, gamma, S)}
+
+
+def chernoff_log10(w, gamma, s):
+    import numpy as np
+    import scipy.optimize
+    wa = np.array(w, dtype=float)
+    if s <= gamma * wa.sum():
+        return 0.0
+
+    def f(l):
+        return -l * s + np.sum(np.logaddexp(math.log(1 - gamma), math.log(gamma) + l * wa))
+
+    best = scipy.optimize.minimize_scalar(f, bounds=(0.0, 1e4), method="bounded",
+                                          options={"xatol": 1e-10, "maxiter": 2000})
+    return min(0.0, float(best.fun)) / math.log(10)
+
+
+def chernoff(cases):
+    return [chernoff_log10(c["w"], c["gamma"], c["s"]) for c in cases]
+
+
 def noise(cases):
     out = []
     for c in cases:
@@ -145,7 +205,8 @@ def main():
     mode, src, dst = sys.argv[1:4]
     with open(src) as f:
         data = json.load(f)
-    result = {"green": green, "binom": binom, "ks": ks, "radio": radio, "noise": noise}[mode](data)
+    result = {"green": green, "binom": binom, "ks": ks, "radio": radio, "soft": soft, "chernoff": chernoff,
+              "noise": noise}[mode](data)
     with open(dst, "w") as f:
         json.dump({"xxhash": xxhash.VERSION, "scipy": scipy.__version__, "result": result}, f)
 

@@ -32,10 +32,12 @@
 
 #include "distill/api-capture.h"
 #include "guard/detect.h"
+#include "guard/radioactivity.h"
 #include "guard/stats.h"
 #include "guard/watermark.h"
 #include "model/checkpoint.h"
 #include "model/generate.h"
+#include "pipeline/pipeline.h"
 #include "serve/engine.h"
 #include "test-server.h"
 #include "test-util.h"
@@ -604,6 +606,21 @@ TEST(Guard, RadioactivityFindsTheStudentOfTheWatermarkedApi) {
     EXPECT_GT(c5["p"].get<double>(), 1e-3) << c5.dump();
     EXPECT_GT(w5["p"].get<double>(), 1e-3) << w5.dump();
 
+    // soft: each student's whole next-token distribution over a text the key never touched
+    write_file_atomic(dir + "/clean.txt", syllable_text(20000, 5));
+    const std::string soft = " --score soft --text " + dir + "/clean.txt --seq-len 128 --stride 64";
+    json ms = radioactivity_cli(dir, "--key-file " + f.key + " --suspect " + marked.run + "/model" + soft);
+    json cs = radioactivity_cli(dir, "--key-file " + f.key + " --suspect " + clean.run + "/model" + soft);
+    json ws = radioactivity_cli(dir, "--key-file " + f.other_key + " --suspect " + marked.run + "/model" + soft);
+    std::cerr << "soft: marked " << ms.dump() << "\nsoft: clean " << cs.dump() << "\nsoft: wrong key " << ws.dump()
+              << "\n";
+    EXPECT_EQ(ms["score"], "soft");
+    EXPECT_GE(ms["contexts"].get<int64_t>(), 100) << ms.dump();
+    EXPECT_LT(ms["log10_p"].get<double>(), -10) << ms.dump();
+    EXPECT_GT(ms["green_mass"].get<double>(), 0.3) << ms.dump();
+    EXPECT_GT(cs["p"].get<double>(), 1e-3) << cs.dump();
+    EXPECT_GT(ws["p"].get<double>(), 1e-3) << ws.dump();
+
     // closed: only the students' APIs, asked for completions of new prompts
     std::string prompts;
     for (int i = 0; i < 30; ++i) prompts += json({{"prompt", std::vector<std::string>{"zo", "pati", "hoji ne"}[i % 3]}}).dump() + "\n";
@@ -634,7 +651,50 @@ TEST(Guard, RadioactivityFindsTheStudentOfTheWatermarkedApi) {
         if (s == &marked) {
             EXPECT_LT(again["p"].get<double>(), 1e-3) << again.dump();
         }
+        // soft through the API: its top-20 on the clean text (echo), as the open mode weighs its own
+        json so = radioactivity_cli(dir, "--key-file " + f.key + " --tokenizer " + f.model + " --suspect-url " +
+                                             api.base_url() + soft);
+        std::cerr << "closed, soft: " << so.dump() << "\n";
+        EXPECT_EQ(so["mode"], "closed");
+        EXPECT_EQ(so["top_m"], 20);
+        EXPECT_EQ(so["contexts"], (s == &marked ? ms : cs)["contexts"]);
+        if (s == &marked)
+            EXPECT_LT(so["log10_p"].get<double>(), -10) << so.dump();
+        else
+            EXPECT_GT(so["p"].get<double>(), 1e-3) << so.dump();
     }
+}
+
+// Under "the suspect knows nothing of the key" the soft test's p is a valid p-value: with 200
+// random keys on a student trained without any watermark, p <= alpha for at most alpha of them
+// (Chernoff's bound is conservative: it errs towards larger p).
+TEST(Guard, SoftRadioactivityIsCalibratedOnACleanStudent) {
+    Fixture& f = fixture();
+    const std::string dir = temp_dir("guard-soft-calib");
+    const Suspect clean = distilled_suspect(dir, "clean", false);
+    LoadedModel m = load_model_for_inference(clean.run + "/model");
+    WatermarkOptions o;
+    o.key = watermark_key("calibration");
+    WindowOptions w;
+    w.context = 128;
+    w.stride = 64;
+    SoftTally tally = soft_tally_open(m.model, f.tok, syllable_text(20000, 6), o, w, 64);
+    int below[3] = {0, 0, 0};
+    const double alphas[3] = {0.01, 0.05, 0.2};
+    double min_p = 1;
+    for (int k = 0; k < 200; ++k) {
+        WatermarkOptions ok = o;
+        ok.key = watermark_key("random key " + std::to_string(k));
+        const SoftRadioactivityResult r = tally.result(ok);
+        min_p = std::min(min_p, r.p);
+        for (int a = 0; a < 3; ++a) below[a] += r.p <= alphas[a];
+    }
+    std::cerr << "soft p over 200 keys: <= 0.01: " << below[0] << ", <= 0.05: " << below[1] << ", <= 0.2: "
+              << below[2] << ", smallest " << min_p << "\n";
+    // at most alpha * 200 plus three binomial standard deviations
+    for (int a = 0; a < 3; ++a)
+        EXPECT_LE(below[a], alphas[a] * 200 + 3 * std::sqrt(200 * alphas[a] * (1 - alphas[a]))) << alphas[a];
+    EXPECT_GT(min_p, 1e-4);
 }
 
 // Bad radioactivity input: a clear error, never a crash.
@@ -837,6 +897,86 @@ TEST(GuardRef, RadioactivityOpenModeMatchesPython) {
             EXPECT_NEAR(std::log(got["p"].get<double>()), std::log(want["p"].get<double>()), 1e-9);
             EXPECT_GT(want["T"].get<int64_t>(), 20 * k);
         }
+}
+
+// The soft test (--score soft) against tests/ref/guard_ref.py, which recounts it from the same
+// suspect's `distill score --top-logprobs 8` lines with Python's xxhash and bounds the tail with
+// scipy's minimiser: the same pairs, the same S, the same Chernoff bound.
+TEST(GuardRef, SoftRadioactivityMatchesPython) {
+    if (!python_ready()) GTEST_SKIP();
+    const std::string dir = temp_dir("guard-ref-soft");
+    TokenizerTrainOptions to;
+    to.vocab_size = 400;
+    const std::vector<std::string> syl = {"ka", "lo", "mi", "ne", "ru", "sa", "ti", "vo"};
+    uint64_t lcg = 9;
+    auto word = [&] {
+        lcg = lcg * 6364136223846793005ull + 1442695040888963407ull;
+        return syl[(lcg >> 40) % 8] + syl[(lcg >> 50) % 8] + " ";
+    };
+    std::string corpus;
+    for (int i = 0; i < 5000; ++i) corpus += word();
+    Tokenizer tok = Tokenizer::train(corpus, to);
+    ASSERT_GE(tok.bos_id(), 0);
+    Llama m(tiny_config(tok.vocab_size(), 256));
+    m->init_weights(5);
+    {
+        torch::NoGradGuard ng;  // peaked distributions: weights well above init's
+        for (auto& p : m->parameters())
+            if (p.dim() >= 2) p.mul_(4.0);
+    }
+    save_model_dir(dir + "/suspect", m, &tok);
+    write_file_atomic(dir + "/key", "soft key");
+    std::string text;
+    for (int i = 0; i < 400; ++i) text += word();
+    write_file_atomic(dir + "/text.txt", text);
+    ASSERT_EQ(run_distill("--threads 1 score --model " + dir + "/suspect --text " + dir +
+                              "/text.txt --top-logprobs 8 --seq-len 64 --stride 32",
+                          dir + "/score.jsonl"),
+              0);
+    json lines = json::array();
+    {
+        std::istringstream in(read_file(dir + "/score.jsonl"));
+        std::string line;
+        while (std::getline(in, line)) lines.push_back(json::parse(line));
+    }
+    for (int64_t h : {1, 2}) {
+        const std::string out = dir + "/soft.json";
+        ASSERT_EQ(run_distill("--threads 1 guard radioactivity --key-file " + dir + "/key --suspect " + dir +
+                                  "/suspect --score soft --text " + dir + "/text.txt --top-m 8 --seq-len 64 --stride 32 "
+                                  "--wm-context " + std::to_string(h),
+                              out),
+                  0);
+        const json got = json::parse(read_file(out));
+        const json want = reference("soft", {{"key", hex("soft key")}, {"gamma", 0.25}, {"h", h}, {"offset", 1},
+                                            {"top_m", 8}, {"lines", lines}}, dir);
+        std::cerr << "h=" << h << " distill " << got.dump() << "\n  python " << want.dump() << "\n";
+        EXPECT_EQ(got["score"], "soft");
+        EXPECT_EQ(got["pairs"], want["pairs"]);
+        EXPECT_GT(want["pairs"].get<int64_t>(), 100);
+        EXPECT_NEAR(got["S"].get<double>(), want["S"].get<double>(), 1e-6 * want["S"].get<double>());
+        EXPECT_NEAR(got["mean"].get<double>(), want["mean"].get<double>(), 1e-6 * want["mean"].get<double>());
+        EXPECT_NEAR(got["log10_p"].get<double>(), want["log10_p"].get<double>(), 1e-6);
+    }
+    // the bound alone against scipy's minimiser, from just above the mean to far into the tail,
+    // and its limits: every pair green (gamma^n) and S at or below the mean (1)
+    const std::vector<double> w = {0.5, 0.25, 0.8, 0.1, 0.6, 0.9, 0.3, 0.45, 0.7, 0.2};
+    std::vector<double> many;
+    for (int i = 0; i < 40; ++i) many.insert(many.end(), w.begin(), w.end());
+    double total = 0;
+    for (double x : many) total += x;
+    json cases = json::array();
+    for (double frac : {0.27, 0.3, 0.4, 0.6, 0.8, 0.95})
+        for (double gamma : {0.25, 0.5}) cases.push_back({{"w", many}, {"gamma", gamma}, {"s", frac * total}});
+    const json bounds = reference("chernoff", cases, dir);
+    ASSERT_EQ(bounds.size(), cases.size());
+    for (size_t i = 0; i < cases.size(); ++i) {
+        const double ours = chernoff_log10_tail(many, cases[i]["gamma"].get<double>(), cases[i]["s"].get<double>());
+        EXPECT_NEAR(ours, bounds[i].get<double>(), 1e-6 * std::max(1.0, std::fabs(ours))) << cases[i]["s"];
+    }
+    EXPECT_LT(bounds[cases.size() - 2].get<double>(), -50);
+    EXPECT_NEAR(chernoff_log10_tail(many, 0.25, total), 400 * std::log10(0.25), 1e-9);
+    EXPECT_EQ(chernoff_log10_tail(many, 0.25, 0.2 * total), 0.0);
+    EXPECT_LT(chernoff_log10_tail(many, 0.25, 0.9 * total), -100);
 }
 
 TEST(GuardRef, GreenTestMatchesPythonXxhash) {
