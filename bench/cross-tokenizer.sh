@@ -6,6 +6,9 @@
 #   bash bench/cross-tokenizer.sh [RUN]
 # RUN: a finished `distill demo` run directory (default runs/demo; made with `distill demo
 # --api-prompts 0` if it has no cache yet). Needs build/distill. STEPS (default 600) as the demo.
+# When RUN has the demo's API dataset (the teacher's completions with their top-20, run/api/
+# dataset-*), two more students of the same shape learn from it across tokenizers
+# (`train --sequences`): on the top-20 aligned on bytes (fkl, ce 0.5), and sequence-level (ce).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 distill=${DISTILL:-build/distill}
@@ -41,10 +44,26 @@ xt=(--cache "$run/cache" --teacher-data "$run/data/train" --teacher-tokenizer "$
 train xtok-first "${xt[@]}" --xtok-map first
 train xtok-exact "${xt[@]}" --xtok-map exact
 train baseline --loss ce
+names="xtok-first xtok-exact baseline"
+api=$(ls -d "$run"/api/dataset-* 2>/dev/null | head -1 || true)
+if [ -n "$api" ]; then
+  seq_train() {  # NAME ARGS...
+    local name=$1; shift
+    local t0=$SECONDS
+    "$distill" train --sequences "$api" --config "$work/student.json" --tokenizer "$work/tok2048.json" \
+      --steps "$steps" --batch-size 16 --seq-len 128 --lr 0.003 --warmup $((steps / 20)) -s 1 "$@" \
+      --run-dir "$work/$name" >"$work/$name.log" 2>&1
+    echo "$name $((SECONDS - t0))" >>"$work/times.txt"
+  }
+  seq_train api-xtok --loss fkl --ce-weight 0.5
+  seq_train api-seq --loss ce
+  grep -h "another tokenizer" "$work/api-xtok.log" || true
+  names="$names api-xtok api-seq"
+fi
 
 heldout=$run/corpus/persuasion.txt
 printf '%-12s %10s %10s\n' run bpb train_s
-for name in xtok-first xtok-exact baseline; do
+for name in $names; do
   "$distill" eval -m "$work/$name/model" --text "$heldout" --seq-len 128 --stride 64 -o "$work/$name.eval.json" >/dev/null 2>&1
   bpb=$(python3 -c "import json,sys; j=json.load(open(sys.argv[1])); print(j['models'][0]['bits_per_byte'])" "$work/$name.eval.json")
   printf '%-12s %10.4f %10s\n' "$name" "$bpb" "$(awk -v n="$name" '$1==n{print $2}' "$work/times.txt")"
@@ -57,4 +76,7 @@ b = dict(l.split() for l in open(w + "/bpb.txt"))
 base = float(b["baseline"])
 for n in ("xtok-first", "xtok-exact"):
     print(f"{n}: {100 * (base - float(b[n])) / base:.1f} % below the baseline's bpb")
+if "api-xtok" in b:
+    seq = float(b["api-seq"])
+    print(f"api-xtok: {100 * (seq - float(b['api-xtok'])) / seq:.1f} % below the sequence-level API student's bpb")
 PY

@@ -72,10 +72,11 @@ int run_sequences(Options& o) {
     SequenceSet set = load_sequences(o.sequences, tok, t.seq_len);
     std::fprintf(stderr,
                  "train: %lld sequences, %lld completion tokens; %lld of %lld samples map onto the student's "
-                 "tokens, %lld scored prompts do; %lld positions with top-%lld log-probs; the teacher's API "
-                 "reported %lld tokens\n",
+                 "tokens and %lld more are another tokenizer's (aligned on bytes: %lld positions), %lld scored "
+                 "prompts; %lld positions with top-%lld log-probs; the teacher's API reported %lld tokens\n",
                  static_cast<long long>(set.seqs.size()), static_cast<long long>(set.completion_tokens),
                  static_cast<long long>(set.mapped), static_cast<long long>(set.samples),
+                 static_cast<long long>(set.cross_samples), static_cast<long long>(set.cross_aligned),
                  static_cast<long long>(set.prompts_scored), static_cast<long long>(set.kd_positions),
                  static_cast<long long>(set.top_k), static_cast<long long>(set.teacher_tokens));
     const nlohmann::json settings = sequence_settings(cfg, o.init, t, o.lo, set.fingerprint, tok);

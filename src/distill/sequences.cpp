@@ -4,6 +4,7 @@
 #include <xxhash.h>
 
 #include <algorithm>
+#include <cmath>
 #include <random>
 #include <unordered_map>
 
@@ -66,6 +67,81 @@ Mapped map_tokens(const json& entries, const std::unordered_map<std::string, int
     return m;
 }
 
+// The student token a teacher token's probability goes to across tokenizers ("first", as the
+// offline cross-tokenizer map does): the student token of exactly those bytes, else the student's
+// first token of them when it is a prefix of them; -1 when neither (the rest bucket). Cached by
+// the bytes: the same alternatives come back at many positions.
+class FirstToken {
+public:
+    FirstToken(const Tokenizer& tok, const std::unordered_map<std::string, int64_t>& by_bytes)
+        : tok_(tok), by_bytes_(by_bytes) {}
+    int64_t operator()(const std::string& b) {
+        auto c = cache_.find(b);
+        if (c != cache_.end()) return c->second;
+        int64_t u = -1;
+        auto it = by_bytes_.find(b);
+        if (it != by_bytes_.end()) {
+            u = it->second;
+        } else if (!b.empty()) {
+            const std::vector<int32_t> ids = tok_.encode(b);
+            if (!ids.empty() && !tok_.is_special(ids[0])) {
+                const std::string first = tok_.token_bytes(ids[0]);
+                if (b.compare(0, first.size(), first) == 0) u = ids[0];
+            }
+        }
+        cache_.emplace(b, u);
+        return u;
+    }
+
+private:
+    const Tokenizer& tok_;
+    const std::unordered_map<std::string, int64_t>& by_bytes_;
+    std::unordered_map<std::string, int64_t> cache_;
+};
+
+// Across tokenizers (docs/losses.md, "Across tokenizers"): the teacher's returned tokens spell
+// `text` in its own tokenization, the student encodes the same text in its own. Where the
+// student's token j begins at a byte where a teacher token begins, the teacher's alternatives for
+// that token (its distribution of the next token, from the same text) become student targets:
+// each alternative's probability goes to FirstToken of its bytes, summed where several land on one
+// student token; the rest of the teacher's mass stays in the rest bucket. ok when the teacher's
+// tokens spell the text; `aligned` counts the positions that got targets.
+Mapped align_tokens(const json& entries, const Tokenizer& tok, FirstToken& first, const std::string& text,
+                    int64_t* aligned) {
+    Mapped m;
+    if (!entries.is_array() || entries.empty()) return m;
+    std::vector<int64_t> t_start;  // byte where each teacher token begins
+    std::string spelled;
+    for (const json& e : entries) {
+        t_start.push_back(static_cast<int64_t>(spelled.size()));
+        spelled += entry_bytes(e, 0);
+    }
+    if (utf8_lossy(spelled) != text) return m;
+    std::unordered_map<int64_t, size_t> teacher_at;  // begin byte -> entry
+    for (size_t i = 0; i < t_start.size(); ++i) teacher_at.emplace(t_start[i], i);
+    int64_t at = 0;
+    for (int32_t id : tok.encode(text)) {
+        m.ids.push_back(id);
+        std::vector<std::pair<int64_t, float>> alts;
+        auto t = teacher_at.find(at);
+        if (t != teacher_at.end()) {
+            std::unordered_map<int64_t, double> mass;
+            for (const json& a : entries[t->second].value("top", json::array())) {
+                if (!a.is_array() || a.size() < 2 || !a[1].is_number()) continue;
+                const int64_t u = first(entry_bytes(a, 2));
+                if (u >= 0) mass[u] += std::exp(a[1].get<double>());
+            }
+            for (const auto& [u, p] : mass) alts.push_back({u, static_cast<float>(std::min(0.0, std::log(p)))});
+            std::sort(alts.begin(), alts.end(), [](const auto& x, const auto& y) { return x.second > y.second; });
+            *aligned += !alts.empty();
+        }
+        m.top.push_back(std::move(alts));
+        at += static_cast<int64_t>(tok.token_bytes(id).size());
+    }
+    m.ok = true;
+    return m;
+}
+
 }  // namespace
 
 SequenceSet load_sequences(const std::string& dataset, const Tokenizer& tok, int64_t seq_len) {
@@ -77,6 +153,7 @@ SequenceSet load_sequences(const std::string& dataset, const Tokenizer& tok, int
         if (!tok.is_special(id)) by_bytes.emplace(tok.token_bytes(id), id);
     const ChatTemplate chat = ChatTemplate::distill_chatml();
     const int32_t eos = tok.eos_id();
+    FirstToken first(tok, by_bytes);
 
     SequenceSet set;
     XXH3_state_t* h = XXH3_createState();
@@ -102,8 +179,11 @@ SequenceSet load_sequences(const std::string& dataset, const Tokenizer& tok, int
         // a scored prompt (capture --score-prompts): the teacher's own prompt tokens and their
         // alternatives, when each is one student token and together they spell the prompt
         Mapped pm;
-        if (r.value("kind", "") != "chat" && r.contains("prompt_logprobs"))
+        if (r.value("kind", "") != "chat" && r.contains("prompt_logprobs")) {
             pm = map_tokens(r["prompt_logprobs"], by_bytes, r.value("prompt", std::string()));
+            if (!pm.ok)  // another tokenizer's tokens: aligned on bytes
+                pm = align_tokens(r["prompt_logprobs"], tok, first, r.value("prompt", std::string()), &set.cross_aligned);
+        }
         if (pm.ok) {
             ++set.prompts_scored;
             q.ids.clear();
@@ -116,8 +196,13 @@ SequenceSet load_sequences(const std::string& dataset, const Tokenizer& tok, int
         if (!pm.ok) q.top_from = q.completion_from;
         // the teacher's own tokens, when each is one student token and together they spell the text
         Mapped cm = map_tokens(r.value("logprobs", json()), by_bytes, text);
+        bool cross = false;
         if (cm.ok) {
             ++set.mapped;
+        } else if ((cm = align_tokens(r.value("logprobs", json()), tok, first, text, &set.cross_aligned)).ok) {
+            ++set.cross_samples;  // another tokenizer's tokens: aligned on bytes
+            cross = true;
+            q.cross = true;
         } else {
             cm.ids.clear();
             for (int32_t t : tok.encode(text)) cm.ids.push_back(t);
@@ -128,8 +213,10 @@ SequenceSet load_sequences(const std::string& dataset, const Tokenizer& tok, int
         if (with_top) q.top.insert(q.top.end(), std::make_move_iterator(cm.top.begin()), std::make_move_iterator(cm.top.end()));
         if (r.value("finish_reason", "") == "stop" && eos >= 0) {
             q.ids.push_back(eos);  // the teacher ended here: so should the student
-            if (with_top) q.top.push_back(cm.ok ? std::vector<std::pair<int64_t, float>>{{eos, 0.0f}}
-                                                : std::vector<std::pair<int64_t, float>>{});
+            // the teacher stopped: p(EOS) = 1 there, for the same tokenizer (across tokenizers the
+            // teacher's end-of-text token is not the student's)
+            if (with_top) q.top.push_back(cm.ok && !cross ? std::vector<std::pair<int64_t, float>>{{eos, 0.0f}}
+                                                          : std::vector<std::pair<int64_t, float>>{});
         }
         // keep the end: the completion matters, the prompt is context
         const int64_t keep = seq_len + 1;

@@ -27,6 +27,7 @@ struct SequenceSet {
         // where the returned tokens did not map onto the student's vocabulary. top_from is
         // completion_from, or earlier when the prompt was scored (capture --score-prompts)
         int64_t top_from = 0;
+        bool cross = false;  // the teacher's tokens were another tokenizer's, aligned on bytes
         std::vector<std::vector<std::pair<int64_t, float>>> top;
         bool has_top() const {
             return std::any_of(top.begin(), top.end(), [](const auto& a) { return !a.empty(); });
@@ -35,6 +36,8 @@ struct SequenceSet {
     std::vector<Seq> seqs;
     int64_t samples = 0;            // in the dataset
     int64_t mapped = 0;             // samples whose every returned token is one student token
+    int64_t cross_samples = 0;      // samples of another tokenizer, aligned on bytes (docs/losses.md)
+    int64_t cross_aligned = 0;      // positions that got the teacher's alternatives by that alignment
     int64_t prompts_scored = 0;     // samples whose scored prompt maps onto the student's tokens
     int64_t completion_tokens = 0;  // targets over all sequences
     int64_t kd_positions = 0;       // positions with the teacher's top log-probs (prompt and completion)

@@ -4,6 +4,7 @@ differs from the teacher cache's, written from docs/losses.md ("Across tokenizer
 and float64, with the sparse KD losses of losses_ref.py (probability space).
 
 usage: xtok_ref.py IN.safetensors OUT.safetensors
+       xtok_ref.py api IN.json OUT.json
 
 IN holds
     student_ids (Ns) i64, teacher_ids (Nt) i64          the two shards (the same text)
@@ -17,9 +18,21 @@ and, for each case C (metadata C = JSON {"kind", "tau", "ce_weight", "beta", "al
     C.logits (B*T, Vs) f64  the student's logits on those windows
     C.to_student (Vt) i64   distill's teacher -> student id map ("first" only; checked, not trusted)
 OUT gets C.loss (1) and C.rows (1): the number of positions the KD term was taken on.
+
+The api mode rebuilds the student's targets from an API dataset of another tokenizer's teacher
+(train --sequences, docs/losses.md "Across tokenizers"): IN.json holds
+    "spellings": [hex bytes of each student id], "special": [0/1 per student id],
+    "first_of": {hex bytes: the first id of the student's encoding of those bytes, or -1},
+    "samples": [{"entries": [{"bytes": [...], "top": [[bytes list, logprob], ...]}, ...],
+                 "student_ids": [the student's encoding of the completion]}, ...]
+and OUT.json gets, per sample and student token, the targets [[id, log mass], ...] (most likely
+first): where student token j begins at a byte where teacher entry i begins, each of entry i's
+alternatives gives its probability to the student token spelling exactly its bytes, else to
+first_of when that token's spelling is a prefix of the bytes; summed per student id.
 """
 
 import json
+import math
 import os
 import sys
 
@@ -44,7 +57,52 @@ def byte_ends(ids, spelled):
     return ends
 
 
+def api(src, dst):
+    with open(src) as f:
+        c = json.load(f)
+    spell = [bytes.fromhex(h) for h in c["spellings"]]
+    special = c["special"]
+    exact = {}
+    for i, b in enumerate(spell):
+        if not special[i]:
+            exact.setdefault(b, i)
+    first_of = {bytes.fromhex(k): v for k, v in c["first_of"].items()}
+
+    def to_student(b):
+        if b in exact:
+            return exact[b]
+        u = first_of.get(b, -1)
+        if u >= 0 and not special[u] and b.startswith(spell[u]):
+            return u
+        return -1
+
+    out = []
+    for smp in c["samples"]:
+        starts, at = {}, 0
+        for i, e in enumerate(smp["entries"]):
+            starts.setdefault(at, i)
+            at += len(e["bytes"])
+        targets, at = [], 0
+        for sid in smp["student_ids"]:
+            row = []
+            if at in starts:
+                mass = {}
+                for alt_bytes, lp in smp["entries"][starts[at]]["top"]:
+                    u = to_student(bytes(alt_bytes))
+                    if u >= 0:
+                        mass[u] = mass.get(u, 0.0) + math.exp(lp)
+                row = sorted(([u, min(0.0, math.log(m))] for u, m in mass.items()), key=lambda x: -x[1])
+            targets.append(row)
+            at += len(spell[sid])
+        out.append(targets)
+    with open(dst, "w") as f:
+        json.dump(out, f)
+
+
 def main():
+    if sys.argv[1] == "api":
+        api(sys.argv[2], sys.argv[3])
+        return
     tensors, meta = st.load(sys.argv[1])
     s_sp, t_sp = spellings(tensors, "student"), spellings(tensors, "teacher")
     s_special, t_special = tensors["student_special"], tensors["teacher_special"]

@@ -8,10 +8,15 @@
 #include <numeric>
 #include <random>
 
+#include "distill/api-capture.h"
 #include "distill/cross-tokenizer.h"
+#include "distill/sequences.h"
 #include "io/safetensors.h"
+#include "model/checkpoint.h"
+#include "test-server.h"
 #include "test-util.h"
 #include "util/file.h"
+#include "util/utf8.h"
 
 using namespace distill;
 using namespace distill::testing_util;
@@ -288,4 +293,146 @@ TEST(CrossTokenizer, TrainFromTheCommandLineAndItsErrors) {
                1, "do not hold the same text");
     fails_with(base + xt + " --loss ce --run-dir " + dir + "/r5", 2, "--loss ce");
     fails_with(base + xt + " --xtok-map nearest --run-dir " + dir + "/r6", 2, "xtok-map");
+}
+
+// Across tokenizers through an API: a teacher with one tokenizer served by `distill serve`, its
+// chat completions and top-5 log-probs captured (with each token's bytes), and a student with
+// another tokenizer. `train --sequences` aligns the two tokenizations of each
+// completion on bytes and gives each teacher alternative's probability to the student token its
+// bytes start with; xtok_ref.py rebuilds those targets from the dataset and the student's
+// spellings alone. Then the student trains on them from the command line.
+TEST(CrossTokenizerRef, ApiTopLogprobsAlignOnBytes) {
+    const std::string dir = temp_dir("xtok-api");
+    const TwoTokenizations t = make_tokenizations(dir);
+    ModelConfig c;
+    c.vocab_size = t.teacher_tok.vocab_size();
+    c.hidden_size = 32;
+    c.num_hidden_layers = 1;
+    c.num_attention_heads = 4;
+    c.num_key_value_heads = 2;
+    c.intermediate_size = 64;
+    c.max_position_embeddings = 256;
+    Llama teacher(c);
+    teacher->init_weights(3);
+    {
+        torch::NoGradGuard ng;  // peaked distributions over the teacher's words
+        for (auto& p : teacher->parameters())
+            if (p.dim() >= 2) p.mul_(5.0);
+    }
+    save_model_dir(dir + "/teacher", teacher, &t.teacher_tok);
+    // chat prompts: the chat format gives each token's bytes, where the legacy one gives texts (a
+    // token that is part of a character reads U+FFFD there, and such a sample cannot be aligned)
+    std::string prompts;
+    for (int i = 0; i < 12; ++i) {
+        const std::string say = std::vector<std::string>{"Anne walked", "the café was", "Captain"}[i % 3];
+        prompts += nlohmann::json({{"messages", {{{"role", "user"}, {"content", say}}}}}).dump() + "\n";
+    }
+    write_file_atomic(dir + "/prompts.jsonl", prompts);
+    {
+        ServerProcess s(dir + "/teacher", {"--parallel", "2"});
+        ASSERT_EQ(run_distill("capture --teacher-url " + s.base_url() + " --prompts " + dir +
+                              "/prompts.jsonl --max-tokens 40 --top-logprobs 5 --concurrency 2 --seed 4 -o " + dir +
+                              "/data"),
+                  0);
+    }
+    // a student tokenizer of few merges, so that most of the teacher's tokens are not one of its
+    TokenizerTrainOptions to;
+    to.vocab_size = 290;
+    const Tokenizer student_tok = Tokenizer::train(word_text(20000, 41, kWords), to);
+    student_tok.save(dir + "/small-tok.json");
+    const SequenceSet set = load_sequences(dir + "/data", student_tok, 128);
+    const std::vector<ApiSample> samples = read_api_dataset(dir + "/data");
+    ASSERT_EQ(set.samples, 12);
+    ASSERT_EQ(set.seqs.size(), samples.size());
+    // each sample whose tokens spell valid UTF-8 either maps token for token (every teacher token
+    // is a student token) or aligns; this random teacher also emits stray bytes, whose text the API
+    // repairs with U+FFFD, and those samples fall back to sequence-level
+    int64_t valid = 0;
+    for (const ApiSample& smp : samples) {
+        std::string spelled;
+        for (const auto& e : smp.record["logprobs"])
+            for (const auto& b : e["bytes"]) spelled.push_back(static_cast<char>(b.get<int>()));
+        valid += utf8_valid(spelled);
+    }
+    EXPECT_GE(set.mapped + set.cross_samples, valid);
+    EXPECT_GE(set.cross_samples, 6);
+
+    // what the reference needs: the student's spellings, its encoding of each completion and of
+    // each alternative's bytes
+    nlohmann::json in = {{"spellings", nlohmann::json::array()}, {"special", nlohmann::json::array()},
+                         {"first_of", nlohmann::json::object()}, {"samples", nlohmann::json::array()}};
+    auto hexs = [](const std::string& b) {
+        static const char* d = "0123456789abcdef";
+        std::string h;
+        for (unsigned char ch : b) {
+            h += d[ch >> 4];
+            h += d[ch & 15];
+        }
+        return h;
+    };
+    for (int32_t id = 0; id < student_tok.vocab_size(); ++id) {
+        in["spellings"].push_back(hexs(student_tok.token_bytes(id)));
+        in["special"].push_back(student_tok.is_special(id) ? 1 : 0);
+    }
+    auto bytes_of = [](const nlohmann::json& b) {
+        std::string s;
+        for (const auto& x : b) s.push_back(static_cast<char>(x.get<int>()));
+        return s;
+    };
+    for (const ApiSample& smp : samples) {
+        nlohmann::json entries = nlohmann::json::array();
+        for (const auto& e : smp.record["logprobs"]) {
+            nlohmann::json top = nlohmann::json::array();
+            for (const auto& a : e["top"]) {
+                top.push_back({a[2], a[1]});
+                const std::string b = bytes_of(a[2]);
+                const std::vector<int32_t> first = student_tok.encode(b);
+                in["first_of"][hexs(b)] = first.empty() ? -1 : first[0];
+            }
+            entries.push_back({{"bytes", e["bytes"]}, {"top", top}});
+        }
+        std::vector<int64_t> ids;
+        for (int32_t x : student_tok.encode(smp.record["text"].get<std::string>())) ids.push_back(x);
+        in["samples"].push_back({{"entries", entries}, {"student_ids", ids}});
+    }
+    write_file_atomic(dir + "/api-in.json", in.dump());
+    ASSERT_EQ(run_python("tests/ref/xtok_ref.py", "api " + dir + "/api-in.json " + dir + "/api-out.json"), 0);
+    const nlohmann::json want = nlohmann::json::parse(read_file(dir + "/api-out.json"));
+    int64_t rows = 0, compared = 0;
+    for (size_t i = 0; i < samples.size(); ++i) {
+        const SequenceSet::Seq& q = set.seqs[i];
+        if (!q.cross) continue;  // mapped token for token: the same-tokenizer path, tested elsewhere
+        const nlohmann::json& w = want[i];
+        ASSERT_EQ(q.top_from, q.completion_from);
+        for (size_t j = 0; j < w.size(); ++j) {
+            ASSERT_LT(q.top_from + int64_t(j), int64_t(q.ids.size()));
+            EXPECT_EQ(q.ids[size_t(q.top_from) + j], in["samples"][i]["student_ids"][j].get<int64_t>());
+            const auto& got = q.top[j];
+            ASSERT_EQ(got.size(), w[j].size()) << "sample " << i << " token " << j;
+            for (size_t k = 0; k < got.size(); ++k) {
+                EXPECT_EQ(got[k].first, w[j][k][0].get<int64_t>()) << "sample " << i << " token " << j;
+                EXPECT_NEAR(got[k].second, w[j][k][1].get<double>(), 1e-5) << "sample " << i << " token " << j;
+                ++compared;
+            }
+            rows += !got.empty();
+        }
+    }
+    EXPECT_EQ(rows, set.cross_aligned);
+    EXPECT_GT(compared, 100);
+    std::printf("[xtok-api] %lld aligned positions, %lld targets compared, %lld KD positions\n", (long long)rows,
+                (long long)compared, (long long)set.kd_positions);
+
+    // the student trains on them: the KD loss over the aligned positions
+    write_file_atomic(dir + "/student.json",
+                      R"({"model_type":"llama","hidden_size":32,"num_hidden_layers":1,"num_attention_heads":4,
+                          "num_key_value_heads":2,"intermediate_size":64,"max_position_embeddings":256})");
+    ASSERT_EQ(run_distill("--threads 1 train --sequences " + dir + "/data --config " + dir + "/student.json --tokenizer " +
+                              dir + "/small-tok.json --loss fkl --ce-weight 0.5 --steps 4 --batch-size 4 --seq-len 64 "
+                              "--warmup 1 --log-every 1 --run-dir " + dir + "/run",
+                          "", dir + "/train.err"),
+              0)
+        << read_file(dir + "/train.err");
+    EXPECT_NE(read_file(dir + "/train.err").find(std::to_string(set.cross_samples) + " more are another tokenizer's"),
+              std::string::npos)
+        << read_file(dir + "/train.err");
 }
