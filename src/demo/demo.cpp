@@ -808,9 +808,10 @@ int run_demo(const DemoOptions& o_in) {
         table += line;
     }
     if (!api_report.is_null()) {
-        std::string faults;
-        const json& c = api_report["capture"];
-        if (c.is_object()) {
+        // a capture's requests and the faults the server injected into them, by kind
+        auto faults_of = [](const json& c) {
+            if (!c.is_object()) return std::string("captured by an earlier run");
+            std::string faults;
             int64_t total = 0;
             // as the server counted them (a dataset captured by an older distill has the client's count)
             const json& by_kind = c.contains("faults_injected") ? c["faults_injected"] : c["errors"];
@@ -818,17 +819,18 @@ int run_demo(const DemoOptions& o_in) {
                 faults += str_cat(faults.empty() ? "" : ", ", kind, " ", n.dump());
                 total += n.get<int64_t>();
             }
-            faults = str_cat(c["requests"].dump(), " requests, ", total, " answered with a fault (",
-                             faults.empty() ? "none" : faults, "), each retried");
-        } else {
-            faults = "captured by an earlier run";
-        }
-        char line[768];
+            return str_cat(c["requests"].dump(), " requests, ", total, " answered with a fault (",
+                           faults.empty() ? "none" : faults, "), each retried");
+        };
+        const json& cache = api_report["cache"];
+        char line[1024];
         std::snprintf(line, sizeof line,
-                      "Through the API (%s): %lld completions of up to %lld tokens. Of the white-box student's bpb "
-                      "gain over the baseline, the top-20 API student kept %.0f%%, the sequence-level one %.0f%%.\n",
-                      faults.c_str(), (long long)api_report["samples"].get<int64_t>(),
-                      (long long)api_report["max_tokens"].get<int64_t>(),
+                      "Through the API: %lld completions of up to %lld tokens (%s), and the teacher's top-%lld on "
+                      "%lld training windows (%s). Of the white-box student's bpb gain over the baseline, the top-20 "
+                      "API student kept %.0f%%, the sequence-level one %.0f%%.\n",
+                      (long long)api_report["samples"].get<int64_t>(), (long long)api_report["max_tokens"].get<int64_t>(),
+                      faults_of(api_report["capture"]).c_str(), (long long)cache["top_logprobs"].get<int64_t>(),
+                      (long long)cache["windows"].get<int64_t>(), faults_of(cache["capture"]).c_str(),
                       100 * api_report["share_of_whitebox_gain"]["student_api_top20"].get<double>(),
                       100 * api_report["share_of_whitebox_gain"]["student_api_sequences"].get<double>());
         table += line;

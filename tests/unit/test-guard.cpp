@@ -837,28 +837,40 @@ std::string hex(const std::string& bytes) {
 
 }  // namespace
 
+// A random-weight suspect saved in `model_dir`, over a tokenizer with a BOS (so the offset rule is
+// exercised) trained on 5000 two-syllable words (64 of them) drawn in a seeded order; word()
+// draws more. Its matrices are scaled by `scale` (above 1: more peaked distributions).
+struct RefSuspect {
+    uint64_t lcg;
+    Tokenizer tok;
+    RefSuspect(const std::string& model_dir, uint64_t seed, double scale) : lcg(seed) {
+        std::string corpus;
+        for (int i = 0; i < 5000; ++i) corpus += word();
+        TokenizerTrainOptions to;
+        to.vocab_size = 400;
+        tok = Tokenizer::train(corpus, to);
+        EXPECT_GE(tok.bos_id(), 0);
+        Llama m(tiny_config(tok.vocab_size(), 256));
+        m->init_weights(5);
+        torch::NoGradGuard ng;
+        for (auto& p : m->parameters())
+            if (p.dim() >= 2) p.mul_(scale);
+        save_model_dir(model_dir, m, &tok);
+    }
+    std::string word() {
+        static const std::vector<std::string> syl = {"ka", "lo", "mi", "ne", "ru", "sa", "ti", "vo"};
+        lcg = lcg * 6364136223846793005ull + 1442695040888963407ull;
+        return syl[(lcg >> 40) % 8] + syl[(lcg >> 50) % 8] + " ";
+    }
+};
+
 // Open-mode radioactivity counted again in Python from the suspect's top-1 predictions as
 // `distill score` prints them: the same T, S and p (scipy), at h = 1 and 3.
 TEST(GuardRef, RadioactivityOpenModeMatchesPython) {
     if (!python_ready()) GTEST_SKIP();
     const std::string dir = temp_dir("guard-ref-radio");
-    // a random-weight suspect over a tokenizer with a BOS, so the offset rule is exercised
-    TokenizerTrainOptions to;
-    to.vocab_size = 400;
-    // 64 two-syllable words in a seeded order
-    const std::vector<std::string> syl = {"ka", "lo", "mi", "ne", "ru", "sa", "ti", "vo"};
-    uint64_t lcg = 7;
-    auto word = [&] {
-        lcg = lcg * 6364136223846793005ull + 1442695040888963407ull;
-        return syl[(lcg >> 40) % 8] + syl[(lcg >> 50) % 8] + " ";
-    };
-    std::string corpus;
-    for (int i = 0; i < 5000; ++i) corpus += word();
-    Tokenizer tok = Tokenizer::train(corpus, to);
-    ASSERT_GE(tok.bos_id(), 0);
-    Llama m(tiny_config(tok.vocab_size(), 256));
-    m->init_weights(5);
-    save_model_dir(dir + "/suspect", m, &tok);
+    RefSuspect suspect(dir + "/suspect", 7, 1.0);
+    auto word = [&] { return suspect.word(); };
     write_file_atomic(dir + "/key", "radioactive key");
     std::string texts_jsonl;
     json texts = json::array();
@@ -905,26 +917,8 @@ TEST(GuardRef, RadioactivityOpenModeMatchesPython) {
 TEST(GuardRef, SoftRadioactivityMatchesPython) {
     if (!python_ready()) GTEST_SKIP();
     const std::string dir = temp_dir("guard-ref-soft");
-    TokenizerTrainOptions to;
-    to.vocab_size = 400;
-    const std::vector<std::string> syl = {"ka", "lo", "mi", "ne", "ru", "sa", "ti", "vo"};
-    uint64_t lcg = 9;
-    auto word = [&] {
-        lcg = lcg * 6364136223846793005ull + 1442695040888963407ull;
-        return syl[(lcg >> 40) % 8] + syl[(lcg >> 50) % 8] + " ";
-    };
-    std::string corpus;
-    for (int i = 0; i < 5000; ++i) corpus += word();
-    Tokenizer tok = Tokenizer::train(corpus, to);
-    ASSERT_GE(tok.bos_id(), 0);
-    Llama m(tiny_config(tok.vocab_size(), 256));
-    m->init_weights(5);
-    {
-        torch::NoGradGuard ng;  // peaked distributions: weights well above init's
-        for (auto& p : m->parameters())
-            if (p.dim() >= 2) p.mul_(4.0);
-    }
-    save_model_dir(dir + "/suspect", m, &tok);
+    RefSuspect suspect(dir + "/suspect", 9, 4.0);  // peaked distributions: weights well above init's
+    auto word = [&] { return suspect.word(); };
     write_file_atomic(dir + "/key", "soft key");
     std::string text;
     for (int i = 0; i < 400; ++i) text += word();
