@@ -7,7 +7,8 @@
 //   kd-sparse  the student from the teacher's top-32 in a logit cache: (K+1)-bucket forward KL
 //              (distill reads the windows from a real cache on disk; Python gets them in memory)
 // Then the pretraining step's FLOP rate against this machine's float32 GEMM (torch::mm 2048x2048,
-// measured here), and the KD steps against the student's CE step.
+// measured here), and the KD steps against the student's CE step. In fp32, distill also runs with
+// its fused kernels off (libtorch's own ops, DISTILL_FUSED=0): what the kernels won.
 //
 // Precision: fp32 compares float32 with float32. bf16 (distill's --precision bf16: bf16 products,
 // float32 master weights) is compared with PyTorch under torch.autocast("cpu", bfloat16). The
@@ -32,8 +33,10 @@
 #include "io/safetensors.h"
 #include "kernels/cpu-kernels.h"
 #include "model/checkpoint.h"
+#include "model/fused.h"
 #include "train/optimizer.h"
 #include "util/device.h"
+#include "util/error.h"
 #include "util/file.h"
 #include "util/platform.h"
 #include "util/progress.h"
@@ -198,20 +201,27 @@ int main(int argc, char** argv) {
     for (Precision prec : precisions) {
         const bool bf16 = prec == Precision::kBFloat16;
         set_train_precision(prec);
-        std::printf("%-10s %-5s %14s %16s %8s\n", "step", "prec", "distill tok/s",
-                    bf16 ? "PyTorch autocast" : "PyTorch tok/s", "ratio");
+        std::printf("%-10s %-5s %14s %16s %8s%s\n", "step", "prec", "distill tok/s",
+                    bf16 ? "PyTorch autocast" : "PyTorch tok/s", "ratio", bf16 ? "" : "   libtorch ops tok/s");
         for (const auto& mode : modes) {
-            std::vector<double> a, b;
+            std::vector<double> a, b, c;
             for (int r = 0; r < rounds; ++r) {
                 a.push_back(ours(mode));
                 b.push_back(theirs(mode, bf16));
+                if (!bf16) {  // the same step with the fused kernels off
+                    set_fused_kernels(false);
+                    c.push_back(ours(mode));
+                    set_fused_kernels(true);
+                }
             }
             const double us = median(a), them = median(b);
+            const std::string plain = bf16 ? "" : str_cat("   ", int64_t(median(c)));
             if (them > 0)
-                std::printf("%-10s %-5s %14.0f %16.0f %7.2fx\n", mode.c_str(), precision_name(prec), us, them, us / them);
+                std::printf("%-10s %-5s %14.0f %16.0f %7.2fx%s\n", mode.c_str(), precision_name(prec), us, them,
+                            us / them, plain.c_str());
             else
-                std::printf("%-10s %-5s %14.0f %16s %8s  (the Python peer failed)\n", mode.c_str(),
-                            precision_name(prec), us, "-", "-");
+                std::printf("%-10s %-5s %14.0f %16s %8s%s  (the Python peer failed)\n", mode.c_str(),
+                            precision_name(prec), us, "-", "-", plain.c_str());
             if (mode == "pretrain" && !bf16) pre_fp32_tok_s = us;
             if (mode == "ce") ce_tok[bf16] = us;
             if (mode == "kd-sparse") sparse_tok[bf16] = us;

@@ -7,7 +7,9 @@
 
 #include <cstdint>
 #include <cstdlib>
+#include <filesystem>
 #include <string>
+#include <system_error>
 #include <vector>
 
 namespace distill::testing_util {
@@ -46,6 +48,24 @@ inline std::string word_text(size_t bytes, uint64_t seed, const std::vector<std:
     return out;
 }
 
+// The directories temp_dir() made, removed when the test program ends with every test passed; kept
+// after a failure (to look at) or with DISTILL_KEEP_TEMP=1. Only the process that made them
+// removes them (a forked child that exits must not).
+struct TempDirs {
+    pid_t owner = ::getpid();
+    std::vector<std::string> dirs;
+    ~TempDirs() {
+        if (::getpid() != owner || std::getenv("DISTILL_KEEP_TEMP")) return;
+        if (!::testing::UnitTest::GetInstance()->Passed()) return;
+        std::error_code ec;
+        for (const auto& d : dirs) std::filesystem::remove_all(d, ec);
+    }
+};
+inline TempDirs& temp_dirs() {
+    static TempDirs dirs;
+    return dirs;
+}
+
 // A new, empty directory for this test alone: named after `name`, the running test and the
 // process, and made by mkdtemp, so that tests that CTest runs in parallel never share one.
 inline std::string temp_dir(const std::string& name) {
@@ -63,6 +83,7 @@ inline std::string temp_dir(const std::string& name) {
         ADD_FAILURE() << "mkdtemp failed for " << tmpl;
         return tmpl;
     }
+    temp_dirs().dirs.emplace_back(buf.data());
     return std::string(buf.data());
 }
 
