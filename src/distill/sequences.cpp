@@ -277,7 +277,10 @@ LossFn make_sequence_loss(Llama& student, const SequenceSet& set, const TrainOpt
         std::vector<int64_t> inputs(B * T, 0), targets(B * T, kIgnoreIndex);
         // KD: the rows with the teacher's alternatives, each with its own K (the sparse losses
         // are exact on its K + 1 buckets; padding a row to a common K would take the student's
-        // mass on the padding out of the rest bucket)
+        // mass on the padding out of the rest bucket). The cross-entropy part (--ce-weight) is
+        // taken on every completion token, as the offline cross-tokenizer loss takes it on every
+        // position: across tokenizers a student token inside a teacher token has no alternatives
+        // (only boundaries align), and it still has to be learned.
         std::vector<int64_t> kd_rows;
         std::vector<std::vector<std::pair<int64_t, float>>> kd_tops;
         int64_t tokens = 0;
@@ -287,19 +290,24 @@ LossFn make_sequence_loss(Llama& student, const SequenceSet& set, const TrainOpt
             for (int64_t j = 0; j < n; ++j) {
                 inputs[b * T + j] = q.ids[j];
                 const int64_t target_at = j + 1;
+                const bool completion = target_at >= q.completion_from;
                 if (!kd) {
-                    if (target_at < q.completion_from) continue;  // a prompt token: context only
+                    if (!completion) continue;  // a prompt token: context only
                     targets[b * T + j] = q.ids[target_at];
                     ++tokens;
                     continue;
                 }
                 // wherever the teacher's alternatives are (a scored prompt's tokens too)
                 const int64_t at = target_at - q.top_from;
-                if (at < 0 || at >= static_cast<int64_t>(q.top.size()) || q.top[at].empty()) continue;
-                targets[b * T + j] = q.ids[target_at];
-                ++tokens;
-                kd_rows.push_back(b * T + j);
-                kd_tops.push_back(q.top[at]);
+                const bool top = at >= 0 && at < static_cast<int64_t>(q.top.size()) && !q.top[at].empty();
+                if (top) {
+                    kd_rows.push_back(b * T + j);
+                    kd_tops.push_back(q.top[at]);
+                }
+                if (top || (completion && lo.ce_weight > 0)) {
+                    targets[b * T + j] = q.ids[target_at];
+                    ++tokens;
+                }
             }
         }
         const torch::Device dev = student->parameters().front().device();
@@ -308,22 +316,30 @@ LossFn make_sequence_loss(Llama& student, const SequenceSet& set, const TrainOpt
         torch::Tensor logits = student->forward(in).view({B * T, -1});
         StepLoss out;
         out.tokens = tokens;
-        // data parallel: this rank's mean weighted by its share of the batch's completion tokens
-        double scale = 1.0;
+        // each term's mean over the whole batch: with data parallel, this rank's sum over the
+        // batch's count (times the world size, as the ranks' losses are averaged)
+        std::vector<double> counts{double(tokens), double(kd_rows.size())};
+        double world = 1;
         if (dist) {
-            std::vector<double> all{double(tokens)};
-            dist->all_reduce_sum(all);
-            scale = all[0] > 0 ? double(tokens) * double(dist->world()) / all[0] : 0.0;
+            dist->all_reduce_sum(counts);
+            world = double(dist->world());
         }
-        if (tokens == 0) {
-            out.loss = logits.sum() * 0.0;  // no target in this rank's rows
-        } else if (!kd) {
-            out.loss = torch::nn::functional::cross_entropy(
-                logits, tg, torch::nn::functional::CrossEntropyFuncOptions().ignore_index(kIgnoreIndex));
+        const auto sum_ce = [&] {
+            return torch::nn::functional::cross_entropy(
+                logits, tg,
+                torch::nn::functional::CrossEntropyFuncOptions().ignore_index(kIgnoreIndex).reduction(torch::kSum));
+        };
+        out.loss = logits.sum() * 0.0;  // no target in this rank's rows
+        if (!kd) {
+            if (tokens > 0) out.loss = sum_ce() * (world / counts[0]);
         } else {
-            out.loss = loss_sparse_rows(logits, kd_rows, kd_tops, tg, lo) / double(kd_rows.size());
+            const double w = lo.ce_weight;
+            LossOptions div = lo;
+            div.ce_weight = 0;
+            if (w > 0 && tokens > 0) out.loss = out.loss + w * world / counts[0] * sum_ce();
+            if (w < 1 && !kd_rows.empty())
+                out.loss = out.loss + (1.0 - w) * world / counts[1] * loss_sparse_rows(logits, kd_rows, kd_tops, tg, div);
         }
-        if (scale != 1.0) out.loss = out.loss * scale;
         return out;
     };
 }

@@ -418,27 +418,54 @@ TEST(Distributed, CrossTokenizerRanksShareOneDenominator) {
 // --sequences (an API dataset) on 2 ranks: completions of different lengths, so the ranks' rows
 // hold different numbers of completion tokens; each rank's mean is weighted by its share, so the
 // job ends with one process's weights. The dataset is written as `capture --teacher-url` writes
-// it (samples.jsonl; no log-probs: sequence-level cross-entropy).
+// it (samples.jsonl): without log-probs (sequence-level cross-entropy), and with the log-probs of
+// another tokenizer's tokens (3-byte pieces: aligned on bytes, so a KD term over the aligned
+// positions and a CE term over every completion token, each with its own count across ranks).
 TEST(Distributed, SequencesOnTwoRanksEqualOneProcess) {
     Fixture f = make_fixture("ddp-seq");
-    make_dirs(f.dir + "/ds");
-    std::string lines;
-    for (int i = 0; i < 40; ++i) {
-        const std::string prompt = word_text(20 + 7 * (i % 5), 100 + i, {"the", "house", "was", "quiet"});
-        const std::string text = word_text(10 + 13 * (i % 7), 200 + i, {"Anne", "walked", "to", "Bath", "with", "her"});
-        lines += nlohmann::json{{"prompt_index", i}, {"sample", 0}, {"kind", "completion"}, {"prompt", prompt},
-                                {"text", text}, {"finish_reason", "length"}, {"usage", {{"total_tokens", 30}}}}
-                     .dump() +
-                 "\n";
+    auto bytes_of = [](const std::string& s) {
+        nlohmann::json b = nlohmann::json::array();
+        for (unsigned char c : s) b.push_back(int(c));
+        return b;
+    };
+    for (const bool with_logprobs : {false, true}) {
+        const std::string ds = f.dir + (with_logprobs ? "/ds-top" : "/ds");
+        make_dirs(ds);
+        std::string lines;
+        for (int i = 0; i < 40; ++i) {
+            const std::string prompt = word_text(20 + 7 * (i % 5), 100 + i, {"the", "house", "was", "quiet"});
+            const std::string text =
+                word_text(10 + 13 * (i % 7), 200 + i, {"Anne", "walked", "to", "Bath", "with", "her"});
+            nlohmann::json r{{"prompt_index", i}, {"sample", 0},        {"kind", "completion"},
+                             {"prompt", prompt},  {"text", text},       {"finish_reason", "length"},
+                             {"usage", {{"total_tokens", 30}}}};
+            if (with_logprobs) {
+                nlohmann::json entries = nlohmann::json::array();
+                for (size_t at = 0; at < text.size(); at += 3) {
+                    const std::string piece = text.substr(at, 3);
+                    entries.push_back({{"token", piece}, {"bytes", bytes_of(piece)}, {"logprob", -1.0},
+                                       {"top", {{piece, -1.0, bytes_of(piece)}, {" Bath", -2.0 - 0.1 * (at % 5), bytes_of(" Bath")},
+                                                {"her", -2.5, bytes_of("her")}}}});
+                }
+                r["logprobs"] = entries;
+            }
+            lines += r.dump() + "\n";
+        }
+        write_file_atomic(ds + "/samples.jsonl", lines);
+        const std::string name = with_logprobs ? "top" : "ce";
+        const std::string loss = with_logprobs ? " --loss fkl --ce-weight 0.4" : " --loss ce";
+        const std::string args = "train" + loss + " --sequences " + ds + " --config " + f.dir + "/student.json --tokenizer " +
+                                 f.dir + "/tok.json --steps 10 --batch-size 4 --seq-len 48 --warmup 2 --threads 1";
+        const std::string one = f.dir + "/one-" + name, two = f.dir + "/two-" + name;
+        ASSERT_EQ(run_distill(args + " --run-dir " + one, "", one + ".err"), 0) << read_file(one + ".err");
+        ASSERT_EQ(run(std::string(DISTILL_BINARY) + " --quiet launch -n 2 " + args + " --run-dir " + two +
+                      " > /dev/null 2> " + two + ".err"),
+                  0)
+            << read_file(two + ".err");
+        if (with_logprobs) {  // the pieces are not the student's tokens: aligned on bytes
+            EXPECT_NE(read_file(one + ".err").find("another tokenizer"), std::string::npos) << read_file(one + ".err");
+        }
+        EXPECT_LT(max_weight_diff(one + "/model/model.safetensors", two + "/model/model.safetensors"), 1e-5) << name;
+        EXPECT_EQ(last_metrics(one)["tokens"], last_metrics(two)["tokens"]) << name;
     }
-    write_file_atomic(f.dir + "/ds/samples.jsonl", lines);
-    const std::string args = "train --loss ce --sequences " + f.dir + "/ds --config " + f.dir + "/student.json --tokenizer " +
-                             f.dir + "/tok.json --steps 10 --batch-size 4 --seq-len 48 --warmup 2 --threads 1";
-    ASSERT_EQ(run_distill(args + " --run-dir " + f.dir + "/one", "", f.dir + "/one.err"), 0) << read_file(f.dir + "/one.err");
-    ASSERT_EQ(run(std::string(DISTILL_BINARY) + " --quiet launch -n 2 " + args + " --run-dir " + f.dir + "/two > /dev/null 2> " +
-                  f.dir + "/two.err"),
-              0)
-        << read_file(f.dir + "/two.err");
-    EXPECT_LT(max_weight_diff(f.dir + "/one/model/model.safetensors", f.dir + "/two/model/model.safetensors"), 1e-5);
-    EXPECT_EQ(last_metrics(f.dir + "/one")["tokens"], last_metrics(f.dir + "/two")["tokens"]);
 }
