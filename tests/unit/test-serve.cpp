@@ -909,10 +909,72 @@ TEST(ApiStudents, SequencesMapTheTeachersTokensAndMaskThePrompt) {
     torch::Tensor targets = torch::tensor(q.ids).narrow(0, q.completion_from, n - (q.completion_from - 1));
     EXPECT_EQ(got.tokens, targets.size(0));
     EXPECT_NEAR(got.loss.item<double>(), torch::nn::functional::cross_entropy(rows, targets).item<double>(), 1e-5);
-    // KD: finite, and it draws only the mapped sample
-    StepLoss k = probe.loss(set, LossKind::kForwardKL, false);
-    EXPECT_EQ(k.tokens, targets.size(0));
-    EXPECT_TRUE(std::isfinite(k.loss.item<double>()));
+    // KD draws only the mapped sample: (1 - w) x the (K+1)-bucket forward KL written out here
+    // (the two alternatives, or EOS with p 1, and the rest of the mass), its mean over the rows
+    // with alternatives, + w x the cross-entropy's mean over the completion tokens
+    const torch::Tensor logq = torch::log_softmax(rows.to(torch::kFloat64), -1);
+    double kl = 0;
+    for (int64_t r = 0; r < rows.size(0); ++r) {
+        double pt = 0, qs = 0;
+        for (const auto& [id, lp] : q.top[static_cast<size_t>(r)]) {
+            const double lq = logq[r][id].item<double>();
+            pt += std::exp(double(lp));
+            qs += std::exp(lq);
+            kl += std::exp(double(lp)) * (double(lp) - lq);
+        }
+        if (1 - pt > 1e-9) kl += (1 - pt) * (std::log(1 - pt) - std::log(1 - qs));
+    }
+    kl /= double(rows.size(0));
+    const double ce = torch::nn::functional::cross_entropy(rows, targets).item<double>();
+    for (const double w : {0.0, 0.5}) {
+        LossOptions lo;
+        lo.kind = LossKind::kForwardKL;
+        lo.ce_weight = w;
+        const StepLoss k = make_sequence_loss(m, set, probe.t, lo)(1, 0);
+        EXPECT_EQ(k.tokens, targets.size(0));
+        EXPECT_NEAR(k.loss.item<double>(), (1 - w) * kl + w * ce, 1e-5) << "ce_weight " << w;
+    }
+}
+
+// Another tokenizer's tokens (" the garden" is no token of the student's): the alternatives reach
+// the student tokens that start where a teacher token starts; the cross-entropy part reaches
+// every completion token, the ones inside the longer teacher token too (without it they would
+// learn nothing).
+TEST(ApiStudents, AcrossTokenizersTheCrossEntropyPartCoversEveryCompletionToken) {
+    Fixture& f = fixture();
+    const Tokenizer& tok = f.tok;
+    const std::string dir = temp_dir("api-students-xtok");
+    make_dirs(dir + "/ds");
+    auto entry = [](const std::string& t, double lp) {
+        json bytes = json::array();
+        for (unsigned char ch : t) bytes.push_back(int(ch));
+        return json::array({t, lp, bytes});
+    };
+    json lps = json::array();
+    for (const auto& [piece, alt] : std::vector<std::pair<std::string, std::string>>{{" the garden", " a"}, {" was", " is"}}) {
+        json e = entry(piece, -0.3);
+        lps.push_back({{"token", piece}, {"bytes", e[2]}, {"logprob", -0.3}, {"top", {e, entry(alt, -2.0)}}});
+    }
+    const std::string text = " the garden was";
+    json s0 = {{"prompt_index", 0}, {"sample", 0}, {"kind", "completion"}, {"prompt", "she said"}, {"text", text},
+               {"finish_reason", "length"}, {"logprobs", lps}, {"usage", {{"total_tokens", 4}}}};
+    write_file_atomic(dir + "/ds/samples.jsonl", s0.dump() + "\n");
+    const SequenceSet set = load_sequences(dir + "/ds", tok, 64);
+    ASSERT_EQ(set.cross_samples, 1);
+    EXPECT_EQ(set.mapped, 0);
+    const int64_t completion = static_cast<int64_t>(tok.encode(text).size());
+    ASSERT_GT(completion, 2);  // the student splits the text finer than the teacher
+    EXPECT_EQ(set.cross_aligned, 2);
+    torch::NoGradGuard ng;
+    SequenceLossProbe probe(tok);
+    for (const double w : {0.0, 0.5}) {
+        LossOptions lo;
+        lo.kind = LossKind::kForwardKL;
+        lo.ce_weight = w;
+        const StepLoss k = make_sequence_loss(probe.m, set, probe.t, lo)(1, 0);
+        EXPECT_EQ(k.tokens, w > 0 ? completion : 2) << "ce_weight " << w;
+        EXPECT_TRUE(std::isfinite(k.loss.item<double>()));
+    }
 }
 
 // capture --score-prompts: the endpoint echoes each prompt with its top log-probs. The prompt's
