@@ -5,18 +5,21 @@
 #include <unistd.h>
 #include <xxhash.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cmath>
 #include <condition_variable>
 #include <cstdio>
 #include <filesystem>
+#include <fstream>
 #include <mutex>
 #include <random>
 #include <set>
 #include <sstream>
 #include <string_view>
 #include <thread>
+#include <tuple>
 
 #include "util/error.h"
 #include "util/url.h"
@@ -505,11 +508,11 @@ ApiCaptureResult capture_from_api(const ApiCaptureOptions& o) {
     return res;
 }
 
-std::vector<ApiSample> read_api_dataset(const std::string& dir) {
+void for_each_api_sample(const std::string& dir, const std::function<void(ApiSample&&)>& fn) {
     const std::string path = dir + "/samples.jsonl";
     DISTILL_CHECK(file_exists(path), dir, " has no samples.jsonl: not a dataset from `distill capture --teacher-url`");
-    std::vector<ApiSample> out;
-    std::istringstream in(read_file(path));
+    std::ifstream in(path, std::ios::binary);
+    DISTILL_CHECK(in.good(), "cannot read ", path);
     std::string line;
     while (std::getline(in, line)) {
         if (line.empty()) continue;
@@ -519,8 +522,14 @@ std::vector<ApiSample> read_api_dataset(const std::string& dir) {
         s.prompt_index = j.value("prompt_index", int64_t(-1));
         s.sample = j.value("sample", int64_t(-1));
         s.record = std::move(j);
-        out.push_back(std::move(s));
+        fn(std::move(s));
     }
+    DISTILL_CHECK(!in.bad(), "reading ", path, " failed");
+}
+
+std::vector<ApiSample> read_api_dataset(const std::string& dir) {
+    std::vector<ApiSample> out;
+    for_each_api_sample(dir, [&](ApiSample&& s) { out.push_back(std::move(s)); });
     std::sort(out.begin(), out.end(), [](const ApiSample& a, const ApiSample& b) {
         return std::tie(a.prompt_index, a.sample) < std::tie(b.prompt_index, b.sample);
     });

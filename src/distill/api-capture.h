@@ -8,6 +8,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <string>
 #include <vector>
@@ -60,6 +61,10 @@ struct ApiSample {
     int64_t prompt_index = 0, sample = 0;
     nlohmann::json record;
 };
+// Each sample line of a dataset in the order the lines were written (a torn last line ends it),
+// one at a time: neither the file nor its records are held in memory (a dataset with top-20
+// log-probs takes about ten times its size as parsed JSON).
+void for_each_api_sample(const std::string& dir, const std::function<void(ApiSample&&)>& fn);
 // The samples of a dataset, ordered by (prompt_index, sample).
 std::vector<ApiSample> read_api_dataset(const std::string& dir);
 

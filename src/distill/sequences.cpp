@@ -145,8 +145,6 @@ Mapped align_tokens(const json& entries, const Tokenizer& tok, FirstToken& first
 }  // namespace
 
 SequenceSet load_sequences(const std::string& dataset, const Tokenizer& tok, int64_t seq_len) {
-    const std::vector<ApiSample> samples = read_api_dataset(dataset);
-    DISTILL_CHECK(!samples.empty(), dataset, " holds no samples yet (capture into it first)");
     // every non-special token of the student, by the bytes it stands for
     std::unordered_map<std::string, int64_t> by_bytes;
     for (int32_t id = 0; id < tok.vocab_size(); ++id)
@@ -155,15 +153,19 @@ SequenceSet load_sequences(const std::string& dataset, const Tokenizer& tok, int
     const int32_t eos = tok.eos_id();
     FirstToken first(tok, by_bytes);
 
+    // The samples are read one line at a time and kept only as token ids and alternatives (the
+    // parsed JSON of a dataset with top-20 log-probs is about ten times the file), then put in
+    // (prompt_index, sample) order, the same whatever order the capture wrote them in.
     SequenceSet set;
-    XXH3_state_t* h = XXH3_createState();
-    XXH3_64bits_reset(h);
-    const std::string fp = tok.fingerprint();
-    XXH3_64bits_update(h, fp.data(), fp.size());
-    for (const ApiSample& s : samples) {
+    using Key = std::pair<int64_t, int64_t>;
+    std::vector<std::pair<Key, uint64_t>> record_hashes;  // the fingerprint: each record's hash, in order
+    std::vector<std::pair<Key, SequenceSet::Seq>> keyed;
+    for_each_api_sample(dataset, [&](ApiSample&& s) {
         const json& r = s.record;
+        const Key key{s.prompt_index, s.sample};
         const std::string dump = r.dump();
-        XXH3_64bits_update(h, dump.data(), dump.size());
+        record_hashes.emplace_back(key, XXH3_64bits(dump.data(), dump.size()));
+        ++set.samples;
         if (r.contains("usage") && r["usage"].is_object()) set.teacher_tokens += r["usage"].value("total_tokens", int64_t(0));
         SequenceSet::Seq q;
         if (r.value("kind", "") == "chat") {
@@ -230,16 +232,26 @@ SequenceSet load_sequences(const std::string& dataset, const Tokenizer& tok, int
         }
         if (!q.top.empty() && q.top_from == 0) q.top[0].clear();  // nothing before it to predict from
         const bool completion = q.completion_from < static_cast<int64_t>(q.ids.size());
-        if (static_cast<int64_t>(q.ids.size()) < 2 || (!completion && !q.has_top())) continue;
+        if (static_cast<int64_t>(q.ids.size()) < 2 || (!completion && !q.has_top())) return;
         for (const auto& a : q.top) {
             set.kd_positions += !a.empty();
             set.top_k = std::max<int64_t>(set.top_k, static_cast<int64_t>(a.size()));
         }
         if (completion)
             set.completion_tokens += static_cast<int64_t>(q.ids.size()) - std::max<int64_t>(q.completion_from, 1);
-        set.seqs.push_back(std::move(q));
-    }
-    set.samples = static_cast<int64_t>(samples.size());
+        keyed.emplace_back(key, std::move(q));
+    });
+    DISTILL_CHECK(set.samples > 0, dataset, " holds no samples yet (capture into it first)");
+    const auto by_key = [](const auto& a, const auto& b) { return a.first < b.first; };
+    std::stable_sort(keyed.begin(), keyed.end(), by_key);
+    std::stable_sort(record_hashes.begin(), record_hashes.end(), by_key);
+    set.seqs.reserve(keyed.size());
+    for (auto& [key, q] : keyed) set.seqs.push_back(std::move(q));
+    XXH3_state_t* h = XXH3_createState();
+    XXH3_64bits_reset(h);
+    const std::string fp = tok.fingerprint();
+    XXH3_64bits_update(h, fp.data(), fp.size());
+    for (const auto& [key, hash] : record_hashes) XXH3_64bits_update(h, &hash, sizeof hash);
     char buf[17];
     std::snprintf(buf, sizeof buf, "%016llx", static_cast<unsigned long long>(XXH3_64bits_digest(h)));
     XXH3_freeState(h);
