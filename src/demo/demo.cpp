@@ -2,12 +2,14 @@
 
 #include <torch/torch.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <filesystem>
 #include <functional>
 #include <map>
 #include <random>
 #include <sstream>
+#include <tuple>
 #include <nlohmann/json.hpp>
 
 #include "distill/api-cache.h"
@@ -116,6 +118,13 @@ TrainOptions train_options(const DemoOptions& o, int64_t steps, const ModelConfi
     t.checkpoint_every = std::max<int64_t>(10, steps / 10);
     t.model_flops_per_token = c.flops_per_token(t.seq_len);
     return t;
+}
+
+// The samples an API dataset holds (read one line at a time).
+int64_t api_sample_count(const std::string& dir) {
+    int64_t n = 0;
+    for_each_api_sample(dir, [&](ApiSample&&) { ++n; });
+    return n;
 }
 
 // `n` prompts cut from `text`, seeded: each begins at the start of a non-empty line and runs
@@ -487,7 +496,7 @@ int run_demo(const DemoOptions& o_in) {
         mc.out = path_join(guard_dir, "marked-" + hash_hex(str_cat(teacher_fp, hash_hex(prompts_text), mc.max_tokens,
                                                                     mc.seed, watermark_key_id_hex(wm.key), wm.gamma,
                                                                     wm.delta, wm.context)).substr(0, 12));
-        if (!(file_exists(mc.out + "/samples.jsonl") && read_api_dataset(mc.out).size() == n_prompts)) {
+        if (!(file_exists(mc.out + "/samples.jsonl") && api_sample_count(mc.out) == int64_t(n_prompts))) {
             ServeOptions so;
             so.model = path_join(run, "teacher/model");
             so.alias = "teacher";
@@ -511,7 +520,18 @@ int run_demo(const DemoOptions& o_in) {
         std::string mix, texts_fp;
         std::vector<std::string> marked_texts;
         int64_t n_marked = 0;
-        for (const ApiSample& s : read_api_dataset(clean.out)) {
+        // the clean completions without their log-probs (a sequence-level student: its text only),
+        // read one line at a time: with them the dataset is ten times larger as parsed JSON
+        std::vector<ApiSample> clean_samples;
+        for_each_api_sample(clean.out, [&](ApiSample&& s) {
+            s.record.erase("logprobs");
+            s.record.erase("prompt_logprobs");
+            clean_samples.push_back(std::move(s));
+        });
+        std::stable_sort(clean_samples.begin(), clean_samples.end(), [](const ApiSample& a, const ApiSample& b) {
+            return std::tie(a.prompt_index, a.sample) < std::tie(b.prompt_index, b.sample);
+        });
+        for (const ApiSample& s : clean_samples) {
             const auto m = marked.find(s.prompt_index);
             DISTILL_CHECK(m != marked.end(), "the watermarked capture has no sample for prompt ", s.prompt_index);
             json r = s.record;
@@ -519,7 +539,7 @@ int run_demo(const DemoOptions& o_in) {
                 r = m->second;
                 ++n_marked;
             }
-            r.erase("logprobs");  // a sequence-level student: its text only
+            r.erase("logprobs");
             r.erase("prompt_logprobs");
             mix += r.dump() + "\n";
         }
@@ -605,7 +625,7 @@ int run_demo(const DemoOptions& o_in) {
         ac.out = path_join(api_dir, "dataset-" + hash_hex(str_cat(teacher_fp, hash_hex(prompts_text), ac.max_tokens,
                                                                    ac.seed, ac.top_logprobs)).substr(0, 12));
         const bool complete = file_exists(ac.out + "/samples.jsonl") &&
-                              int64_t(read_api_dataset(ac.out).size()) == int64_t(prompts.size());
+                              api_sample_count(ac.out) == int64_t(prompts.size());
         json faults = nullptr;
         if (!complete) {
             auto server = serve_faulty(o.seed);
