@@ -3,6 +3,7 @@
 #include <torch/torch.h>
 
 #include <nlohmann/json.hpp>
+#include <numeric>
 #include <set>
 
 #include "io/safetensors.h"
@@ -102,6 +103,48 @@ TEST(Model, SamplingIsSeededAndRespectsTopK) {
     for (int i = 0; i < 50; ++i) EXPECT_EQ(sample_token(logits, o, a), 1);
     o.temperature = 0;
     EXPECT_EQ(sample_token(logits, o, a), 1);
+}
+
+// Over the whole vocabulary (top_k 0), a draw is the inverse CDF over the tokens ordered by logit,
+// highest first, ties by the lower id (many ties here), summed in that order: the definition,
+// written out here, gives the same token for the same generator state, with and without top_p.
+TEST(Model, SamplingTheWholeVocabularyFollowsItsDefinition) {
+    const int64_t V = 1000;
+    torch::manual_seed(3);
+    auto logits = (torch::randint(0, 24, {V}, torch::TensorOptions().dtype(torch::kInt64)).to(torch::kFloat32) / 4.0);
+    const auto z = logits.to(torch::kFloat64);
+    const double* zp = z.data_ptr<double>();
+    std::vector<int64_t> order(V);
+    std::iota(order.begin(), order.end(), 0);
+    std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return zp[a] > zp[b]; });
+    for (const double top_p : {1.0, 0.9}) {
+        SamplingOptions o;
+        o.temperature = 0.7;
+        o.top_p = top_p;
+        std::mt19937_64 ours(7), ref(7);
+        for (int i = 0; i < 300; ++i) {
+            std::vector<double> p(V);
+            double sum = 0;
+            for (int64_t k = 0; k < V; ++k) sum += p[k] = std::exp((zp[order[k]] - zp[order[0]]) / o.temperature);
+            int64_t keep = V;
+            if (top_p < 1) {
+                double acc = 0;
+                int64_t n = 0;
+                while (n < V && acc < top_p * sum) acc += p[n++];
+                keep = std::max<int64_t>(n, 1);
+                sum = std::accumulate(p.begin(), p.begin() + keep, 0.0);
+            }
+            const double r = std::uniform_real_distribution<double>(0.0, sum)(ref);
+            double acc = 0;
+            int64_t want = order[keep - 1];
+            for (int64_t k = 0; k < keep; ++k)
+                if (r < (acc += p[k])) {
+                    want = order[k];
+                    break;
+                }
+            ASSERT_EQ(sample_token(logits, o, ours), want) << "draw " << i << ", top_p " << top_p;
+        }
+    }
 }
 
 TEST(Model, SaveLoadRoundTrip) {
