@@ -539,7 +539,7 @@ int run_demo(const DemoOptions& o_in) {
                 r = m->second;
                 ++n_marked;
             }
-            r.erase("logprobs");
+            r.erase("logprobs");  // (a watermarked one's too)
             r.erase("prompt_logprobs");
             mix += r.dump() + "\n";
         }
