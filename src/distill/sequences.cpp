@@ -341,17 +341,19 @@ LossFn make_sequence_loss(Llama& student, const SequenceSet& set, const TrainOpt
                 logits, tg,
                 torch::nn::functional::CrossEntropyFuncOptions().ignore_index(kIgnoreIndex).reduction(torch::kSum));
         };
-        out.loss = logits.sum() * 0.0;  // no target in this rank's rows
+        torch::Tensor loss;
+        const auto add = [&](const torch::Tensor& term) { loss = loss.defined() ? loss + term : term; };
         if (!kd) {
-            if (tokens > 0) out.loss = sum_ce() * (world / counts[0]);
+            if (tokens > 0) add(sum_ce() * (world / counts[0]));
         } else {
             const double w = lo.ce_weight;
             LossOptions div = lo;
             div.ce_weight = 0;
-            if (w > 0 && tokens > 0) out.loss = out.loss + w * world / counts[0] * sum_ce();
+            if (w > 0 && tokens > 0) add(w * world / counts[0] * sum_ce());
             if (w < 1 && !kd_rows.empty())
-                out.loss = out.loss + (1.0 - w) * world / counts[1] * loss_sparse_rows(logits, kd_rows, kd_tops, tg, div);
+                add((1.0 - w) * world / counts[1] * loss_sparse_rows(logits, kd_rows, kd_tops, tg, div));
         }
+        out.loss = loss.defined() ? loss : logits.sum() * 0.0;  // no target in this rank's rows
         return out;
     };
 }
