@@ -349,6 +349,10 @@ ApiCaptureResult capture_from_api(const ApiCaptureOptions& o) {
     json failed = json::array();
     bool budget_hit = false;
     std::string fatal;  // an error no retry can fix: the workers stop
+    // samples given up on since the last one written: as many as there are workers means the
+    // endpoint is down (or refuses everything), not that a few requests were unlucky
+    int64_t given_up_in_a_row = 0;
+    const int64_t give_up_limit = std::max<int64_t>(o.concurrency, 4);
     auto count_error = [&](const std::string& kind) {
         std::lock_guard<std::mutex> lk(mu);
         ++errors[kind];
@@ -450,6 +454,8 @@ ApiCaptureResult capture_from_api(const ApiCaptureOptions& o) {
             if (a.ok) {
                 log.append(p, s, a.record, a.tokens);
                 ++written;
+                std::lock_guard<std::mutex> lk(mu);
+                given_up_in_a_row = 0;
             } else if (a.kind == "no_echo") {
                 std::lock_guard<std::mutex> lk(mu);
                 fatal = str_cat(o.url, " does not echo prompts with their log-probs (", a.message,
@@ -458,6 +464,11 @@ ApiCaptureResult capture_from_api(const ApiCaptureOptions& o) {
                 if (!a.retry) count_error(a.kind);
                 std::lock_guard<std::mutex> lk(mu);
                 failed.push_back({{"prompt_index", p}, {"sample", s}, {"error", a.kind}, {"message", a.message}});
+                if (++given_up_in_a_row >= give_up_limit && fatal.empty())
+                    fatal = str_cat(given_up_in_a_row, " samples in a row failed after ", o.retries + 1,
+                                    " attempts each (the last: ", a.kind, ", ", a.message, "): is ", o.url,
+                                    " up and serving '", model, "'? The ", res.done_before + written,
+                                    " samples written so far are kept; run the same command again to go on");
             }
         }
     };
@@ -488,7 +499,6 @@ ApiCaptureResult capture_from_api(const ApiCaptureOptions& o) {
     for (auto& t : workers) t.join();
     finished = true;
     progress.join();
-    DISTILL_CHECK(fatal.empty(), fatal);
 
     res.written = written;
     res.failed = static_cast<int64_t>(failed.size());
@@ -505,6 +515,7 @@ ApiCaptureResult capture_from_api(const ApiCaptureOptions& o) {
     meta["totals"] = {{"samples", log.size()}, {"failed_last_run", res.failed}, {"teacher_tokens", res.teacher_tokens},
                       {"logprobs", res.logprobs}, {"budget_reached", budget_hit}};
     write_file_atomic(meta_path, meta.dump(2) + "\n");
+    DISTILL_CHECK(fatal.empty(), fatal);
     return res;
 }
 

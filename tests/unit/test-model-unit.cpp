@@ -106,8 +106,10 @@ TEST(Model, SamplingIsSeededAndRespectsTopK) {
 }
 
 // Over the whole vocabulary (top_k 0), a draw is the inverse CDF over the tokens ordered by logit,
-// highest first, ties by the lower id (many ties here), summed in that order: the definition,
-// written out here, gives the same token for the same generator state, with and without top_p.
+// highest first, ties by the lower id (many ties here), with the normalizer summed in id order
+// (top_p's prefix in token order): the definition, written out here with a full sort, gives the
+// same token for the same generator state, with and without top_p, at low and high temperature
+// (where draws reach deep into the order, which sample_token sorts only as far as it needs).
 TEST(Model, SamplingTheWholeVocabularyFollowsItsDefinition) {
     const int64_t V = 1000;
     torch::manual_seed(3);
@@ -117,32 +119,41 @@ TEST(Model, SamplingTheWholeVocabularyFollowsItsDefinition) {
     std::vector<int64_t> order(V);
     std::iota(order.begin(), order.end(), 0);
     std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return zp[a] > zp[b]; });
-    for (const double top_p : {1.0, 0.9}) {
-        SamplingOptions o;
-        o.temperature = 0.7;
-        o.top_p = top_p;
-        std::mt19937_64 ours(7), ref(7);
-        for (int i = 0; i < 300; ++i) {
-            std::vector<double> p(V);
-            double sum = 0;
-            for (int64_t k = 0; k < V; ++k) sum += p[k] = std::exp((zp[order[k]] - zp[order[0]]) / o.temperature);
-            int64_t keep = V;
-            if (top_p < 1) {
-                double acc = 0;
-                int64_t n = 0;
-                while (n < V && acc < top_p * sum) acc += p[n++];
-                keep = std::max<int64_t>(n, 1);
-                sum = std::accumulate(p.begin(), p.begin() + keep, 0.0);
-            }
-            const double r = std::uniform_real_distribution<double>(0.0, sum)(ref);
-            double acc = 0;
-            int64_t want = order[keep - 1];
-            for (int64_t k = 0; k < keep; ++k)
-                if (r < (acc += p[k])) {
-                    want = order[k];
-                    break;
+    for (const double top_p : {1.0, 0.9, 0.5}) {
+        for (const double temperature : {0.7, 3.0}) {
+            SamplingOptions o;
+            o.temperature = temperature;
+            o.top_p = top_p;
+            std::mt19937_64 ours(7), ref(7);
+            int64_t deepest = 0;  // the furthest rank a draw reached
+            for (int i = 0; i < 300; ++i) {
+                std::vector<double> p(V);
+                for (int64_t k = 0; k < V; ++k) p[k] = std::exp((zp[order[k]] - zp[order[0]]) / temperature);
+                double sum = 0;
+                for (int64_t id = 0; id < V; ++id) sum += std::exp((zp[id] - zp[order[0]]) / temperature);
+                int64_t keep = V;
+                if (top_p < 1) {
+                    double acc = 0;
+                    int64_t n = 0;
+                    while (n < V && acc < top_p * sum) acc += p[n++];
+                    keep = std::max<int64_t>(n, 1);
+                    sum = std::accumulate(p.begin(), p.begin() + keep, 0.0);
                 }
-            ASSERT_EQ(sample_token(logits, o, ours), want) << "draw " << i << ", top_p " << top_p;
+                const double r = std::uniform_real_distribution<double>(0.0, sum)(ref);
+                double acc = 0;
+                int64_t want = order[keep - 1];
+                for (int64_t k = 0; k < keep; ++k)
+                    if (r < (acc += p[k])) {
+                        want = order[k];
+                        deepest = std::max(deepest, k);
+                        break;
+                    }
+                ASSERT_EQ(sample_token(logits, o, ours), want)
+                    << "draw " << i << ", top_p " << top_p << ", temperature " << temperature;
+            }
+            if (temperature > 1 && top_p == 1.0) {
+                EXPECT_GT(deepest, 500);  // past several of the chunks it sorts
+            }
         }
     }
 }

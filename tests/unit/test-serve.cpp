@@ -718,6 +718,20 @@ size_t complete_samples(const std::string& dir) {
     return static_cast<size_t>(std::count(text.begin(), text.end(), '\n'));
 }
 
+// A loopback port nothing listens on: bound by the kernel's choice, then closed.
+int closed_port() {
+    const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t len = sizeof a;
+    if (fd < 0 || ::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0 ||
+        ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len) != 0)
+        throw std::runtime_error("cannot bind a loopback socket");
+    ::close(fd);
+    return ntohs(a.sin_port);
+}
+
 std::string write_prompts(const std::string& dir, int n) {
     std::string text;
     const std::vector<std::string> words = {"the", "house", "was", "she", "said", "garden"};
@@ -826,6 +840,27 @@ TEST(ApiCapture, TokenCapAndAnEndpointWithoutLogprobs) {
     // a bad URL and a missing server are errors that say what to do
     EXPECT_EQ(run_distill("capture --teacher-url ftp://x --prompts " + prompts + " -o " + dir + "/x"), 1);
     EXPECT_EQ(run_distill("capture --teacher-url " + s.base_url() + " -o " + dir + "/x"), 2);  // no --prompts
+    EXPECT_EQ(run_distill("capture --teacher-url http://127.0.0.1:/v1 --prompts " + prompts + " -o " + dir + "/x"), 1);
+    EXPECT_EQ(run_distill("capture --teacher-url http://127.0.0.1:70000/v1 --prompts " + prompts + " -o " + dir + "/x"),
+              1);
+    // nothing listening (and --teacher-model skips the lookup that would notice): the capture stops
+    // once as many samples in a row as it has workers (at least 4) have failed, and says so, instead
+    // of working through every prompt's retries
+    const int port = closed_port();
+    const auto t0 = std::chrono::steady_clock::now();
+    EXPECT_EQ(run_distill("capture --teacher-url http://127.0.0.1:" + std::to_string(port) + "/v1 --teacher-model tiny" +
+                              " --prompts " + prompts + " --concurrency 2 --retries 1 --backoff 0.01 -o " + dir + "/down",
+                          "", dir + "/down.err"),
+              1);
+    EXPECT_LT(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(), 60);
+    const std::string err = read_file(dir + "/down.err");
+    EXPECT_NE(err.find("4 samples in a row failed after 2 attempts each"), std::string::npos) << err;
+    EXPECT_NE(err.find("run the same command again"), std::string::npos) << err;
+    EXPECT_EQ(complete_samples(dir + "/down"), 0u);
+    const std::string failed = read_file(dir + "/down/failed.jsonl");
+    const auto given_up = std::count(failed.begin(), failed.end(), '\n');
+    EXPECT_GE(given_up, 4);  // and the other worker's sample, when it failed meanwhile
+    EXPECT_LE(given_up, 5);
 }
 
 namespace {
