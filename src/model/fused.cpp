@@ -339,6 +339,54 @@ Tensor fused_attention(const Tensor& qkv, const Tensor& cos, const Tensor& sin, 
     return AttentionFn::forward(nullptr, qkv, cos, sin, n_head, n_kv_head)[0];
 }
 
+Tensor fused_decode_attention(const Tensor& q_in, const Tensor& k_in, const Tensor& v_in,
+                              const std::vector<Tensor*>& k_cache, const std::vector<Tensor*>& v_cache,
+                              const std::vector<int64_t>& length) {
+    const int64_t B = q_in.size(0), H = q_in.size(1), Hkv = k_in.size(1), D = q_in.size(-1);
+    DISTILL_CHECK(q_in.numel() == B * H * D && k_in.numel() == B * Hkv * D && v_in.sizes() == k_in.sizes() &&
+                      Hkv > 0 && H % Hkv == 0 && k_cache.size() == size_t(B) && v_cache.size() == size_t(B) &&
+                      length.size() == size_t(B),
+                  "fused_decode_attention: q ", q_in.sizes(), ", k ", k_in.sizes(), ", v ", v_in.sizes(), " for ", B,
+                  " slots");
+    for (int64_t b = 0; b < B; ++b) {
+        const Tensor& kc = *k_cache[size_t(b)];
+        DISTILL_CHECK(fused_cpu(kc) && kc.is_contiguous() && kc.dim() == 3 && kc.size(0) == Hkv && kc.size(2) == D &&
+                          v_cache[size_t(b)]->sizes() == kc.sizes() && v_cache[size_t(b)]->is_contiguous() &&
+                          length[size_t(b)] < kc.size(1),
+                      "fused_decode_attention: slot ", b, "'s cache ", kc.sizes(), " has no room after ",
+                      length[size_t(b)], " positions");
+    }
+    auto q = q_in.contiguous(), kn = k_in.contiguous(), vn = v_in.contiguous();
+    auto y = torch::empty({B, H * D}, q.options());
+    const float* qp = q.data_ptr<float>();
+    const float* kp = kn.data_ptr<float>();
+    const float* vp = vn.data_ptr<float>();
+    float* yp = y.data_ptr<float>();
+    const int64_t rep = H / Hkv;
+    const float scale = float(1.0 / std::sqrt(double(D)));
+    at::parallel_for(0, B, 1, [&](int64_t b0, int64_t e0) {
+        std::vector<float> P;
+        for (int64_t b = b0; b < e0; ++b) {
+            const int64_t L = length[size_t(b)], S = L + 1, cap = k_cache[size_t(b)]->size(1);
+            float* K = k_cache[size_t(b)]->data_ptr<float>();
+            float* V = v_cache[size_t(b)]->data_ptr<float>();
+            P.resize(size_t(rep * S));
+            for (int64_t g = 0; g < Hkv; ++g) {
+                float* Kg = K + g * cap * D;
+                float* Vg = V + g * cap * D;
+                std::memcpy(Kg + L * D, kp + (b * Hkv + g) * D, sizeof(float) * size_t(D));
+                std::memcpy(Vg + L * D, vp + (b * Hkv + g) * D, sizeof(float) * size_t(D));
+                // the rep query heads that read key/value head g: P = Q K^T, softmax, Y = P V
+                const float* Q = qp + (b * H + g * rep) * D;
+                gemm(false, true, rep, S, D, 1.0f, Q, D, Kg, D, 0.0f, P.data(), S);
+                for (int64_t r = 0; r < rep; ++r) k::row_softmax_inplace(P.data() + r * S, S, scale);
+                gemm(false, false, rep, D, S, 1.0f, P.data(), S, Vg, D, 0.0f, yp + (b * H + g * rep) * D, D);
+            }
+        }
+    });
+    return y;
+}
+
 Tensor fused_embedding(const Tensor& weight, const Tensor& ids) {
     auto shape = ids.sizes().vec();
     shape.push_back(weight.size(1));

@@ -8,6 +8,8 @@
 
 #include <torch/types.h>
 
+#include <vector>
+
 namespace distill {
 
 // Whether the fused kernels take x: float32 on the CPU, and not turned off with
@@ -29,6 +31,15 @@ torch::Tensor fused_swiglu(const torch::Tensor& gu);
 // Query head h reads key/value head h / (H / Hkv). Returns (B, T, H*D), ready for o_proj.
 torch::Tensor fused_attention(const torch::Tensor& qkv, const torch::Tensor& cos, const torch::Tensor& sin,
                               int64_t n_head, int64_t n_kv_head);
+
+// One new position for each of B decoding slots (no gradients): q (B, H, 1, D) and k, v
+// (B, Hkv, 1, D), rotary positions already applied; k_cache[b], v_cache[b] (Hkv, capacity, D),
+// float32 and contiguous, hold slot b's first length[b] positions. Writes each slot's new key and
+// value at length[b] and attends over positions 0..length[b]; query head h reads key/value head
+// h / (H / Hkv). Returns (B, H*D). One call in place of a dozen small ops per slot and layer.
+torch::Tensor fused_decode_attention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
+                                     const std::vector<torch::Tensor*>& k_cache,
+                                     const std::vector<torch::Tensor*>& v_cache, const std::vector<int64_t>& length);
 
 // weight (V, C), ids (...) -> (..., C); the backward adds each row's gradient in one pass (libtorch
 // 1.13's CPU embedding backward runs one small op per token).

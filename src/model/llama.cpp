@@ -160,6 +160,16 @@ torch::Tensor AttentionImpl::forward_slots(const torch::Tensor& x, const torch::
     q = apply_rope(q.transpose(1, 2), cos, sin);  // (B, H, 1, D)
     k = apply_rope(k.transpose(1, 2), cos, sin);  // (B, Hkv, 1, D)
     auto v = v_proj(x).view({B, 1, n_kv_head, head_dim}).transpose(1, 2);
+    if (fused_cpu(q) && !torch::GradMode::is_enabled() && fused_cpu(slots[0]->k[layer])) {
+        std::vector<torch::Tensor*> kc, vc;
+        std::vector<int64_t> len;
+        for (SlotCache* s : slots) {
+            kc.push_back(&s->k[layer]);
+            vc.push_back(&s->v[layer]);
+            len.push_back(s->length);
+        }
+        return o_proj(fused_decode_attention(q, k, v, kc, vc, len).view({B, 1, n_head * head_dim}));
+    }
     const int64_t rep = n_head / n_kv_head;
     const double scale = 1.0 / std::sqrt(double(head_dim));
     std::vector<torch::Tensor> ys;

@@ -146,7 +146,9 @@ void Engine::prefill(std::shared_ptr<GenRequest> r) {
     const torch::Device dev = model_->parameters().front().device();
     KVCache cache;
     auto ids = torch::tensor(r->prompt, torch::kInt64).unsqueeze(0).to(dev);
-    torch::Tensor logits = model_->forward(ids, &cache).squeeze(0);  // (T, V)
+    // a prompt that is only scored keeps no cache (and takes the fused cache-free attention)
+    const bool decodes = r->sampling.max_new_tokens > 0;
+    torch::Tensor logits = model_->forward(ids, decodes ? &cache : nullptr).squeeze(0);  // (T, V)
     const bool score_prompt = r->prompt_logprobs && r->on_prompt;
     KVCache plus_cache, minus_cache;
     // float64 on the host: λ·Δ at every position of the prompt (T, V) when it is scored, else at

@@ -23,6 +23,7 @@
 #include "distill/sequences.h"
 #include "io/logit-cache.h"
 #include "model/checkpoint.h"
+#include "model/fused.h"
 #include "model/generate.h"
 #include "serve/engine.h"
 #include "test-server.h"
@@ -105,8 +106,16 @@ int send_raw(int port, const std::string& request) {
 
 }  // namespace
 
-TEST(Serve, DecodeStepMatchesTheSequentialForward) {
+// decode_step (the fused attention kernel on a float32 CPU, the plain tensor ops with fusion off)
+// gives each slot the logits of the one-sequence forward over its cache.
+class DecodeStep : public ::testing::TestWithParam<bool> {};
+
+TEST_P(DecodeStep, MatchesTheSequentialForward) {
     torch::NoGradGuard ng;
+    set_fused_kernels(GetParam());
+    struct Restore {
+        ~Restore() { set_fused_kernels(true); }
+    } restore;
     Llama m(tiny_config(300));
     m->init_weights(3);
     m->eval();
@@ -132,6 +141,9 @@ TEST(Serve, DecodeStepMatchesTheSequentialForward) {
         }
     }
 }
+
+INSTANTIATE_TEST_SUITE_P(Serve, DecodeStep, ::testing::Values(true, false),
+                         [](const ::testing::TestParamInfo<bool>& i) { return i.param ? "Fused" : "TensorOps"; });
 
 TEST(Serve, EngineBatchesConcurrentRequestsAndMatchesGenerate) {
     torch::NoGradGuard ng;
