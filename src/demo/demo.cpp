@@ -123,7 +123,7 @@ TrainOptions train_options(const DemoOptions& o, int64_t steps, const ModelConfi
 // The samples an API dataset holds (read one line at a time).
 int64_t api_sample_count(const std::string& dir) {
     int64_t n = 0;
-    for_each_api_sample(dir, [&](ApiSample&&) { ++n; });
+    for_each_api_sample(dir, [&](ApiSample&&) { ++n; }, ApiFields::kNone);
     return n;
 }
 
@@ -523,11 +523,8 @@ int run_demo(const DemoOptions& o_in) {
         // the clean completions without their log-probs (a sequence-level student: its text only),
         // read one line at a time: with them the dataset is ten times larger as parsed JSON
         std::vector<ApiSample> clean_samples;
-        for_each_api_sample(clean.out, [&](ApiSample&& s) {
-            s.record.erase("logprobs");
-            s.record.erase("prompt_logprobs");
-            clean_samples.push_back(std::move(s));
-        });
+        for_each_api_sample(
+            clean.out, [&](ApiSample&& s) { clean_samples.push_back(std::move(s)); }, ApiFields::kNoLogprobs);
         std::stable_sort(clean_samples.begin(), clean_samples.end(), [](const ApiSample& a, const ApiSample& b) {
             return std::tie(a.prompt_index, a.sample) < std::tie(b.prompt_index, b.sample);
         });

@@ -60,11 +60,19 @@ ApiCaptureResult capture_from_api(const ApiCaptureOptions& opts);
 struct ApiSample {
     int64_t prompt_index = 0, sample = 0;
     nlohmann::json record;
+    uint64_t line_hash = 0;  // XXH3_64 of the line as stored (without its newline)
+};
+// What of each record to build.
+enum class ApiFields {
+    kAll,
+    kNoLogprobs,  // the record without "logprobs" and "prompt_logprobs" (most of a dataset's bytes)
+    kNone,        // prompt_index and sample alone (the rest of the line is still checked to be JSON)
 };
 // Each sample line of a dataset in the order the lines were written (a torn last line ends it),
 // one at a time: neither the file nor its records are held in memory (a dataset with top-20
 // log-probs takes about ten times its size as parsed JSON).
-void for_each_api_sample(const std::string& dir, const std::function<void(ApiSample&&)>& fn);
+void for_each_api_sample(const std::string& dir, const std::function<void(ApiSample&&)>& fn,
+                         ApiFields fields = ApiFields::kAll);
 // The samples of a dataset, ordered by (prompt_index, sample).
 std::vector<ApiSample> read_api_dataset(const std::string& dir);
 

@@ -163,8 +163,7 @@ SequenceSet load_sequences(const std::string& dataset, const Tokenizer& tok, int
     for_each_api_sample(dataset, [&](ApiSample&& s) {
         const json& r = s.record;
         const Key key{s.prompt_index, s.sample};
-        const std::string dump = r.dump();
-        record_hashes.emplace_back(key, XXH3_64bits(dump.data(), dump.size()));
+        record_hashes.emplace_back(key, s.line_hash);
         ++set.samples;
         if (r.contains("usage") && r["usage"].is_object()) set.teacher_tokens += r["usage"].value("total_tokens", int64_t(0));
         SequenceSet::Seq q;

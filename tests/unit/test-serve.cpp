@@ -8,6 +8,7 @@
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <torch/torch.h>
+#include <xxhash.h>
 
 #include <algorithm>
 #include <chrono>
@@ -20,6 +21,7 @@
 #include <regex>
 #include <thread>
 
+#include "distill/api-capture.h"
 #include "distill/sequences.h"
 #include "io/logit-cache.h"
 #include "model/checkpoint.h"
@@ -833,6 +835,39 @@ TEST(ApiCapture, KillNineAndRerunContinuesWithoutLossOrDuplicates) {
     EXPECT_GE(json::parse(read_file(dir + "/summary.json"))["done_before"].get<int>(), 1);
     EXPECT_GE(kills, 1);
     expect_same_dataset(dataset(dir + "/ds"), dataset(dir + "/clean"));
+}
+
+// Reading a dataset back with fewer fields builds records equal to the whole ones less those
+// fields, stops at the same torn last line, and hashes each line as stored.
+TEST(ApiCapture, ReadingWithoutLogprobsLeavesOnlyThoseOut) {
+    const std::string dir = temp_dir("api-fields");
+    std::vector<std::string> lines;
+    for (int i = 0; i < 3; ++i)
+        lines.push_back(json({{"prompt_index", i}, {"sample", 0}, {"text", "t" + std::to_string(i)},
+                              {"logprobs", {{{"token", "a"}, {"logprob", -0.5}, {"top", {{"a", -0.5}, {"b", -1.5}}}}}},
+                              {"prompt_logprobs", {{{"token", "p"}, {"logprob", -2.0}}}},
+                              {"usage", {{"total_tokens", 7 + i}}},
+                              {"nested", {{"logprobs", i}}}})
+                            .dump());
+    write_file_atomic(dir + "/samples.jsonl", lines[0] + "\n" + lines[1] + "\n" + lines[2] + "\n{\"prompt_index\": 3, \"sa");
+    std::vector<ApiSample> all, lean, bare;
+    for_each_api_sample(dir, [&](ApiSample&& s) { all.push_back(std::move(s)); });
+    for_each_api_sample(dir, [&](ApiSample&& s) { lean.push_back(std::move(s)); }, ApiFields::kNoLogprobs);
+    for_each_api_sample(dir, [&](ApiSample&& s) { bare.push_back(std::move(s)); }, ApiFields::kNone);
+    ASSERT_EQ(all.size(), 3u);
+    ASSERT_EQ(lean.size(), 3u);
+    ASSERT_EQ(bare.size(), 3u);
+    for (size_t i = 0; i < 3; ++i) {
+        json want = json::parse(lines[i]);
+        EXPECT_EQ(all[i].record, want);
+        want.erase("logprobs");
+        want.erase("prompt_logprobs");
+        EXPECT_EQ(lean[i].record, want);  // "nested"'s own "logprobs" stays
+        EXPECT_EQ(bare[i].record, json({{"prompt_index", i}, {"sample", 0}}));
+        EXPECT_EQ(bare[i].prompt_index, int64_t(i));
+        for (const auto* s : {&all[i], &lean[i], &bare[i]})
+            EXPECT_EQ(s->line_hash, XXH3_64bits(lines[i].data(), lines[i].size()));
+    }
 }
 
 TEST(ApiCapture, TokenCapAndAnEndpointWithoutLogprobs) {
