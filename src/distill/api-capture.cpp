@@ -524,17 +524,19 @@ void for_each_api_sample(const std::string& dir, const std::function<void(ApiSam
     DISTILL_CHECK(file_exists(path), dir, " has no samples.jsonl: not a dataset from `distill capture --teacher-url`");
     std::ifstream in(path, std::ios::binary);
     DISTILL_CHECK(in.good(), "cannot read ", path);
-    std::string line;
-    while (std::getline(in, line)) {
-        if (line.empty()) continue;
-        // the fields left out are still parsed (the line must be whole JSON) but never built
-        const json::parser_callback_t keep = [fields](int depth, json::parse_event_t event, json& parsed) {
-            if (depth != 1 || event != json::parse_event_t::key || fields == ApiFields::kAll) return true;
+    // the fields left out are still parsed (each line must be whole JSON) but never built
+    json::parser_callback_t keep = nullptr;
+    if (fields != ApiFields::kAll)
+        keep = [fields](int depth, json::parse_event_t event, json& parsed) {
+            if (depth != 1 || event != json::parse_event_t::key) return true;
             const std::string& k = parsed.get_ref<const std::string&>();
             if (fields == ApiFields::kNone) return k == "prompt_index" || k == "sample";
             return k != "logprobs" && k != "prompt_logprobs";
         };
-        json j = json::parse(line, fields == ApiFields::kAll ? nullptr : keep, false);
+    std::string line;
+    while (std::getline(in, line)) {
+        if (line.empty()) continue;
+        json j = json::parse(line, keep, false);
         if (j.is_discarded()) break;  // a torn last line; the next capture run drops it
         ApiSample s;
         s.prompt_index = j.value("prompt_index", int64_t(-1));
