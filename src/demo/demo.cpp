@@ -475,6 +475,12 @@ int run_demo(const DemoOptions& o_in) {
     // completions alone (sequence-level), one on the top-20 log-probs of the prompts (echo) and
     // completions (mixed with cross-entropy on those tokens as the white-box student is with the data).
     json api_report = nullptr, guard_report = nullptr;
+    // the served teacher's decoding slots, and the client's requests in flight: twice as many, so
+    // that the requests held by injected timeouts and Retry-After waits leave the server busy
+    // (measured on the full demo's faults: 26 % less time for the cache's capture, 17 % for the
+    // completions')
+    const int64_t api_slots = o.quick ? 4 : 16;
+    const int64_t api_concurrency = o.quick ? 4 : 32;
 
     // 10. the owner's side (docs/guard.md): the teacher served with a watermark continues the
     // same prompts; a student is trained sequence-level, as the API student above, on completions
@@ -501,7 +507,7 @@ int run_demo(const DemoOptions& o_in) {
             so.model = path_join(run, "teacher/model");
             so.alias = "teacher";
             so.port = 0;
-            so.parallel = std::min<int64_t>(mc.concurrency, 16);
+            so.parallel = api_slots;
             so.watermark = wm;
             so.announce = false;
             ServerThread server(so);
@@ -589,12 +595,6 @@ int run_demo(const DemoOptions& o_in) {
         for (const auto& p : prompts) prompts_text += json({{"prompt", p}}).dump() + "\n";
         const std::string prompts_path = path_join(api_dir, "prompts-" + hash_hex(prompts_text).substr(0, 12) + ".jsonl");
         if (!file_exists(prompts_path)) write_file_atomic(prompts_path, prompts_text);
-        // the server's decoding slots, and the client's requests in flight: twice as many, so that
-        // the requests held by injected timeouts and Retry-After waits leave the server busy
-        // (measured on the full demo's faults: 26 % less time for the cache's capture, 17 % for
-        // the completions')
-        const int64_t slots = o.quick ? 4 : 16;
-        const int64_t concurrency = o.quick ? 4 : 32;
         // the client waits this long before it calls a request timed out; the server holds its
         // injected timeouts a second longer. A served request here takes well under a second.
         const double timeout_s = 3;
@@ -604,7 +604,7 @@ int run_demo(const DemoOptions& o_in) {
             so.model = path_join(run, "teacher/model");
             so.alias = "teacher";
             so.port = 0;
-            so.parallel = slots;
+            so.parallel = api_slots;
             so.fault_rate = o.api_fault_rate;
             so.fault_seed = fault_seed;
             so.fault_delay_s = timeout_s + 1;
@@ -616,7 +616,7 @@ int run_demo(const DemoOptions& o_in) {
         ApiCaptureOptions ac;
         ac.model = "teacher";
         ac.prompts = prompts_path;
-        ac.concurrency = concurrency;
+        ac.concurrency = api_concurrency;
         ac.max_tokens = o.api_max_tokens;
         ac.temperature = 1.0;
         ac.seed = o.seed;
@@ -663,7 +663,7 @@ int run_demo(const DemoOptions& o_in) {
         cc.top_k = 20;
         cc.window = o.seq_len;
         cc.windows_per_request = 4;
-        cc.concurrency = concurrency;
+        cc.concurrency = api_concurrency;
         cc.progress = !Progress::quiet;
         const std::string api_cache_dir =
             path_join(api_dir, "cache-" + hash_hex(str_cat(teacher_fp, shard.info().fingerprint, cc.top_k, cc.window))
