@@ -5,7 +5,12 @@
 //   ce         the demo student (0.89M), cross-entropy (the baseline student's step)
 //   kd-dense   the student from a live teacher: teacher forward (no grad) + forward KL over V
 //   kd-sparse  the student from the teacher's top-32 in a logit cache: (K+1)-bucket forward KL
-//              (distill reads the windows from a real cache on disk; Python gets them in memory)
+//              (distill reads the windows from a real cache on disk; Python gets them in memory).
+//              The cache holds the demo's 7380 windows (115 chunks); each step reads 16 of them
+//              at random, as training does, with the decompressed chunks in memory (as after the
+//              first pass over a cache that fits the reader's budget)
+//   kd-cold    the same with a reader that keeps no chunk: every window decompresses its chunk
+//              (a cache far larger than the reader's memory budget)
 // Then the pretraining step's FLOP rate against this machine's float32 GEMM (torch::mm 2048x2048,
 // measured here), and the KD steps against the student's CE step. In fp32, distill also runs with
 // its fused kernels off (libtorch's own ops, DISTILL_FUSED=0): what the kernels won.
@@ -104,16 +109,26 @@ int main(int argc, char** argv) {
     info.top_k = K;
     info.vocab_size = V;
     info.window = T;
-    info.num_windows = B;
+    // window w holds batch row w % B's top-K, so that a random window of the right residue
+    // belongs to row b
+    const int64_t NW = 7380 / B * B;
+    info.num_windows = NW;
     info.teacher_fingerprint = info.tokenizer_fingerprint = info.data_fingerprint = "bench";
     {
         LogitCacheWriter w(dir + "/cache", info);
         auto i32 = top_ids.to(torch::kInt32).contiguous();
         auto f32 = top_lp.contiguous();
-        for (int64_t b = 0; b < B; ++b) w.append_window(i32[b].data_ptr<int32_t>(), f32[b].data_ptr<float>());
+        for (int64_t n = 0; n < NW; ++n)
+            w.append_window(i32[n % B].data_ptr<int32_t>(), f32[n % B].data_ptr<float>());
         w.finish();
     }
-    LogitCacheReader cache(dir + "/cache");
+    LogitCacheReader cache(dir + "/cache"), cold(dir + "/cache", 0);
+    cache.verify();  // every chunk decompressed once, as after a first pass
+    uint64_t draw = 0x9e3779b97f4a7c15ULL;
+    auto random_window = [&](int64_t b) {  // a window of row b, anywhere in the cache
+        draw = draw * 6364136223846793005ULL + 1442695040888963407ULL;
+        return int64_t((draw >> 33) % uint64_t(NW / B)) * B + b;
+    };
     save_safetensors(dir + "/inputs.safetensors", {{"ids", ids}, {"top_ids", top_ids}, {"top_lp", top_lp}});
 
     // the optimizer of each trained model (the student's is shared by the three student steps)
@@ -126,7 +141,7 @@ int main(int argc, char** argv) {
     auto opt_student = adamw_of(student);
     LossOptions lo;  // forward KL, tau 1
 
-    const std::vector<std::string> modes = {"pretrain", "ce", "kd-dense", "kd-sparse"};
+    const std::vector<std::string> modes = {"pretrain", "ce", "kd-dense", "kd-sparse", "kd-cold"};
     auto step = [&](const std::string& mode) {
         const bool pre = mode == "pretrain";
         Llama& m = pre ? teacher : student;
@@ -147,7 +162,9 @@ int main(int argc, char** argv) {
         } else {
             auto i32 = torch::empty({B, T, K}, torch::kInt32);
             auto lp = torch::empty({B, T, K}, torch::kFloat32);
-            for (int64_t b = 0; b < B; ++b) cache.read_window(b, i32[b].data_ptr<int32_t>(), lp[b].data_ptr<float>());
+            const LogitCacheReader& from = mode == "kd-cold" ? cold : cache;
+            for (int64_t b = 0; b < B; ++b)
+                from.read_window(random_window(b), i32[b].data_ptr<int32_t>(), lp[b].data_ptr<float>());
             loss = loss_sparse(logits, i32.reshape({-1, K}).to(torch::kInt64), lp.reshape({-1, K}), targets, lo);
         }
         loss.backward();
@@ -162,7 +179,7 @@ int main(int argc, char** argv) {
     };
     auto theirs = [&](const std::string& mode, bool bf16) -> double {
         const std::string model = mode == "pretrain" ? "teacher" : "student";
-        const std::string py_mode = mode == "pretrain" ? "ce" : mode == "kd-dense" ? "dense" : mode == "kd-sparse" ? "sparse" : "ce";
+        const std::string py_mode = mode == "pretrain" ? "ce" : mode == "kd-dense" ? "dense" : mode == "kd-sparse" || mode == "kd-cold" ? "sparse" : "ce";
         const std::string cmd = "OMP_NUM_THREADS=" + std::to_string(threads) + " /usr/bin/python3 " +
                                 std::string(DISTILL_SOURCE_DIR) + "/bench/train_step.py " + py_mode + " " +
                                 std::to_string(steps) + " " + std::to_string(warmup) + " " + dir + "/" + model + " " +
@@ -197,7 +214,7 @@ int main(int argc, char** argv) {
     std::printf("float32 GEMM (torch::mm 2048): %.0f GFLOP/s; %d steps a run, median of %d runs a side\n\n", gemm,
                 steps, rounds);
 
-    double pre_fp32_tok_s = 0, ce_tok[2] = {0, 0}, sparse_tok[2] = {0, 0}, dense_tok[2] = {0, 0};
+    double pre_fp32_tok_s = 0, ce_tok[2] = {0, 0}, sparse_tok[2] = {0, 0}, cold_tok[2] = {0, 0}, dense_tok[2] = {0, 0};
     for (Precision prec : precisions) {
         const bool bf16 = prec == Precision::kBFloat16;
         set_train_precision(prec);
@@ -225,6 +242,7 @@ int main(int argc, char** argv) {
             if (mode == "pretrain" && !bf16) pre_fp32_tok_s = us;
             if (mode == "ce") ce_tok[bf16] = us;
             if (mode == "kd-sparse") sparse_tok[bf16] = us;
+            if (mode == "kd-cold") cold_tok[bf16] = us;
             if (mode == "kd-dense") dense_tok[bf16] = us;
         }
         std::printf("\n");
@@ -238,8 +256,8 @@ int main(int argc, char** argv) {
     for (Precision prec : precisions) {
         const int i = prec == Precision::kBFloat16;
         if (ce_tok[i] > 0)
-            std::printf("student KD step / CE step (%s): sparse %.2fx, dense %.2fx the time\n", precision_name(prec),
-                        ce_tok[i] / sparse_tok[i], ce_tok[i] / dense_tok[i]);
+            std::printf("student KD step / CE step (%s): sparse %.2fx (cold %.2fx), dense %.2fx the time\n",
+                        precision_name(prec), ce_tok[i] / sparse_tok[i], ce_tok[i] / cold_tok[i], ce_tok[i] / dense_tok[i]);
     }
     std::printf("\nratio = distill / PyTorch (higher is faster)\n");
     std::system(("rm -rf " + dir).c_str());

@@ -352,13 +352,12 @@ std::vector<uint8_t> encode_payload(const LogitCacheInfo& info, int64_t npos, co
     return out;
 }
 
-// payload -> ids (npos,K) and codes (npos,K+1). `where` names the chunk for errors.
-void decode_payload(const LogitCacheInfo& info, int64_t npos, const std::vector<uint8_t>& payload,
-                    const std::string& where, std::vector<int32_t>* ids,
-                    std::vector<uint8_t>* codes) {
+// payload -> its decompressed streams (id planes, code deltas, rest codes), sizes checked.
+// `where` names the chunk for errors.
+std::array<std::vector<uint8_t>, kNumStreams> decompress_payload(const LogitCacheInfo& info, int64_t npos,
+                                                                 const std::vector<uint8_t>& payload,
+                                                                 const std::string& where) {
     const std::string what = "; run capture again on this cache to rewrite it, or delete it";
-    const int K = info.top_k;
-    const uint64_t items = uint64_t(npos) * K;
     const auto sizes = stream_sizes(info, npos);
     std::array<std::vector<uint8_t>, kNumStreams> raw;
     uint64_t off = 4 * kNumStreams;
@@ -383,21 +382,32 @@ void decode_payload(const LogitCacheInfo& info, int64_t npos, const std::vector<
     }
     DISTILL_CHECK(off == payload.size(), where, ": ", payload.size() - off,
                   " unexpected bytes after the streams", what);
-    ids->assign(items, 0);
+    return raw;
+}
+
+// Positions [t0, t1) of decompressed streams -> ids (t1-t0, K) and codes (t1-t0, K+1), each
+// checked: an id below vocab_size, a running code within the grid.
+void decode_positions(const LogitCacheInfo& info, const std::array<std::vector<uint8_t>, kNumStreams>& raw,
+                      int64_t t0, int64_t t1, const std::string& where, int32_t* ids, uint8_t* codes) {
+    const std::string what = "; run capture again on this cache to rewrite it, or delete it";
+    const int K = info.top_k;
+    const uint64_t i0 = uint64_t(t0) * K, items = uint64_t(t1 - t0) * K;
+    std::fill(ids, ids + items, 0);
     for (int j = 0; j < num_planes(info.vocab_size); ++j) {
-        const bool packed = plane_packed(info.vocab_size, j);
-        for (uint64_t i = 0; i < items; ++i) {
-            uint32_t b = packed ? (raw[j][i / 2] >> (4 * (i & 1))) & 0xF : raw[j][i];
-            (*ids)[i] |= int32_t(b << (8 * j));
+        const uint8_t* plane = raw[j].data();
+        if (plane_packed(info.vocab_size, j)) {
+            for (uint64_t i = 0; i < items; ++i)
+                ids[i] |= int32_t(((plane[(i0 + i) / 2] >> (4 * ((i0 + i) & 1))) & 0xF) << (8 * j));
+        } else {
+            for (uint64_t i = 0; i < items; ++i) ids[i] |= int32_t(uint32_t(plane[i0 + i]) << (8 * j));
         }
     }
     for (uint64_t i = 0; i < items; ++i)
-        DISTILL_CHECK((*ids)[i] < info.vocab_size, where, ": token id ", (*ids)[i],
-                      " >= vocab_size ", info.vocab_size, what);
-    codes->resize(uint64_t(npos) * (K + 1));
-    for (int64_t t = 0; t < npos; ++t) {
+        DISTILL_CHECK(ids[i] < info.vocab_size, where, ": token id ", ids[i], " >= vocab_size ",
+                      info.vocab_size, what);
+    for (int64_t t = t0; t < t1; ++t) {
         const uint8_t* d = raw[3].data() + t * K;
-        uint8_t* c = codes->data() + t * (K + 1);
+        uint8_t* c = codes + (t - t0) * (K + 1);
         int acc = 0;
         for (int k = 0; k < K; ++k) {
             acc += d[k];
@@ -660,8 +670,7 @@ void LogitCacheWriter::finish() {
 // ---------------------------------------------------------------------------------------------
 // Reader
 
-LogitCacheReader::LogitCacheReader(const std::string& path, int cached_chunks)
-    : cached_chunks_(std::max(1, cached_chunks)) {
+LogitCacheReader::LogitCacheReader(const std::string& path, uint64_t cache_bytes) : cache_bytes_(cache_bytes) {
     dir_ = path;
     if (file_exists(path)) {  // header.json or data.bin named directly
         auto slash = path.find_last_of('/');
@@ -707,7 +716,13 @@ LogitCacheReader::~LogitCacheReader() {
     if (fd_ >= 0) ::close(fd_);
 }
 
-std::shared_ptr<const LogitCacheReader::Decoded> LogitCacheReader::decode_chunk(int64_t ci) const {
+std::string LogitCacheReader::chunk_where(int64_t ci) const {
+    const Chunk& c = chunks_[size_t(ci)];
+    return str_cat("logit cache '", data_path_, "' chunk ", ci, " (offset ", c.offset, ", windows ", c.first_window,
+                   "..", c.first_window + c.num_windows - 1, ")");
+}
+
+std::shared_ptr<const LogitCacheReader::Streams> LogitCacheReader::chunk_streams(int64_t ci) const {
     {
         std::lock_guard<std::mutex> lock(mu_);
         for (size_t i = 0; i < lru_.size(); ++i) {
@@ -720,31 +735,36 @@ std::shared_ptr<const LogitCacheReader::Decoded> LogitCacheReader::decode_chunk(
         }
     }
     const Chunk& c = chunks_[size_t(ci)];
-    const std::string where =
-        str_cat("logit cache '", data_path_, "' chunk ", ci, " (offset ", c.offset, ", windows ",
-                c.first_window, "..", c.first_window + c.num_windows - 1, ")");
     uint8_t h[kChunkHeaderBytes];
     pread_all(fd_, h, kChunkHeaderBytes, c.offset, data_path_);
     std::vector<uint8_t> payload(c.payload_bytes);
     pread_all(fd_, payload.data(), payload.size(), c.offset + kChunkHeaderBytes, data_path_);
-    DISTILL_CHECK(chunk_checksum(h, payload) == get_u64(h + 24), where,
+    DISTILL_CHECK(chunk_checksum(h, payload) == get_u64(h + 24), chunk_where(ci),
                   ": checksum mismatch (the file is corrupt). Delete the cache and run capture "
                   "again");
-    const int64_t npos = c.num_windows * info_.window;
-    const int K = info_.top_k;
-    std::vector<uint8_t> codes;
-    auto d = std::make_shared<Decoded>();
+    auto d = std::make_shared<Streams>();
     d->chunk = ci;
-    decode_payload(info_, npos, payload, where, &d->ids, &codes);
-    d->logprobs.resize(size_t(npos) * K);
-    for (int64_t t = 0; t < npos; ++t)
-        dequantize_position(codes.data() + t * (K + 1), K, d->logprobs.data() + t * K, where);
+    d->raw = decompress_payload(info_, c.num_windows * info_.window, payload, chunk_where(ci));
+    for (const auto& r : d->raw) d->bytes += r.size();
     std::lock_guard<std::mutex> lock(mu_);
     for (const auto& e : lru_)
         if (e->chunk == ci) return e;  // another thread decoded it meanwhile
     lru_.insert(lru_.begin(), d);
-    if (int(lru_.size()) > cached_chunks_) lru_.pop_back();
+    lru_bytes_ += d->bytes;
+    while (lru_.size() > 1 && lru_bytes_ > cache_bytes_) {
+        lru_bytes_ -= lru_.back()->bytes;
+        lru_.pop_back();
+    }
     return d;
+}
+
+void LogitCacheReader::decode_window(const Streams& s, int64_t t0, int32_t* ids, float* logprobs) const {
+    const int64_t T = info_.window;
+    const int K = info_.top_k;
+    std::vector<uint8_t> codes(size_t(T) * (K + 1));
+    const std::string where = chunk_where(s.chunk);
+    decode_positions(info_, s.raw, t0, t0 + T, where, ids, codes.data());
+    for (int64_t t = 0; t < T; ++t) dequantize_position(codes.data() + t * (K + 1), K, logprobs + t * K, where);
 }
 
 void LogitCacheReader::read_window(int64_t w, int32_t* ids, float* logprobs) const {
@@ -754,15 +774,20 @@ void LogitCacheReader::read_window(int64_t w, int32_t* ids, float* logprobs) con
     auto it = std::upper_bound(chunks_.begin(), chunks_.end(), w,
                                [](int64_t v, const Chunk& c) { return v < c.first_window; });
     const int64_t ci = int64_t(it - chunks_.begin()) - 1;
-    auto d = decode_chunk(ci);
-    const size_t n = size_t(info_.window) * info_.top_k;
-    const size_t off = size_t(w - chunks_[size_t(ci)].first_window) * n;
-    std::memcpy(ids, d->ids.data() + off, n * sizeof(int32_t));
-    std::memcpy(logprobs, d->logprobs.data() + off, n * sizeof(float));
+    // only this window's positions are decoded: a chunk holds about 64 windows, and training
+    // reads them in random order
+    decode_window(*chunk_streams(ci), (w - chunks_[size_t(ci)].first_window) * info_.window, ids, logprobs);
 }
 
 void LogitCacheReader::verify() const {
-    for (int64_t c = 0; c < num_chunks(); ++c) decode_chunk(c);
+    const size_t n = size_t(info_.window) * info_.top_k;
+    std::vector<int32_t> ids(n);
+    std::vector<float> lp(n);
+    for (int64_t c = 0; c < num_chunks(); ++c) {
+        auto s = chunk_streams(c);
+        for (int64_t w = 0; w < chunks_[size_t(c)].num_windows; ++w)
+            decode_window(*s, w * info_.window, ids.data(), lp.data());
+    }
 }
 
 double LogitCacheReader::bytes_per_position() const {

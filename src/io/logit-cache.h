@@ -11,6 +11,7 @@
 // and windows_done() says where to continue. Plain arrays only (no libtorch) so it compiles fast.
 #pragma once
 
+#include <array>
 #include <cstdint>
 #include <memory>
 #include <mutex>
@@ -90,7 +91,9 @@ class LogitCacheReader {
   public:
     // Opens `dir` (or its header.json/data.bin). Validates header, file header and every chunk
     // header (not the checksums: those are verified when a chunk is first decoded, or by verify()).
-    explicit LogitCacheReader(const std::string& dir, int cached_chunks = 4);
+    // Up to `cache_bytes` of decompressed chunks stay in memory (least recently used out first;
+    // the demo's top-32 cache needs about 80 MB in all, 81 bytes a position at a 4096 vocabulary).
+    explicit LogitCacheReader(const std::string& dir, uint64_t cache_bytes = uint64_t(256) << 20);
     ~LogitCacheReader();
     LogitCacheReader(const LogitCacheReader&) = delete;
     LogitCacheReader& operator=(const LogitCacheReader&) = delete;
@@ -115,12 +118,15 @@ class LogitCacheReader {
         int64_t first_window, num_windows;
         uint64_t offset, payload_bytes;
     };
-    struct Decoded {
+    struct Streams {  // a chunk's payload decompressed: id planes, code deltas, rest codes
         int64_t chunk = -1;
-        std::vector<int32_t> ids;
-        std::vector<float> logprobs;
+        std::array<std::vector<uint8_t>, 5> raw;
+        uint64_t bytes = 0;
     };
-    std::shared_ptr<const Decoded> decode_chunk(int64_t c) const;
+    std::shared_ptr<const Streams> chunk_streams(int64_t c) const;
+    // the window starting at position t0 of a chunk -> ids and log-probs (T,K)
+    void decode_window(const Streams& s, int64_t t0, int32_t* ids, float* logprobs) const;
+    std::string chunk_where(int64_t c) const;  // names the chunk in errors
 
     std::string dir_, data_path_;
     LogitCacheInfo info_;
@@ -128,9 +134,10 @@ class LogitCacheReader {
     uint64_t data_bytes_ = 0;
     int64_t num_windows_ = 0;
     std::vector<Chunk> chunks_;
-    int cached_chunks_;
+    uint64_t cache_bytes_;
     mutable std::mutex mu_;
-    mutable std::vector<std::shared_ptr<const Decoded>> lru_;  // most recent first
+    mutable std::vector<std::shared_ptr<const Streams>> lru_;  // most recent first
+    mutable uint64_t lru_bytes_ = 0;
 };
 
 }  // namespace distill

@@ -721,7 +721,7 @@ TEST(LogitCache, ConcurrentRandomReads) {
         w.finish();
     }
     const Contents want = read_all(dir);
-    LogitCacheReader r(dir, 2);
+    LogitCacheReader r(dir, 2500);  // about two chunks decompressed (1008 bytes each)
     std::vector<int> bad(4, 0);
     std::vector<std::thread> threads;
     for (int th = 0; th < 4; ++th) {
