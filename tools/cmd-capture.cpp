@@ -31,6 +31,8 @@ int run_api_cache(Options& o, bool top_given, bool batch_given) {
     DISTILL_USAGE(!o.tokenizer.empty(), "--teacher-url with --data needs --tokenizer (the shard's, which the API's "
                   "model must use)");
     DISTILL_USAGE(!a.score_prompts, "--score-prompts is for --prompts; with --data every position is scored");
+    DISTILL_USAGE(!top_given || o.capture.top_k >= 1, "--top-logprobs 0 keeps no log-probs: a logit cache needs at "
+                  "least 1 a position");
     ApiCacheOptions c;
     c.remote.url = a.url;
     c.remote.model = a.model;
@@ -62,6 +64,8 @@ int run_api(Options& o, bool top_given) {
                   "--data SHARD --tokenizer T (the shard's windows into a logit cache)");
     a.out = o.out;
     a.top_logprobs = top_given ? o.capture.top_k : 20;  // the OpenAI API's cap
+    DISTILL_USAGE(a.top_logprobs >= 1 || !a.score_prompts, "--score-prompts keeps the prompts' log-probs: it needs "
+                  "--top-logprobs 1 or more");
     if (const char* k = std::getenv(o.api_key_env.c_str())) a.api_key = k;
     a.progress = !Progress::quiet;
     ApiCaptureResult r = capture_from_api(a);
@@ -84,8 +88,10 @@ Command add_capture(CLI::App& app) {
     c->add_option("--teacher", o->teacher, "the teacher: a model directory or a .gguf file");
     c->add_option("--data", o->data, "token shard prefix (from `distill prepare`)");
     c->add_option("-o,--out", o->out, "cache directory (created, or resumed)")->required();
-    c->add_option("--top-logprobs", cap.top_k, "log-probs stored per position (the teacher's top K)")
-        ->check(in_range(1, 1024))->capture_default_str();
+    c->add_option("--top-logprobs", cap.top_k,
+                  "log-probs stored per position (the teacher's top K; with --teacher-url and --prompts, default 20, "
+                  "and 0 keeps the completions' text only)")
+        ->check(in_range(0, 1024))->capture_default_str();
     add_seq_len(c, cap.window, "positions per window (= the students' --seq-len)");
     add_batch_size(c, cap.batch, "windows per teacher forward (with --teacher-url and --data: per request, default 4)");
     c->add_option("--max-windows", cap.max_windows, "capture only the first N windows (0 = all)")
@@ -146,6 +152,8 @@ Command add_capture(CLI::App& app) {
                               "(a local teacher already scores every position of --data)");
                 DISTILL_USAGE(!o->teacher.empty() && !o->data.empty(),
                               "capture needs --teacher and --data (a local teacher), or --teacher-url and --prompts");
+                DISTILL_USAGE(o->capture.top_k >= 1, "--top-logprobs 0 keeps no log-probs: a logit cache needs at "
+                              "least 1 a position");
                 LoadedModel t = load_model_for_inference(o->teacher);
                 DISTILL_CHECK(t.has_tokenizer, o->teacher, " has no tokenizer");
                 TokenShard shard(o->data);

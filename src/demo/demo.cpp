@@ -496,9 +496,7 @@ int run_demo(const DemoOptions& o_in) {
         if (!file_exists(key_path)) write_file_atomic(key_path, str_cat("distill demo watermark key, seed ", o.seed, "\n"));
         WatermarkOptions wm;
         wm.key = watermark_key_file(key_path);
-        ApiCaptureOptions mc = clean;
-        mc.top_logprobs = 0;  // only the completions are used
-        mc.score_prompts = false;
+        ApiCaptureOptions mc = clean;  // the same requests (text only), to a watermarking server
         mc.out = path_join(guard_dir, "marked-" + hash_hex(str_cat(teacher_fp, hash_hex(prompts_text), mc.max_tokens,
                                                                     mc.seed, watermark_key_id_hex(wm.key), wm.gamma,
                                                                     wm.delta, wm.context)).substr(0, 12));
@@ -519,6 +517,7 @@ int run_demo(const DemoOptions& o_in) {
             DISTILL_CHECK(r.failed == 0 && r.written + r.done_before == r.total, "the watermarked capture left ", r.failed,
                           " samples failed; run the demo again to retry them");
         }
+        stage_done("guard capture");
         // prompt p carries its watermarked completion when (p * 7919) % 1000 < 1000 * fraction
         const int64_t per_mille = std::lround(1000 * o.guard_fraction);
         std::map<int64_t, json> marked;
@@ -620,7 +619,9 @@ int run_demo(const DemoOptions& o_in) {
         ac.max_tokens = o.api_max_tokens;
         ac.temperature = 1.0;
         ac.seed = o.seed;
-        ac.top_logprobs = 20;
+        // text only: the sequence-level student learns the completions, and the top-20 student
+        // learns from the cache below (top-20 log-probs here made the dataset 187 MB instead of 2)
+        ac.top_logprobs = 0;
         ac.timeout_s = timeout_s;
         ac.backoff_s = 0.05;
         ac.backoff_max_s = 2;
@@ -635,8 +636,7 @@ int run_demo(const DemoOptions& o_in) {
             auto server = serve_faulty(o.seed);
             ac.url = server->base_url();
             log_info(str_cat("teacher served at ", ac.url, " with faults on ", o.api_fault_rate * 100,
-                             "% of requests; capturing ", prompts.size(), " completions of ", ac.max_tokens,
-                             " tokens with their top-", ac.top_logprobs, " log-probs"));
+                             "% of requests; capturing ", prompts.size(), " completions of ", ac.max_tokens, " tokens"));
             const ApiCaptureResult capres = capture_from_api(ac);
             server->stop();
             DISTILL_CHECK(capres.failed == 0 && capres.written + capres.done_before == capres.total, "the capture through the API ",
@@ -650,6 +650,7 @@ int run_demo(const DemoOptions& o_in) {
         const SequenceSet set = load_sequences(ac.out, tok, st.seq_len);
         log_info(str_cat("API dataset: ", set.samples, " samples, ", set.completion_tokens, " completion tokens; the API ",
                          "reported ", set.teacher_tokens, " tokens"));
+        stage_done("api completions");
 
         // (b) the teacher's top-20 on every training window through the same API (echo, logprobs
         // 20, max_tokens 0; faults again), into a logit cache for the top-20 student
@@ -686,6 +687,7 @@ int run_demo(const DemoOptions& o_in) {
         }
         LogitCacheReader api_cache(api_cache_dir);
         check_cache_fits(api_cache, tok.fingerprint(), sizes.student.vocab_size, shard, st.seq_len);
+        stage_done("api cache");
 
         std::vector<json> api_rows;
         {

@@ -962,10 +962,10 @@ bool Server::inject_fault(const httplib::Request& req, httplib::Response& res,
     } else if (kind == "429") {
         send_error(res, ApiError(429, "injected fault: rate limited", "requests", "", "rate_limit_exceeded"));
         res.set_header("Retry-After", "1");
-    } else if (kind == "timeout") {
-        std::this_thread::sleep_for(std::chrono::duration<double>(o_.fault_delay_s));
-        return false;  // then answered normally, after the client gave up
-    } else if (kind == "reset") {
+    } else if (kind == "timeout" || kind == "reset") {
+        // a hung request: held past the client's timeout, then closed unanswered (an answer
+        // computed for a client that has given up would only take a slot from the others)
+        if (kind == "timeout") std::this_thread::sleep_for(std::chrono::duration<double>(o_.fault_delay_s));
         // headers promise a body, then the connection closes
         res.set_content_provider(4096, "application/json", [](size_t, size_t, httplib::DataSink&) { return false; });
     } else {

@@ -910,6 +910,33 @@ TEST(ApiCapture, TokenCapAndAnEndpointWithoutLogprobs) {
     EXPECT_LE(given_up, 5);
 }
 
+// --top-logprobs 0: the completions' text only (what a sequence-level student needs), the same
+// samples as a capture that asks for log-probs, without them
+TEST(ApiCapture, TopLogprobsZeroKeepsTheTextOnly) {
+    const std::string dir = temp_dir("api-capture-text");
+    const std::string prompts = write_prompts(dir, 12);
+    TinyServer s({"--parallel", "2"});
+    const std::string common =
+        "capture --teacher-url " + s.base_url() + " --prompts " + prompts + " --concurrency 2 --max-tokens 8 --seed 5";
+    ASSERT_EQ(run_distill(common + " -o " + dir + "/with"), 0);
+    ASSERT_EQ(run_distill(common + " --top-logprobs 0 -o " + dir + "/text", dir + "/summary.json"), 0);
+    EXPECT_FALSE(json::parse(read_file(dir + "/summary.json"))["logprobs"].get<bool>());
+    const auto with = dataset(dir + "/with"), text = dataset(dir + "/text");
+    ASSERT_EQ(with.size(), 12u);
+    ASSERT_EQ(text.size(), with.size());
+    for (const auto& [k, v] : text) {
+        EXPECT_TRUE(v["logprobs"].is_null()) << v.dump();
+        EXPECT_TRUE(with.at(k)["logprobs"].is_object() || with.at(k)["logprobs"].is_array()) << with.at(k).dump();
+        EXPECT_EQ(v["text"], with.at(k)["text"]);
+        EXPECT_EQ(v["usage"], with.at(k)["usage"]);
+    }
+    // no log-probs where they are the point: a usage error
+    EXPECT_EQ(run_distill(common + " --top-logprobs 0 --score-prompts -o " + dir + "/x"), 2);
+    EXPECT_EQ(run_distill("capture --teacher " + dir + "/nowhere --data " + dir + "/nowhere --top-logprobs 0 -o " + dir +
+                          "/y"),
+              2);
+}
+
 namespace {
 
 // A fixed tiny student and one-sequence micro-batches, as the sequence-loss tests draw them.
