@@ -193,35 +193,50 @@ BpbResult eval_bpb(Llama& model, const Tokenizer& tokenizer, const std::string& 
     return r;
 }
 
-CompareResult eval_compare(Llama& teacher, Llama& student, const std::vector<int64_t>& ids,
-                           const WindowOptions& opts) {
-    DISTILL_CHECK(teacher->config().vocab_size == student->config().vocab_size,
-                  "teacher and student vocabularies differ (", teacher->config().vocab_size, " vs ",
-                  student->config().vocab_size, "): compare needs the same tokenizer");
+std::vector<CompareResult> eval_compare_many(Llama& teacher, const std::vector<Llama*>& students,
+                                             const std::vector<int64_t>& ids, const WindowOptions& opts) {
     check_window_options(teacher, opts);
-    check_window_options(student, opts);
-    CompareResult r;
+    const torch::Device dev = teacher->parameters().front().device();
+    for (Llama* student : students) {
+        DISTILL_CHECK(teacher->config().vocab_size == (*student)->config().vocab_size,
+                      "teacher and student vocabularies differ (", teacher->config().vocab_size, " vs ",
+                      (*student)->config().vocab_size, "): compare needs the same tokenizer");
+        check_window_options(*student, opts);
+        DISTILL_CHECK((*student)->parameters().front().device() == dev, "teacher and student are on different devices");
+    }
+    std::vector<CompareResult> r(students.size());
     const int64_t N = static_cast<int64_t>(ids.size());
-    if (N < 2) return r;
+    if (N < 2 || students.empty()) return r;
     const auto wins = plan_windows(N, opts);
     c10::InferenceMode im;
-    const torch::Device dev = teacher->parameters().front().device();
-    DISTILL_CHECK(student->parameters().front().device() == dev, "teacher and student are on different devices");
     auto ids_t = torch::tensor(ids, torch::kInt64).to(dev);
-    auto acc = torch::zeros({2}, torch::TensorOptions().dtype(torch::kFloat64).device(dev));  // agree, kl
+    // per student: agree, kl
+    auto acc = torch::zeros({int64_t(students.size()), 2}, torch::TensorOptions().dtype(torch::kFloat64).device(dev));
+    int64_t positions = 0;
     for_each_batch(wins, ids_t, opts, "", [&](size_t i, size_t j, const torch::Tensor& batch) {
         const ScoredRows s = scored_rows(wins, i, j, ids_t);
-        auto p = torch::log_softmax(logits_at(teacher, batch, s.rows), -1);  // (n, V)
-        auto q = torch::log_softmax(logits_at(student, batch, s.rows), -1);
-        acc[0] += (p.argmax(-1) == q.argmax(-1)).sum().to(torch::kFloat64);
-        acc[1] += (p.exp() * (p - q)).sum().to(torch::kFloat64);
-        r.positions += p.size(0);
+        auto p = torch::log_softmax(logits_at(teacher, batch, s.rows), -1);  // (n, V), once for all students
+        auto p_top = p.argmax(-1), p_prob = p.exp();
+        for (size_t k = 0; k < students.size(); ++k) {
+            auto q = torch::log_softmax(logits_at(*students[k], batch, s.rows), -1);
+            acc[int64_t(k)][0] += (p_top == q.argmax(-1)).sum().to(torch::kFloat64);
+            acc[int64_t(k)][1] += (p_prob * (p - q)).sum().to(torch::kFloat64);
+        }
+        positions += p.size(0);
     });
     auto host = acc.to(torch::kCPU);
-    const double agree = host[0].item<double>(), kl = host[1].item<double>();
-    r.top1_agreement = r.positions ? agree / r.positions : 0;
-    r.kl_to_teacher = r.positions ? kl / r.positions : 0;
+    for (size_t k = 0; k < students.size(); ++k) {
+        const double agree = host[int64_t(k)][0].item<double>(), kl = host[int64_t(k)][1].item<double>();
+        r[k].positions = positions;
+        r[k].top1_agreement = positions ? agree / positions : 0;
+        r[k].kl_to_teacher = positions ? kl / positions : 0;
+    }
     return r;
+}
+
+CompareResult eval_compare(Llama& teacher, Llama& student, const std::vector<int64_t>& ids,
+                           const WindowOptions& opts) {
+    return eval_compare_many(teacher, {&student}, ids, opts)[0];
 }
 
 }  // namespace distill

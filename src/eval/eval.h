@@ -78,6 +78,10 @@ struct CompareResult {
 // Teacher vs student on the same tokens (same tokenizer required).
 CompareResult eval_compare(Llama& teacher, Llama& student, const std::vector<int64_t>& ids,
                            const WindowOptions& opts);
+// The same for several students in one pass: the teacher's forward is shared, and each student's
+// figures are those eval_compare gives it alone.
+std::vector<CompareResult> eval_compare_many(Llama& teacher, const std::vector<Llama*>& students,
+                                             const std::vector<int64_t>& ids, const WindowOptions& opts);
 
 // ids of `text` with BOS in front when the tokenizer has one.
 std::vector<int64_t> encode_for_eval(const Tokenizer& tokenizer, const std::string& text);

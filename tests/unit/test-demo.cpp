@@ -175,10 +175,10 @@ TEST(Demo, QuickRunWritesReportAndIsReused) {
 
     // stage times: every stage named once, in order, each within the run's wall time; the re-run
     // reused the teacher, so its teacher stage took far less than the first run's
-    const std::vector<std::string> stages = {"corpus",          "tokenizer", "token shard",  "teacher",
-                                             "teacher eval",    "capture",   "students",     "api completions",
+    const std::vector<std::string> stages = {"corpus",          "tokenizer",    "token shard",   "teacher",
+                                             "teacher eval",    "capture",      "students",      "api completions",
                                              "api cache",       "api students", "guard capture", "guard",
-                                             "sample"};
+                                             "compare",         "sample"};
     for (const json* rep : {&r, &r2}) {
         ASSERT_TRUE((*rep)["stage_seconds"].is_array());
         ASSERT_EQ((*rep)["stage_seconds"].size(), stages.size());

@@ -279,6 +279,16 @@ TEST(Eval, AgreementAcrossTokenizers) {
     LoadedModel s2 = load_model_dir(make_model(d + "/same/model", 300, 9));
     auto ids = encode_for_eval(t.tokenizer, text);
     auto full = eval_compare(t.model, s2.model, ids, w);
+    // several students in one pass (the teacher's forward shared): each gets what it gets alone
+    LoadedModel t2 = load_model_dir(f.model);
+    const auto many = eval_compare_many(t.model, {&s2.model, &t2.model}, ids, w);
+    ASSERT_EQ(many.size(), 2u);
+    EXPECT_EQ(many[0].positions, full.positions);
+    EXPECT_EQ(many[0].top1_agreement, full.top1_agreement);
+    EXPECT_EQ(many[0].kl_to_teacher, full.kl_to_teacher);
+    EXPECT_EQ(many[1].top1_agreement, 1.0);  // the teacher beside itself
+    EXPECT_NEAR(many[1].kl_to_teacher, 0.0, 1e-9);
+    EXPECT_GT(full.kl_to_teacher, 1e-3);
     auto cross = compare_across_tokenizers(t.tokenizer, ids, score_tokens(t.model, ids, w), s2.tokenizer, ids,
                                            score_tokens(s2.model, ids, w));
     EXPECT_EQ(cross.positions, full.positions);
