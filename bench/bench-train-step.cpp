@@ -6,7 +6,7 @@
 //   kd-dense   the student from a live teacher: teacher forward (no grad) + forward KL over V
 //   kd-sparse  the student from the teacher's top-32 in a logit cache: (K+1)-bucket forward KL
 //              (distill reads the windows from a real cache on disk; Python gets them in memory).
-//              The cache holds the demo's 7380 windows (115 chunks); each step reads 16 of them
+//              The cache holds 7376 windows (the demo's size; 461 chunks of 16); each step reads 16 of them
 //              at random, as training does, with the decompressed chunks in memory (as after the
 //              first pass over a cache that fits the reader's budget)
 //   kd-cold    the same with a reader that keeps no chunk: every window decompresses its chunk
@@ -109,8 +109,9 @@ int main(int argc, char** argv) {
     info.top_k = K;
     info.vocab_size = V;
     info.window = T;
-    // window w holds batch row w % B's top-K, so that a random window of the right residue
-    // belongs to row b
+    // window w holds batch row w % B's top-K with its ids rotated by w (so that no two windows
+    // are alike, as in a real cache: zstd would otherwise make every chunk nearly free to
+    // decompress), and a random window of residue b stands for row b
     const int64_t NW = 7380 / B * B;
     info.num_windows = NW;
     info.teacher_fingerprint = info.tokenizer_fingerprint = info.data_fingerprint = "bench";
@@ -118,8 +119,12 @@ int main(int argc, char** argv) {
         LogitCacheWriter w(dir + "/cache", info);
         auto i32 = top_ids.to(torch::kInt32).contiguous();
         auto f32 = top_lp.contiguous();
-        for (int64_t n = 0; n < NW; ++n)
-            w.append_window(i32[n % B].data_ptr<int32_t>(), f32[n % B].data_ptr<float>());
+        std::vector<int32_t> rotated(size_t(T * K));
+        for (int64_t n = 0; n < NW; ++n) {
+            const int32_t* ids_of_row = i32[n % B].data_ptr<int32_t>();
+            for (size_t i = 0; i < rotated.size(); ++i) rotated[i] = int32_t((ids_of_row[i] + 7919 * n) % V);
+            w.append_window(rotated.data(), f32[n % B].data_ptr<float>());
+        }
         w.finish();
     }
     LogitCacheReader cache(dir + "/cache"), cold(dir + "/cache", 0);

@@ -36,7 +36,7 @@ struct LogitCacheInfo {
 };
 
 struct LogitCacheOptions {
-    int windows_per_chunk = 0;  // 0: about 8192 positions a chunk (at least one window)
+    int windows_per_chunk = 0;  // 0: about 2048 positions a chunk (at least one window)
     int zstd_level = 9;         // 1..19; 9 measured ~2% larger than 19, several times faster
 };
 

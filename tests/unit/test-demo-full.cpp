@@ -1,4 +1,4 @@
-// `distill demo` at full size (label `slow`, about 13 minutes on 2 cores; not in the default
+// `distill demo` at full size (label `slow`, about 9 to 10 minutes on 2 cores; not in the default
 // suite): the distilled student must beat the same student trained without a teacher, by margins
 // set from the measured run in docs/demo.md (held-out bpb 1.893 vs 1.942, KL to the teacher 0.213
 // vs 0.330, top-1 agreement 0.712 vs 0.636).
