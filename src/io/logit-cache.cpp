@@ -728,13 +728,10 @@ std::string LogitCacheReader::chunk_where(int64_t ci) const {
 std::shared_ptr<const LogitCacheReader::Streams> LogitCacheReader::chunk_streams(int64_t ci) const {
     {
         std::lock_guard<std::mutex> lock(mu_);
-        for (size_t i = 0; i < lru_.size(); ++i) {
-            if (lru_[i]->chunk == ci) {
-                auto d = lru_[i];
-                lru_.erase(lru_.begin() + long(i));
-                lru_.insert(lru_.begin(), d);
-                return d;
-            }
+        const auto at = lru_index_.find(ci);
+        if (at != lru_index_.end()) {
+            lru_.splice(lru_.begin(), lru_, at->second);  // most recent first
+            return *at->second;
         }
     }
     const Chunk& c = chunks_[size_t(ci)];
@@ -750,12 +747,14 @@ std::shared_ptr<const LogitCacheReader::Streams> LogitCacheReader::chunk_streams
     d->raw = decompress_payload(info_, c.num_windows * info_.window, payload, chunk_where(ci));
     for (const auto& r : d->raw) d->bytes += r.size();
     std::lock_guard<std::mutex> lock(mu_);
-    for (const auto& e : lru_)
-        if (e->chunk == ci) return e;  // another thread decoded it meanwhile
-    lru_.insert(lru_.begin(), d);
+    const auto at = lru_index_.find(ci);
+    if (at != lru_index_.end()) return *at->second;  // another thread decoded it meanwhile
+    lru_.push_front(d);
+    lru_index_[ci] = lru_.begin();
     lru_bytes_ += d->bytes;
     while (lru_.size() > 1 && lru_bytes_ > cache_bytes_) {
         lru_bytes_ -= lru_.back()->bytes;
+        lru_index_.erase(lru_.back()->chunk);
         lru_.pop_back();
     }
     return d;

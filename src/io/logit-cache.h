@@ -13,9 +13,11 @@
 
 #include <array>
 #include <cstdint>
+#include <list>
 #include <memory>
 #include <mutex>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 namespace distill {
@@ -136,7 +138,8 @@ class LogitCacheReader {
     std::vector<Chunk> chunks_;
     uint64_t cache_bytes_;
     mutable std::mutex mu_;
-    mutable std::vector<std::shared_ptr<const Streams>> lru_;  // most recent first
+    mutable std::list<std::shared_ptr<const Streams>> lru_;  // most recent first
+    mutable std::unordered_map<int64_t, std::list<std::shared_ptr<const Streams>>::iterator> lru_index_;
     mutable uint64_t lru_bytes_ = 0;
 };
 
