@@ -370,7 +370,7 @@ int run_demo(const DemoOptions& o_in) {
                                   auto b = eval_bpb(model, tok, heldout_text, wopts, "eval " + name);
                                   return json{{"bpb", b.bits_per_byte}};
                               });
-        json row = {{"name", name},
+        return json{{"name", name},
                     {"params", sizes.student.num_params()},
                     {"bpb", ev["bpb"]},
                     {"top1_agreement", ev.value("top1_agreement", json())},
@@ -380,7 +380,6 @@ int run_demo(const DemoOptions& o_in) {
                     {"loss", loss_kind_name(loss.kind)},
                     {"seed", seed},
                     {"run_dir", dir}};
-        return row;
     };
     // a student on the training shard: distilled from a logit cache (the white-box one, or one
     // captured through the API: `from`, named `from_name`), or the baseline (no teacher)
@@ -460,8 +459,8 @@ int run_demo(const DemoOptions& o_in) {
     // 9. the teacher through its API: served on loopback with faults injected into a quarter of
     // the requests, asked to continue passages cut from the training novels, and two students
     // trained on what it returned with the same steps and seed as the pair above: one on the
-    // completions alone (sequence-level), one on the top-20 log-probs of the prompts (echo) and
-    // completions (mixed with cross-entropy on those tokens as the white-box student is with the data).
+    // completions' text (sequence-level), one on the top-20 it returned for every training window
+    // (echo), mixed with cross-entropy on the data as the white-box student is.
     json api_report = nullptr, guard_report = nullptr;
     // the served teacher's decoding slots, and the client's requests in flight: twice as many, so
     // that the requests held by injected timeouts and Retry-After waits leave the server busy
@@ -513,8 +512,9 @@ int run_demo(const DemoOptions& o_in) {
         std::string mix, texts_fp;
         std::vector<std::string> marked_texts;
         int64_t n_marked = 0;
-        // the clean completions without their log-probs (a sequence-level student: its text only),
-        // read one line at a time: with them the dataset is ten times larger as parsed JSON
+        // the clean completions' text (a sequence-level student learns nothing else), read one line
+        // at a time and without any log-probs (a run directory from before the text-only capture
+        // holds 187 MB of them)
         std::vector<ApiSample> clean_samples;
         for_each_api_sample(
             clean.out, [&](ApiSample&& s) { clean_samples.push_back(std::move(s)); }, ApiFields::kNoLogprobs);
@@ -730,13 +730,12 @@ int run_demo(const DemoOptions& o_in) {
         for (auto& [kd, base] : seed_pairs)
             for (json* r : {&kd, &base})
                 if ((*r)["top1_agreement"].is_null()) todo.push_back(r);
+        std::vector<std::string> dirs;  // each student once (a seed's pair is also in `rows`)
+        for (json* r : todo) {
+            const std::string d = (*r)["run_dir"].get<std::string>();
+            if (std::find(dirs.begin(), dirs.end(), d) == dirs.end()) dirs.push_back(d);
+        }
         std::map<std::string, std::pair<double, double>> by_dir;  // run dir -> (agreement, KL)
-        std::vector<std::string> dirs;
-        for (json* r : todo)
-            if (!by_dir.count((*r)["run_dir"].get<std::string>())) {
-                dirs.push_back((*r)["run_dir"].get<std::string>());
-                by_dir[dirs.back()] = {0, 0};
-            }
         if (!dirs.empty()) {
             log_info(str_cat("comparing ", dirs.size(), " students with the teacher on the held-out text"));
             std::vector<Llama> models;
