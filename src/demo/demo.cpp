@@ -107,12 +107,13 @@ std::vector<std::pair<int64_t, double>> heldout_curve(const std::string& run_dir
 }
 
 // The demo's training settings for a model of config `c`, teacher and students alike.
-TrainOptions train_options(const DemoOptions& o, int64_t steps, const ModelConfig& c) {
+TrainOptions train_options(const DemoOptions& o, int64_t steps, int64_t batch_size, double lr,
+                           const ModelConfig& c) {
     TrainOptions t;
     t.steps = steps;
-    t.batch_size = o.batch_size;
+    t.batch_size = batch_size;
     t.seq_len = o.seq_len;
-    t.lr = 3e-3;
+    t.lr = lr;
     t.warmup = std::max<int64_t>(1, steps / 20);
     t.seed = o.seed;
     t.checkpoint_every = std::max<int64_t>(10, steps / 10);
@@ -180,6 +181,7 @@ int run_demo(const DemoOptions& o_in) {
         o.student_steps = std::min<int64_t>(o.student_steps, 30);
         o.seq_len = 64;
         o.batch_size = 8;
+        o.teacher_batch_size = 8;
         o.api_prompts = std::min<int64_t>(o.api_prompts, 48);
         o.api_max_tokens = std::min<int64_t>(o.api_max_tokens, 16);
     }
@@ -273,7 +275,7 @@ int run_demo(const DemoOptions& o_in) {
     DemoSizes sizes = demo_sizes(tok.vocab_size(), o.quick);
     sizes.teacher.bos_token_id = sizes.student.bos_token_id = tok.bos_id();
     sizes.teacher.eos_token_id = sizes.student.eos_token_id = tok.eos_id();
-    TrainOptions tt = with_curve(train_options(o, o.teacher_steps, sizes.teacher));
+    TrainOptions tt = with_curve(train_options(o, o.teacher_steps, o.teacher_batch_size, o.teacher_lr, sizes.teacher));
     Llama teacher(sizes.teacher);
     teacher->init_weights(tt.seed);
     BatchSpec tspec{tt.batch_size, tt.seq_len, tt.seed, false};
@@ -337,7 +339,7 @@ int run_demo(const DemoOptions& o_in) {
     stage_done("capture");
     // 7. two students of the same architecture, same windows, steps and seed: one distilled from
     // the cache, one trained on the data alone
-    TrainOptions st = with_curve(train_options(o, o.student_steps, sizes.student));
+    TrainOptions st = with_curve(train_options(o, o.student_steps, o.batch_size, o.student_lr, sizes.student));
     LossOptions kd_loss;
     kd_loss.kind = loss_kind_from_string(o.loss);
     kd_loss.temperature = o.temperature;

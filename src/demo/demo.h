@@ -11,10 +11,13 @@ namespace distill {
 struct DemoOptions {
     std::string run_dir = "runs/demo";
     int64_t vocab_size = 4096;
-    int64_t teacher_steps = 600;
+    int64_t teacher_steps = 1500;
     int64_t student_steps = 600;
     int64_t seq_len = 128;
-    int64_t batch_size = 16;
+    int64_t batch_size = 16;          // the students' sequences a step
+    int64_t teacher_batch_size = 8;   // the teacher's (see docs/demo.md: more, smaller steps)
+    double teacher_lr = 2e-3;
+    double student_lr = 3e-3;
     uint64_t seed = 1;
     std::vector<uint64_t> student_seeds;  // students trained for each (default: {seed})
     int top_k = 32;          // teacher log-probs captured per position (--top-logprobs)

@@ -23,6 +23,8 @@ TEST(DemoFull, DistilledStudentBeatsTheBaseline) {
     EXPECT_LT(kd["bpb"].get<double>(), base["bpb"].get<double>() - 0.02);
     EXPECT_LT(kd["kl_to_teacher"].get<double>(), 0.8 * base["kl_to_teacher"].get<double>());
     EXPECT_GT(kd["top1_agreement"].get<double>(), base["top1_agreement"].get<double>() + 0.03);
-    // the teacher is better than xz -9e, which has read the same five novels
+    // the teacher is better than xz -9e, which has read the same five novels, and reaches the
+    // held-out bpb the demo is built for (1.7376 measured; docs/demo.md)
     EXPECT_LT(teacher["bpb"].get<double>(), r["xz_bpb"].get<double>());
+    EXPECT_LE(teacher["bpb"].get<double>(), 1.80);
 }
