@@ -229,8 +229,8 @@ TEST(Eval, BadTaskFilesNameTheLine) {
 
 TEST(Eval, BuiltinTaskIsReproducibleAndItsDistractorsAreFalse) {
     const std::string d = temp_dir("eval-builtin");
-    const char* corpus = std::getenv("DISTILL_TEST_CORPUS");
-    std::string text = corpus && file_exists(corpus) ? read_file(corpus).substr(0, 400000) : word_text(200000, 9, kWords);
+    const std::string corpus = test_corpus_path();
+    std::string text = !corpus.empty() ? read_file(corpus).substr(0, 400000) : word_text(200000, 9, kWords);
     write_file_atomic(d + "/text.txt", text);
     auto write = [&](uint64_t seed, const std::string& name) {
         EXPECT_EQ(run_distill("eval --write-builtin-task " + d + "/" + name + " --text " + d + "/text.txt --seed " +

@@ -61,7 +61,7 @@ Trained train(const std::string& arch) {
     Trained t;
     t.dir = temp_dir("gguf-llama-" + arch);
     std::string corpus;
-    if (const char* p = std::getenv("DISTILL_TEST_CORPUS"); p && *p) corpus = read_file(p);
+    if (const std::string p = test_corpus_path(); !p.empty()) corpus = read_file(p);
     else corpus = word_text(400000, 3, {"Anne", "Elliot", "Captain", "Wentworth", "the", "of", "and",
                                         "to", "was", "her", "she", "Lady", "Russell", "1814,", "said", "\n"});
     // the held-out piece from the last novel (Persuasion), training text from the start
@@ -235,7 +235,7 @@ TEST(GgufLlamaCppSlow, Qwen3OtherTypesAgreeWithLlamaCpp) { check_arch("qwen3"); 
 TEST(GgufLlamaCpp, RealTokenizersTokenizeAsLlamaCpp) {
     if (!have_llama_cpp()) GTEST_SKIP() << "node-llama-cpp is not installed: run `npm ci` in " << kNodeDir;
     std::string corpus;
-    if (const char* p = std::getenv("DISTILL_TEST_CORPUS"); p && *p) corpus = read_file(p);
+    if (const std::string p = test_corpus_path(); !p.empty()) corpus = read_file(p);
     std::string text = corpus.empty() ? std::string() : corpus.substr(corpus.size() - 6000, 4000);
     text +=
         "\n\nNumbers 1234567 and 3.14159, dates 2026-11-28; code: for (int i = 0; i < n; ++i) { x[i] += 2; }\n"

@@ -461,7 +461,7 @@ TEST(GgufModel, F32ExportLoadsBackIdentical) {
     for (const std::string arch : {"llama", "qwen2", "qwen3"}) {
         Llama m = small_model(arch, 320);  // 20 padding rows beyond the tokenizer
         const std::string path = dir() + "/model-" + arch + ".gguf";
-        save_gguf_model(path, m, tok, {"f32", "test"});
+        save_gguf_model(path, m, tok, {"f32", "test", ""});
         LoadedModel back = load_model_dir(path);
         EXPECT_EQ(config_to_json(back.config), config_to_json(m->config())) << arch;
         auto a = model_state(m), b = model_state(back.model);
@@ -516,7 +516,7 @@ TEST(GgufModel, QuantizedExportsLoadCloseToTheModel) {
         {"q6_k", GgmlType::Q6_K, 0.15, 3e-2}, {"q4_k", GgmlType::Q4_K, 0.6, 0.12}};
     for (const auto& [type, ggml, max_tol, mean_tol] : cases) {
         const std::string path = dir() + "/model-" + type + ".gguf";
-        save_gguf_model(path, m, tok, {type, ""});
+        save_gguf_model(path, m, tok, {type, "", ""});
         GgufFile f(path);
         int matrices = 0;
         for (const auto& t : f.tensors()) {
@@ -544,7 +544,7 @@ TEST(GgufModel, BadModelsNameWhatIsWrong) {
     Tokenizer tok = small_tokenizer();
     Llama m = small_model("llama", 300);
     const std::string good = dir() + "/good.gguf";
-    save_gguf_model(good, m, tok, {"f32", ""});
+    save_gguf_model(good, m, tok, {"f32", "", ""});
     GgufFile f(good);
     auto rewrite = [&](const std::string& name, auto edit_kv, auto keep_tensor) {
         std::vector<std::pair<std::string, GgufValue>> kv(f.metadata().begin(), f.metadata().end());

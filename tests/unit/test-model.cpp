@@ -105,7 +105,9 @@ TEST_P(ModelRef, LogitsAndGradientsMatchPyTorch) {
         const double logit_diff = (logits.to(torch::kFloat64) - ref_logits).abs().max().item<double>();
         EXPECT_LE(logit_diff, tol_logit) << "max |logits - reference|";
         EXPECT_NEAR(loss.item<double>(), ref.get("loss", torch::kFloat64).item<double>(), bf16 ? 1e-2 : 1e-5);
-        if (bf16) EXPECT_GT(logit_diff, 1e-4) << "--precision bf16 left the products in float32";
+        if (bf16) {
+            EXPECT_GT(logit_diff, 1e-4) << "--precision bf16 left the products in float32";
+        }
         int checked = 0;
         double worst_rel = 0;  // against each gradient's own largest entry
         for (auto& p : model->named_parameters()) {

@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "test-util.h"
 #include "tokenizer/tokenizer.h"
 #include "util/error.h"
 #include "util/file.h"
@@ -152,9 +153,10 @@ inline std::string generated_corpus(size_t bytes, uint64_t seed = 1) {
     return out;
 }
 
-// The corpus for tests: DISTILL_TEST_CORPUS (a UTF-8 text file) if set, else generated text.
+// The corpus for tests: DISTILL_TEST_CORPUS or <build>/austen.txt (testing_util::test_corpus_path),
+// else generated text.
 inline std::string test_corpus(size_t generated_bytes) {
-    if (const char* p = std::getenv("DISTILL_TEST_CORPUS"); p && *p) return read_file(p);
+    if (const std::string p = testing_util::test_corpus_path(); !p.empty()) return read_file(p);
     return generated_corpus(generated_bytes);
 }
 

@@ -16,6 +16,16 @@ namespace distill::testing_util {
 
 inline std::string source_path(const std::string& rel) { return std::string(DISTILL_SOURCE_DIR) + "/" + rel; }
 
+// The text corpus some tests train on and whose tolerances were measured with it: the file named
+// by DISTILL_TEST_CORPUS, else the six novels scripts/test.sh writes to <build>/austen.txt (so that
+// `ctest` run by hand sees what the README's command sees), else "" (the tests generate text).
+inline std::string test_corpus_path() {
+    if (const char* p = std::getenv("DISTILL_TEST_CORPUS"); p && *p) return p;
+    const std::string built = std::string(DISTILL_BUILD_DIR) + "/austen.txt";
+    std::error_code ec;
+    return std::filesystem::is_regular_file(built, ec) && std::filesystem::file_size(built, ec) > 0 ? built : "";
+}
+
 // Runs a command; returns its exit status (-1 if it could not run).
 inline int run(const std::string& cmd) {
     int rc = std::system(cmd.c_str());
