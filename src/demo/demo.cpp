@@ -88,6 +88,34 @@ json cached_json(const std::string& path, const json& key, Fn&& compute) {
     return value;
 }
 
+// Moves `dir` aside to `<dir>.earlier-N` (the first free N), so that a stage whose settings
+// changed (a flag, or a new version's defaults) starts afresh without losing what was there: the
+// demo deletes nothing. `what` says whose work it was, for the log.
+void set_aside(const std::string& dir, const std::string& what) {
+    std::string to;
+    for (int n = 1; file_exists(to = str_cat(dir, ".earlier-", n)) || dir_exists(to); ++n) {
+    }
+    std::error_code ec;
+    std::filesystem::rename(dir, to, ec);
+    DISTILL_CHECK(!ec, "cannot move '", dir, "' aside to '", to, "': ", ec.message(),
+                  "; move or delete it yourself and run the demo again");
+    fsync_dir(std::filesystem::path(dir).parent_path().string());
+    // said even under --quiet: a directory moved is not progress
+    std::fprintf(stderr, "distill: %s in %s was made with other settings: kept it as %s and starting afresh\n",
+                 what.c_str(), dir.c_str(), to.c_str());
+}
+
+// Whether the logit cache in `dir` (its header.json) holds other logits than `teacher_fp`'s top
+// `top_k` on `data_fp`'s windows of `window` tokens; false when there is none yet.
+bool cache_holds_other(const std::string& dir, const std::string& teacher_fp, const std::string& data_fp, int top_k,
+                       int64_t window) {
+    const std::string header = path_join(dir, "header.json");
+    if (!file_exists(header)) return dir_exists(dir) && file_exists(path_join(dir, "data.bin"));
+    const json h = read_json_file(header);
+    return h.value("teacher_fingerprint", "") != teacher_fp || h.value("data_fingerprint", "") != data_fp ||
+           h.value("top_k", 0) != top_k || h.value("window", int64_t{0}) != window;
+}
+
 // Bytes of the held-out novel the training curves are measured on (the final numbers use all of it).
 constexpr size_t kCurveBytes = 64 * 1024;
 
@@ -283,6 +311,7 @@ int run_demo(const DemoOptions& o_in) {
     const json teacher_run = pretrain_settings(sizes.teacher, tt, shard, tok);
     log_info(str_cat("teacher: ", format_count(double(sizes.teacher.num_params())), " parameters, ",
                      tt.steps, " steps of ", tt.batch_size, "x", tt.seq_len, " tokens"));
+    if (run_dir_holds_other_run(path_join(run, "teacher"), teacher_run)) set_aside(path_join(run, "teacher"), "the teacher");
     TrainResult tres = run_training(
         teacher, tok, tt, path_join(run, "teacher"), teacher_run,
         [&](int64_t step, int64_t micro) {
@@ -323,6 +352,8 @@ int run_demo(const DemoOptions& o_in) {
     copts.window = o.seq_len;
     copts.batch = 16;
     const std::string cache_dir = path_join(run, "cache");
+    if (cache_holds_other(cache_dir, teacher_fp, shard.info().fingerprint, o.top_k, o.seq_len))
+        set_aside(cache_dir, "the teacher's logit cache");
     json cap = cached_json(path_join(run, "capture.json"), {teacher_fp, shard.info().fingerprint, o.top_k, o.seq_len},
                            [&] {
                                auto r = capture_teacher(teacher, teacher_fp, tok, shard, cache_dir, copts);
@@ -363,6 +394,7 @@ int run_demo(const DemoOptions& o_in) {
         to_compute_device(model);
         log_info(str_cat(name, " (seed ", seed, "): ", format_count(double(sizes.student.num_params())),
                          " parameters, loss ", loss_kind_name(loss.kind), ", ", so.steps, " steps"));
+        if (run_dir_holds_other_run(dir, settings(so))) set_aside(dir, name);
         TrainResult tr = run_training(model, tok, so, dir, settings(so), make_loss(model, so), name);
         const std::string fp = load_model_dir(path_join(dir, "model")).fingerprint;
         // its bpb now; its agreement with the teacher and KL to it come from the compare stage
@@ -399,10 +431,11 @@ int run_demo(const DemoOptions& o_in) {
         json row = train_student(
             name, dir_name, seed, loss,
             [&](const TrainOptions& so) {
-                return distill_settings(sizes.student, "", so, loss,
-                                        ce ? json(nullptr)
-                                           : json({{"cache", from.info().teacher_fingerprint}, {"top_k", k}}),
-                                        shard, tok);
+                // an API cache names its teacher by the served model's name ("api:teacher"), the
+                // same whichever weights served it: the served teacher's fingerprint tells them apart
+                json teacher = ce ? json(nullptr) : json({{"cache", from.info().teacher_fingerprint}, {"top_k", k}});
+                if (!ce && from.info().teacher_fingerprint.rfind("api:", 0) == 0) teacher["served"] = teacher_fp;
+                return distill_settings(sizes.student, "", so, loss, teacher, shard, tok);
             },
             [&](Llama& model, const TrainOptions& so) {
                 BatchSpec spec{so.batch_size, so.seq_len, so.seed, true};

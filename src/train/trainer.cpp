@@ -103,6 +103,17 @@ void load_weights_from(Llama& model, const std::string& dir) {
 
 }  // namespace
 
+bool run_dir_holds_other_run(const std::string& run_dir, const nlohmann::json& run_config) {
+    const std::string fp = run_fingerprint(run_config);
+    const std::string done_path = path_join(run_dir, "done.json");
+    if (file_exists(done_path) && dir_exists(path_join(run_dir, "model")))
+        return read_json_file(done_path).value("fingerprint", "") != fp;
+    const std::string ckpt_dir = path_join(run_dir, "checkpoint");
+    recover_dir(ckpt_dir);
+    const std::string state_path = path_join(ckpt_dir, "state.json");
+    return file_exists(state_path) && read_json_file(state_path).value("fingerprint", "") != fp;
+}
+
 TrainResult run_training(Llama& model, const Tokenizer& tokenizer, const TrainOptions& opts,
                          const std::string& run_dir, const nlohmann::json& run_config,
                          const LossFn& loss_fn, const std::string& label, Distributed* dist) {

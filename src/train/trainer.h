@@ -61,6 +61,10 @@ struct TrainResult {
     bool already_done = false;   // the run dir held a finished run with the same settings
 };
 
+// Whether `run_dir` holds a finished model or a checkpoint of a run whose settings differ from
+// `run_config` (one that run_training would refuse); false when it holds neither.
+bool run_dir_holds_other_run(const std::string& run_dir, const nlohmann::json& run_config);
+
 // Trains `model` in place. run_dir gets: checkpoint/ (model dir + optimizer.safetensors +
 // state.json), metrics.jsonl, model/ (the final model dir) and done.json. `run_config` is the
 // full description of the run (options, data and teacher fingerprints...): a run dir holding a

@@ -2,6 +2,7 @@
 // and a second run reuses what the first built.
 #include <gtest/gtest.h>
 
+#include <map>
 #include <sstream>
 
 #include <cmath>
@@ -192,4 +193,46 @@ TEST(Demo, QuickRunWritesReportAndIsReused) {
         EXPECT_LE(sum, (*rep)["seconds"].get<double>());
     }
     EXPECT_LT(r2["stage_seconds"][3]["seconds"].get<double>(), r["stage_seconds"][3]["seconds"].get<double>());
+}
+
+// A re-run whose teacher settings differ (another flag, or a new version's defaults) keeps what
+// the earlier run made beside the new work (`<dir>.earlier-1`) and retrains whatever depended on
+// the teacher, including the student trained on the API's top-20, whose recorded cache ("api:
+// teacher", the served model's name) is the same whichever weights were served.
+TEST(Demo, AChangedTeacherKeepsTheEarlierWorkAsideAndRetrainsWhatDependsOnIt) {
+    const std::string run = temp_dir("demo-changed") + "/run";
+    const std::string common = "--threads 1 demo --quick --student-steps 4 --api-fault-rate 0 --run-dir " + run;
+    ASSERT_EQ(run_distill(common + " --teacher-steps 4"), 0);
+    const json r = json::parse(read_file(run + "/report.json"));
+    const std::string teacher_done = read_file(run + "/teacher/done.json");
+    const std::string cache_header = read_file(run + "/cache/header.json");
+    std::map<std::string, std::string> done;  // each student's done.json
+    for (size_t i = 1; i < 6; ++i)
+        done[r["models"][i]["run_dir"].get<std::string>()] = read_file(r["models"][i]["run_dir"].get<std::string>() + "/done.json");
+
+    ASSERT_EQ(run_distill(common + " --teacher-steps 5", "", run + "/../err.txt"), 0) << read_file(run + "/../err.txt");
+    const json r2 = json::parse(read_file(run + "/report.json"));
+    // the earlier teacher and cache, as they were; new ones in their place
+    EXPECT_EQ(read_file(run + "/teacher.earlier-1/done.json"), teacher_done);
+    EXPECT_EQ(read_file(run + "/cache.earlier-1/header.json"), cache_header);
+    EXPECT_NE(read_file(run + "/teacher/done.json"), teacher_done);
+    EXPECT_EQ(json::parse(read_file(run + "/teacher/done.json"))["steps"], 5);
+    const std::string err = read_file(run + "/../err.txt");
+    EXPECT_NE(err.find("kept it as " + run + "/teacher.earlier-1"), std::string::npos) << err;
+    // the students trained from the teacher's caches: retrained, the earlier ones kept aside; the
+    // baseline (no teacher) reused as it is; the sequence-level ones are keyed by their dataset,
+    // which is keyed by the teacher, so they are new directories
+    const std::string kd = r["models"][1]["run_dir"], base = r["models"][2]["run_dir"], top20 = r["models"][4]["run_dir"];
+    EXPECT_EQ(r2["models"][1]["run_dir"], kd);
+    EXPECT_EQ(r2["models"][4]["run_dir"], top20);
+    for (const std::string& dir : {kd, top20}) {
+        EXPECT_EQ(read_file(dir + ".earlier-1/done.json"), done[dir]) << dir;
+        EXPECT_NE(read_file(dir + "/done.json"), done[dir]) << dir;
+    }
+    EXPECT_EQ(read_file(base + "/done.json"), done[base]);
+    EXPECT_FALSE(dir_exists(base + ".earlier-1"));
+    EXPECT_EQ(r2["models"][2]["bpb"], r["models"][2]["bpb"]);
+    const json top20_run = json::parse(read_file(top20 + "/run.json"));
+    EXPECT_EQ(top20_run["teacher"]["served"], json::parse(read_file(run + "/eval-teacher.json"))["key"][0]);
+    EXPECT_NE(r2["models"][3]["run_dir"], r["models"][3]["run_dir"]);
 }
