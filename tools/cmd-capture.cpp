@@ -31,8 +31,6 @@ int run_api_cache(Options& o, bool top_given, bool batch_given) {
     DISTILL_USAGE(!o.tokenizer.empty(), "--teacher-url with --data needs --tokenizer (the shard's, which the API's "
                   "model must use)");
     DISTILL_USAGE(!a.score_prompts, "--score-prompts is for --prompts; with --data every position is scored");
-    DISTILL_USAGE(!top_given || o.capture.top_k >= 1, "--top-logprobs 0 keeps no log-probs: a logit cache needs at "
-                  "least 1 a position");
     ApiCacheOptions c;
     c.remote.url = a.url;
     c.remote.model = a.model;
@@ -136,6 +134,10 @@ Command add_capture(CLI::App& app) {
     c->add_option("--backoff", a.backoff_s, "first retry's back-off in seconds (doubles each retry, with jitter)")
         ->check(in_range(0, 3600))->capture_default_str()->group(api);
     return {c, [o, c, url] {
+                // a dataset of completions may be text only; a logit cache (local, or through the
+                // API with --data) needs log-probs
+                DISTILL_USAGE(o->capture.top_k >= 1 || (*url && o->data.empty()),
+                              "--top-logprobs 0 keeps no log-probs: a logit cache needs at least 1 a position");
                 if (*url) {
                     DISTILL_USAGE(Distributed::world_from_env() == 1,
                                   "--teacher-url runs in one process (its --concurrency spreads the requests); "
@@ -152,8 +154,6 @@ Command add_capture(CLI::App& app) {
                               "(a local teacher already scores every position of --data)");
                 DISTILL_USAGE(!o->teacher.empty() && !o->data.empty(),
                               "capture needs --teacher and --data (a local teacher), or --teacher-url and --prompts");
-                DISTILL_USAGE(o->capture.top_k >= 1, "--top-logprobs 0 keeps no log-probs: a logit cache needs at "
-                              "least 1 a position");
                 LoadedModel t = load_model_for_inference(o->teacher);
                 DISTILL_CHECK(t.has_tokenizer, o->teacher, " has no tokenizer");
                 TokenShard shard(o->data);

@@ -52,7 +52,8 @@ Command add_serve(CLI::App& app) {
                   "answer this fraction of POSTs with a fault: 500, 429, a delay, a reset, a truncated or a malformed body")
         ->check(in_range(0, 1))->group(testing);
     c->add_option("--fault-seed", o->fault_seed, "which requests get faults")->group(testing);
-    c->add_option("--fault-delay", o->fault_delay_s, "seconds a 'timeout' fault holds the request before it closes the connection unanswered")
+    c->add_option("--fault-delay", o->fault_delay_s,
+                  "seconds a 'timeout' fault holds the request before it closes the connection unanswered")
         ->check(in_range(0, 3600))->capture_default_str()->group(testing);
     auto wm = std::make_shared<WatermarkFlags>();
     add_watermark_flags(c, *wm, /*sampling=*/true);

@@ -311,9 +311,10 @@ int run_demo(const DemoOptions& o_in) {
     const json teacher_run = pretrain_settings(sizes.teacher, tt, shard, tok);
     log_info(str_cat("teacher: ", format_count(double(sizes.teacher.num_params())), " parameters, ",
                      tt.steps, " steps of ", tt.batch_size, "x", tt.seq_len, " tokens"));
-    if (run_dir_holds_other_run(path_join(run, "teacher"), teacher_run)) set_aside(path_join(run, "teacher"), "the teacher");
+    const std::string teacher_dir = path_join(run, "teacher");
+    if (run_dir_holds_other_run(teacher_dir, teacher_run)) set_aside(teacher_dir, "the teacher");
     TrainResult tres = run_training(
-        teacher, tok, tt, path_join(run, "teacher"), teacher_run,
+        teacher, tok, tt, teacher_dir, teacher_run,
         [&](int64_t step, int64_t micro) {
             Batch b = sample_batch(shard, tspec, step, micro);
             return StepLoss{next_token_loss(teacher, b.tokens), tt.batch_size * tt.seq_len, {}};
@@ -326,7 +327,7 @@ int run_demo(const DemoOptions& o_in) {
     wopts.context = o.seq_len;
     wopts.stride = o.seq_len / 2;
     wopts.batch = 16;
-    const std::string teacher_fp = load_model_dir(path_join(run, "teacher/model")).fingerprint;
+    const std::string teacher_fp = load_model_dir(path_join(teacher_dir, "model")).fingerprint;
     json teacher_eval = cached_json(path_join(run, "eval-teacher.json"),
                                     {teacher_fp, hash_hex(heldout_text), wopts.context, wopts.stride},
                                     [&] {
@@ -524,7 +525,7 @@ int run_demo(const DemoOptions& o_in) {
                                                                     wm.delta, wm.context)).substr(0, 12));
         if (!(file_exists(mc.out + "/samples.jsonl") && api_sample_count(mc.out) == int64_t(n_prompts))) {
             ServeOptions so;
-            so.model = path_join(run, "teacher/model");
+            so.model = path_join(teacher_dir, "model");
             so.alias = "teacher";
             so.port = 0;
             so.parallel = api_slots;
@@ -623,7 +624,7 @@ int run_demo(const DemoOptions& o_in) {
         // the teacher served on loopback with faults on a share of the requests, for one capture
         auto serve_faulty = [&](uint64_t fault_seed) {
             ServeOptions so;
-            so.model = path_join(run, "teacher/model");
+            so.model = path_join(teacher_dir, "model");
             so.alias = "teacher";
             so.port = 0;
             so.parallel = api_slots;
@@ -659,7 +660,8 @@ int run_demo(const DemoOptions& o_in) {
             auto server = serve_faulty(o.seed);
             ac.url = server->base_url();
             log_info(str_cat("teacher served at ", ac.url, " with faults on ", o.api_fault_rate * 100,
-                             "% of requests; capturing ", prompts.size(), " completions of ", ac.max_tokens, " tokens"));
+                             "% of requests; capturing ", prompts.size(), " completions of ", ac.max_tokens,
+                             " tokens"));
             const ApiCaptureResult capres = capture_from_api(ac);
             server->stop();
             DISTILL_CHECK(capres.failed == 0 && capres.written + capres.done_before == capres.total, "the capture through the API ",

@@ -207,8 +207,10 @@ TEST(Demo, AChangedTeacherKeepsTheEarlierWorkAsideAndRetrainsWhatDependsOnIt) {
     const std::string teacher_done = read_file(run + "/teacher/done.json");
     const std::string cache_header = read_file(run + "/cache/header.json");
     std::map<std::string, std::string> done;  // each student's done.json
-    for (size_t i = 1; i < 6; ++i)
-        done[r["models"][i]["run_dir"].get<std::string>()] = read_file(r["models"][i]["run_dir"].get<std::string>() + "/done.json");
+    for (size_t i = 1; i < 6; ++i) {
+        const std::string dir = r["models"][i]["run_dir"];
+        done[dir] = read_file(dir + "/done.json");
+    }
 
     ASSERT_EQ(run_distill(common + " --teacher-steps 5", "", run + "/../err.txt"), 0) << read_file(run + "/../err.txt");
     const json r2 = json::parse(read_file(run + "/report.json"));
@@ -222,7 +224,8 @@ TEST(Demo, AChangedTeacherKeepsTheEarlierWorkAsideAndRetrainsWhatDependsOnIt) {
     // the students trained from the teacher's caches: retrained, the earlier ones kept aside; the
     // baseline (no teacher) reused as it is; the sequence-level ones are keyed by their dataset,
     // which is keyed by the teacher, so they are new directories
-    const std::string kd = r["models"][1]["run_dir"], base = r["models"][2]["run_dir"], top20 = r["models"][4]["run_dir"];
+    const std::string kd = r["models"][1]["run_dir"], base = r["models"][2]["run_dir"];
+    const std::string top20 = r["models"][4]["run_dir"];
     EXPECT_EQ(r2["models"][1]["run_dir"], kd);
     EXPECT_EQ(r2["models"][4]["run_dir"], top20);
     for (const std::string& dir : {kd, top20}) {
