@@ -432,10 +432,9 @@ int run_demo(const DemoOptions& o_in) {
         json row = train_student(
             name, dir_name, seed, loss,
             [&](const TrainOptions& so) {
-                // an API cache names its teacher by the served model's name ("api:teacher"), the
-                // same whichever weights served it: the served teacher's fingerprint tells them apart
+                // an API cache's teacher is the served name and the server's system_fingerprint,
+                // which changes with the weights served
                 json teacher = ce ? json(nullptr) : json({{"cache", from.info().teacher_fingerprint}, {"top_k", k}});
-                if (!ce && from.info().teacher_fingerprint.rfind("api:", 0) == 0) teacher["served"] = teacher_fp;
                 return distill_settings(sizes.student, "", so, loss, teacher, shard, tok);
             },
             [&](Llama& model, const TrainOptions& so) {

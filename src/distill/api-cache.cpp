@@ -13,6 +13,7 @@
 #include "distill/api-logprobs.h"
 #include "io/logit-cache.h"
 #include "util/error.h"
+#include "util/file.h"
 #include "util/progress.h"
 #include "util/utf8.h"
 
@@ -41,6 +42,12 @@ struct Answer {
     std::vector<std::vector<float>> lps;
     int64_t entries = 0, mapped = 0, prompt_tokens = 0;
 };
+
+// The answer's system_fingerprint: "" where the server gives none (absent or null).
+std::string system_fingerprint_of(const json& answer) {
+    const auto it = answer.find("system_fingerprint");
+    return it != answer.end() && it->is_string() ? it->get<std::string>() : "";
+}
 
 // Checks that a completions answer has one choice per prompt, each with the echoed prompt's
 // T + 1 tokens and top log-probs: a body that fails this is retried as malformed.
@@ -89,29 +96,17 @@ ApiCacheResult capture_cache_from_api(const Tokenizer& tok, const TokenShard& sh
     info.vocab_size = static_cast<int>(V);
     info.window = static_cast<int>(T);
     info.num_windows = W;
-    // the teacher is its model name behind an API: the same model at another address resumes
-    info.teacher_fingerprint = "api:" + o.remote.model;
     info.tokenizer_fingerprint = tok.fingerprint();
     info.data_fingerprint = shard.info().fingerprint;
-    LogitCacheWriter writer(cache_dir, info);
-    const int64_t start = writer.windows_done();
 
     const ApiTokenMap map(tok);
     std::atomic<bool> as_ids{true};
-    const int64_t per = o.windows_per_request;
-    const int64_t n_requests = (W - start + per - 1) / per;
+    // The system_fingerprint every answer must carry, once the first one has named it.
+    std::string served;
 
-    // Workers take requests in order; finished answers wait in `ready` until every earlier one
-    // is written, so the cache stays in window order. At most 4 x concurrency answers wait.
-    std::vector<std::unique_ptr<Answer>> ready(static_cast<size_t>(std::max<int64_t>(n_requests, 0)));
-    int64_t next_request = 0, next_write = 0;
-    std::string failure;
-    std::condition_variable cv;
-    int64_t mapped = 0, entries = 0;
-
-    auto ask = [&](int64_t r) {
-        const int64_t w0 = start + r * per, w1 = std::min(W, w0 + per);
-        json prompts = json::array();
+    // windows [w0, w1) in one request: the prompts sent and the answer
+    auto request = [&](int64_t w0, int64_t w1, json& prompts) {
+        prompts = json::array();
         for (int64_t w = w0; w < w1; ++w) {
             auto ids = shard.slice(w * T, T + 1);
             prompts.push_back(std::vector<int64_t>(ids.data_ptr<int64_t>(), ids.data_ptr<int64_t>() + T + 1));
@@ -121,7 +116,18 @@ ApiCacheResult capture_cache_from_api(const Tokenizer& tok, const TokenShard& sh
         ro.valid = [n, len](const json& j) { return well_formed(j, n, len); };
         const json body = {{"model", ro.model}, {"prompt", prompts}, {"echo", true},
                            {"max_tokens", 0},   {"logprobs", K},     {"temperature", 0}};
-        const json answer = remote_scoring_request(ro, body, as_ids);
+        return remote_scoring_request(ro, body, as_ids);
+    };
+    // the same, decoded for the cache
+    auto ask = [&](int64_t w0, int64_t w1) {
+        json prompts;
+        const json answer = request(w0, w1, prompts);
+        const size_t n = static_cast<size_t>(w1 - w0), len = static_cast<size_t>(T + 1);
+        const std::string fp = system_fingerprint_of(answer);
+        DISTILL_CHECK(fp == served, o.remote.url, " answered with system_fingerprint ", fp.empty() ? "null" : fp,
+                      " where the capture began with ", served.empty() ? "null" : served, ": the weights or settings ",
+                      "behind '", o.remote.model, "' changed during the capture, and one cache must not mix two ",
+                      "teachers");
         auto a = std::make_unique<Answer>();
         a->ids.resize(n);
         a->lps.resize(n);
@@ -180,6 +186,39 @@ ApiCacheResult capture_cache_from_api(const Tokenizer& tok, const TokenShard& sh
         return a;
     };
 
+    // The teacher is its model name behind an API and the system_fingerprint its server gives: the
+    // same model at another address resumes, other weights or settings under the same name do not.
+    // A finished cache of this model is reused without asking; otherwise one window is asked
+    // first, to learn the fingerprint.
+    const std::string named = "api:" + o.remote.model;
+    info.teacher_fingerprint = named;
+    if (file_exists(path_join(cache_dir, "header.json"))) {
+        try {
+            const LogitCacheReader done(cache_dir);
+            const std::string& was = done.info().teacher_fingerprint;
+            if (done.complete() && (was == named || was.rfind(named + "@", 0) == 0)) info.teacher_fingerprint = was;
+        } catch (const std::exception&) {
+            // unfinished or damaged: the writer below says what is wrong, or resumes it
+        }
+    }
+    if (info.teacher_fingerprint == named) {
+        json prompts;
+        served = system_fingerprint_of(request(0, 1, prompts));
+        if (!served.empty()) info.teacher_fingerprint = named + "@" + served;
+    }
+    LogitCacheWriter writer(cache_dir, info);
+    const int64_t start = writer.windows_done();
+    const int64_t per = o.windows_per_request;
+    const int64_t n_requests = (W - start + per - 1) / per;
+
+    // Workers take requests in order; finished answers wait in `ready` until every earlier one
+    // is written, so the cache stays in window order. At most 4 x concurrency answers wait.
+    std::vector<std::unique_ptr<Answer>> ready(static_cast<size_t>(std::max<int64_t>(n_requests, 0)));
+    int64_t next_request = 0, next_write = 0;
+    std::string failure;
+    std::condition_variable cv;
+    int64_t mapped = 0, entries = 0;
+
     auto worker = [&] {
         for (;;) {
             int64_t r;
@@ -193,7 +232,7 @@ ApiCacheResult capture_cache_from_api(const Tokenizer& tok, const TokenShard& sh
             }
             std::unique_ptr<Answer> a;
             try {
-                a = ask(r);
+                a = ask(start + r * per, std::min(W, start + (r + 1) * per));
             } catch (const std::exception& e) {
                 std::lock_guard<std::mutex> lk(mu);
                 if (failure.empty()) failure = e.what();

@@ -193,6 +193,10 @@ bool parse_response(const json& r, bool chat, const std::string* echo, json& rec
     rec["text"] = text;
     rec["finish_reason"] = c.value("finish_reason", json(nullptr));
     rec["model"] = r.value("model", json(nullptr));
+    // which backend answered (OpenAI's system_fingerprint; `distill serve` hashes its weights and settings)
+    rec["system_fingerprint"] = r.contains("system_fingerprint") && r["system_fingerprint"].is_string()
+                                    ? r["system_fingerprint"]
+                                    : json(nullptr);
     rec["usage"] = r.contains("usage") && r["usage"].is_object() ? r["usage"] : json(nullptr);
     tokens = rec["usage"].is_object() ? rec["usage"].value("total_tokens", int64_t(0)) : 0;
     // log-probs, one entry per token: {token, bytes, logprob, top: [[token, logprob, bytes], ...]}

@@ -324,6 +324,7 @@ public:
 
 private:
     void load();
+    std::string system_fingerprint(const std::string& model_fingerprint, const Antidistill* ad) const;
     void routes();
     // --inject-faults: true when this request got a fault instead of (or after) its answer
     bool inject_fault(const httplib::Request& req, httplib::Response& res,
@@ -375,6 +376,9 @@ private:
 
     ServeOptions o_;
     std::string alias_;
+    // OpenAI's system_fingerprint: what the answers depend on (the weights and the settings that
+    // change what is sampled or shown), so a client can tell one backend from another
+    std::string system_fingerprint_;
     std::vector<std::string> keys_;
     std::map<std::string, std::string> key_labels_;  // a key -> "key-N", what /metrics shows
     std::mutex quota_mu_;
@@ -427,6 +431,7 @@ void Server::load() {
                          std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
             ad = std::move(made);
         }
+        system_fingerprint_ = system_fingerprint(m.fingerprint, ad.get());
         engine_ = std::make_unique<Engine>(m.model, o_.parallel, std::move(ad));
         ready_ = true;
         std::fprintf(stderr, "serve: %s ready as '%s' (context %lld, %lld slots, chat template %s)\n",
@@ -439,6 +444,25 @@ void Server::load() {
         while (!http_.is_running()) std::this_thread::sleep_for(std::chrono::milliseconds(5));
         http_.stop();
     }
+}
+
+std::string Server::system_fingerprint(const std::string& model_fingerprint, const Antidistill* ad) const {
+    auto exact = [](double x) {
+        char buf[32];
+        std::snprintf(buf, sizeof buf, "%.17g", x);
+        return std::string(buf);
+    };
+    std::string what = "model " + model_fingerprint;
+    if (o_.watermark)
+        what += str_cat(" watermark ", watermark_key_id_hex(o_.watermark->key), " ", exact(o_.watermark->gamma), " ",
+                        exact(o_.watermark->delta), " ", o_.watermark->context);
+    // the proxy and its text, through what they gave: the loss and the gradient's norm
+    if (ad)
+        what += str_cat(" antidistill ", exact(ad->lambda), " ", exact(ad->eps), " ", ad->windows, " ", ad->window, " ",
+                        exact(ad->data_loss), " ", exact(ad->grad_norm));
+    if (o_.logprob_decimals >= 0) what += str_cat(" decimals ", o_.logprob_decimals);
+    if (o_.logprob_noise > 0) what += str_cat(" noise ", exact(o_.logprob_noise), " ", noise_key_);
+    return "fp_" + hash_hex(what).substr(0, 10);
 }
 
 std::string Server::admit(const httplib::Request& req) {
@@ -825,8 +849,9 @@ void Server::completions(const httplib::Request& req, httplib::Response& res) {
         }
         json usage;
         usage_and_charge(key, prompt_tokens, *call, usage);
-        json out = {{"id", id}, {"object", "text_completion"}, {"created", created}, {"model", alias_},
-                    {"choices", choices}, {"usage", usage}};
+        json out = {{"id", id},       {"object", "text_completion"}, {"created", created},
+                    {"model", alias_}, {"system_fingerprint", system_fingerprint_}, {"choices", choices},
+                    {"usage", usage}};
         res.set_content(out.dump(-1, ' ', false, json::error_handler_t::replace), "application/json");
         return;
     }
@@ -839,7 +864,8 @@ void Server::completions(const httplib::Request& req, httplib::Response& res) {
                 std::vector<std::string> out;
                 const size_t safe = streamable(c, s.stop, final);
                 if (safe > c.sent || c.toks.size() > c.sent_toks || !started[i] || final) {
-                    json chunk = {{"id", id}, {"object", "text_completion"}, {"created", created}, {"model", alias_}};
+                    json chunk = {{"id", id},       {"object", "text_completion"}, {"created", created},
+                                  {"model", alias_}, {"system_fingerprint", system_fingerprint_}};
                     std::string delta = safe > c.sent ? c.text.substr(c.sent, safe - c.sent) : "";
                     chunk["choices"] = json::array({choice_json(c, delta, c.sent_toks, !started[i],
                                                                 final ? json(finish_name(c)) : json(nullptr))});
@@ -852,7 +878,8 @@ void Server::completions(const httplib::Request& req, httplib::Response& res) {
             };
             if (!stream_choices(*call, s, sink, chunks)) return false;
             end_stream(sink, key, prompt_tokens, *call, s.include_usage,
-                       {{"id", id}, {"object", "text_completion"}, {"created", created}, {"model", alias_}});
+                       {{"id", id}, {"object", "text_completion"}, {"created", created}, {"model", alias_},
+                        {"system_fingerprint", system_fingerprint_}});
             return true;
         },
         [guard](bool) {});
@@ -903,7 +930,7 @@ void Server::chat(const httplib::Request& req, httplib::Response& res) {
         json usage;
         usage_and_charge(key, prompt_tokens, *call, usage);
         json out = {{"id", id}, {"object", "chat.completion"}, {"created", created}, {"model", alias_},
-                    {"system_fingerprint", nullptr}, {"choices", choices}, {"usage", usage}};
+                    {"system_fingerprint", system_fingerprint_}, {"choices", choices}, {"usage", usage}};
         res.set_content(out.dump(-1, ' ', false, json::error_handler_t::replace), "application/json");
         return;
     }
@@ -915,7 +942,7 @@ void Server::chat(const httplib::Request& req, httplib::Response& res) {
             auto chunk_of = [&](const Choice& c, json delta, json lp, json finish) {
                 json ch = {{"index", c.index}, {"delta", delta}, {"logprobs", lp}, {"finish_reason", finish}};
                 return json{{"id", id}, {"object", "chat.completion.chunk"}, {"created", created}, {"model", alias_},
-                            {"system_fingerprint", nullptr}, {"choices", json::array({ch})}};
+                            {"system_fingerprint", system_fingerprint_}, {"choices", json::array({ch})}};
             };
             auto chunks = [&](Choice& c, size_t i, bool final) {
                 std::vector<std::string> out;
@@ -938,7 +965,7 @@ void Server::chat(const httplib::Request& req, httplib::Response& res) {
             if (!stream_choices(*call, s, sink, chunks)) return false;
             end_stream(sink, key, prompt_tokens, *call, s.include_usage,
                        {{"id", id}, {"object", "chat.completion.chunk"}, {"created", created}, {"model", alias_},
-                        {"system_fingerprint", nullptr}});
+                        {"system_fingerprint", system_fingerprint_}});
             return true;
         },
         [guard](bool) {});

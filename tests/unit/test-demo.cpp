@@ -197,8 +197,8 @@ TEST(Demo, QuickRunWritesReportAndIsReused) {
 
 // A re-run whose teacher settings differ (another flag, or a new version's defaults) keeps what
 // the earlier run made beside the new work (`<dir>.earlier-1`) and retrains whatever depended on
-// the teacher, including the student trained on the API's top-20, whose recorded cache ("api:
-// teacher", the served model's name) is the same whichever weights were served.
+// the teacher, including the student trained on the API's top-20, whose cache is known by the
+// served model's name and the server's system_fingerprint.
 TEST(Demo, AChangedTeacherKeepsTheEarlierWorkAsideAndRetrainsWhatDependsOnIt) {
     const std::string run = temp_dir("demo-changed") + "/run";
     const std::string common = "--threads 1 demo --quick --student-steps 4 --api-fault-rate 0 --run-dir " + run;
@@ -235,7 +235,11 @@ TEST(Demo, AChangedTeacherKeepsTheEarlierWorkAsideAndRetrainsWhatDependsOnIt) {
     EXPECT_EQ(read_file(base + "/done.json"), done[base]);
     EXPECT_FALSE(dir_exists(base + ".earlier-1"));
     EXPECT_EQ(r2["models"][2]["bpb"], r["models"][2]["bpb"]);
-    const json top20_run = json::parse(read_file(top20 + "/run.json"));
-    EXPECT_EQ(top20_run["teacher"]["served"], json::parse(read_file(run + "/eval-teacher.json"))["key"][0]);
+    // the API cache's teacher is the served name and the server's system_fingerprint, which the
+    // new weights changed
+    const json top20_now = json::parse(read_file(top20 + "/run.json"))["teacher"]["cache"];
+    const json top20_was = json::parse(read_file(top20 + ".earlier-1/run.json"))["teacher"]["cache"];
+    EXPECT_EQ(top20_now.get<std::string>().rfind("api:teacher@fp_", 0), 0u) << top20_now;
+    EXPECT_NE(top20_now, top20_was);
     EXPECT_NE(r2["models"][3]["run_dir"], r["models"][3]["run_dir"]);
 }

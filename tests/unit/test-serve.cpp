@@ -713,8 +713,11 @@ void expect_same_dataset(const std::map<std::pair<int64_t, int64_t>, json>& a,
     for (const auto& [k, x] : a) {
         ASSERT_TRUE(b.count(k)) << k.first << "/" << k.second;
         const json& y = b.at(k);
-        for (const char* f : {"text", "finish_reason", "seed", "usage", "prompt", "messages", "kind"})
+        for (const char* f : {"text", "finish_reason", "seed", "usage", "prompt", "messages", "kind",
+                              "system_fingerprint"})
             EXPECT_EQ(x.value(f, json()), y.value(f, json())) << f << " of " << k.first << "/" << k.second;
+        // each sample names the backend that answered it (one server's weights and settings here)
+        EXPECT_EQ(x.value("system_fingerprint", std::string()).rfind("fp_", 0), 0u) << x.dump();
         ASSERT_EQ(x["logprobs"].size(), y["logprobs"].size());
         for (size_t i = 0; i < x["logprobs"].size(); ++i) {
             EXPECT_EQ(x["logprobs"][i]["bytes"], y["logprobs"][i]["bytes"]);
@@ -1277,4 +1280,74 @@ TEST(ApiCache, ThroughFaultsEqualsALocalCapture) {
     std::printf("[api-cache] %lld of %lld entries equal, max |dlogp| %.3g, %lld requests, %lld failed attempts\n",
                 (long long)same, (long long)total, worst, (long long)summary["requests"].get<int64_t>(),
                 (long long)errors);
+}
+
+// distill serve's system_fingerprint names its weights and the settings that change what it
+// answers; a logit cache captured through the API records it, so other weights served under the
+// same name cannot continue (and so mix into) a cache begun with the first ones.
+TEST(ApiCache, AnotherModelUnderTheSameNameDoesNotContinueTheCache) {
+    Fixture& f = fixture();
+    const std::string dir = temp_dir("api-cache-fp");
+    {
+        Llama m(tiny_config(f.tok.vocab_size()));
+        m->init_weights(12);
+        save_model_dir(dir + "/other", m, &f.tok);
+    }
+    write_file_atomic(dir + "/key", "a watermark key");
+    write_file_atomic(dir + "/text.txt", word_text(3000, 5, {"the", "house", "was", "she", "said", "that", "garden"}));
+    ASSERT_EQ(run_distill("prepare --tokenizer " + f.model + "/tokenizer.json --text " + dir + "/text.txt -o " + dir +
+                          "/data"),
+              0);
+    auto fingerprint_of = [](TinyServer& s) {
+        const json body = {{"model", "tiny"}, {"prompt", "the house"}, {"max_tokens", 2}, {"temperature", 0}};
+        auto res = s.client().Post("/v1/completions", body.dump(), "application/json");
+        EXPECT_TRUE(res && res->status == 200);
+        const json j = res ? json::parse(res->body, nullptr, false) : json();
+        EXPECT_TRUE(j.contains("system_fingerprint") && j["system_fingerprint"].is_string()) << j.dump();
+        return j.value("system_fingerprint", std::string());
+    };
+    const std::string cache = dir + "/cache";
+    auto capture = [&](TinyServer& s, const std::string& tag) {
+        return run_distill("capture --teacher-url " + s.base_url() + " --data " + dir + "/data --tokenizer " + f.model +
+                               "/tokenizer.json --top-logprobs 4 --seq-len 16 -o " + cache,
+                           dir + "/" + tag + ".json", dir + "/" + tag + ".err");
+    };
+
+    std::string first;
+    {
+        TinyServer a({});
+        first = fingerprint_of(a);
+        EXPECT_EQ(first.rfind("fp_", 0), 0u) << first;
+        ASSERT_EQ(capture(a, "a"), 0) << read_file(dir + "/a.err");
+    }
+    const std::string header = read_file(cache + "/header.json");
+    EXPECT_EQ(json::parse(header)["teacher_fingerprint"], "api:tiny@" + first) << header;
+    {
+        TinyServer again({});  // the same weights and settings, restarted: the same fingerprint
+        EXPECT_EQ(fingerprint_of(again), first);
+        TinyServer marked({"--watermark-key-file", dir + "/key"});
+        EXPECT_NE(fingerprint_of(marked), first);
+    }
+    // the capture as a kill before its first chunk was committed leaves it: the header, no data
+    const std::string data = read_file(cache + "/data.bin");
+    ASSERT_GT(data.size(), 0u);
+    write_file_atomic(cache + "/data.bin", "");
+    {
+        TinyServer b({}, dir + "/other");
+        EXPECT_NE(fingerprint_of(b), first);
+        EXPECT_EQ(capture(b, "b"), 1);
+        const std::string err = read_file(dir + "/b.err");
+        EXPECT_NE(err.find("teacher_fingerprint"), std::string::npos) << err;
+        EXPECT_NE(err.find("api:tiny@" + first), std::string::npos) << err;
+        EXPECT_EQ(read_file(cache + "/data.bin"), "") << "the other model's windows went into the cache";
+        EXPECT_EQ(read_file(cache + "/header.json"), header);
+        std::printf("[api-cache-fp] %s", err.c_str());
+    }
+    {
+        TinyServer a({});  // the first weights again continue it
+        ASSERT_EQ(capture(a, "a2"), 0) << read_file(dir + "/a2.err");
+        LogitCacheReader r(cache);
+        EXPECT_TRUE(r.complete());
+        EXPECT_EQ(r.info().teacher_fingerprint, "api:tiny@" + first);
+    }
 }
