@@ -8,23 +8,24 @@
 # in open mode (its top-1 over all our watermarked completions) and closed mode (its own
 # `distill serve`, CLOSED prompts of held-out text, 100 tokens each; also filtered to contexts seen
 # >= 2 times in our completions), and in open mode with a wrong key; and with the soft test
-# (--score soft) over the first SOFT_BYTES of the held-out novel, a text the key never touched:
-# open (its weights), closed (its API's top-20 through echo), and open with the wrong key.
+# (--score soft) over the first SOFT_BYTES of the held-out novel (all of it by default), a text the
+# key never touched: open (its weights), closed (its API's top-20 through echo), and open with the
+# wrong key.
 #   bash bench/radioactivity.sh [RUN]    RUN: a finished `distill demo` run (default runs/demo)
-# STEPS (default 300), SEEDS ("1 2"), FRACS ("100 10 5 0"), PROMPTS (1000), TOKENS (128),
-# CLOSED (50), WM_DELTA (2), SOFT_BYTES (100000).
+# STEPS (default 1200), SEEDS ("1 2"), FRACS ("100 10 5 0"), PROMPTS (4000), TOKENS (128),
+# CLOSED (50), WM_DELTA (2), SOFT_BYTES (1000000: the whole novel).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 distill=$(realpath "${DISTILL:-build/distill}")
 run=$(realpath "${1:-runs/demo}")
-steps=${STEPS:-300}
+steps=${STEPS:-1200}
 seeds=${SEEDS:-1 2}
 fracs=${FRACS:-100 10 5 0}
-prompts_n=${PROMPTS:-1000}
+prompts_n=${PROMPTS:-4000}
 tokens=${TOKENS:-128}
 closed_n=${CLOSED:-50}
 delta=${WM_DELTA:-2}
-soft_bytes=${SOFT_BYTES:-100000}
+soft_bytes=${SOFT_BYTES:-1000000}
 [ -d "$run/teacher/model" ] || "$distill" demo --run-dir "$run" --api-prompts 0
 work=$run/radioactivity
 mkdir -p "$work"
