@@ -118,12 +118,13 @@ ApiCacheResult capture_cache_from_api(const Tokenizer& tok, const TokenShard& sh
                            {"max_tokens", 0},   {"logprobs", K},     {"temperature", 0}};
         return remote_scoring_request(ro, body, as_ids);
     };
-    // the same, decoded for the cache
-    auto ask = [&](int64_t w0, int64_t w1) {
+    // the same, decoded for the cache; `learn`: this answer names the fingerprint (`served`)
+    auto ask = [&](int64_t w0, int64_t w1, bool learn = false) {
         json prompts;
         const json answer = request(w0, w1, prompts);
         const size_t n = static_cast<size_t>(w1 - w0), len = static_cast<size_t>(T + 1);
         const std::string fp = system_fingerprint_of(answer);
+        if (learn) served = fp;
         DISTILL_CHECK(fp == served, o.remote.url, " answered with system_fingerprint ", fp.empty() ? "null" : fp,
                       " where the capture began with ", served.empty() ? "null" : served, ": the weights or settings ",
                       "behind '", o.remote.model, "' changed during the capture, and one cache must not mix two ",
@@ -188,11 +189,20 @@ ApiCacheResult capture_cache_from_api(const Tokenizer& tok, const TokenShard& sh
 
     // The teacher is its model name behind an API and the system_fingerprint its server gives: the
     // same model at another address resumes, other weights or settings under the same name do not.
-    // A finished cache of this model is reused without asking; otherwise one window is asked
-    // first, to learn the fingerprint.
+    // A new cache learns the fingerprint from its first request, asked before the others; a
+    // finished cache of this model is reused without asking; an unfinished one asks for one
+    // window first (one request more) to compare.
     const std::string named = "api:" + o.remote.model;
+    const int64_t per = o.windows_per_request;
     info.teacher_fingerprint = named;
-    if (file_exists(path_join(cache_dir, "header.json"))) {
+    std::unique_ptr<Answer> first;
+    if (!file_exists(path_join(cache_dir, "header.json"))) {
+        try {
+            first = ask(0, std::min(W, per), /*learn=*/true);
+        } catch (const Error& e) {
+            throw Error(str_cat(e.what(), " (nothing is in the cache yet; run the same command again to start it)"));
+        }
+    } else {
         try {
             const LogitCacheReader done(cache_dir);
             const std::string& was = done.info().teacher_fingerprint;
@@ -200,21 +210,28 @@ ApiCacheResult capture_cache_from_api(const Tokenizer& tok, const TokenShard& sh
         } catch (const std::exception&) {
             // unfinished or damaged: the writer below says what is wrong, or resumes it
         }
+        if (info.teacher_fingerprint == named) {
+            json prompts;
+            const json answer = request(0, 1, prompts);
+            served = system_fingerprint_of(answer);
+            if (answer.contains("usage") && answer["usage"].is_object())
+                res.teacher_tokens += answer["usage"].value("prompt_tokens", int64_t{0});
+        }
     }
-    if (info.teacher_fingerprint == named) {
-        json prompts;
-        served = system_fingerprint_of(request(0, 1, prompts));
-        if (!served.empty()) info.teacher_fingerprint = named + "@" + served;
-    }
+    if (info.teacher_fingerprint == named && !served.empty()) info.teacher_fingerprint = named + "@" + served;
     LogitCacheWriter writer(cache_dir, info);
     const int64_t start = writer.windows_done();
-    const int64_t per = o.windows_per_request;
     const int64_t n_requests = (W - start + per - 1) / per;
 
     // Workers take requests in order; finished answers wait in `ready` until every earlier one
     // is written, so the cache stays in window order. At most 4 x concurrency answers wait.
     std::vector<std::unique_ptr<Answer>> ready(static_cast<size_t>(std::max<int64_t>(n_requests, 0)));
     int64_t next_request = 0, next_write = 0;
+    if (first) {  // a new cache: its first request is answered already
+        DISTILL_CHECK(start == 0 && n_requests >= 1, "logit cache '", cache_dir, "' appeared while the capture began");
+        ready[0] = std::move(first);
+        next_request = 1;
+    }
     std::string failure;
     std::condition_variable cv;
     int64_t mapped = 0, entries = 0;
