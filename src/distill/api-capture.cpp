@@ -14,6 +14,7 @@
 #include <filesystem>
 #include <fstream>
 #include <mutex>
+#include <optional>
 #include <random>
 #include <set>
 #include <sstream>
@@ -113,6 +114,8 @@ public:
                 if (j.contains("usage") && j["usage"].is_object())
                     tokens_ += j["usage"].value("total_tokens", int64_t(0));
                 if (j.contains("logprobs") && !j["logprobs"].is_null()) logprobs_seen_ = true;
+                if (!backend_ && j.contains("system_fingerprint") && j["system_fingerprint"].is_string())
+                    backend_ = j["system_fingerprint"].get<std::string>();
                 good = nl + 1;
                 pos = nl + 1;
             }
@@ -132,6 +135,9 @@ public:
     int64_t size() const { return static_cast<int64_t>(done_.size()); }
     int64_t tokens() const { return tokens_; }
     bool logprobs_seen() const { return logprobs_seen_; }
+    // The system_fingerprint of the first sample that has one (none: older datasets, or an
+    // endpoint that gives none).
+    const std::optional<std::string>& backend() const { return backend_; }
     // One whole line per write(2), then fdatasync: a kill leaves at most one torn line.
     void append(int64_t p, int64_t s, const json& record, int64_t tokens) {
         std::string line = record.dump(-1, ' ', false, json::error_handler_t::replace) + "\n";
@@ -157,6 +163,7 @@ private:
     std::set<std::pair<int64_t, int64_t>> done_;
     int64_t tokens_ = 0;
     bool logprobs_seen_ = false;
+    std::optional<std::string> backend_;
 };
 
 struct Attempt {
@@ -353,6 +360,10 @@ ApiCaptureResult capture_from_api(const ApiCaptureOptions& o) {
     json failed = json::array();
     bool budget_hit = false;
     std::string fatal;  // an error no retry can fix: the workers stop
+    // The backend every sample must come from (its system_fingerprint, "" for none): the one the
+    // dataset's samples name, or else the first answer of this run. Other weights or settings
+    // under the same model name must not mix into one dataset.
+    std::optional<std::string> backend = log.backend();
     // samples given up on since the last one written: as many as there are workers means the
     // endpoint is down (or refuses everything), not that a few requests were unlucky
     int64_t given_up_in_a_row = 0;
@@ -456,6 +467,22 @@ ApiCaptureResult capture_from_api(const ApiCaptureOptions& o) {
                 std::this_thread::sleep_for(std::chrono::duration<double>(wait));
             }
             if (a.ok) {
+                const json& f = a.record["system_fingerprint"];
+                const std::string fp = f.is_string() ? f.get<std::string>() : "";
+                {
+                    std::lock_guard<std::mutex> lk(mu);
+                    if (!backend) backend = fp;
+                    if (fp != *backend) {
+                        if (fatal.empty())
+                            fatal = str_cat(o.url, " answered with system_fingerprint ", fp.empty() ? "null" : fp,
+                                            " where the dataset's samples came from ",
+                                            backend->empty() ? "null" : *backend, ": the weights or settings behind '",
+                                            model, "' changed, and one dataset must not mix two teachers. The ",
+                                            log.size(), " samples written are kept; serve the same weights again to ",
+                                            "go on, or capture into another --out");
+                        continue;
+                    }
+                }
                 log.append(p, s, a.record, a.tokens);
                 ++written;
                 std::lock_guard<std::mutex> lk(mu);

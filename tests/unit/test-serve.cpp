@@ -1351,3 +1351,45 @@ TEST(ApiCache, AnotherModelUnderTheSameNameDoesNotContinueTheCache) {
         EXPECT_EQ(r.info().teacher_fingerprint, "api:tiny@" + first);
     }
 }
+
+// The same for an API dataset: its samples name the backend that answered them, and a capture
+// that goes on against other weights under the same name stops instead of mixing them in.
+TEST(ApiCapture, AnotherModelUnderTheSameNameDoesNotContinueTheDataset) {
+    Fixture& f = fixture();
+    const std::string dir = temp_dir("api-capture-fp");
+    {
+        Llama m(tiny_config(f.tok.vocab_size()));
+        m->init_weights(13);
+        save_model_dir(dir + "/other", m, &f.tok);
+    }
+    const std::string prompts = write_prompts(dir, 12);
+    auto capture = [&](TinyServer& s, const std::string& cap, const std::string& tag) {
+        return run_distill("capture --teacher-url " + s.base_url() + " --prompts " + prompts +
+                               " --concurrency 2 --max-tokens 8 --max-teacher-tokens " + cap + " -o " + dir + "/ds",
+                           dir + "/" + tag + ".json", dir + "/" + tag + ".err");
+    };
+    {
+        TinyServer a({});
+        ASSERT_EQ(capture(a, "60", "a"), 0) << read_file(dir + "/a.err");
+    }
+    const std::string before = read_file(dir + "/ds/samples.jsonl");
+    const auto first = dataset(dir + "/ds");
+    ASSERT_GT(first.size(), 0u);
+    ASSERT_LT(first.size(), 12u);
+    const json fp = first.begin()->second["system_fingerprint"];
+    ASSERT_TRUE(fp.is_string()) << first.begin()->second.dump();
+    {
+        TinyServer b({}, dir + "/other");
+        EXPECT_EQ(capture(b, "1000000", "b"), 1);
+        const std::string err = read_file(dir + "/b.err");
+        EXPECT_NE(err.find("where the dataset's samples came from " + fp.get<std::string>()), std::string::npos) << err;
+        EXPECT_EQ(read_file(dir + "/ds/samples.jsonl"), before) << "the other model's samples went into the dataset";
+    }
+    {
+        TinyServer a({});
+        ASSERT_EQ(capture(a, "1000000", "a2"), 0) << read_file(dir + "/a2.err");
+    }
+    const auto all = dataset(dir + "/ds");
+    EXPECT_EQ(all.size(), 12u);
+    for (const auto& [k, v] : all) EXPECT_EQ(v["system_fingerprint"], fp) << k.first;
+}
