@@ -478,8 +478,8 @@ ApiCaptureResult capture_from_api(const ApiCaptureOptions& o) {
                                             " where the dataset's samples came from ",
                                             backend->empty() ? "null" : *backend, ": the weights or settings behind '",
                                             model, "' changed, and one dataset must not mix two teachers. The ",
-                                            log.size(), " samples written are kept; serve the same weights again to ",
-                                            "go on, or capture into another --out");
+                                            res.done_before + written, " samples written are kept; serve the same ",
+                                            "weights again to go on, or capture into another --out");
                         continue;
                     }
                 }
