@@ -1282,17 +1282,22 @@ TEST(ApiCache, ThroughFaultsEqualsALocalCapture) {
                 (long long)errors);
 }
 
+namespace {
+// Another model of the fixture's shape and tokenizer (other random weights) in `dir`.
+void save_other_model(const std::string& dir, uint64_t seed) {
+    Llama m(tiny_config(fixture().tok.vocab_size()));
+    m->init_weights(seed);
+    save_model_dir(dir, m, &fixture().tok);
+}
+}  // namespace
+
 // distill serve's system_fingerprint names its weights and the settings that change what it
 // answers; a logit cache captured through the API records it, so other weights served under the
 // same name cannot continue (and so mix into) a cache begun with the first ones.
 TEST(ApiCache, AnotherModelUnderTheSameNameDoesNotContinueTheCache) {
     Fixture& f = fixture();
     const std::string dir = temp_dir("api-cache-fp");
-    {
-        Llama m(tiny_config(f.tok.vocab_size()));
-        m->init_weights(12);
-        save_model_dir(dir + "/other", m, &f.tok);
-    }
+    save_other_model(dir + "/other", 12);
     write_file_atomic(dir + "/key", "a watermark key");
     write_file_atomic(dir + "/text.txt", word_text(3000, 5, {"the", "house", "was", "she", "said", "that", "garden"}));
     ASSERT_EQ(run_distill("prepare --tokenizer " + f.model + "/tokenizer.json --text " + dir + "/text.txt -o " + dir +
@@ -1355,13 +1360,8 @@ TEST(ApiCache, AnotherModelUnderTheSameNameDoesNotContinueTheCache) {
 // The same for an API dataset: its samples name the backend that answered them, and a capture
 // that goes on against other weights under the same name stops instead of mixing them in.
 TEST(ApiCapture, AnotherModelUnderTheSameNameDoesNotContinueTheDataset) {
-    Fixture& f = fixture();
     const std::string dir = temp_dir("api-capture-fp");
-    {
-        Llama m(tiny_config(f.tok.vocab_size()));
-        m->init_weights(13);
-        save_model_dir(dir + "/other", m, &f.tok);
-    }
+    save_other_model(dir + "/other", 13);
     const std::string prompts = write_prompts(dir, 12);
     auto capture = [&](TinyServer& s, const std::string& cap, const std::string& tag) {
         return run_distill("capture --teacher-url " + s.base_url() + " --prompts " + prompts +
