@@ -49,6 +49,12 @@ std::string system_fingerprint_of(const json& answer) {
     return it != answer.end() && it->is_string() ? it->get<std::string>() : "";
 }
 
+// The prompt tokens the answer's usage reports (0 without one).
+int64_t prompt_tokens_of(const json& answer) {
+    const auto it = answer.find("usage");
+    return it != answer.end() && it->is_object() ? it->value("prompt_tokens", int64_t{0}) : 0;
+}
+
 // Checks that a completions answer has one choice per prompt, each with the echoed prompt's
 // T + 1 tokens and top log-probs: a body that fails this is retried as malformed.
 bool well_formed(const json& r, size_t prompts, size_t len) {
@@ -132,8 +138,7 @@ ApiCacheResult capture_cache_from_api(const Tokenizer& tok, const TokenShard& sh
         auto a = std::make_unique<Answer>();
         a->ids.resize(n);
         a->lps.resize(n);
-        if (answer.contains("usage") && answer["usage"].is_object())
-            a->prompt_tokens = answer["usage"].value("prompt_tokens", int64_t{0});
+        a->prompt_tokens = prompt_tokens_of(answer);
         for (const json& c : answer["choices"]) {
             const int64_t i = c["index"].get<int64_t>();
             DISTILL_CHECK(i >= 0 && i < int64_t(n) && a->ids[size_t(i)].empty(), o.remote.url,
@@ -214,8 +219,7 @@ ApiCacheResult capture_cache_from_api(const Tokenizer& tok, const TokenShard& sh
             json prompts;
             const json answer = request(0, 1, prompts);
             served = system_fingerprint_of(answer);
-            if (answer.contains("usage") && answer["usage"].is_object())
-                res.teacher_tokens += answer["usage"].value("prompt_tokens", int64_t{0});
+            res.teacher_tokens += prompt_tokens_of(answer);
         }
     }
     if (info.teacher_fingerprint == named && !served.empty()) info.teacher_fingerprint = named + "@" + served;
