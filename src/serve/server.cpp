@@ -453,6 +453,8 @@ std::string Server::system_fingerprint(const std::string& model_fingerprint, con
         return std::string(buf);
     };
     std::string what = "model " + model_fingerprint;
+    // chat completions also depend on the chat template: its renderer and the BOS it writes
+    if (chat_) what += str_cat(" chat ", chat_->name(), " ", chat_->bos_token());
     if (o_.watermark)
         what += str_cat(" watermark ", watermark_key_id_hex(o_.watermark->key), " ", exact(o_.watermark->gamma), " ",
                         exact(o_.watermark->delta), " ", o_.watermark->context);

@@ -1357,6 +1357,45 @@ TEST(ApiCache, AnotherModelUnderTheSameNameDoesNotContinueTheCache) {
     }
 }
 
+// Chat answers also depend on the chat template: the same weights with another one give another
+// system_fingerprint (and another prompt), the same template again the same fingerprint.
+TEST(Serve, TheFingerprintNamesTheChatTemplate) {
+    const std::string dir = temp_dir("serve-fp-chat");
+    const std::string qwen2 = dir + "/qwen2";
+    std::filesystem::copy(fixture().model, qwen2, std::filesystem::copy_options::recursive);
+    const std::string text = read_file(source_path("tests/fixtures/chat-templates/qwen2.jinja"));
+    write_file_atomic(qwen2 + "/tokenizer_config.json", json({{"chat_template", text}}).dump());
+    auto chat = [](TinyServer& s) {  // {system_fingerprint, prompt tokens}
+        const json body = {{"model", "tiny"},
+                           {"messages", json::array({{{"role", "user"}, {"content", "the house"}}})},
+                           {"max_tokens", 1},
+                           {"temperature", 0}};
+        auto res = s.client().Post("/v1/chat/completions", body.dump(), "application/json");
+        EXPECT_TRUE(res && res->status == 200);
+        const json j = res ? json::parse(res->body, nullptr, false) : json();
+        EXPECT_TRUE(j.contains("usage")) << j.dump();
+        return std::make_pair(j.value("system_fingerprint", std::string()),
+                              j.contains("usage") ? j["usage"].value("prompt_tokens", int64_t(0)) : int64_t(0));
+    };
+    std::pair<std::string, int64_t> chatml, other, again;
+    {
+        TinyServer s({});
+        chatml = chat(s);
+    }
+    {
+        TinyServer s({}, qwen2);
+        other = chat(s);
+    }
+    {
+        TinyServer s({}, qwen2);
+        again = chat(s);
+    }
+    EXPECT_EQ(chatml.first.rfind("fp_", 0), 0u) << chatml.first;
+    EXPECT_GT(other.second, chatml.second) << "qwen2's template adds a default system prompt";
+    EXPECT_NE(other.first, chatml.first) << "another chat template, the same fingerprint";
+    EXPECT_EQ(again.first, other.first);
+}
+
 // The same for an API dataset: its samples name the backend that answered them, and a capture
 // that goes on against other weights under the same name stops instead of mixing them in.
 TEST(ApiCapture, AnotherModelUnderTheSameNameDoesNotContinueTheDataset) {
