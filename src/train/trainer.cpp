@@ -101,17 +101,22 @@ void load_weights_from(Llama& model, const std::string& dir) {
     for (auto& p : model->named_parameters()) p.value().copy_(src.at(p.key()));
 }
 
-}  // namespace
-
-bool run_dir_holds_other_run(const std::string& run_dir, const nlohmann::json& run_config) {
-    const std::string fp = run_fingerprint(run_config);
+// What `run_dir` holds of a run whose fingerprint is not `fp`: "a finished model", "a checkpoint",
+// or "" (nothing, or this run's). A finished model counts only beside its done.json.
+std::string other_run_in(const std::string& run_dir, const std::string& fp) {
     const std::string done_path = path_join(run_dir, "done.json");
     if (file_exists(done_path) && dir_exists(path_join(run_dir, "model")))
-        return read_json_file(done_path).value("fingerprint", "") != fp;
+        return read_json_file(done_path).value("fingerprint", "") != fp ? "a finished model" : "";
     const std::string ckpt_dir = path_join(run_dir, "checkpoint");
     recover_dir(ckpt_dir);
     const std::string state_path = path_join(ckpt_dir, "state.json");
-    return file_exists(state_path) && read_json_file(state_path).value("fingerprint", "") != fp;
+    return file_exists(state_path) && read_json_file(state_path).value("fingerprint", "") != fp ? "a checkpoint" : "";
+}
+
+}  // namespace
+
+bool run_dir_holds_other_run(const std::string& run_dir, const nlohmann::json& run_config) {
+    return !other_run_in(run_dir, run_fingerprint(run_config)).empty();
 }
 
 TrainResult run_training(Llama& model, const Tokenizer& tokenizer, const TrainOptions& opts,
@@ -142,12 +147,6 @@ TrainResult run_training(Llama& model, const Tokenizer& tokenizer, const TrainOp
     const std::string metrics_path = path_join(run_dir, "metrics.jsonl");
     TrainResult result;
 
-    auto describe_mismatch = [&](const std::string& what) {
-        return str_cat("run directory '", run_dir, "' holds ", what,
-                       " of a run with different settings; use another --run-dir, or delete it "
-                       "to start over");
-    };
-
     std::vector<std::pair<std::string, torch::Tensor>> params;
     for (auto& p : model->named_parameters()) params.emplace_back(p.key(), p.value());
     AdamW opt(params, {opts.lr, opts.beta1, opts.beta2, 1e-8, opts.weight_decay});
@@ -163,9 +162,11 @@ TrainResult run_training(Llama& model, const Tokenizer& tokenizer, const TrainOp
     std::string failure;
     if (writer) {
         try {
+            const std::string other = other_run_in(run_dir, fp);
+            DISTILL_CHECK(other.empty(), "run directory '", run_dir, "' holds ", other,
+                          " of a run with different settings; use another --run-dir, or delete it to start over");
             if (file_exists(done_path) && dir_exists(final_dir)) {
                 const auto done = read_json_file(done_path);
-                DISTILL_CHECK(done.value("fingerprint", "") == fp, describe_mismatch("a finished model"));
                 load_weights_from(model, final_dir);
                 result.steps = done.value("steps", int64_t{0});
                 result.tokens = done.value("tokens", int64_t{0});
@@ -176,7 +177,6 @@ TrainResult run_training(Llama& model, const Tokenizer& tokenizer, const TrainOp
                 recover_dir(ckpt_dir);
                 if (dir_exists(ckpt_dir) && file_exists(path_join(ckpt_dir, "state.json"))) {
                     const auto state = read_json_file(path_join(ckpt_dir, "state.json"));
-                    DISTILL_CHECK(state.value("fingerprint", "") == fp, describe_mismatch("a checkpoint"));
                     load_weights_from(model, ckpt_dir);
                     SafetensorsFile st(path_join(ckpt_dir, "optimizer.safetensors"));
                     std::map<std::string, torch::Tensor> s;
