@@ -22,6 +22,7 @@
 // two sides alternate.
 //
 //   bench-train-step [--steps N] [--warmup N] [--rounds R] [--threads N] [--precision fp32|bf16|both]
+//                    [--modes pretrain,ce,...]   (a subset of the steps, e.g. to profile one)
 #include <torch/torch.h>
 
 #include <algorithm>
@@ -74,13 +75,21 @@ double gemm_gflops() {
 int main(int argc, char** argv) {
     ensure_fast_blas(argc, argv);
     int steps = 10, warmup = 3, threads = 0, rounds = 3;
-    std::string precision = "auto";
+    std::string precision = "auto", only;
     for (int i = 1; i + 1 < argc; i += 2) {
         if (!std::strcmp(argv[i], "--steps")) steps = std::atoi(argv[i + 1]);
         if (!std::strcmp(argv[i], "--warmup")) warmup = std::atoi(argv[i + 1]);
         if (!std::strcmp(argv[i], "--rounds")) rounds = std::max(1, std::atoi(argv[i + 1]));
         if (!std::strcmp(argv[i], "--threads")) threads = std::atoi(argv[i + 1]);
         if (!std::strcmp(argv[i], "--precision")) precision = argv[i + 1];
+        if (!std::strcmp(argv[i], "--modes")) only = std::string(",") + argv[i + 1] + ",";
+    }
+    std::vector<std::string> modes;
+    for (const char* m : {"pretrain", "ce", "kd-dense", "kd-sparse", "kd-cold"})
+        if (only.empty() || only.find(str_cat(",", m, ",")) != std::string::npos) modes.push_back(m);
+    if (modes.empty()) {
+        std::fprintf(stderr, "bench-train-step: --modes names none of pretrain, ce, kd-dense, kd-sparse, kd-cold\n");
+        return 2;
     }
     tune_allocator();
     set_threads(threads);
@@ -146,7 +155,6 @@ int main(int argc, char** argv) {
     auto opt_student = adamw_of(student);
     LossOptions lo;  // forward KL, tau 1
 
-    const std::vector<std::string> modes = {"pretrain", "ce", "kd-dense", "kd-sparse", "kd-cold"};
     auto step = [&](const std::string& mode) {
         const bool pre = mode == "pretrain";
         Llama& m = pre ? teacher : student;
