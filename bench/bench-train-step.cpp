@@ -22,7 +22,8 @@
 // two sides alternate.
 //
 //   bench-train-step [--steps N] [--warmup N] [--rounds R] [--threads N] [--precision fp32|bf16|both]
-//                    [--modes pretrain,ce,...]   (a subset of the steps, e.g. to profile one)
+//                    [--modes pretrain,ce,...] [--peers no]
+// (--modes: a subset of the steps; --peers no: distill's own steps only, e.g. to profile one)
 #include <torch/torch.h>
 
 #include <algorithm>
@@ -76,6 +77,7 @@ int main(int argc, char** argv) {
     ensure_fast_blas(argc, argv);
     int steps = 10, warmup = 3, threads = 0, rounds = 3;
     std::string precision = "auto", only;
+    bool peers = true;
     for (int i = 1; i + 1 < argc; i += 2) {
         if (!std::strcmp(argv[i], "--steps")) steps = std::atoi(argv[i + 1]);
         if (!std::strcmp(argv[i], "--warmup")) warmup = std::atoi(argv[i + 1]);
@@ -83,6 +85,7 @@ int main(int argc, char** argv) {
         if (!std::strcmp(argv[i], "--threads")) threads = std::atoi(argv[i + 1]);
         if (!std::strcmp(argv[i], "--precision")) precision = argv[i + 1];
         if (!std::strcmp(argv[i], "--modes")) only = std::string(",") + argv[i + 1] + ",";
+        if (!std::strcmp(argv[i], "--peers")) peers = std::strcmp(argv[i + 1], "no") != 0;
     }
     std::vector<std::string> modes;
     for (const char* m : {"pretrain", "ce", "kd-dense", "kd-sparse", "kd-cold"})
@@ -237,6 +240,7 @@ int main(int argc, char** argv) {
             std::vector<double> a, b, c;
             for (int r = 0; r < rounds; ++r) {
                 a.push_back(ours(mode));
+                if (!peers) continue;
                 b.push_back(theirs(mode, bf16));
                 if (!bf16) {  // the same step with the fused kernels off
                     set_fused_kernels(false);
@@ -246,7 +250,9 @@ int main(int argc, char** argv) {
             }
             const double us = median(a), them = median(b);
             const std::string plain = bf16 ? "" : str_cat("   ", int64_t(median(c)));
-            if (them > 0)
+            if (!peers)
+                std::printf("%-10s %-5s %14.0f\n", mode.c_str(), precision_name(prec), us);
+            else if (them > 0)
                 std::printf("%-10s %-5s %14.0f %16.0f %7.2fx%s\n", mode.c_str(), precision_name(prec), us, them,
                             us / them, plain.c_str());
             else

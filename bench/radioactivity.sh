@@ -12,16 +12,16 @@
 # key never touched: open (its weights), closed (its API's top-20 through echo), and open with the
 # wrong key.
 #   bash bench/radioactivity.sh [RUN]    RUN: a finished `distill demo` run (default runs/demo)
-# STEPS (default 1200), SEEDS ("1 2"), FRACS ("100 10 5 0"), PROMPTS (4000), TOKENS (128),
+# STEPS (default 2400), SEEDS ("1 2"), FRACS ("100 10 5 0"), PROMPTS (8000), TOKENS (128),
 # CLOSED (50), WM_DELTA (2), SOFT_BYTES (1000000: the whole novel).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 distill=$(realpath "${DISTILL:-build/distill}")
 run=$(realpath "${1:-runs/demo}")
-steps=${STEPS:-1200}
+steps=${STEPS:-2400}
 seeds=${SEEDS:-1 2}
 fracs=${FRACS:-100 10 5 0}
-prompts_n=${PROMPTS:-4000}
+prompts_n=${PROMPTS:-8000}
 tokens=${TOKENS:-128}
 closed_n=${CLOSED:-50}
 delta=${WM_DELTA:-2}
