@@ -274,7 +274,7 @@ int main(int argc, char** argv) {
     }
     for (Precision prec : precisions) {
         const int i = prec == Precision::kBFloat16;
-        if (ce_tok[i] > 0)
+        if (ce_tok[i] > 0 && sparse_tok[i] > 0 && cold_tok[i] > 0 && dense_tok[i] > 0)
             std::printf("student KD step / CE step (%s): sparse %.2fx (cold %.2fx), dense %.2fx the time\n",
                         precision_name(prec), ce_tok[i] / sparse_tok[i], ce_tok[i] / cold_tok[i], ce_tok[i] / dense_tok[i]);
     }
