@@ -164,7 +164,7 @@ int main(int argc, char** argv) {
         AdamW& opt = pre ? *opt_teacher : *opt_student;
         m->train();
         opt.zero_grad();
-        auto logits = m->forward(inp).reshape({-1, V});
+        auto logits = m->forward_for_loss(inp).reshape({-1, V});
         torch::Tensor loss;
         if (mode == "pretrain" || mode == "ce") {
             loss = loss_cross_entropy(logits, targets);

@@ -44,13 +44,13 @@ LossFn make_student_loss(Llama& student, const TokenShard& shard, const BatchSpe
         const int64_t B = b.tokens.size(0), T = spec.seq_len;  // B: this rank's rows
         auto inputs = b.tokens.narrow(1, 0, T);
         auto targets = b.tokens.narrow(1, 1, T).reshape({-1});  // (B*T)
-        auto logits = student->forward(inputs);                  // (B, T, V)
+        auto logits = student->forward_for_loss(inputs);         // (B, T, V)
         const int64_t V = logits.size(-1);
         auto flat = logits.reshape({-1, V});
         StepLoss out;
         out.tokens = B * T;
         if (!teacher_loss) {
-            out.loss = torch::nn::functional::cross_entropy(flat, targets);
+            out.loss = loss_cross_entropy(flat, targets);
         } else if (cache) {
             const int64_t K = cache->info().top_k;
             auto ids32 = torch::empty({B, T, K}, torch::kInt32);

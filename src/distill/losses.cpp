@@ -190,9 +190,10 @@ torch::Tensor combine(const torch::Tensor& student_sel, const torch::Tensor& tar
 //   plus gy at j = y; q at temperature tau, q1 at temperature 1.
 class StudentRows : public torch::autograd::Function<StudentRows> {
 public:
-    // logits (N, V) float32 CPU; ids (N, K) int64, K >= 0; targets (N) int64, or empty for none
-    // (a custom Function takes no undefined inputs in libtorch 1.13).
-    // Returns {logq (N, K+1), log_z (N, 1), lq_y (N) (empty without targets)}.
+    // logits (N, V) float32 or bf16 CPU (a bf16 row is widened into a float buffer, and its
+    // gradient narrowed back to bf16); ids (N, K) int64, K >= 0; targets (N) int64, or empty for
+    // none (a custom Function takes no undefined inputs in libtorch 1.13).
+    // Returns {logq (N, K+1), log_z (N, 1), lq_y (N) (empty without targets)}, float32.
     static torch::autograd::variable_list forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& logits,
                                                   const torch::Tensor& ids, const torch::Tensor& targets,
                                                   double tau) {
@@ -201,11 +202,11 @@ public:
         const bool with_y = targets.numel() > 0;
         auto y = with_y ? targets.to(torch::kInt64).contiguous() : torch::Tensor();
         const int64_t N = z.size(0), V = z.size(1), K = id.size(1);
-        auto logq = torch::empty({N, K + 1}, z.options());
-        auto log_z = torch::empty({N, 1}, z.options());
-        auto lq_y = torch::empty({with_y ? N : 0}, z.options());
-        auto lse1 = torch::empty({with_y ? N : 0}, z.options());
-        const float* zp = z.data_ptr<float>();
+        const auto f32 = z.options().dtype(torch::kFloat32);
+        auto logq = torch::empty({N, K + 1}, f32);
+        auto log_z = torch::empty({N, 1}, f32);
+        auto lq_y = torch::empty({with_y ? N : 0}, f32);
+        auto lse1 = torch::empty({with_y ? N : 0}, f32);
         const int64_t* ip = id.data_ptr<int64_t>();
         const int64_t* yp = with_y ? y.data_ptr<int64_t>() : nullptr;
         float* lq = logq.data_ptr<float>();
@@ -214,9 +215,9 @@ public:
         float* l1 = with_y ? lse1.data_ptr<float>() : nullptr;
         const float inv_tau = float(1.0 / tau);
         at::parallel_for(0, N, 16, [&](int64_t begin, int64_t end) {
-            std::vector<float> keep(K > 0 ? size_t(V) : 0, 1.0f);
+            std::vector<float> keep(K > 0 ? size_t(V) : 0, 1.0f), widened;
             for (int64_t n = begin; n < end; ++n) {
-                const float* row = zp + n * V;
+                const float* row = float_row(z, n, widened);
                 const int64_t* rid = ip + n * K;
                 float mx = kernels::row_max(row, V);
                 if (!std::isfinite(mx)) mx = 0;
@@ -259,8 +260,7 @@ public:
         auto h = grads[0].defined() ? grads[0].contiguous() : torch::zeros_like(logq);
         auto g = grads[1].defined() ? grads[1].contiguous() : torch::zeros_like(log_z);
         auto gy = with_y ? grads[2].contiguous() : torch::Tensor();
-        auto dz = torch::empty_like(z);
-        const float* zp = z.data_ptr<float>();
+        auto dz = torch::empty_like(z);  // in z's type
         const int64_t* ip = id.data_ptr<int64_t>();
         const float* lq = logq.data_ptr<float>();
         const float* lz = log_z.data_ptr<float>();
@@ -269,9 +269,9 @@ public:
         const int64_t* yp = with_y ? y.data_ptr<int64_t>() : nullptr;
         const float* gyp = with_y ? gy.data_ptr<float>() : nullptr;
         const float* l1 = with_y ? lse1.data_ptr<float>() : nullptr;
-        float* out = dz.data_ptr<float>();
         const float inv_tau = float(1.0 / tau);
         at::parallel_for(0, N, 16, [&](int64_t begin, int64_t end) {
+            std::vector<float> widened, narrowed;
             for (int64_t n = begin; n < end; ++n) {
                 const float* hr = hp + n * (K + 1);
                 float hsum = 0;
@@ -280,8 +280,8 @@ public:
                 // outside S: q_j * c_rest / tau (q_rest = 0 means every q_j outside is 0)
                 const float c_rest = std::isfinite(lrest) ? hr[K] * std::exp(-lrest) - hsum + gp[n] : 0.0f;
                 const float lse = lz[n];
-                const float* row = zp + n * V;
-                float* orow = out + n * V;
+                const float* row = float_row(z, n, widened);
+                float* orow = out_row(dz, n, narrowed);
                 const float gyn = with_y ? gyp[n] : 0.0f;
                 if (gyn != 0 && tau == 1) {
                     kernels::row_scaled_exp(row, V, 1.0f, lse, c_rest - gyn, false, orow);
@@ -297,6 +297,7 @@ public:
                     orow[j] = v;
                 }
                 if (gyn != 0) orow[yp[n]] += gyn;
+                store_row(dz, n, narrowed);
             }
         });
         return {dz, torch::Tensor(), torch::Tensor(), torch::Tensor()};
@@ -386,6 +387,8 @@ public:
 
 // Whether the fused kernels take these logits (float32 on the CPU; model/fused.h).
 bool fused_rows(const torch::Tensor& s) { return fused_cpu(s); }
+// Whether StudentRows does: also bf16 on the CPU (the head's product under --precision bf16).
+bool fused_student_rows(const torch::Tensor& s) { return fused_cpu(s) || fused_cpu_bf16(s); }
 
 }  // namespace
 
@@ -393,7 +396,7 @@ bool fused_rows(const torch::Tensor& s) { return fused_cpu(s); }
 // the same quantities from tensor ops that autograd differentiates.
 std::vector<torch::Tensor> student_buckets(const torch::Tensor& s, const torch::Tensor& ids, double tau,
                                            bool fused) {
-    if (fused && fused_rows(s)) {
+    if (fused && fused_student_rows(s)) {
         auto outs = StudentRows::apply(s, ids, torch::empty({0}, torch::kInt64), tau);
         return {outs[0], outs[1]};
     }
@@ -413,7 +416,8 @@ std::vector<torch::Tensor> student_buckets(const torch::Tensor& s, const torch::
 }
 
 torch::Tensor loss_cross_entropy(const torch::Tensor& logits, const torch::Tensor& targets) {
-    if (!fused_rows(logits)) return torch::nn::functional::cross_entropy(logits, targets);
+    if (!fused_student_rows(logits))
+        return torch::nn::functional::cross_entropy(logits.to(compute_dtype(logits)), targets);
     check_student_targets("loss_cross_entropy", logits, targets);
     const int64_t V = logits.size(1);
     check_flags({targets_bad(targets, V)}, {str_cat("loss_cross_entropy: targets must be in [0, ", V, ") or ",
@@ -553,13 +557,14 @@ torch::Tensor loss_sparse(const torch::Tensor& student_logits, const torch::Tens
     auto idx = (targets != kIgnoreIndex).nonzero().squeeze(1);
     const auto dt = compute_dtype(student_logits);
     const bool all_rows = idx.size(0) == N;  // the usual case: no copy of the (N, V) logits
-    auto s = (all_rows ? student_logits : student_logits.index_select(0, idx)).to(dt);  // (n, V)
+    auto s = all_rows ? student_logits : student_logits.index_select(0, idx);  // (n, V)
+    if (!fused_student_rows(s)) s = s.to(dt);  // (the fused rows read bf16 as it is)
     auto y = (all_rows ? targets : targets.index_select(0, idx)).to(torch::kInt64);     // (n)
 
     torch::Tensor div, log_z1, lq_y;
     const bool want_div = opts.kind != LossKind::kCrossEntropy && opts.ce_weight < 1;
     const bool want_ce = opts.kind == LossKind::kCrossEntropy || opts.ce_weight > 0;
-    if (!want_div && fused_rows(s)) {  // cross-entropy alone
+    if (!want_div && fused_student_rows(s)) {  // cross-entropy alone
         auto outs = StudentRows::apply(s, torch::empty({s.size(0), 0}, y.options()), y, 1.0);
         lq_y = outs[2];
     }
@@ -574,7 +579,7 @@ torch::Tensor loss_sparse(const torch::Tensor& student_logits, const torch::Tens
         // rest log(1 - sum_S q) taken as the logsumexp of the logits outside S. This is exact
         // when the rest is ~0 as well as when it is ~1 (no 1 - sum cancellation).
         std::vector<torch::Tensor> outs;
-        if (fused_rows(s)) {  // and log q(y) for the CE term, in the same pass
+        if (fused_student_rows(s)) {  // and log q(y) for the CE term, in the same pass
             outs = StudentRows::apply(s, ids, want_ce ? y : torch::empty({0}, torch::kInt64), tau);
             if (want_ce) lq_y = outs[2];
         } else {

@@ -210,6 +210,26 @@ DISTILL_KERNEL void add_inplace(float* y, const float* x, int64_t n) {
     for (int64_t j = 0; j < n; ++j) y[j] += x[j];
 }
 
+DISTILL_KERNEL void bf16_to_float(const uint16_t* x, int64_t n, float* y) {
+#pragma omp simd
+    for (int64_t j = 0; j < n; ++j) {
+        const uint32_t u = uint32_t(x[j]) << 16;
+        float f;
+        std::memcpy(&f, &u, sizeof f);
+        y[j] = f;
+    }
+}
+
+DISTILL_KERNEL void float_to_bf16(const float* x, int64_t n, uint16_t* y) {
+#pragma omp simd
+    for (int64_t j = 0; j < n; ++j) {
+        uint32_t u;
+        std::memcpy(&u, &x[j], sizeof u);
+        const uint32_t rounded = (u + 0x7FFFu + ((u >> 16) & 1u)) >> 16;
+        y[j] = uint16_t((u & 0x7FFFFFFFu) > 0x7F800000u ? 0x7FC0u : rounded);
+    }
+}
+
 DISTILL_KERNEL void adamw(float* p, const float* g, float* m, float* v, int64_t n, float decay, float b1, float b2,
                           float bc2, float eps, float step) {
     const float a1 = 1.0f - b1, a2 = 1.0f - b2;

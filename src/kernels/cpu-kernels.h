@@ -56,6 +56,12 @@ void rope_row_backward(const float* dy, const float* cos, const float* sin, int6
 // y[j] += x[j]
 void add_inplace(float* y, const float* x, int64_t n);
 
+// bfloat16 rows (each value the upper 16 bits of a float, as uint16_t). Widening is exact;
+// narrowing rounds to nearest, ties to even, as c10::BFloat16 does (a NaN stays a NaN), so a
+// narrowed row equals libtorch's `.to(torch::kBFloat16)` of it bit for bit.
+void bf16_to_float(const uint16_t* x, int64_t n, float* y);
+void float_to_bf16(const float* x, int64_t n, uint16_t* y);
+
 // One AdamW update of n parameters (torch.optim.AdamW's order of operations):
 //   p *= decay; m = b1 m + (1 - b1) g; v = b2 v + (1 - b2) g^2;
 //   p -= step * m / (sqrt(v / bc2) + eps)          with step = lr / bc1

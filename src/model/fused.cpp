@@ -96,14 +96,19 @@ public:
 
 // ---------------------------------------------------------------------------------------------
 // SwiGLU product.  gu (N, 2I): gate | up -> h (N, I); the backward writes d(gu) in one buffer.
+// A bf16 gu (the gate and up product under --precision bf16) gives a bf16 h (float_row,
+// store_row).
 
 Tensor swiglu_forward(const Tensor& gu) {
     const int64_t N = gu.size(0), I = gu.size(1) / 2;
     auto h = torch::empty({N, I}, gu.options());
-    const float* p = gu.data_ptr<float>();
-    float* hp = h.data_ptr<float>();
     at::parallel_for(0, N, std::max<int64_t>(1, (1 << 14) / I), [&](int64_t b, int64_t e) {
-        for (int64_t n = b; n < e; ++n) k::swiglu(p + n * 2 * I, p + n * 2 * I + I, I, hp + n * I);
+        std::vector<float> in, out;
+        for (int64_t n = b; n < e; ++n) {
+            const float* p = float_row(gu, n, in);
+            k::swiglu(p, p + I, I, out_row(h, n, out));
+            store_row(h, n, out);
+        }
     });
     return h;
 }
@@ -117,14 +122,16 @@ public:
     static variable_list backward(AutogradContext* ctx, variable_list grads) {
         const Tensor gu = ctx->get_saved_variables()[0];
         const int64_t N = gu.size(0), I = gu.size(1) / 2;
-        auto dh = grads[0].contiguous();
+        auto dh = grads[0].to(gu.scalar_type()).contiguous();
         auto dgu = torch::empty_like(gu);
-        const float* p = gu.data_ptr<float>();
-        const float* hp = dh.data_ptr<float>();
-        float* dp = dgu.data_ptr<float>();
         at::parallel_for(0, N, std::max<int64_t>(1, (1 << 14) / I), [&](int64_t b, int64_t e) {
-            for (int64_t n = b; n < e; ++n)
-                k::swiglu_backward(p + n * 2 * I, p + n * 2 * I + I, hp + n * I, I, dp + n * 2 * I, dp + n * 2 * I + I);
+            std::vector<float> in, din, out;
+            for (int64_t n = b; n < e; ++n) {
+                const float* p = float_row(gu, n, in);
+                float* dp = out_row(dgu, n, out);
+                k::swiglu_backward(p, p + I, float_row(dh, n, din), I, dp, dp + I);
+                store_row(dgu, n, out);
+            }
         });
         return {dgu};
     }
@@ -297,6 +304,27 @@ public:
 
 }  // namespace
 
+const float* float_row(const Tensor& m, int64_t n, std::vector<float>& buf) {
+    const int64_t C = m.size(1);
+    if (m.scalar_type() == torch::kFloat32) return m.data_ptr<float>() + n * C;
+    buf.resize(size_t(C));
+    k::bf16_to_float(reinterpret_cast<const uint16_t*>(m.data_ptr<at::BFloat16>()) + n * C, C, buf.data());
+    return buf.data();
+}
+
+float* out_row(const Tensor& m, int64_t n, std::vector<float>& buf) {
+    const int64_t C = m.size(1);
+    if (m.scalar_type() == torch::kFloat32) return m.data_ptr<float>() + n * C;
+    buf.resize(size_t(C));
+    return buf.data();
+}
+
+void store_row(const Tensor& m, int64_t n, const std::vector<float>& buf) {
+    if (m.scalar_type() == torch::kFloat32) return;
+    const int64_t C = m.size(1);
+    k::float_to_bf16(buf.data(), C, reinterpret_cast<uint16_t*>(m.data_ptr<at::BFloat16>()) + n * C);
+}
+
 void set_fused_kernels(bool on) { g_fused = on ? 1 : 0; }
 
 bool fused_kernels_enabled() {
@@ -313,6 +341,10 @@ bool fused_cpu(const Tensor& x) {
     return x.defined() && x.device().is_cpu() && x.scalar_type() == torch::kFloat32 && fused_kernels_enabled();
 }
 
+bool fused_cpu_bf16(const Tensor& x) {
+    return x.defined() && x.device().is_cpu() && x.scalar_type() == torch::kBFloat16 && fused_kernels_enabled();
+}
+
 Tensor fused_rms_norm(const Tensor& x, const Tensor& w, double eps) {
     if (needs_grad({&x, &w})) return RmsNormFn::apply(x, w, eps)[0];
     return rms_forward(rows_of(x), w.contiguous(), eps, nullptr).view(x.sizes());
@@ -320,6 +352,8 @@ Tensor fused_rms_norm(const Tensor& x, const Tensor& w, double eps) {
 
 Tensor fused_swiglu(const Tensor& gu) {
     DISTILL_CHECK(gu.size(-1) % 2 == 0, "fused_swiglu: the gate and up halves differ in width");
+    DISTILL_CHECK(gu.scalar_type() == torch::kFloat32 || gu.scalar_type() == torch::kBFloat16,
+                  "fused_swiglu: takes float32 or bf16, got ", gu.scalar_type());
     auto shape = gu.sizes().vec();
     shape.back() /= 2;
     auto rows = rows_of(gu);

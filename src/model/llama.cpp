@@ -18,11 +18,18 @@ namespace {
 // x W^T + b. In a training forward (gradients on, W trainable) under --precision bf16 the product
 // takes bf16 copies of x and W and returns float32, and autograd carries the gradients back
 // through the same conversions (mixed precision, as autocast does; the weights, their gradients
-// and the optimizer stay float32). Otherwise float32 throughout.
-torch::Tensor mixed_linear(const torch::Tensor& x, const torch::Tensor& w, const torch::Tensor& b = {}) {
-    if (w.requires_grad() && torch::GradMode::is_enabled() && x.scalar_type() == torch::kFloat32 &&
+// and the optimizer stay float32). With keep_bf16 (no bias) it returns the product as it comes,
+// in bf16, for a consumer that reads bf16 rows itself (fused_swiglu, the losses), which saves a
+// pass over the output each way. x may already be bf16 (such a consumer's output). Otherwise
+// float32 throughout.
+torch::Tensor mixed_linear(const torch::Tensor& x, const torch::Tensor& w, const torch::Tensor& b = {},
+                           bool keep_bf16 = false) {
+    if (w.requires_grad() && torch::GradMode::is_enabled() &&
+        (x.scalar_type() == torch::kFloat32 || x.scalar_type() == torch::kBFloat16) &&
         train_precision() == Precision::kBFloat16) {
-        auto y = F::linear(x.to(torch::kBFloat16), w.to(torch::kBFloat16)).to(torch::kFloat32);
+        auto y = F::linear(x.to(torch::kBFloat16), w.to(torch::kBFloat16));
+        if (keep_bf16 && !b.defined()) return y;
+        y = y.to(torch::kFloat32);
         return b.defined() ? y + b : y;
     }
     return F::linear(x, w, b);
@@ -202,8 +209,9 @@ MLPImpl::MLPImpl(const ModelConfig& c, bool allocate) {
 torch::Tensor MLPImpl::forward(const torch::Tensor& x) {
     if (fused_cpu(x)) {
         // gate and up as one product (their matrices stacked), unless packed for inference
+        // (under --precision bf16 in bf16, which fused_swiglu reads and writes as it is)
         auto gu = gate_proj->packed ? torch::cat({gate_proj(x), up_proj(x)}, -1)
-                                    : mixed_linear(x, torch::cat({gate_proj->weight, up_proj->weight}));
+                                    : mixed_linear(x, torch::cat({gate_proj->weight, up_proj->weight}), {}, true);
         return down_proj(fused_swiglu(gu));
     }
     return down_proj(F::silu(gate_proj(x)) * up_proj(x));
@@ -395,10 +403,10 @@ torch::Tensor LlamaImpl::decode_step(const torch::Tensor& ids, const std::vector
     return head(model->norm(x)).squeeze(1);
 }
 
-torch::Tensor LlamaImpl::head(const torch::Tensor& h) {
-    if (lm_head) return lm_head(h);
+torch::Tensor LlamaImpl::head(const torch::Tensor& h, bool keep_bf16) {
+    if (lm_head) return lm_head->packed ? lm_head(h) : mixed_linear(h, lm_head->weight, lm_head->bias, keep_bf16);
     if (model->packed_embed) return model->packed_embed->linear(h);
-    return mixed_linear(h, model->embed_tokens->weight);
+    return mixed_linear(h, model->embed_tokens->weight, {}, keep_bf16);
 }
 
 const PackedMatrix* LlamaImpl::packed_head() const {
@@ -437,6 +445,11 @@ torch::Tensor LlamaImpl::head_into(const torch::Tensor& h, torch::Tensor* buf) {
 
 torch::Tensor LlamaImpl::forward(const torch::Tensor& ids, KVCache* cache) {
     return head(hidden(ids, cache));
+}
+
+torch::Tensor LlamaImpl::forward_for_loss(const torch::Tensor& ids) {
+    auto h = hidden(ids);
+    return head(h, fused_cpu(h));
 }
 
 void LlamaImpl::init_weights(uint64_t seed) {

@@ -120,6 +120,11 @@ public:
     // ids: (B, T) int64 -> logits (B, T, V). With a cache, the T ids continue the cached
     // sequence and the cache is extended.
     torch::Tensor forward(const torch::Tensor& ids, KVCache* cache = nullptr);
+    // The logits a training loss reads, (B, T, V): forward's, except that in a training forward
+    // under --precision bf16 on the CPU they stay in bf16 as the head's product returns them. The
+    // losses (distill/losses.h) take either and compute in float; this saves widening 2 × V bytes
+    // a position and narrowing the gradient back.
+    torch::Tensor forward_for_loss(const torch::Tensor& ids);
     // One decoding step for B independent sequences at different lengths: ids (B) is the next
     // token of each; slots[b] holds sequence b's cache and is extended by one. The projections
     // and the MLP run as one batched product; attention runs per sequence over its own length.
@@ -128,7 +133,7 @@ public:
     // The final hidden states (B, T, C) after the last norm, before the head.
     torch::Tensor hidden(const torch::Tensor& ids, KVCache* cache = nullptr);
     // h: (..., C) -> logits (..., V)
-    torch::Tensor head(const torch::Tensor& h);
+    torch::Tensor head(const torch::Tensor& h, bool keep_bf16 = false);
     // log softmax(head(h))[target] for h (n, C), targets (n) -> (n) float32. A packed head over
     // a large vocabulary streams its rows (PackedMatrix::target_logprobs) instead of holding
     // n × V logits; buf as in head_into.

@@ -59,7 +59,7 @@ torch::Tensor next_token_loss(Llama& model, const torch::Tensor& tokens) {
     const int64_t T = tokens.size(1) - 1;
     auto inputs = tokens.narrow(1, 0, T);
     auto targets = tokens.narrow(1, 1, T);
-    auto logits = model->forward(inputs);
+    auto logits = model->forward_for_loss(inputs);
     return loss_cross_entropy(logits.reshape({-1, logits.size(-1)}), targets.reshape({-1}));
 }
 

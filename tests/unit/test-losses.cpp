@@ -21,6 +21,7 @@
 
 #include "distill/losses.h"
 #include "io/safetensors.h"
+#include "model/fused.h"
 #include "util/error.h"
 #include "test-util.h"
 
@@ -372,6 +373,76 @@ TEST(Losses, HalfPrecisionStudent) {
     loss.backward();
     EXPECT_EQ(s.grad().scalar_type(), torch::kBFloat16);
     EXPECT_TRUE(all_finite(s.grad()));
+}
+
+// bf16 logits (the head's product under --precision bf16) go into the fused rows as they are:
+// the loss must be the one of the widened float logits, computed by libtorch's tensor ops
+// (fusion off), and the gradient that one's, in bf16 (one rounding: 2^-9 of each entry).
+TEST(Losses, Bf16LogitsGiveTheLossOfTheirFloatValues) {
+    Gen g;
+    g.N = 40;
+    g.V = 300;
+    g.K = 8;
+    g.student_scale = 4;
+    auto in = make_inputs(g, 21);
+    auto s16 = in.student.to(torch::kBFloat16);
+    for (bool sparse : {false, true}) {
+        for (double ce : {0.0, 0.3, 1.0}) {
+            auto o = make_opts({sparse ? LossKind::kForwardKL : LossKind::kCrossEntropy}, sparse ? 2.0 : 1.0, ce);
+            SCOPED_TRACE(str_cat(sparse ? "loss_sparse " : "loss_cross_entropy ", describe(o)));
+            auto a = s16.clone().requires_grad_(true);
+            auto la = sparse ? loss_sparse(a, in.ids, in.logprobs.to(torch::kFloat32), in.targets, o)
+                             : loss_cross_entropy(a, in.targets);
+            la.backward();
+            ASSERT_EQ(a.grad().scalar_type(), torch::kBFloat16);
+
+            set_fused_kernels(false);
+            auto b = s16.to(torch::kFloat32).requires_grad_(true);
+            auto lb = sparse ? loss_sparse(b, in.ids, in.logprobs.to(torch::kFloat32), in.targets, o)
+                             : torch::nn::functional::cross_entropy(
+                                   b, in.targets,
+                                   torch::nn::functional::CrossEntropyFuncOptions().ignore_index(kIgnoreIndex));
+            lb.backward();
+            set_fused_kernels(true);
+
+            EXPECT_NEAR(la.item<double>(), lb.item<double>(), 1e-5 * std::max(1.0, std::abs(lb.item<double>())));
+            auto ga = a.grad().to(torch::kFloat64), gb = b.grad().to(torch::kFloat64);
+            const double worst = ((ga - gb).abs() - gb.abs() * std::ldexp(1.0, -8)).max().item<double>();
+            EXPECT_LE(worst, 1e-7) << "a bf16 gradient entry is more than its rounding away";
+            EXPECT_GT(gb.abs().max().item<double>(), 1e-3);
+        }
+    }
+}
+
+// The rows' narrowing rounds as c10::BFloat16 does (to nearest, ties to even; NaN stays NaN,
+// overflow goes to inf), and widening is exact.
+TEST(Losses, Bf16RowsRoundAsLibtorch) {
+    const float inf = std::numeric_limits<float>::infinity();
+    std::vector<float> v = {0.0f, -0.0f, 1.0f, -2.5f, inf, -inf, std::numeric_limits<float>::quiet_NaN(),
+                            std::numeric_limits<float>::max(), std::numeric_limits<float>::denorm_min(),
+                            1e-40f, 1.0f + std::ldexp(1.0f, -8), 1.0f + 3 * std::ldexp(1.0f, -8),
+                            1.0f + std::ldexp(1.0f, -8) + std::ldexp(1.0f, -20), 3.14159265f, -1e30f};
+    auto rnd = torch::randn({1000}) * 100;
+    for (int64_t i = 0; i < rnd.size(0); ++i) v.push_back(rnd[i].item<float>());
+    const int64_t C = int64_t(v.size());
+    auto f = torch::from_blob(v.data(), {1, C}, torch::kFloat32).clone();
+    auto out = torch::empty({1, C}, torch::kBFloat16);
+    std::vector<float> buf(v.begin(), v.end());
+    store_row(out, 0, buf);
+    auto want = f.to(torch::kBFloat16);
+    // bit for bit, except that a NaN need only stay a NaN (libtorch's vector path gives 0xffff)
+    auto nan = torch::isnan(want);
+    EXPECT_TRUE(torch::equal(torch::isnan(out), nan));
+    EXPECT_TRUE(torch::equal(out.view(torch::kInt16).masked_fill(nan, 0), want.view(torch::kInt16).masked_fill(nan, 0)))
+        << "narrowed rows differ from .to(kBFloat16)";
+    std::vector<float> wide;
+    const float* back = float_row(want, 0, wide);
+    auto widened = torch::from_blob(const_cast<float*>(back), {1, C}, torch::kFloat32);
+    auto nan32 = torch::isnan(widened);
+    EXPECT_TRUE(torch::equal(nan32, nan));
+    EXPECT_TRUE(torch::equal(widened.view(torch::kInt32).masked_fill(nan32, 0),
+                             want.to(torch::kFloat32).view(torch::kInt32).masked_fill(nan32, 0)))
+        << "widened rows differ from .to(kFloat32)";
 }
 
 TEST(Losses, InvalidInputsThrow) {

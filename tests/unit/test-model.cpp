@@ -5,6 +5,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "distill/losses.h"
 #include "io/safetensors.h"
 #include "model/checkpoint.h"
 #include "model/fused.h"
@@ -92,9 +93,10 @@ TEST_P(ModelRef, LogitsAndGradientsMatchPyTorch) {
         set_train_precision(bf16 ? Precision::kBFloat16 : Precision::kFloat32);
         model->zero_grad();
         model->train();
-        auto logits = model->forward(ids);
-        auto loss = torch::nn::functional::cross_entropy(logits.reshape({-1, cfg.vocab_size}),
-                                                         targets.reshape({-1}));
+        // the training path: under bf16 the logits stay bf16 and the loss reads them as they are
+        auto logits = model->forward_for_loss(ids);
+        if (bf16) EXPECT_EQ(logits.scalar_type(), torch::kBFloat16);
+        auto loss = loss_cross_entropy(logits.reshape({-1, cfg.vocab_size}), targets.reshape({-1}));
         loss.backward();
         set_fused_kernels(true);
         set_train_precision(Precision::kFloat32);
