@@ -44,16 +44,19 @@ Tensor rows_of(const Tensor& x) { return x.contiguous().view({-1, x.size(-1)}); 
 // ---------------------------------------------------------------------------------------------
 // RMSNorm.  x (N, C), w (C) -> y (N, C); saved: x, w, r (N) = 1 / rms.
 
-Tensor rms_forward(const Tensor& x2, const Tensor& w, double eps, Tensor* r_out) {
+Tensor rms_forward(const Tensor& x2, const Tensor& w, double eps, Tensor* r_out, bool bf16_out) {
     const int64_t N = x2.size(0), C = x2.size(1);
-    auto y = torch::empty_like(x2);
+    auto y = torch::empty({N, C}, x2.options().dtype(bf16_out ? torch::kBFloat16 : torch::kFloat32));
     auto r = torch::empty({N}, x2.options());
     const float* xp = x2.data_ptr<float>();
     const float* wp = w.data_ptr<float>();
-    float* yp = y.data_ptr<float>();
     float* rp = r.data_ptr<float>();
     at::parallel_for(0, N, 64, [&](int64_t b, int64_t e) {
-        for (int64_t n = b; n < e; ++n) rp[n] = k::rms_norm_row(xp + n * C, wp, C, float(eps), yp + n * C);
+        std::vector<float> out;
+        for (int64_t n = b; n < e; ++n) {
+            rp[n] = k::rms_norm_row(xp + n * C, wp, C, float(eps), out_row(y, n, out));
+            store_row(y, n, out);
+        }
     });
     if (r_out) *r_out = r;
     return y;
@@ -61,11 +64,11 @@ Tensor rms_forward(const Tensor& x2, const Tensor& w, double eps, Tensor* r_out)
 
 class RmsNormFn : public torch::autograd::Function<RmsNormFn> {
 public:
-    static variable_list forward(AutogradContext* ctx, const Tensor& x, const Tensor& w, double eps) {
+    static variable_list forward(AutogradContext* ctx, const Tensor& x, const Tensor& w, double eps, bool bf16_out) {
         auto x2 = rows_of(x);
         auto wc = w.contiguous();
         Tensor r;
-        auto y = rms_forward(x2, wc, eps, &r);
+        auto y = rms_forward(x2, wc, eps, &r, bf16_out);
         ctx->save_for_backward({x2, wc, r});
         return {y.view(x.sizes())};
     }
@@ -83,14 +86,15 @@ public:
         const float* xp = x2.data_ptr<float>();
         const float* wp = w.data_ptr<float>();
         const float* rp = r.data_ptr<float>();
-        const float* gp = dy.data_ptr<float>();
         float* dxp = dx.data_ptr<float>();
         float* dwp = dw_rows.data_ptr<float>();
         at::parallel_for(0, N, 64, [&](int64_t b, int64_t e) {
+            std::vector<float> widened;  // a bf16 output's gradient comes in bf16
             for (int64_t n = b; n < e; ++n)
-                k::rms_norm_row_backward(xp + n * C, wp, gp + n * C, C, rp[n], dxp + n * C, dwp + n * C);
+                k::rms_norm_row_backward(xp + n * C, wp, float_row(dy, n, widened), C, rp[n], dxp + n * C,
+                                         dwp + n * C);
         });
-        return {dx.view(grads[0].sizes()), dw_rows.sum(0), Tensor()};
+        return {dx.view(grads[0].sizes()), dw_rows.sum(0), Tensor(), Tensor()};
     }
 };
 
@@ -145,6 +149,11 @@ public:
 // (row i over keys 0..i), Y = P V. Saved for the backward: the rotated qr (B, H, T, D) and
 // kr (B, Hkv, T, D), qkv (for V) and P (B, H, T, T). The backward writes d(qkv) in one buffer.
 
+// Causal attention runs in blocks of this many query rows, each over the keys up to its last row
+// only: at T = 128 a quarter of the products' work is skipped (the masked half of S in the
+// later block), at T = 512 seven sixteenths.
+constexpr int64_t kQueryBlock = 64;
+
 struct AttnShape {
     int64_t B, T, H, Hkv, D, rep, W;  // W: the width of a qkv row
     float scale;
@@ -177,14 +186,18 @@ void attn_forward(const AttnShape& s, const float* qr, const float* kr, const fl
             float* P = p_all ? p_all + bh * T * T : scratch.data();
             const float* Q = qr + bh * T * D;
             const float* K = kr + (b * s.Hkv + g) * T * D;
-            gemm(false, true, T, T, D, 1.0f, Q, D, K, D, 0.0f, P, T);  // S = Q K^T
-            for (int64_t i = 0; i < T; ++i) {
-                k::row_softmax_inplace(P + i * T, i + 1, s.scale);
-                std::memset(P + i * T + i + 1, 0, sizeof(float) * size_t(T - i - 1));
+            const float* V = qkv + b * T * W + v_col + g * D;  // row stride W
+            float* Y = y + b * T * H * D + h * D;               // row stride H*D
+            for (int64_t i0 = 0; i0 < T; i0 += kQueryBlock) {
+                // query rows i0..i1-1 see keys 0..i1-1 only: S = Q K^T, causal softmax, Y = P V
+                const int64_t i1 = std::min(T, i0 + kQueryBlock), n = i1 - i0;
+                gemm(false, true, n, i1, D, 1.0f, Q + i0 * D, D, K, D, 0.0f, P + i0 * T, T);
+                for (int64_t i = i0; i < i1; ++i) {
+                    k::row_softmax_inplace(P + i * T, i + 1, s.scale);
+                    std::memset(P + i * T + i + 1, 0, sizeof(float) * size_t(T - i - 1));
+                }
+                gemm(false, false, n, D, i1, 1.0f, P + i0 * T, T, V, W, 0.0f, Y + i0 * H * D, H * D);
             }
-            // Y (T x D, row stride H*D) = P V (V: T x D, row stride W)
-            gemm(false, false, T, D, T, 1.0f, P, T, qkv + b * T * W + v_col + g * D, W, 0.0f, y + b * T * H * D + h * D,
-                 H * D);
         }
     });
 }
@@ -247,18 +260,24 @@ public:
                     const int64_t h = g * s.rep + r, bh = b * H + h;
                     const float* Pm = pp + bh * T * T;
                     const float* dY = gp + b * T * H * D + h * D;  // row stride H*D
-                    // dV (+)= P^T dY
-                    gemm(true, false, T, D, T, 1.0f, Pm, T, dY, H * D, r ? 1.0f : 0.0f, dV, W);
-                    // dP = dY V^T, then dS = softmax backward (rows over keys 0..i), scaled
-                    gemm(false, true, T, T, D, 1.0f, dY, H * D, V, W, 0.0f, dP.data(), T);
-                    for (int64_t i = 0; i < T; ++i) {
-                        k::row_softmax_backward_inplace(Pm + i * T, dP.data() + i * T, i + 1, s.scale);
-                        std::memset(dP.data() + i * T + i + 1, 0, sizeof(float) * size_t(T - i - 1));
+                    // Query blocks from the last, which reaches every key: it starts dV and dKr
+                    // (for the first query head of the group), the others add into their keys' rows.
+                    for (int64_t i0 = (T - 1) / kQueryBlock * kQueryBlock; i0 >= 0; i0 -= kQueryBlock) {
+                        const int64_t i1 = std::min(T, i0 + kQueryBlock), n = i1 - i0;
+                        const float beta = r || i1 < T ? 1.0f : 0.0f;
+                        float* dS = dP.data() + i0 * T;
+                        // dV (+)= P^T dY
+                        gemm(true, false, i1, D, n, 1.0f, Pm + i0 * T, T, dY + i0 * H * D, H * D, beta, dV, W);
+                        // dP = dY V^T, then dS = softmax backward (rows over keys 0..i), scaled
+                        gemm(false, true, n, i1, D, 1.0f, dY + i0 * H * D, H * D, V, W, 0.0f, dS, T);
+                        for (int64_t i = i0; i < i1; ++i) {
+                            k::row_softmax_backward_inplace(Pm + i * T, dP.data() + i * T, i + 1, s.scale);
+                            std::memset(dP.data() + i * T + i + 1, 0, sizeof(float) * size_t(i1 - i - 1));
+                        }
+                        // dQr = dS K; dKr (+)= dS^T Qr
+                        gemm(false, false, n, D, i1, 1.0f, dS, T, K, D, 0.0f, dQr.data() + i0 * D, D);
+                        gemm(true, false, i1, D, n, 1.0f, dS, T, qp + bh * T * D + i0 * D, D, beta, dKr.data(), D);
                     }
-                    // dQr = dS K; dKr (+)= dS^T Qr
-                    gemm(false, false, T, D, T, 1.0f, dP.data(), T, K, D, 0.0f, dQr.data(), D);
-                    gemm(true, false, T, D, T, 1.0f, dP.data(), T, qp + bh * T * D, D, r ? 1.0f : 0.0f, dKr.data(),
-                         D);
                     for (int64_t t = 0; t < T; ++t)
                         k::rope_row_backward(dQr.data() + t * D, cos + t * D, sin + t * D, D,
                                              dp + (b * T + t) * W + h * D);
@@ -345,9 +364,9 @@ bool fused_cpu_bf16(const Tensor& x) {
     return x.defined() && x.device().is_cpu() && x.scalar_type() == torch::kBFloat16 && fused_kernels_enabled();
 }
 
-Tensor fused_rms_norm(const Tensor& x, const Tensor& w, double eps) {
-    if (needs_grad({&x, &w})) return RmsNormFn::apply(x, w, eps)[0];
-    return rms_forward(rows_of(x), w.contiguous(), eps, nullptr).view(x.sizes());
+Tensor fused_rms_norm(const Tensor& x, const Tensor& w, double eps, bool bf16_out) {
+    if (needs_grad({&x, &w})) return RmsNormFn::apply(x, w, eps, bf16_out)[0];
+    return rms_forward(rows_of(x), w.contiguous(), eps, nullptr, bf16_out).view(x.sizes());
 }
 
 Tensor fused_swiglu(const Tensor& gu) {

@@ -30,8 +30,9 @@ const float* float_row(const torch::Tensor& m, int64_t n, std::vector<float>& bu
 float* out_row(const torch::Tensor& m, int64_t n, std::vector<float>& buf);
 void store_row(const torch::Tensor& m, int64_t n, const std::vector<float>& buf);
 
-// RMSNorm: x (..., C), w (C) -> x / sqrt(mean(x^2) + eps) * w
-torch::Tensor fused_rms_norm(const torch::Tensor& x, const torch::Tensor& w, double eps);
+// RMSNorm: x (..., C), w (C) -> x / sqrt(mean(x^2) + eps) * w, float32 (x's type), or bf16 with
+// bf16_out (for a bf16 product after it: rounded once, as `.to(kBFloat16)` of the float result)
+torch::Tensor fused_rms_norm(const torch::Tensor& x, const torch::Tensor& w, double eps, bool bf16_out = false);
 
 // SwiGLU's product: gu (..., 2I), the gate and up projections side by side -> silu(g) * u (..., I),
 // in gu's type (float32 or bf16; computed in float either way)

@@ -15,18 +15,22 @@ namespace F = torch::nn::functional;
 
 namespace {
 
-// x W^T + b. In a training forward (gradients on, W trainable) under --precision bf16 the product
-// takes bf16 copies of x and W and returns float32, and autograd carries the gradients back
-// through the same conversions (mixed precision, as autocast does; the weights, their gradients
-// and the optimizer stay float32). With keep_bf16 (no bias) it returns the product as it comes,
-// in bf16, for a consumer that reads bf16 rows itself (fused_swiglu, the losses), which saves a
-// pass over the output each way. x may already be bf16 (such a consumer's output). Otherwise
-// float32 throughout.
+// Whether a product with trainable weight w runs in bf16: a training forward (gradients on, w
+// trainable) under --precision bf16.
+bool bf16_product(const torch::Tensor& w) {
+    return w.requires_grad() && torch::GradMode::is_enabled() && train_precision() == Precision::kBFloat16;
+}
+
+// x W^T + b. Where bf16_product(W), the product takes bf16 copies of x and W and returns float32,
+// and autograd carries the gradients back through the same conversions (mixed precision, as
+// autocast does; the weights, their gradients and the optimizer stay float32). With keep_bf16 (no
+// bias) it returns the product as it comes, in bf16, for a consumer that reads bf16 rows itself
+// (fused_swiglu, the losses), which saves a pass over the output each way. x may already be bf16
+// (written so by such a consumer or by RMSNormImpl::forward_for_product). Otherwise float32
+// throughout.
 torch::Tensor mixed_linear(const torch::Tensor& x, const torch::Tensor& w, const torch::Tensor& b = {},
                            bool keep_bf16 = false) {
-    if (w.requires_grad() && torch::GradMode::is_enabled() &&
-        (x.scalar_type() == torch::kFloat32 || x.scalar_type() == torch::kBFloat16) &&
-        train_precision() == Precision::kBFloat16) {
+    if (bf16_product(w) && (x.scalar_type() == torch::kFloat32 || x.scalar_type() == torch::kBFloat16)) {
         auto y = F::linear(x.to(torch::kBFloat16), w.to(torch::kBFloat16));
         if (keep_bf16 && !b.defined()) return y;
         y = y.to(torch::kFloat32);
@@ -34,6 +38,9 @@ torch::Tensor mixed_linear(const torch::Tensor& x, const torch::Tensor& w, const
     }
     return F::linear(x, w, b);
 }
+
+// Whether the fused CPU forms take x: float32, or bf16 from a bf16 product or norm.
+bool fused_rows_of(const torch::Tensor& x) { return fused_cpu(x) || fused_cpu_bf16(x); }
 
 }  // namespace
 
@@ -45,6 +52,11 @@ torch::Tensor RMSNormImpl::forward(const torch::Tensor& x) {
     if (fused_cpu(x) && fused_cpu(weight)) return fused_rms_norm(x, weight, eps);
     auto var = x.pow(2).mean(-1, /*keepdim=*/true);
     return x * torch::rsqrt(var + eps) * weight;
+}
+
+torch::Tensor RMSNormImpl::forward_for_product(const torch::Tensor& x) {
+    if (fused_cpu(x) && fused_cpu(weight) && bf16_product(weight)) return fused_rms_norm(x, weight, eps, true);
+    return forward(x);
 }
 
 ProjImpl::ProjImpl(int64_t in, int64_t out, bool with_bias, bool allocate) : in_features(in), out_features(out) {
@@ -93,7 +105,7 @@ torch::Tensor AttentionImpl::forward(const torch::Tensor& x, const torch::Tensor
                                      const torch::Tensor& sin, torch::Tensor* cache_k,
                                      torch::Tensor* cache_v) {
     const int64_t B = x.size(0), T = x.size(1);
-    if (!cache_k && fused_cpu(x)) {
+    if (!cache_k && fused_rows_of(x)) {
         // training and cache-free scoring: rotation, causal softmax and both products per head
         // in one fused op (model/fused.h)
         torch::Tensor qkv;  // (B, T, (H + 2 Hkv) D)
@@ -207,7 +219,7 @@ MLPImpl::MLPImpl(const ModelConfig& c, bool allocate) {
 }
 
 torch::Tensor MLPImpl::forward(const torch::Tensor& x) {
-    if (fused_cpu(x)) {
+    if (fused_rows_of(x)) {
         // gate and up as one product (their matrices stacked), unless packed for inference
         // (under --precision bf16 in bf16, which fused_swiglu reads and writes as it is)
         auto gu = gate_proj->packed ? torch::cat({gate_proj(x), up_proj(x)}, -1)
@@ -228,8 +240,9 @@ DecoderLayerImpl::DecoderLayerImpl(const ModelConfig& c, bool allocate) {
 torch::Tensor DecoderLayerImpl::forward(const torch::Tensor& x, const torch::Tensor& cos,
                                         const torch::Tensor& sin, torch::Tensor* cache_k,
                                         torch::Tensor* cache_v) {
-    auto h = x + self_attn->forward(input_layernorm(x), cos, sin, cache_k, cache_v);
-    return h + mlp(post_attention_layernorm(h));
+    auto xn = self_attn->one_product() ? input_layernorm->forward_for_product(x) : input_layernorm(x);
+    auto h = x + self_attn->forward(xn, cos, sin, cache_k, cache_v);
+    return h + mlp(post_attention_layernorm->forward_for_product(h));
 }
 
 torch::Tensor DecoderLayerImpl::forward_slots(const torch::Tensor& x, const torch::Tensor& cos,
@@ -371,7 +384,7 @@ torch::Tensor LlamaImpl::hidden(const torch::Tensor& ids, KVCache* cache) {
         x = layer->forward(x, cos, sin, cache ? &cache->k[l] : nullptr,
                            cache ? &cache->v[l] : nullptr);
     }
-    return model->norm(x);
+    return model->norm->forward_for_product(x);
 }
 
 torch::Tensor LlamaImpl::decode_step(const torch::Tensor& ids, const std::vector<SlotCache*>& slots) {
@@ -449,7 +462,7 @@ torch::Tensor LlamaImpl::forward(const torch::Tensor& ids, KVCache* cache) {
 
 torch::Tensor LlamaImpl::forward_for_loss(const torch::Tensor& ids) {
     auto h = hidden(ids);
-    return head(h, fused_cpu(h));
+    return head(h, fused_rows_of(h));
 }
 
 void LlamaImpl::init_weights(uint64_t seed) {

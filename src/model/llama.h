@@ -42,6 +42,10 @@ public:
     RMSNormImpl(int64_t dim, double eps);
     // x: (..., C) -> (..., C)
     torch::Tensor forward(const torch::Tensor& x);
+    // The same rows as the product after the norm takes them: in a training forward under
+    // --precision bf16 the fused kernel writes them in bf16 (saving that product a pass each way);
+    // forward's otherwise.
+    torch::Tensor forward_for_product(const torch::Tensor& x);
     torch::Tensor weight;
     double eps;
 };
@@ -71,6 +75,10 @@ public:
     // position; slots[b]->k[layer] / v[layer] receive the new keys and values.
     torch::Tensor forward_slots(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin,
                                 const std::vector<SlotCache*>& slots, size_t layer);
+    // Whether its fused form reads x through one product (q, k and v stacked), so that x may come
+    // in bf16 (RMSNormImpl::forward_for_product); with q/k norms it takes three, whose bf16
+    // gradients would then be summed in bf16.
+    bool one_product() const { return !q_norm && !q_proj->packed; }
     Proj q_proj{nullptr}, k_proj{nullptr}, v_proj{nullptr}, o_proj{nullptr};
     RMSNorm q_norm{nullptr}, k_norm{nullptr};  // qwen3 only
     int64_t n_head, n_kv_head, head_dim;
@@ -130,7 +138,8 @@ public:
     // and the MLP run as one batched product; attention runs per sequence over its own length.
     // Returns logits (B, V).
     torch::Tensor decode_step(const torch::Tensor& ids, const std::vector<SlotCache*>& slots);
-    // The final hidden states (B, T, C) after the last norm, before the head.
+    // The final hidden states (B, T, C) after the last norm, before the head (in a training
+    // forward under --precision bf16, in bf16: see RMSNormImpl::forward_for_product).
     torch::Tensor hidden(const torch::Tensor& ids, KVCache* cache = nullptr);
     // h: (..., C) -> logits (..., V)
     torch::Tensor head(const torch::Tensor& h, bool keep_bf16 = false);
