@@ -12,8 +12,10 @@
 //   kd-cold    the same with a reader that keeps no chunk: every window decompresses its chunk
 //              (a cache far larger than the reader's memory budget)
 // Then the pretraining step's FLOP rate against this machine's float32 GEMM (torch::mm 2048x2048,
-// measured here), and the KD steps against the student's CE step. In fp32, distill also runs with
-// its fused kernels off (libtorch's own ops, DISTILL_FUSED=0): what the kernels won.
+// measured here); the most any pretraining step could reach against PyTorch's, were it nothing but
+// its matrix products each at torch::mm's speed alone (timed at the step's shapes); and the KD
+// steps against the student's CE step. In fp32, distill also runs with its fused kernels off
+// (libtorch's own ops, DISTILL_FUSED=0): what the kernels won.
 //
 // Precision: fp32 compares float32 with float32. bf16 (distill's --precision bf16: bf16 products,
 // float32 master weights) is compared with PyTorch under torch.autocast("cpu", bfloat16). The
@@ -30,6 +32,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <functional>
 #include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
@@ -69,6 +72,38 @@ double gemm_gflops() {
         best = std::min(best, now_seconds() - t0);
     }
     return 2.0 * 2048 * 2048 * 2048 / best / 1e9;
+}
+
+// Seconds a training step of model c over M positions spends in its matrix products alone, each
+// timed by itself with torch::mm at its shape into a reused output (best of 3): per matrix the
+// forward x W^T, the input gradient dY W and the weight gradient dY^T x; q, k and v stacked, gate
+// and up stacked, as distill multiplies them. In bf16 the operands and outputs are bf16. Leaves
+// out attention's per-head products (2 T H D of flops_per_token's 2 * matmul_params + 2 T H D).
+double products_seconds(const ModelConfig& c, int64_t M, bool bf16) {
+    torch::NoGradGuard ng;
+    const auto opt = torch::TensorOptions().dtype(bf16 ? torch::kBFloat16 : torch::kFloat32);
+    const int64_t C = c.hidden_size, D = c.head_dim(), QD = c.num_attention_heads * D;
+    const std::vector<std::pair<int64_t, int64_t>> mats = {  // {out, in}, one layer's
+        {QD + 2 * c.num_key_value_heads * D, C}, {C, QD}, {2 * c.intermediate_size, C}, {C, c.intermediate_size}};
+    auto best_of = [](const std::function<void()>& f) {
+        f();
+        double best = 1e9;
+        for (int i = 0; i < 3; ++i) {
+            const double t0 = now_seconds();
+            f();
+            best = std::min(best, now_seconds() - t0);
+        }
+        return best;
+    };
+    auto one = [&](int64_t N, int64_t K) {
+        auto x = torch::randn({M, K}, opt), w = torch::randn({N, K}, opt), dy = torch::randn({M, N}, opt);
+        auto y = torch::empty({M, N}, opt), dx = torch::empty({M, K}, opt), dw = torch::empty({N, K}, opt);
+        return best_of([&] { torch::mm_out(y, x, w.t()); }) + best_of([&] { torch::mm_out(dx, dy, w); }) +
+               best_of([&] { torch::mm_out(dw, dy.t(), x); });
+    };
+    double layer = 0;
+    for (const auto& [n, k] : mats) layer += one(n, k);
+    return layer * double(c.num_hidden_layers) + one(c.vocab_size, C);
 }
 
 }  // namespace
@@ -220,7 +255,7 @@ int main(int argc, char** argv) {
     if (precision == "bf16" || precision == "both" || (precision == "auto" && auto_choice == Precision::kBFloat16))
         precisions.push_back(Precision::kBFloat16);
 
-    const double gemm = gemm_gflops();
+    double gemm = gemm_gflops();  // measured again at the end: the larger is the machine's (a VM varies)
     std::printf("Training steps of the demo models: teacher %s params, student %s params\n",
                 format_count(double(sizes.teacher.num_params())).c_str(),
                 format_count(double(sizes.student.num_params())).c_str());
@@ -230,7 +265,7 @@ int main(int argc, char** argv) {
     std::printf("float32 GEMM (torch::mm 2048): %.0f GFLOP/s; %d steps a run, median of %d runs a side\n\n", gemm,
                 steps, rounds);
 
-    double pre_fp32_tok_s = 0, ce_tok[2] = {0, 0}, sparse_tok[2] = {0, 0}, cold_tok[2] = {0, 0}, dense_tok[2] = {0, 0};
+    double pre_fp32_tok_s = 0, pre_peer[2] = {0, 0}, ce_tok[2] = {0, 0}, sparse_tok[2] = {0, 0}, cold_tok[2] = {0, 0}, dense_tok[2] = {0, 0};
     for (Precision prec : precisions) {
         const bool bf16 = prec == Precision::kBFloat16;
         set_train_precision(prec);
@@ -259,6 +294,7 @@ int main(int argc, char** argv) {
                 std::printf("%-10s %-5s %14.0f %16s %8s%s  (the Python peer failed)\n", mode.c_str(),
                             precision_name(prec), us, "-", "-", plain.c_str());
             if (mode == "pretrain" && !bf16) pre_fp32_tok_s = us;
+            if (mode == "pretrain") pre_peer[bf16] = them;
             if (mode == "ce") ce_tok[bf16] = us;
             if (mode == "kd-sparse") sparse_tok[bf16] = us;
             if (mode == "kd-cold") cold_tok[bf16] = us;
@@ -267,10 +303,25 @@ int main(int argc, char** argv) {
         std::printf("\n");
     }
     if (pre_fp32_tok_s > 0) {
+        gemm = std::max(gemm, gemm_gflops());
         // training = 3x the forward's FLOPs (forward, and backward for inputs and weights)
         const double gflops = 3.0 * sizes.teacher.flops_per_token(T) * pre_fp32_tok_s / 1e9;
-        std::printf("pretraining (fp32): %.0f GFLOP/s = %.0f%% of this machine's float32 GEMM rate\n", gflops,
-                    100.0 * gflops / gemm);
+        std::printf("pretraining (fp32): %.0f GFLOP/s = %.0f%% of this machine's float32 GEMM rate (%.0f GFLOP/s, "
+                    "the better of two measurements)\n",
+                    gflops, 100.0 * gflops / gemm, gemm);
+    }
+    // What the products alone allow: a step with nothing but its matrix products, each at
+    // torch::mm's own speed, against the PyTorch step measured above.
+    for (Precision prec : precisions) {
+        const int i = prec == Precision::kBFloat16;
+        if (pre_peer[i] <= 0) continue;
+        const double s = products_seconds(sizes.teacher, B * T, i);
+        const double attn = 2.0 * T * sizes.teacher.num_attention_heads * sizes.teacher.head_dim() *
+                            sizes.teacher.num_hidden_layers / sizes.teacher.flops_per_token(T);
+        std::printf("pretraining (%s): its matrix products alone, each at torch::mm's speed, take %.1f ms a step "
+                    "(%.0f tok/s), so no step can pass %.2fx PyTorch's (attention's per-head products, %.0f%% of "
+                    "the FLOPs, not counted)\n",
+                    precision_name(prec), 1e3 * s, double(B * T) / s, double(B * T) / s / pre_peer[i], 100 * attn);
     }
     for (Precision prec : precisions) {
         const int i = prec == Precision::kBFloat16;
