@@ -219,7 +219,7 @@ int main(int argc, char** argv) {
             loss = loss_sparse(logits, i32.reshape({-1, K}).to(torch::kInt64), lp.reshape({-1, K}), targets, lo);
         }
         loss.backward();
-        opt.clip_grad_norm(1.0);
+        opt.clip_grad_norm(1.0, /*defer=*/true);
         opt.step(1e-4);
     };
     auto ours = [&](const std::string& mode) {

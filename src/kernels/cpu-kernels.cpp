@@ -231,12 +231,13 @@ DISTILL_KERNEL void float_to_bf16(const float* x, int64_t n, uint16_t* y) {
 }
 
 DISTILL_KERNEL void adamw(float* p, const float* g, float* m, float* v, int64_t n, float decay, float b1, float b2,
-                          float bc2, float eps, float step) {
+                          float bc2, float eps, float step, float gscale) {
     const float a1 = 1.0f - b1, a2 = 1.0f - b2;
 #pragma omp simd
     for (int64_t j = 0; j < n; ++j) {
-        const float mj = m[j] * b1 + g[j] * a1;
-        const float vj = v[j] * b2 + g[j] * g[j] * a2;
+        const float gj = g[j] * gscale;
+        const float mj = m[j] * b1 + gj * a1;
+        const float vj = v[j] * b2 + gj * gj * a2;
         m[j] = mj;
         v[j] = vj;
         p[j] = p[j] * decay - step * mj / (std::sqrt(vj / bc2) + eps);

@@ -62,11 +62,12 @@ void add_inplace(float* y, const float* x, int64_t n);
 void bf16_to_float(const uint16_t* x, int64_t n, float* y);
 void float_to_bf16(const float* x, int64_t n, uint16_t* y);
 
-// One AdamW update of n parameters (torch.optim.AdamW's order of operations):
+// One AdamW update of n parameters (torch.optim.AdamW's order of operations), with the gradient
+// taken as g * gscale (gradient clipping's factor, or 1):
 //   p *= decay; m = b1 m + (1 - b1) g; v = b2 v + (1 - b2) g^2;
 //   p -= step * m / (sqrt(v / bc2) + eps)          with step = lr / bc1
 void adamw(float* p, const float* g, float* m, float* v, int64_t n, float decay, float b1, float b2, float bc2,
-           float eps, float step);
+           float eps, float step, float gscale);
 // sum_j x[j]^2, accumulated in double
 double sum_squares(const float* x, int64_t n);
 // x[j] *= s

@@ -21,6 +21,7 @@ AdamW::AdamW(std::vector<std::pair<std::string, torch::Tensor>> params, AdamWOpt
 }
 
 void AdamW::zero_grad() {
+    grad_scale_ = 1;
     for (auto& [name, p] : params_)
         if (p.grad().defined()) p.mutable_grad().zero_();
 }
@@ -37,20 +38,22 @@ void AdamW::step(double lr) {
     ++t_;
     const double bc1 = 1.0 - std::pow(opts_.beta1, double(t_));
     const double bc2 = 1.0 - std::pow(opts_.beta2, double(t_));
+    const float gscale = float(grad_scale_);
+    grad_scale_ = 1;
     for (size_t i = 0; i < params_.size(); ++i) {
         auto& p = params_[i].second;
         if (!p.grad().defined()) continue;
-        const auto& g = p.grad();
+        const auto g = gscale == 1 ? p.grad() : p.grad() * gscale;
         const bool decay = opts_.weight_decay > 0 && p.dim() >= 2;
-        if (flat_cpu(p) && flat_cpu(g) && flat_cpu(m_[i]) && flat_cpu(v_[i])) {
+        if (flat_cpu(p) && flat_cpu(p.grad()) && flat_cpu(m_[i]) && flat_cpu(v_[i])) {
             float* pp = p.data_ptr<float>();
-            const float* gp = g.data_ptr<float>();
+            const float* gp = p.grad().data_ptr<float>();
             float* mp = m_[i].data_ptr<float>();
             float* vp = v_[i].data_ptr<float>();
             const float f = decay ? float(1.0 - lr * opts_.weight_decay) : 1.0f;
             at::parallel_for(0, p.numel(), 1 << 15, [&](int64_t b, int64_t e) {
                 kernels::adamw(pp + b, gp + b, mp + b, vp + b, e - b, f, float(opts_.beta1), float(opts_.beta2),
-                               float(bc2), float(opts_.eps), float(lr / bc1));
+                               float(bc2), float(opts_.eps), float(lr / bc1), gscale);
             });
             continue;
         }
@@ -62,7 +65,7 @@ void AdamW::step(double lr) {
     }
 }
 
-double AdamW::clip_grad_norm(double max_norm) {
+double AdamW::clip_grad_norm(double max_norm, bool defer) {
     torch::NoGradGuard ng;
     std::vector<torch::Tensor> grads;
     bool all_flat = true;
@@ -87,6 +90,10 @@ double AdamW::clip_grad_norm(double max_norm) {
     }
     const double norm = std::sqrt(total);
     const double coef = max_norm / (norm + 1e-6);  // torch's clip_grad_norm_
+    if (defer) {
+        grad_scale_ = std::min(coef, 1.0);
+        return norm;
+    }
     if (coef < 1)
         for (auto& g : grads) {
             float* gp = g.data_ptr<float>();

@@ -25,8 +25,11 @@ public:
     // go through one fused, vectorized pass each (kernels::adamw); others through tensor ops.
     void step(double lr);
     // Scales the gradients so that their global L2 norm is at most max_norm (as
-    // torch::nn::utils::clip_grad_norm_); returns the norm before scaling.
-    double clip_grad_norm(double max_norm);
+    // torch::nn::utils::clip_grad_norm_); returns the norm before scaling. With defer (float32 CPU
+    // gradients) they are left as they are and the next step() multiplies each by the factor as
+    // it reads it: the same float products, so the same update bit for bit, and one pass over the
+    // gradients fewer. Nothing may read the gradients in between; zero_grad() drops the factor.
+    double clip_grad_norm(double max_norm, bool defer = false);
     void zero_grad();
     int64_t steps() const { return t_; }
     // "m.<name>", "v.<name>" and "t" for checkpoints.
@@ -38,6 +41,7 @@ private:
     std::vector<torch::Tensor> m_, v_;
     AdamWOptions opts_;
     int64_t t_ = 0;
+    double grad_scale_ = 1;  // a deferred clip_grad_norm's factor, for the next step()
 };
 
 // Linear warm-up from 0 to `lr` over `warmup` steps, then cosine decay to lr * min_ratio at

@@ -304,7 +304,7 @@ TrainResult run_training(Llama& model, const Tokenizer& tokenizer, const TrainOp
                       step + 1, "; lower --lr or check the data (the last checkpoint is kept)");
         double grad_norm = 0;
         if (opts.grad_clip > 0)
-            grad_norm = opt.clip_grad_norm(opts.grad_clip);
+            grad_norm = opt.clip_grad_norm(opts.grad_clip, /*defer=*/true);  // applied by step()
         opt.step(lr);
         const double t_now = now_seconds();
         result.seconds += t_now - t_last;

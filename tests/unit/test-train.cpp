@@ -148,6 +148,35 @@ TEST(Optimizer, ClipGradNormMatchesLibtorch) {
     }
 }
 
+// A deferred clip (the factor applied as step() reads each gradient) gives the update of clipping
+// first, bit for bit, below and above the threshold and over several steps.
+TEST(Optimizer, DeferredClipIsTheSameUpdate) {
+    torch::manual_seed(6);
+    for (double max_norm : {1e3, 0.5}) {
+        std::vector<std::pair<std::string, torch::Tensor>> a, b;
+        for (auto shape : std::vector<std::vector<int64_t>>{{300, 70}, {7}, {40000}}) {
+            auto w = torch::randn(shape);
+            a.push_back({std::to_string(a.size()), w.clone().requires_grad_(true)});
+            b.push_back({std::to_string(b.size()), w.clone().requires_grad_(true)});
+        }
+        AdamW oa(a, {}), ob(b, {});
+        for (int step = 0; step < 3; ++step) {
+            for (size_t i = 0; i < a.size(); ++i) {
+                auto g = torch::randn(a[i].second.sizes()) * 3;
+                a[i].second.mutable_grad() = g.clone();
+                b[i].second.mutable_grad() = g.clone();
+            }
+            EXPECT_EQ(oa.clip_grad_norm(max_norm), ob.clip_grad_norm(max_norm, /*defer=*/true));
+            oa.step(1e-2);
+            ob.step(1e-2);
+            for (size_t i = 0; i < a.size(); ++i)
+                EXPECT_TRUE(torch::equal(a[i].second, b[i].second)) << "max_norm " << max_norm << " step " << step;
+        }
+        const auto sa = oa.state(), sb = ob.state();
+        for (const auto& [k, v] : sa) EXPECT_TRUE(torch::equal(v, sb.at(k))) << k;
+    }
+}
+
 // ---- the learning-rate schedule ----------------------------------------------------------------
 
 namespace {
