@@ -36,7 +36,8 @@ torch::Tensor mixed_linear(const torch::Tensor& x, const torch::Tensor& w, const
         y = y.to(torch::kFloat32);
         return b.defined() ? y + b : y;
     }
-    return F::linear(x, w, b);
+    // (a bf16 x meets a frozen W only if a norm before it trains and W does not)
+    return F::linear(x.scalar_type() == w.scalar_type() ? x : x.to(w.scalar_type()), w, b);
 }
 
 // Whether the fused CPU forms take x: float32, or bf16 from a bf16 product or norm.

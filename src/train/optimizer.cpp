@@ -43,11 +43,11 @@ void AdamW::step(double lr) {
     for (size_t i = 0; i < params_.size(); ++i) {
         auto& p = params_[i].second;
         if (!p.grad().defined()) continue;
-        const auto g = gscale == 1 ? p.grad() : p.grad() * gscale;
+        const auto& g = p.grad();
         const bool decay = opts_.weight_decay > 0 && p.dim() >= 2;
-        if (flat_cpu(p) && flat_cpu(p.grad()) && flat_cpu(m_[i]) && flat_cpu(v_[i])) {
+        if (flat_cpu(p) && flat_cpu(g) && flat_cpu(m_[i]) && flat_cpu(v_[i])) {
             float* pp = p.data_ptr<float>();
-            const float* gp = p.grad().data_ptr<float>();
+            const float* gp = g.data_ptr<float>();
             float* mp = m_[i].data_ptr<float>();
             float* vp = v_[i].data_ptr<float>();
             const float f = decay ? float(1.0 - lr * opts_.weight_decay) : 1.0f;
@@ -57,9 +57,10 @@ void AdamW::step(double lr) {
             });
             continue;
         }
+        const auto gs = gscale == 1 ? g : g * gscale;
         if (decay) p.mul_(1.0 - lr * opts_.weight_decay);
-        m_[i].mul_(opts_.beta1).add_(g, 1.0 - opts_.beta1);
-        v_[i].mul_(opts_.beta2).addcmul_(g, g, 1.0 - opts_.beta2);
+        m_[i].mul_(opts_.beta1).add_(gs, 1.0 - opts_.beta1);
+        v_[i].mul_(opts_.beta2).addcmul_(gs, gs, 1.0 - opts_.beta2);
         auto denom = (v_[i] / bc2).sqrt_().add_(opts_.eps);
         p.addcdiv_(m_[i], denom, -lr / bc1);
     }
