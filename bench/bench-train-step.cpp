@@ -265,7 +265,8 @@ int main(int argc, char** argv) {
     std::printf("float32 GEMM (torch::mm 2048): %.0f GFLOP/s; %d steps a run, median of %d runs a side\n\n", gemm,
                 steps, rounds);
 
-    double pre_fp32_tok_s = 0, pre_peer[2] = {0, 0}, ce_tok[2] = {0, 0}, sparse_tok[2] = {0, 0}, cold_tok[2] = {0, 0}, dense_tok[2] = {0, 0};
+    double pre_fp32_tok_s = 0, pre_peer[2] = {0, 0};
+    double ce_tok[2] = {0, 0}, sparse_tok[2] = {0, 0}, cold_tok[2] = {0, 0}, dense_tok[2] = {0, 0};
     for (Precision prec : precisions) {
         const bool bf16 = prec == Precision::kBFloat16;
         set_train_precision(prec);
