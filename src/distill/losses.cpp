@@ -387,8 +387,6 @@ public:
 
 // Whether the fused kernels take these logits (float32 on the CPU; model/fused.h).
 bool fused_rows(const torch::Tensor& s) { return fused_cpu(s); }
-// Whether StudentRows does: also bf16 on the CPU (the head's product under --precision bf16).
-bool fused_student_rows(const torch::Tensor& s) { return fused_cpu(s) || fused_cpu_bf16(s); }
 
 }  // namespace
 
@@ -396,7 +394,7 @@ bool fused_student_rows(const torch::Tensor& s) { return fused_cpu(s) || fused_c
 // the same quantities from tensor ops that autograd differentiates.
 std::vector<torch::Tensor> student_buckets(const torch::Tensor& s, const torch::Tensor& ids, double tau,
                                            bool fused) {
-    if (fused && fused_student_rows(s)) {
+    if (fused && fused_cpu_rows(s)) {
         auto outs = StudentRows::apply(s, ids, torch::empty({0}, torch::kInt64), tau);
         return {outs[0], outs[1]};
     }
@@ -416,7 +414,7 @@ std::vector<torch::Tensor> student_buckets(const torch::Tensor& s, const torch::
 }
 
 torch::Tensor loss_cross_entropy(const torch::Tensor& logits, const torch::Tensor& targets) {
-    if (!fused_student_rows(logits))
+    if (!fused_cpu_rows(logits))
         return torch::nn::functional::cross_entropy(logits.to(compute_dtype(logits)), targets);
     check_student_targets("loss_cross_entropy", logits, targets);
     const int64_t V = logits.size(1);
@@ -558,13 +556,13 @@ torch::Tensor loss_sparse(const torch::Tensor& student_logits, const torch::Tens
     const auto dt = compute_dtype(student_logits);
     const bool all_rows = idx.size(0) == N;  // the usual case: no copy of the (N, V) logits
     auto s = all_rows ? student_logits : student_logits.index_select(0, idx);  // (n, V)
-    if (!fused_student_rows(s)) s = s.to(dt);  // (the fused rows read bf16 as it is)
+    if (!fused_cpu_rows(s)) s = s.to(dt);  // (the fused rows read bf16 as it is)
     auto y = (all_rows ? targets : targets.index_select(0, idx)).to(torch::kInt64);     // (n)
 
     torch::Tensor div, log_z1, lq_y;
     const bool want_div = opts.kind != LossKind::kCrossEntropy && opts.ce_weight < 1;
     const bool want_ce = opts.kind == LossKind::kCrossEntropy || opts.ce_weight > 0;
-    if (!want_div && fused_student_rows(s)) {  // cross-entropy alone
+    if (!want_div && fused_cpu_rows(s)) {  // cross-entropy alone
         auto outs = StudentRows::apply(s, torch::empty({s.size(0), 0}, y.options()), y, 1.0);
         lq_y = outs[2];
     }
@@ -579,7 +577,7 @@ torch::Tensor loss_sparse(const torch::Tensor& student_logits, const torch::Tens
         // rest log(1 - sum_S q) taken as the logsumexp of the logits outside S. This is exact
         // when the rest is ~0 as well as when it is ~1 (no 1 - sum cancellation).
         std::vector<torch::Tensor> outs;
-        if (fused_student_rows(s)) {  // and log q(y) for the CE term, in the same pass
+        if (fused_cpu_rows(s)) {  // and log q(y) for the CE term, in the same pass
             outs = StudentRows::apply(s, ids, want_ce ? y : torch::empty({0}, torch::kInt64), tau);
             if (want_ce) lq_y = outs[2];
         } else {

@@ -364,6 +364,8 @@ bool fused_cpu_bf16(const Tensor& x) {
     return x.defined() && x.device().is_cpu() && x.scalar_type() == torch::kBFloat16 && fused_kernels_enabled();
 }
 
+bool fused_cpu_rows(const Tensor& x) { return fused_cpu(x) || fused_cpu_bf16(x); }
+
 Tensor fused_rms_norm(const Tensor& x, const Tensor& w, double eps, bool bf16_out) {
     if (needs_grad({&x, &w})) return RmsNormFn::apply(x, w, eps, bf16_out)[0];
     return rms_forward(rows_of(x), w.contiguous(), eps, nullptr, bf16_out).view(x.sizes());

@@ -18,6 +18,8 @@ bool fused_cpu(const torch::Tensor& x);
 // The same for bf16 on the CPU, which fused_swiglu and the losses' student rows also take (the
 // products' outputs under --precision bf16), row by row through float_row / store_row below.
 bool fused_cpu_bf16(const torch::Tensor& x);
+// Either of the two: what the row kernels take.
+bool fused_cpu_rows(const torch::Tensor& x);
 void set_fused_kernels(bool on);
 bool fused_kernels_enabled();
 

@@ -40,9 +40,6 @@ torch::Tensor mixed_linear(const torch::Tensor& x, const torch::Tensor& w, const
     return F::linear(x.scalar_type() == w.scalar_type() ? x : x.to(w.scalar_type()), w, b);
 }
 
-// Whether the fused CPU forms take x: float32, or bf16 from a bf16 product or norm.
-bool fused_rows_of(const torch::Tensor& x) { return fused_cpu(x) || fused_cpu_bf16(x); }
-
 }  // namespace
 
 RMSNormImpl::RMSNormImpl(int64_t dim, double eps_) : eps(eps_) {
@@ -106,7 +103,7 @@ torch::Tensor AttentionImpl::forward(const torch::Tensor& x, const torch::Tensor
                                      const torch::Tensor& sin, torch::Tensor* cache_k,
                                      torch::Tensor* cache_v) {
     const int64_t B = x.size(0), T = x.size(1);
-    if (!cache_k && fused_rows_of(x)) {
+    if (!cache_k && fused_cpu_rows(x)) {
         // training and cache-free scoring: rotation, causal softmax and both products per head
         // in one fused op (model/fused.h)
         torch::Tensor qkv;  // (B, T, (H + 2 Hkv) D)
@@ -220,7 +217,7 @@ MLPImpl::MLPImpl(const ModelConfig& c, bool allocate) {
 }
 
 torch::Tensor MLPImpl::forward(const torch::Tensor& x) {
-    if (fused_rows_of(x)) {
+    if (fused_cpu_rows(x)) {
         // gate and up as one product (their matrices stacked), unless packed for inference
         // (under --precision bf16 in bf16, which fused_swiglu reads and writes as it is)
         auto gu = gate_proj->packed ? torch::cat({gate_proj(x), up_proj(x)}, -1)
@@ -463,7 +460,7 @@ torch::Tensor LlamaImpl::forward(const torch::Tensor& ids, KVCache* cache) {
 
 torch::Tensor LlamaImpl::forward_for_loss(const torch::Tensor& ids) {
     auto h = hidden(ids);
-    return head(h, fused_rows_of(h));
+    return head(h, fused_cpu_rows(h));
 }
 
 void LlamaImpl::init_weights(uint64_t seed) {

@@ -96,7 +96,9 @@ TEST_P(ModelRef, LogitsAndGradientsMatchPyTorch) {
         model->train();
         // the training path: under bf16 the logits stay bf16 and the loss reads them as they are
         auto logits = model->forward_for_loss(ids);
-        if (bf16) EXPECT_EQ(logits.scalar_type(), torch::kBFloat16);
+        if (bf16) {
+            EXPECT_EQ(logits.scalar_type(), torch::kBFloat16);
+        }
         auto loss = loss_cross_entropy(logits.reshape({-1, cfg.vocab_size}), targets.reshape({-1}));
         loss.backward();
         set_fused_kernels(true);
