@@ -59,10 +59,8 @@ $distill --quiet export -m "$model" --format gguf --type f32 -o "$gguf" >/dev/nu
 $distill tokenize --tokenizer "$gguf" < "$text" > "$work/ids.json"
 
 nproc=$(nproc)
-cpu=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')
-isa="no avx2"  # the widest of the two (the flags line lists avx2 before avx512f)
-if grep -qw avx512f /proc/cpuinfo; then isa=avx512f; elif grep -qw avx2 /proc/cpuinfo; then isa=avx2; fi
-echo "CPU: $cpu, $nproc cores ($isa)"
+. bench/cpu.sh
+echo "CPU: $(cpu_line)"
 echo "model: $model, F32 GGUF ($(du -h "$gguf" | cut -f1)); text: $text ($(wc -c < "$text") bytes)"
 echo "windows: $context tokens, stride $stride (each window scores up to $(( context - 1 )) new targets)"
 echo "distill:   eval --model MODEL.gguf --seq-len $context --stride $stride --batch-size $batch (F32 weights, $batch windows a forward); its JSON's tokens / seconds (tokenizing the text included)"

@@ -16,7 +16,8 @@ trap 'kill "$server" 2>/dev/null || true; rm -rf "$work"' EXIT
 
 gguf=$work/model.gguf
 build/distill --quiet export -m "$model" --format gguf --type f32 -o "$gguf" >/dev/null
-echo "CPU: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $threads threads"
+. bench/cpu.sh
+echo "CPU: $(cpu_line), $threads threads"
 echo "model: $model (F32 GGUF), $seconds s per row, max_tokens $max_tokens, greedy"
 
 export DISTILL_NODE_DIR=$PWD/tests/node

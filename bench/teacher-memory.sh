@@ -44,10 +44,8 @@ for type in f32 bf16 q8_0 q4_k; do
 done
 $distill tokenize --tokenizer "$st32" < "$text" > "$work/ids.json"
 
-cpu=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')
-isa="no avx2"  # the widest of the two (the flags line lists avx2 before avx512f)
-if grep -qw avx512f /proc/cpuinfo; then isa=avx512f; elif grep -qw avx2 /proc/cpuinfo; then isa=avx2; fi
-echo "CPU: $cpu, $(nproc) cores ($isa); $(free -g | awk '/Mem:/ {print $2}') GiB"
+. bench/cpu.sh
+echo "CPU: $(cpu_line); $(free -g | awk '/Mem:/ {print $2}') GiB"
 echo "model: $shape shape, random weights; text: $(wc -c < "$text") bytes of Persuasion; windows of $context, stride $context"
 echo "distill:   eval --seq-len $context --stride $context --batch-size 1 (weights kept in the file's type, mapped)"
 echo "llama.cpp: node-llama-cpp $(node -p "require('$DISTILL_NODE_DIR/node_modules/node-llama-cpp/package.json').version"), one context of $context, every scored row's logits (score-llama.mjs logits)"
