@@ -2,6 +2,7 @@
 
 #include <torch/torch.h>
 
+#include "util/device.h"
 #include "util/error.h"
 
 namespace distill {
@@ -64,6 +65,8 @@ LossFn make_student_loss(Llama& student, const TokenShard& shard, const BatchSpe
             torch::Tensor t_logits;
             {
                 torch::NoGradGuard ng;
+                // under --precision bf16 the teacher's products run in bf16 too, as under autocast
+                Bf16Forward bf16(train_precision() == Precision::kBFloat16);
                 t_logits = (*teacher)->forward(inputs).reshape({-1, V});
             }
             if (online_top_k > 0) {

@@ -7,6 +7,7 @@
 #include <functional>
 
 #include "distill/cross-tokenizer.h"
+#include "util/device.h"
 #include "util/error.h"
 #include "util/utf8.h"
 
@@ -137,6 +138,7 @@ LossFn make_on_policy_loss(Llama& student, Llama& teacher, const TokenShard& sha
                               torch::Tensor t_logits;
                               {
                                   torch::NoGradGuard ng;
+                                  Bf16Forward bf16(train_precision() == Precision::kBFloat16);  // as autocast
                                   t_logits = teacher->forward(inputs);
                               }
                               StepLoss out;

@@ -21,18 +21,25 @@ bool bf16_product(const torch::Tensor& w) {
     return w.requires_grad() && torch::GradMode::is_enabled() && train_precision() == Precision::kBFloat16;
 }
 
-// x W^T + b. Where bf16_product(W), the product takes bf16 copies of x and W and returns float32,
-// and autograd carries the gradients back through the same conversions (mixed precision, as
-// autocast does; the weights, their gradients and the optimizer stay float32). With keep_bf16 (no
-// bias) it returns the product as it comes, in bf16, for a consumer that reads bf16 rows itself
-// (fused_swiglu, the losses), which saves a pass over the output each way. x may already be bf16
+// Whether a product outside autograd runs in bf16: a live teacher's forward under Bf16Forward.
+bool bf16_frozen_product() { return !torch::GradMode::is_enabled() && Bf16Forward::active(); }
+
+// x W^T + b. Where bf16_product(W) (or bf16_frozen_product(), outside autograd), the product
+// takes bf16 copies of x and W and returns float32, and autograd carries the gradients back
+// through the same conversions (mixed precision, as autocast does; the weights, their gradients
+// and the optimizer stay float32). In training, with keep_bf16 (no bias) it returns the product as
+// it comes, in bf16, for a consumer that reads bf16 rows itself (fused_swiglu, the losses), which
+// saves a pass over the output each way (a frozen forward rounds where a packed one does, at the
+// products' inputs only). x may already be bf16
 // (written so by such a consumer or by RMSNormImpl::forward_for_product). Otherwise float32
 // throughout.
 torch::Tensor mixed_linear(const torch::Tensor& x, const torch::Tensor& w, const torch::Tensor& b = {},
                            bool keep_bf16 = false) {
-    if (bf16_product(w) && (x.scalar_type() == torch::kFloat32 || x.scalar_type() == torch::kBFloat16)) {
+    const bool trained = bf16_product(w);
+    if ((trained || bf16_frozen_product()) &&
+        (x.scalar_type() == torch::kFloat32 || x.scalar_type() == torch::kBFloat16)) {
         auto y = F::linear(x.to(torch::kBFloat16), w.to(torch::kBFloat16));
-        if (keep_bf16 && !b.defined()) return y;
+        if (keep_bf16 && trained && !b.defined()) return y;
         y = y.to(torch::kFloat32);
         return b.defined() ? y + b : y;
     }

@@ -30,7 +30,10 @@ public:
 
     // Rows [r0, r0 + n) as float32 into dst (n × cols, row-major), on the intra-op threads.
     void dequantize(int64_t r0, int64_t n, float* dst) const;
-    // x (..., cols) -> x Wᵀ + bias (..., rows), float32 on the CPU. bias may be undefined.
+    // x (..., cols) -> x Wᵀ + bias (..., rows), float32 on the CPU. bias may be undefined. Under
+    // Bf16Forward (util/device.h) the product takes x and W rounded to bf16 (a BF16 matrix as it
+    // lies in the file), accumulates in float32 and rounds to bf16 (autocast's linear), and the
+    // result comes back as float32.
     torch::Tensor linear(const torch::Tensor& x, const torch::Tensor& bias = {}) const;
     // log softmax(x Wᵀ) at each row's target, without the (n × rows) logits: one tile of W's rows
     // at a time, with a running max and sum of exponentials. x (n, cols), targets (n) int64 ->
@@ -54,6 +57,7 @@ public:
 
 private:
     const uint8_t* row_ptr(int64_t r) const;
+    torch::Tensor linear_bf16(const torch::Tensor& x, const torch::Tensor& bias) const;
     // visit(r0, x2 W[r0 : r0 + m]ᵀ) for each tile of m rows; x2 (n, cols) float32, contiguous.
     void for_each_logit_tile(const torch::Tensor& x2,
                              const std::function<void(int64_t, const torch::Tensor&)>& visit) const;

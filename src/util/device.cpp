@@ -149,4 +149,12 @@ void set_train_precision(Precision p) {
 }
 const char* precision_name(Precision p) { return p == Precision::kBFloat16 ? "bf16" : "fp32"; }
 
+namespace {
+thread_local bool t_bf16_forward = false;
+}  // namespace
+
+Bf16Forward::Bf16Forward(bool on) : prev_(t_bf16_forward) { t_bf16_forward = on; }
+Bf16Forward::~Bf16Forward() { t_bf16_forward = prev_; }
+bool Bf16Forward::active() { return t_bf16_forward; }
+
 }  // namespace distill

@@ -40,4 +40,21 @@ const char* precision_name(Precision p);  // "fp32", "bf16"
 // Whether this CPU has bf16 matrix instructions (AVX512-BF16 or AMX-BF16).
 bool cpu_has_bf16();
 
+// A live teacher's forward in --precision bf16 training: while the innermost of these alive on
+// this thread has on = true, its products with frozen weights (model/packed.h, and a Llama's float32 weights
+// outside autograd) take bf16 copies of their operands, accumulate in float32 and round the
+// product to bf16, as PyTorch's autocast runs a teacher under torch.no_grad(). Everything else
+// (eval, capture, serve) stays float32.
+class Bf16Forward {
+public:
+    explicit Bf16Forward(bool on);
+    ~Bf16Forward();
+    Bf16Forward(const Bf16Forward&) = delete;
+    Bf16Forward& operator=(const Bf16Forward&) = delete;
+    static bool active();
+
+private:
+    bool prev_;
+};
+
 }  // namespace distill

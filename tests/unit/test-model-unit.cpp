@@ -11,6 +11,7 @@
 #include "model/generate.h"
 #include "model/packed.h"
 #include "test-util.h"
+#include "util/device.h"
 #include "util/error.h"
 #include "util/file.h"
 
@@ -292,6 +293,88 @@ TEST(Packed, TilesMatchLibtorchOnTheSameMatrix) {
     }
     std::vector<uint8_t> few(size_t(row_bytes(GgmlType::Q8_0, 64)));
     expect_error_containing([&] { PackedMatrix(GgmlType::Q8_0, few.data(), 1, 48, nullptr); }, "blocks");
+}
+
+// Under Bf16Forward (a live teacher's forward in bf16 training) a packed product multiplies x and W
+// rounded to bf16, accumulates in float and rounds the product to bf16, as autocast's linear does:
+// against the float64 product of the same rounded operands, rounded once (a bf16 accumulation, or
+// operands left in float32, leave most entries off it; a float32 accumulation differs only where
+// the exact sum lies next to a bf16 rounding boundary), for a matrix read in place (F32), one used
+// as it lies in the file (BF16) and one dequantized tile by tile (Q8_0 with a row map; three
+// tiles). Outside the guard the same call is float32 again.
+TEST(Packed, Bf16ForwardRoundsTheOperandsAndAccumulatesInFloat) {
+    const int64_t rows = 40000, cols = 64;
+    torch::manual_seed(12);
+    auto w32 = (torch::randn({rows, cols}) * 0.5).contiguous();
+    std::vector<int32_t> reversed(static_cast<size_t>(rows));
+    for (int64_t r = 0; r < rows; ++r) reversed[size_t(r)] = int32_t(rows - 1 - r);
+    for (GgmlType type : {GgmlType::F32, GgmlType::BF16, GgmlType::Q8_0}) {
+        SCOPED_TRACE(ggml_type_info(uint32_t(type))->name);
+        const bool mapped = type == GgmlType::Q8_0;
+        auto stored = mapped ? w32.flip(0).contiguous() : w32;
+        auto bytes = std::make_shared<std::vector<uint8_t>>(size_t(row_bytes(type, rows * cols)));
+        quantize_row(type, stored.data_ptr<float>(), bytes->data(), rows * cols);
+        PackedMatrix m(type, bytes->data(), rows, cols, bytes, mapped ? reversed : std::vector<int32_t>{});
+        auto w = m.to_float();
+        auto x = torch::randn({2, 3, cols});
+        auto bias = torch::randn({rows});
+        auto round = [](const torch::Tensor& t) { return t.to(torch::kBFloat16).to(torch::kFloat64); };
+        auto want = round(torch::matmul(round(x), round(w).t()));  // (2, 3, rows), without the bias
+        auto plain = torch::matmul(x.to(torch::kFloat64), w.to(torch::kFloat64).t()) + bias.to(torch::kFloat64);
+        torch::Tensor got;
+        {
+            Bf16Forward on(true);
+            got = m.linear(x, bias);
+            {
+                Bf16Forward off(false);  // the innermost guard decides
+                EXPECT_LE((m.linear(x, bias).to(torch::kFloat64) - plain).abs().max().item<double>(), 1e-4);
+            }
+        }
+        ASSERT_EQ(got.scalar_type(), torch::kFloat32);
+        ASSERT_EQ(got.sizes(), (std::vector<int64_t>{2, 3, rows}));
+        auto product = got.to(torch::kFloat64) - bias.to(torch::kFloat64);  // the bias is added in float32
+        auto d = (product - want).abs();
+        const double exact = (d <= 1e-6 * want.abs()).to(torch::kFloat64).mean().item<double>();
+        const double ulps = (d / want.abs().clamp_min(1e-3)).max().item<double>() * 128;  // in bf16 spacings
+        const double off = (got.to(torch::kFloat64) - plain).abs().max().item<double>();
+        EXPECT_GE(exact, 0.99);
+        EXPECT_LE(ulps, 1.0 + 1e-3);  // never more than one rounding step away
+        EXPECT_GE(off, 1e-3);         // and not the float32 product
+        EXPECT_LE((m.linear(x, bias).to(torch::kFloat64) - plain).abs().max().item<double>(), 1e-4);
+        std::printf("[ %s ] bf16 product: %.4f of entries as the rounded operands' product rounded once, the rest "
+                    "within %.2f bf16 steps; %.2g from float32's\n",
+                    ggml_type_info(uint32_t(type))->name, exact, ulps, off);
+    }
+}
+
+// A whole model's forward under Bf16Forward and NoGradGuard takes bf16 products on both paths: the
+// trainable model's (a stacked q/k/v product, libtorch's mixed_linear) and the same weights loaded
+// packed for inference (one product per matrix) agree to float32 accumulation order, and both
+// move away from the float32 forward.
+TEST(Model, Bf16ForwardGivesTheSameLogitsPackedOrNot) {
+    const std::string dir = temp_dir("bf16-forward");
+    Llama m(tiny(2, false));
+    m->init_weights(21);
+    {
+        torch::NoGradGuard ng;
+        for (auto& p : m->parameters()) p.mul_(3.0);  // weights of size ~0.06, so that rounding shows
+    }
+    save_model_dir(dir + "/m", m, nullptr);
+    LoadedModel packed = load_model_dir(dir + "/m", /*packed=*/true);
+    auto ids = torch::randint(50, {2, 24}, torch::kInt64);
+    torch::NoGradGuard ng;
+    auto fp32 = m->forward(ids);
+    torch::Tensor a, b;
+    {
+        Bf16Forward on(true);
+        a = m->forward(ids);
+        b = packed.model->forward(ids);
+    }
+    const double same = (a - b).abs().max().item<double>(), moved = (a - fp32).abs().max().item<double>();
+    std::printf("bf16 forward: unpacked vs packed max |d| %.2g; vs float32 %.2g (logits up to %.3g)\n", same, moved,
+                fp32.abs().max().item<double>());
+    EXPECT_LE(same, 1e-3 * std::max(1.0, fp32.abs().max().item<double>()));
+    EXPECT_GE(moved, 10 * same);
 }
 
 // A model with more rows than its tokenizer has tokens (Qwen2.5: 151,936 for 151,665): the rows
