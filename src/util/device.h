@@ -20,7 +20,8 @@ std::string device_name(torch::Device d);
 
 // The precision of the matrix products in training (--precision): float32, or bfloat16 inputs
 // with float32 accumulation, float32 master weights, optimizer state, norms, attention and losses
-// (mixed precision, as autocast does). Inference always runs float32.
+// (mixed precision, as autocast does). Inference runs float32 (a live teacher in training aside:
+// Bf16Forward below).
 enum class Precision { kFloat32, kBFloat16 };
 
 // What "auto" chooses on device d: bf16 on a GPU or a CPU with bf16 matrix instructions
