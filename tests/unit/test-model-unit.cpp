@@ -42,6 +42,20 @@ void expect_error_containing(const std::function<void()>& fn, const std::string&
     }
 }
 
+// w32 (rows x cols) stored as `type`; a Q8_0 one upside down, read through a row map, so that the
+// map is exercised too. The matrix keeps its bytes alive.
+PackedMatrix packed_of(const torch::Tensor& w32, GgmlType type) {
+    const int64_t rows = w32.size(0), cols = w32.size(1);
+    const bool mapped = type == GgmlType::Q8_0;
+    std::vector<int32_t> reversed;
+    if (mapped)
+        for (int64_t r = 0; r < rows; ++r) reversed.push_back(int32_t(rows - 1 - r));
+    auto stored = mapped ? w32.flip(0).contiguous() : w32.contiguous();
+    auto bytes = std::make_shared<std::vector<uint8_t>>(size_t(row_bytes(type, rows * cols)));
+    quantize_row(type, stored.data_ptr<float>(), bytes->data(), rows * cols);
+    return PackedMatrix(type, bytes->data(), rows, cols, bytes, reversed);
+}
+
 }  // namespace
 
 TEST(Model, CachedForwardEqualsUncached) {
@@ -260,15 +274,9 @@ TEST(Packed, TilesMatchLibtorchOnTheSameMatrix) {
     const int64_t rows = 40000, cols = 64;
     torch::manual_seed(11);
     auto w32 = (torch::randn({rows, cols}) * 0.5).contiguous();
-    std::vector<int32_t> reversed(static_cast<size_t>(rows));
-    for (int64_t r = 0; r < rows; ++r) reversed[size_t(r)] = int32_t(rows - 1 - r);
     for (GgmlType type : {GgmlType::F32, GgmlType::BF16, GgmlType::Q8_0}) {
         SCOPED_TRACE(ggml_type_info(uint32_t(type))->name);
-        const bool mapped = type == GgmlType::Q8_0;  // stored upside down, read through the row map
-        auto stored = mapped ? w32.flip(0).contiguous() : w32;
-        auto bytes = std::make_shared<std::vector<uint8_t>>(size_t(row_bytes(type, rows * cols)));
-        quantize_row(type, stored.data_ptr<float>(), bytes->data(), rows * cols);
-        PackedMatrix m(type, bytes->data(), rows, cols, bytes, mapped ? reversed : std::vector<int32_t>{});
+        PackedMatrix m = packed_of(w32, type);
         auto w = m.to_float();  // what the type keeps of w32, in the matrix's row order
         EXPECT_LE((w - w32).abs().max().item<double>(), type == GgmlType::F32 ? 0.0 : 0.02);
 
@@ -306,15 +314,9 @@ TEST(Packed, Bf16ForwardRoundsTheOperandsAndAccumulatesInFloat) {
     const int64_t rows = 40000, cols = 64;
     torch::manual_seed(12);
     auto w32 = (torch::randn({rows, cols}) * 0.5).contiguous();
-    std::vector<int32_t> reversed(static_cast<size_t>(rows));
-    for (int64_t r = 0; r < rows; ++r) reversed[size_t(r)] = int32_t(rows - 1 - r);
     for (GgmlType type : {GgmlType::F32, GgmlType::BF16, GgmlType::Q8_0}) {
         SCOPED_TRACE(ggml_type_info(uint32_t(type))->name);
-        const bool mapped = type == GgmlType::Q8_0;
-        auto stored = mapped ? w32.flip(0).contiguous() : w32;
-        auto bytes = std::make_shared<std::vector<uint8_t>>(size_t(row_bytes(type, rows * cols)));
-        quantize_row(type, stored.data_ptr<float>(), bytes->data(), rows * cols);
-        PackedMatrix m(type, bytes->data(), rows, cols, bytes, mapped ? reversed : std::vector<int32_t>{});
+        PackedMatrix m = packed_of(w32, type);
         auto w = m.to_float();
         auto x = torch::randn({2, 3, cols});
         auto bias = torch::randn({rows});
