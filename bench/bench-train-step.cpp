@@ -316,8 +316,10 @@ int main(int argc, char** argv) {
                             plain.c_str());
             }
             if (mode == "pretrain" && !bf16) pre_fp32_tok_s = us;
-            if (mode == "pretrain") pre_peer[bf16] = them;
-            if (mode == "pretrain") pre_kept[bf16] = kept;
+            if (mode == "pretrain") {
+                pre_peer[bf16] = them;
+                pre_kept[bf16] = kept;
+            }
             if (mode == "ce") ce_tok[bf16] = us;
             if (mode == "kd-sparse") sparse_tok[bf16] = us;
             if (mode == "kd-cold") cold_tok[bf16] = us;

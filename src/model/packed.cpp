@@ -56,13 +56,26 @@ void PackedMatrix::dequantize(int64_t r0, int64_t n, float* dst) const {
 }
 
 torch::Tensor PackedMatrix::linear(const torch::Tensor& x, const torch::Tensor& bias) const {
+    namespace F = torch::nn::functional;
     DISTILL_CHECK(x.size(-1) == cols_, "input of width ", x.size(-1), " for a matrix of ", cols_, " columns");
-    if (Bf16Forward::active()) return linear_bf16(x, bias);
-    if (in_place_.defined()) return torch::nn::functional::linear(x, in_place_, bias);
+    const bool bf16 = Bf16Forward::active();
+    if (bf16) {  // the whole matrix where it needs no tiles: an F32 one rounded, a BF16 one as it lies
+        torch::Tensor w;
+        if (in_place_.defined())
+            w = in_place_.to(torch::kBFloat16);
+        else if (type_ == GgmlType::BF16 && row_map_.empty() && reinterpret_cast<uintptr_t>(data_) % 2 == 0)
+            w = torch::from_blob(const_cast<uint8_t*>(data_), {rows_, cols_}, torch::kBFloat16);
+        if (w.defined()) {
+            auto y = F::linear(x.to(torch::kBFloat16), w).to(torch::kFloat32);
+            return bias.defined() ? y + bias : y;
+        }
+    } else if (in_place_.defined()) {
+        return F::linear(x, in_place_, bias);
+    }
     auto sizes = x.sizes().vec();
-    auto x2 = x.reshape({-1, cols_}).to(torch::kFloat32).contiguous();
+    auto x2 = x.reshape({-1, cols_}).to(bf16 ? torch::kBFloat16 : torch::kFloat32).contiguous();
     sizes.back() = rows_;
-    auto out = torch::empty({x2.size(0), rows_}, x2.options());
+    auto out = torch::empty({x2.size(0), rows_}, x2.options().dtype(torch::kFloat32));
     const int64_t tile_rows = std::max<int64_t>(16, kTileFloats / cols_);
     float* buf = tile_buffer(std::min(tile_rows, rows_) * cols_);
     for (int64_t r0 = 0; r0 < rows_; r0 += tile_rows) {
@@ -70,37 +83,13 @@ torch::Tensor PackedMatrix::linear(const torch::Tensor& x, const torch::Tensor& 
         dequantize(r0, n, buf);
         auto w = torch::from_blob(buf, {n, cols_}, torch::kFloat32);
         auto dst = out.narrow(1, r0, n);
-        torch::mm_out(dst, x2, w.t());
+        if (bf16)
+            dst.copy_(torch::mm(x2, w.to(torch::kBFloat16).t()));  // each tile rounded for its product
+        else
+            torch::mm_out(dst, x2, w.t());
     }
     if (bias.defined()) out.add_(bias);
     return out.view(sizes);
-}
-
-torch::Tensor PackedMatrix::linear_bf16(const torch::Tensor& x, const torch::Tensor& bias) const {
-    namespace F = torch::nn::functional;
-    auto x16 = x.to(torch::kBFloat16);
-    torch::Tensor y;
-    if (in_place_.defined()) {
-        y = F::linear(x16, in_place_.to(torch::kBFloat16));
-    } else if (type_ == GgmlType::BF16 && row_map_.empty() && reinterpret_cast<uintptr_t>(data_) % 2 == 0) {
-        y = F::linear(x16, torch::from_blob(const_cast<uint8_t*>(data_), {rows_, cols_}, torch::kBFloat16));
-    } else {  // a tile of rows at a time, as linear(), each rounded to bf16 for its product
-        auto x2 = x16.reshape({-1, cols_}).contiguous();
-        auto sizes = x.sizes().vec();
-        sizes.back() = rows_;
-        auto out = torch::empty({x2.size(0), rows_}, x2.options().dtype(torch::kFloat32));
-        const int64_t tile_rows = std::max<int64_t>(16, kTileFloats / cols_);
-        float* buf = tile_buffer(std::min(tile_rows, rows_) * cols_);
-        for (int64_t r0 = 0; r0 < rows_; r0 += tile_rows) {
-            const int64_t n = std::min(tile_rows, rows_ - r0);
-            dequantize(r0, n, buf);
-            auto w16 = torch::from_blob(buf, {n, cols_}, torch::kFloat32).to(torch::kBFloat16);
-            out.narrow(1, r0, n).copy_(torch::mm(x2, w16.t()));
-        }
-        y = out.view(sizes);
-    }
-    y = y.to(torch::kFloat32);
-    return bias.defined() ? y + bias : y;
 }
 
 void PackedMatrix::for_each_logit_tile(const torch::Tensor& x2,

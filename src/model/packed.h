@@ -57,7 +57,6 @@ public:
 
 private:
     const uint8_t* row_ptr(int64_t r) const;
-    torch::Tensor linear_bf16(const torch::Tensor& x, const torch::Tensor& bias) const;
     // visit(r0, x2 W[r0 : r0 + m]ᵀ) for each tile of m rows; x2 (n, cols) float32, contiguous.
     void for_each_logit_tile(const torch::Tensor& x2,
                              const std::function<void(int64_t, const torch::Tensor&)>& visit) const;
