@@ -12,31 +12,42 @@ namespace distill {
 namespace {
 
 // The tokens ordered by logit, highest first, ties by the lower id, sorted only as far as a caller
-// reads: a draw usually stops within the first few dozen, so the rest of the vocabulary is split
-// off (nth_element) and sorted a doubling chunk at a time when the walk gets there.
+// reads. One counting pass puts them in bands of logit below the top, each a quarter of the
+// temperature wide (the last takes everything further down); a band comes wholly before the next
+// in that order, so a band is sorted when the walk enters it. A draw at temperature 1 from the
+// demo's teacher walked 145 tokens deep on average, past the first ~1,900 tokens of weight above
+// 1/16V of the sum; sorting those as far as needed (nth_element a doubling chunk at a time) was a
+// fifth of a served decoding step.
 class LazyOrder {
 public:
-    LazyOrder(const double* z, int64_t V) : by_(static_cast<size_t>(V)) {
-        for (int64_t i = 0; i < V; ++i) by_[i] = {-z[i], i};
+    LazyOrder(const double* z, int64_t V, double zmax, double temperature) : by_(static_cast<size_t>(V)) {
+        constexpr int kBands = 64;
+        const double per_band = 4.0 / temperature;
+        std::vector<uint8_t> band(static_cast<size_t>(V));
+        start_.assign(kBands + 1, 0);
+        for (int64_t i = 0; i < V; ++i) {
+            const double d = (zmax - z[i]) * per_band;  // >= 0, and monotone in z; NaN goes last
+            const int b = d < kBands - 1 ? static_cast<int>(d) : kBands - 1;
+            band[i] = static_cast<uint8_t>(b);
+            ++start_[b + 1];
+        }
+        for (int b = 0; b < kBands; ++b) start_[b + 1] += start_[b];
+        std::vector<int64_t> fill(start_.begin(), start_.end() - 1);
+        for (int64_t i = 0; i < V; ++i) by_[fill[band[i]]++] = {-z[i], i};
     }
     int64_t operator[](int64_t i) {
-        if (i >= sorted_) extend(i + 1);
+        while (i >= sorted_) {
+            const int64_t from = sorted_;
+            sorted_ = start_[++bands_sorted_];
+            std::sort(by_.begin() + from, by_.begin() + sorted_);
+        }
         return by_[i].second;
     }
 
 private:
-    void extend(int64_t need) {
-        const int64_t V = static_cast<int64_t>(by_.size());
-        while (sorted_ < need) {
-            const int64_t to = std::min(V, sorted_ + chunk_);
-            if (to < V) std::nth_element(by_.begin() + sorted_, by_.begin() + to, by_.end());
-            std::sort(by_.begin() + sorted_, by_.begin() + to);
-            sorted_ = to;
-            chunk_ *= 2;
-        }
-    }
     std::vector<std::pair<double, int64_t>> by_;  // (-logit, id): the pairs' order is the tokens' order
-    int64_t sorted_ = 0, chunk_ = 64;
+    std::vector<int64_t> start_;                   // band b is by_[start_[b], start_[b + 1])
+    int64_t sorted_ = 0, bands_sorted_ = 0;
 };
 
 }  // namespace
@@ -76,23 +87,23 @@ int64_t sample_token(const torch::Tensor& logits_in, const SamplingOptions& opts
     // tokens in order (top_p's prefix cut the same way), which is sorted only as far as it goes
     // (a full sort of the vocabulary was a third of a served decoding step)
     const double zmax = *std::max_element(z, z + V);
-    auto weight = [&](int64_t id) { return std::exp((z[id] - zmax) / t); };
+    std::vector<double> w(static_cast<size_t>(V));
     double sum = 0;
-    for (int64_t i = 0; i < V; ++i) sum += weight(i);
-    LazyOrder order(z, V);
+    for (int64_t i = 0; i < V; ++i) sum += w[i] = std::exp((z[i] - zmax) / t);
+    LazyOrder order(z, V, zmax, t);
     int64_t keep = V;
     if (opts.top_p < 1.0) {
         double acc = 0;
         int64_t n = 0;
-        while (n < V && acc < opts.top_p * sum) acc += weight(order[n++]);
+        while (n < V && acc < opts.top_p * sum) acc += w[order[n++]];
         keep = std::max<int64_t>(n, 1);
         sum = 0;
-        for (int64_t i = 0; i < keep; ++i) sum += weight(order[i]);
+        for (int64_t i = 0; i < keep; ++i) sum += w[order[i]];
     }
     const double r = std::uniform_real_distribution<double>(0.0, sum)(rng);
     double acc = 0;
     for (int64_t i = 0; i < keep; ++i)
-        if (r < (acc += weight(order[i]))) return order[i];
+        if (r < (acc += w[order[i]])) return order[i];
     return order[keep - 1];
 }
 

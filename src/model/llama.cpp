@@ -257,18 +257,19 @@ torch::Tensor DecoderLayerImpl::forward_slots(const torch::Tensor& x, const torc
     return h + mlp(post_attention_layernorm(h));
 }
 
-void SlotCache::adopt(const KVCache& c, int64_t cap) {
-    const int64_t S = c.length();
+void SlotCache::adopt(const KVCache& c, int64_t cap, int64_t row, int64_t len) {
+    const int64_t S = len < 0 ? c.length() : len;
+    DISTILL_CHECK(S <= c.length(), "a slot cannot take ", S, " positions of a cache of ", c.length());
     DISTILL_CHECK(cap >= S, "slot capacity ", cap, " is below the cached length ", S);
     k.resize(c.k.size());
     v.resize(c.v.size());
     for (size_t l = 0; l < c.k.size(); ++l) {
-        DISTILL_CHECK(c.k[l].size(0) == 1, "a slot takes a batch-1 cache");
-        auto shape = c.k[l].sizes().vec();  // (1, Hkv, S, D)
+        DISTILL_CHECK(row >= 0 && row < c.k[l].size(0), "the cache has no sequence ", row);
+        auto shape = c.k[l].sizes().vec();  // (B, Hkv, length, D)
         k[l] = torch::empty({shape[1], cap, shape[3]}, c.k[l].options());
         v[l] = torch::empty({shape[1], cap, shape[3]}, c.v[l].options());
-        k[l].narrow(1, 0, S).copy_(c.k[l][0]);
-        v[l].narrow(1, 0, S).copy_(c.v[l][0]);
+        k[l].narrow(1, 0, S).copy_(c.k[l][row].narrow(1, 0, S));
+        v[l].narrow(1, 0, S).copy_(c.v[l][row].narrow(1, 0, S));
     }
     length = S;
 }

@@ -30,8 +30,9 @@ struct SlotCache {
     std::vector<torch::Tensor> k, v;
     int64_t length = 0;
     int64_t capacity() const { return k.empty() ? 0 : k[0].size(1); }
-    // Takes over a B = 1 KVCache (after a prefill), with room for `capacity` positions in all.
-    void adopt(const KVCache& c, int64_t capacity);
+    // Takes over sequence `row` of a KVCache after a prefill, its first `length` positions (all
+    // when -1), with room for `capacity` positions in all.
+    void adopt(const KVCache& c, int64_t capacity, int64_t row = 0, int64_t length = -1);
 };
 
 // The rotary inverse frequencies (D/2) in float64, with the config's rope_scaling applied.

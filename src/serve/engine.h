@@ -1,8 +1,9 @@
 // distill — the serving engine: continuous batching over one model. Requests wait in a queue;
 // up to `parallel` of them are decoded together, each in a slot with its own KV cache. Every
-// step, new requests are prefilled (one forward over the prompt each) into free slots, then one
-// batched forward advances every active slot by one token (LlamaImpl::decode_step). A request
-// that finishes frees its slot for the next in the queue. docs/serve.md has the details.
+// step, new requests are prefilled into free slots (prompts of similar length in one forward,
+// padded on the right), then one batched forward advances every active slot by one token
+// (LlamaImpl::decode_step). A request that finishes frees its slot for the next in the queue.
+// docs/serve.md has the details.
 #pragma once
 
 #include <atomic>
@@ -58,6 +59,7 @@ struct GenRequest {
 struct EngineStats {
     int64_t queued = 0, active = 0, slots = 0;
     int64_t steps = 0, batched_tokens = 0;  // decode steps and the tokens they produced
+    int64_t prefills = 0, prefill_forwards = 0;  // prompts prefilled, and the forwards that did it
 };
 
 class Engine {
@@ -71,6 +73,9 @@ public:
     Engine& operator=(const Engine&) = delete;
 
     void submit(std::shared_ptr<GenRequest> r);
+    // Queues them together, so that the next admission can prefill them in one forward (the
+    // prompts and choices of one API call).
+    void submit(std::vector<std::shared_ptr<GenRequest>> rs);
     EngineStats stats() const;
     int64_t context_length() const { return max_len_; }
 
@@ -84,7 +89,17 @@ private:
         std::vector<int64_t> history;  // prompt + generated ids, kept when watermarked or noised
     };
     void loop();
-    void prefill(std::shared_ptr<GenRequest> r);
+    // Prefills the admitted requests. Without antidistillation, prompts of similar length share
+    // one forward, right-padded (causal attention keeps a prompt's positions from seeing the
+    // padding); with it, one forward each, as the proxies need.
+    void prefill(std::vector<std::shared_ptr<GenRequest>> admitted);
+    void prefill_group(const std::vector<std::shared_ptr<GenRequest>>& group, bool decodes);
+    void prefill_one(const std::shared_ptr<GenRequest>& r);
+    // The rest of a prefill once the prompt's logits are known: `logits` holds every position's
+    // (T, V) when the prompt is scored, else its last (1, V); `ad` the same rows of λ·Δ or
+    // undefined. A decoding request takes row `row` of `cache` (and of the proxies') into a slot.
+    void start(const std::shared_ptr<GenRequest>& r, const torch::Tensor& logits, const torch::Tensor& ad,
+               const KVCache* cache, int64_t row, const KVCache* plus = nullptr, const KVCache* minus = nullptr);
     void step();
     // Samples from logits (V) on the host (plus the antidistillation term `ad` (V) when defined,
     // then watermarked if the request says so), reports the token; false when the slot is done.
@@ -99,11 +114,13 @@ private:
     std::deque<std::shared_ptr<GenRequest>> queue_;
     std::vector<std::unique_ptr<Slot>> slots_;  // active ones
     bool stopping_ = false;
-    int64_t steps_ = 0, batched_tokens_ = 0;
+    int64_t steps_ = 0, batched_tokens_ = 0, prefills_ = 0, prefill_forwards_ = 0;
     std::thread thread_;
 };
 
-// log_softmax of logits (V) in float64 on the host: the log-prob of `id` and the top `k`.
+// log_softmax of logits (V) in float64 on the host: the log-prob of `id` and the top `k` (ties
+// by the lower id).
+TokenLogprob token_logprob(const double* logprobs, int64_t V, int64_t id, int64_t k);
 TokenLogprob token_logprob(const torch::Tensor& logprobs_row, int64_t id, int64_t k);
 
 // The noise GenRequest::logprob_noise adds to the log-prob of token `id` after context[0..n):

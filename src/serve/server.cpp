@@ -152,6 +152,9 @@ public:
         scalar("distill_requests_in_flight", "gauge", "HTTP requests being served.", double(inflight));
         scalar("distill_decode_steps_total", "counter", "Batched decoding steps.", double(e.steps));
         scalar("distill_decode_tokens_total", "counter", "Tokens produced by batched steps.", double(e.batched_tokens));
+        scalar("distill_prefills_total", "counter", "Prompts prefilled.", double(e.prefills));
+        scalar("distill_prefill_forwards_total", "counter", "Prefill forwards (prompts of similar length share one).",
+               double(e.prefill_forwards));
         if (!keys_.empty()) {
             out += "# HELP distill_key_requests_total Completed requests by API key (key-N: the N-th key of "
                    "--api-key-file) or, without keys, by client address.\n# TYPE distill_key_requests_total counter\n";
@@ -592,7 +595,9 @@ std::shared_ptr<Call> Server::start(const std::vector<PromptInfo>& prompts, cons
         };
         c.req = r;
     }
-    for (auto& c : call->choices) engine_->submit(c.req);
+    std::vector<std::shared_ptr<GenRequest>> reqs;
+    for (auto& c : call->choices) reqs.push_back(c.req);
+    engine_->submit(std::move(reqs));
     return call;
 }
 

@@ -18,6 +18,8 @@
 #include <future>
 #include <nlohmann/json.hpp>
 #include <map>
+#include <numeric>
+#include <random>
 #include <regex>
 #include <thread>
 
@@ -161,26 +163,118 @@ TEST(Serve, EngineBatchesConcurrentRequestsAndMatchesGenerate) {
 
     Engine engine(m, 3);  // fewer slots than requests: some wait in the queue
     std::vector<std::vector<int64_t>> got(prompts.size());
+    std::vector<std::vector<double>> got_lp(prompts.size());
     std::vector<std::promise<FinishReason>> done(prompts.size());
+    std::vector<std::shared_ptr<GenRequest>> all;
     for (size_t i = 0; i < prompts.size(); ++i) {
         auto r = std::make_shared<GenRequest>();
         r->prompt = prompts[i];
         r->sampling = greedy;
-        r->on_token = [&got, i](const TokenLogprob& t) {
+        r->logprobs = true;
+        r->on_token = [&got, &got_lp, i](const TokenLogprob& t) {
             got[i].push_back(t.id);
+            got_lp[i].push_back(t.logprob);
             return true;
         };
         r->on_done = [&done, i](FinishReason why, const std::string&) { done[i].set_value(why); };
-        engine.submit(r);
+        all.push_back(r);
     }
+    // queued together: the first three are admitted at once, and those of 3 and 5 tokens share a
+    // prefill (right-padded), each slot taking its own rows of the cache
+    engine.submit(all);
     for (size_t i = 0; i < prompts.size(); ++i) {
         EXPECT_EQ(done[i].get_future().get(), FinishReason::Length);
         EXPECT_EQ(got[i], want[i]) << "request " << i;
+        // each token's log-prob, which the cache's rows decide (greedy tokens alone may not show a
+        // wrong cache: a random tiny model's argmax hardly depends on the context), against one
+        // forward over the prompt and the tokens before it
+        std::vector<int64_t> seq = prompts[i];
+        seq.insert(seq.end(), got[i].begin(), got[i].end());
+        const auto lp = torch::log_softmax(m->forward(torch::tensor(seq).unsqueeze(0))[0].to(torch::kFloat64), -1);
+        ASSERT_EQ(got_lp[i].size(), got[i].size());
+        for (size_t j = 0; j < got[i].size(); ++j)
+            EXPECT_NEAR(got_lp[i][j], lp[int64_t(prompts[i].size() + j) - 1][got[i][j]].item<double>(), 1e-5)
+                << "request " << i << " token " << j;
     }
     EngineStats st = engine.stats();
+    EXPECT_EQ(st.prefills, 5);
+    EXPECT_LT(st.prefill_forwards, 5);
     // 60 tokens: 5 from the prefills, 55 from batched steps that carried more than one slot each
     EXPECT_EQ(st.batched_tokens, 55);
     EXPECT_LT(st.steps, 40) << "steps " << st.steps << " for " << st.batched_tokens << " tokens";
+}
+
+// Prompts only scored and queued together (one API call's) share prefill forwards, padded on the
+// right, as long as padding stays within a fifth of a forward's positions; each prompt gets the
+// log-probs and top-k of its own forward alone.
+TEST(Serve, EngineScoresPromptsQueuedTogetherAsEachAlone) {
+    torch::NoGradGuard ng;
+    Llama m(tiny_config(300));
+    m->init_weights(7);
+    m->eval();
+    const std::vector<std::vector<int64_t>> prompts = {{7, 8, 9, 10, 11, 12, 13, 14, 15, 16},
+                                                       {3, 30, 299},
+                                                       {5, 9, 2, 44, 17, 80, 3, 3, 21, 250, 6, 1},
+                                                       {60, 61},
+                                                       {40, 41, 42, 43, 44, 45, 46, 47, 48, 49, 50}};
+    const int64_t k = 5;
+    Engine engine(m, 8);
+    std::vector<std::vector<TokenLogprob>> got(prompts.size());
+    std::vector<std::promise<FinishReason>> done(prompts.size());
+    std::vector<std::shared_ptr<GenRequest>> all;
+    for (size_t i = 0; i < prompts.size(); ++i) {
+        auto r = std::make_shared<GenRequest>();
+        r->prompt = prompts[i];
+        r->sampling.max_new_tokens = 0;
+        r->prompt_logprobs = true;
+        r->top_logprobs = k;
+        r->on_prompt = [&got, i](std::vector<TokenLogprob> lps) { got[i] = std::move(lps); };
+        r->on_done = [&done, i](FinishReason why, const std::string&) { done[i].set_value(why); };
+        all.push_back(r);
+    }
+    engine.submit(all);
+    for (size_t i = 0; i < prompts.size(); ++i) {
+        ASSERT_EQ(done[i].get_future().get(), FinishReason::Length);
+        const auto lp = torch::log_softmax(m->forward(torch::tensor(prompts[i]).unsqueeze(0))[0].to(torch::kFloat64), -1);
+        ASSERT_EQ(got[i].size(), prompts[i].size() - 1) << "request " << i;
+        for (size_t t = 0; t + 1 < prompts[i].size(); ++t) {
+            const TokenLogprob& g = got[i][t];
+            EXPECT_EQ(g.id, prompts[i][t + 1]);
+            EXPECT_NEAR(g.logprob, lp[t][prompts[i][t + 1]].item<double>(), 1e-5) << "request " << i << " position " << t;
+            const auto [v, id] = lp[t].topk(k);
+            ASSERT_EQ(g.top.size(), size_t(k));
+            for (int64_t j = 0; j < k; ++j) {
+                EXPECT_EQ(g.top[j].first, id[j].item<int64_t>()) << "request " << i << " position " << t << " rank " << j;
+                EXPECT_NEAR(g.top[j].second, v[j].item<double>(), 1e-5);
+            }
+        }
+    }
+    // 12, 11 and 10 tokens in one forward (3 of 36 positions padding), 3 and 2 in another
+    const EngineStats st = engine.stats();
+    EXPECT_EQ(st.prefills, 5);
+    EXPECT_EQ(st.prefill_forwards, 2);
+}
+
+// token_logprob's top k is the first k of the log-probs sorted by value, ties by the lower id.
+TEST(Serve, TokenLogprobTopKBreaksTiesByTheLowerId) {
+    std::mt19937_64 g(11);
+    for (int trial = 0; trial < 50; ++trial) {
+        const int64_t V = 1 + static_cast<int64_t>(g() % 300), k = static_cast<int64_t>(g() % 12);
+        std::vector<double> lp(static_cast<size_t>(V));
+        for (auto& x : lp) x = -static_cast<double>(g() % 9);  // many ties
+        std::vector<int64_t> order(static_cast<size_t>(V));
+        std::iota(order.begin(), order.end(), 0);
+        std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return lp[a] > lp[b]; });
+        const int64_t id = static_cast<int64_t>(g() % V);
+        const TokenLogprob t = token_logprob(lp.data(), V, id, k);
+        EXPECT_EQ(t.id, id);
+        EXPECT_EQ(t.logprob, lp[id]);
+        ASSERT_EQ(static_cast<int64_t>(t.top.size()), std::min(k, V));
+        for (size_t j = 0; j < t.top.size(); ++j) {
+            EXPECT_EQ(t.top[j].first, order[j]) << "trial " << trial << " rank " << j;
+            EXPECT_EQ(t.top[j].second, lp[order[j]]);
+        }
+    }
 }
 
 TEST(Serve, OpenAiClientCallsAndErrorsParse) {
