@@ -165,7 +165,7 @@ void Engine::prefill(std::vector<std::shared_ptr<GenRequest>> admitted) {
             DISTILL_CHECK(T < max_len_ || (T == max_len_ && r->sampling.max_new_tokens == 0), "the prompt has ", T,
                           " tokens; the model's context is ", max_len_);
             if (ad_) prefill_one(r);
-            else ready.push_back(std::move(r));
+            else ready.push_back(r);
         } catch (const std::exception& e) {
             fail(r, e);
         }
