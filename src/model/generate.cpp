@@ -3,6 +3,7 @@
 #include <torch/torch.h>
 
 #include <algorithm>
+#include <iterator>
 #include <numeric>
 
 #include "util/error.h"
@@ -52,6 +53,24 @@ private:
 
 }  // namespace
 
+std::vector<std::pair<int64_t, double>> top_k_of(const double* x, int64_t n, int64_t k) {
+    std::vector<std::pair<int64_t, double>> top;
+    k = std::min(k, n);
+    if (k <= 0) return top;
+    top.reserve(static_cast<size_t>(k));
+    for (int64_t i = 0; i < n; ++i) {
+        if (static_cast<int64_t>(top.size()) == k) {
+            if (!(x[i] > top.back().second)) continue;
+            top.pop_back();
+        }
+        // after the equal values already kept, which have the lower indices
+        auto at = top.end();
+        while (at != top.begin() && std::prev(at)->second < x[i]) --at;
+        top.emplace(at, i, x[i]);
+    }
+    return top;
+}
+
 int64_t sample_token(const torch::Tensor& logits_in, const SamplingOptions& opts,
                      std::mt19937_64& rng) {
     auto logits = logits_in.to(torch::kCPU, torch::kFloat64).contiguous();
@@ -61,14 +80,11 @@ int64_t sample_token(const torch::Tensor& logits_in, const SamplingOptions& opts
     const double t = opts.temperature;
     if (opts.top_k > 0 && opts.top_k < V) {
         // the k most likely, by logit, ties by the lower id, each weighed exp((z - max) / T)
-        const int64_t k = opts.top_k;
-        std::vector<int64_t> order(V);
-        std::iota(order.begin(), order.end(), 0);
-        std::partial_sort(order.begin(), order.begin() + k, order.end(),
-                          [&](int64_t a, int64_t b) { return z[a] > z[b] || (z[a] == z[b] && a < b); });
+        const auto top = top_k_of(z, V, opts.top_k);
+        const int64_t k = static_cast<int64_t>(top.size());
         std::vector<double> p(k);
         double sum = 0;
-        for (int64_t i = 0; i < k; ++i) sum += p[i] = std::exp((z[order[i]] - z[order[0]]) / t);
+        for (int64_t i = 0; i < k; ++i) sum += p[i] = std::exp((top[i].second - top[0].second) / t);
         if (opts.top_p < 1.0) {
             // smallest prefix (by probability) whose mass reaches top_p; always keeps the first
             double acc = 0;
@@ -80,8 +96,8 @@ int64_t sample_token(const torch::Tensor& logits_in, const SamplingOptions& opts
         const double r = std::uniform_real_distribution<double>(0.0, sum)(rng);
         double acc = 0;
         for (size_t i = 0; i < p.size(); ++i)
-            if (r < (acc += p[i])) return order[i];
-        return order[p.size() - 1];
+            if (r < (acc += p[i])) return top[i].first;
+        return top[p.size() - 1].first;
     }
     // the whole vocabulary: the same weights, their sum taken in id order; the draw walks the
     // tokens in order (top_p's prefix cut the same way), which is sorted only as far as it goes

@@ -5,6 +5,7 @@
 #include <functional>
 #include <optional>
 #include <random>
+#include <utility>
 #include <vector>
 
 #include "guard/watermark.h"
@@ -26,6 +27,10 @@ struct SamplingOptions {
     // temperature / top-k / top-p; positions with fewer than h ids before them are left as they are.
     std::optional<WatermarkOptions> watermark;
 };
+
+// The k largest of x[0, n) and their indices, largest first, ties by the lower index (k clipped to
+// n): one pass that keeps the k best so far in order.
+std::vector<std::pair<int64_t, double>> top_k_of(const double* x, int64_t n, int64_t k);
 
 // Draws one id from logits (V) with the options' temperature / top-k / top-p (the watermark, if
 // any, is the caller's: watermark_apply before this).

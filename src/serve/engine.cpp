@@ -7,8 +7,6 @@
 
 #include <algorithm>
 #include <cmath>
-#include <iterator>
-#include <numeric>
 
 #include "util/error.h"
 
@@ -18,22 +16,7 @@ TokenLogprob token_logprob(const double* lp, int64_t V, int64_t id, int64_t k) {
     TokenLogprob t;
     t.id = id;
     t.logprob = lp[id];
-    k = std::min(k, V);
-    if (k <= 0) return t;
-    // one pass, keeping the k best so far in order; an equal value goes after those already
-    // kept, which have the lower ids
-    auto& top = t.top;
-    top.reserve(static_cast<size_t>(k));
-    for (int64_t i = 0; i < V; ++i) {
-        const double x = lp[i];
-        if (static_cast<int64_t>(top.size()) == k) {
-            if (!(x > top.back().second)) continue;
-            top.pop_back();
-        }
-        auto at = top.end();
-        while (at != top.begin() && std::prev(at)->second < x) --at;
-        top.emplace(at, i, x);
-    }
+    t.top = top_k_of(lp, V, k);
     return t;
 }
 
